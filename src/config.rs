@@ -1,0 +1,371 @@
+//! Configuration: one documented struct, filled from flags, `ZEN_*` environment variables, an
+//! optional TOML file and built-in defaults, in that order of precedence, and validated before
+//! anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where Zen runs: development generates what it lacks; production refuses to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Options every subcommand understands.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct GlobalArgs {
+    /// TOML configuration file; flags and environment variables override its values.
+    #[arg(long, env = "ZEN_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Directory for the embedded database and the development PKI.
+    #[arg(long, env = "ZEN_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// `postgres://…` or `sqlite://…`; default `sqlite://<data-dir>/zen.db`.
+    #[arg(long, env = "ZEN_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// `development` (default) or `production`.
+    #[arg(long = "env", env = "ZEN_ENV", global = true, value_enum)]
+    pub environment: Option<Environment>,
+    /// `json` (default) or `text`.
+    #[arg(long, env = "ZEN_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Options of `zen serve`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Address of the mutual-TLS gRPC front.
+    #[arg(long, env = "ZEN_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Address of the HTTP side (health, metrics, REST gateway).
+    #[arg(long, env = "ZEN_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Apply pending migrations at start (default true).
+    #[arg(long, env = "ZEN_AUTO_MIGRATE")]
+    pub auto_migrate: Option<bool>,
+    /// CA bundle that client certificates must chain to (default `<data-dir>/pki/ca.crt`).
+    #[arg(long, env = "ZEN_TLS_CA_CERT")]
+    pub tls_ca_cert: Option<PathBuf>,
+    /// Server certificate chain, PEM (default `<data-dir>/pki/server.crt`).
+    #[arg(long, env = "ZEN_TLS_SERVER_CERT")]
+    pub tls_server_cert: Option<PathBuf>,
+    /// Server private key, PEM (default `<data-dir>/pki/server.key`).
+    #[arg(long, env = "ZEN_TLS_SERVER_KEY")]
+    pub tls_server_key: Option<PathBuf>,
+    /// Seconds that in-flight calls and streams get to finish after SIGTERM.
+    #[arg(long, env = "ZEN_SHUTDOWN_GRACE_SECONDS")]
+    pub shutdown_grace_seconds: Option<u64>,
+}
+
+/// The TOML file: every key optional, named as the flags with `_` for `-`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    env: Option<Environment>,
+    log_format: Option<LogFormat>,
+    grpc_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    auto_migrate: Option<bool>,
+    tls_ca_cert: Option<PathBuf>,
+    tls_server_cert: Option<PathBuf>,
+    tls_server_key: Option<PathBuf>,
+    shutdown_grace_seconds: Option<u64>,
+}
+
+/// Files of the server's TLS identity and the CA that client certificates must chain to.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// All three were left at their defaults under the data dir, so the development PKI may
+    /// create them.
+    pub defaults: bool,
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub environment: Environment,
+    pub log_format: LogFormat,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub auto_migrate: bool,
+    pub tls: TlsFiles,
+    pub shutdown_grace: Duration,
+}
+
+/// A configuration problem, worded for the person who has to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the configuration file {path} is invalid: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7443";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 20;
+
+impl Config {
+    /// Resolves the configuration from flags/environment (already parsed by clap) and the file.
+    pub fn resolve(global: &GlobalArgs, serve: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &global.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let environment = global
+            .environment
+            .or(file.env)
+            .unwrap_or(Environment::Development);
+        let data_dir = global
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("zen-data"));
+        let database_url_given = global
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .filter(|url| !url.trim().is_empty());
+        let pki_dir = data_dir.join("pki");
+        let ca_cert = serve.tls_ca_cert.clone().or(file.tls_ca_cert);
+        let server_cert = serve.tls_server_cert.clone().or(file.tls_server_cert);
+        let server_key = serve.tls_server_key.clone().or(file.tls_server_key);
+        let tls_defaults = ca_cert.is_none() && server_cert.is_none() && server_key.is_none();
+        let config = Config {
+            environment,
+            log_format: global
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Json),
+            database_url: database_url_given
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("zen.db").display())),
+            grpc_addr: serve
+                .grpc_addr
+                .or(file.grpc_addr)
+                .unwrap_or_else(|| DEFAULT_GRPC_ADDR.parse().expect("valid default")),
+            http_addr: serve
+                .http_addr
+                .or(file.http_addr)
+                .unwrap_or_else(|| DEFAULT_HTTP_ADDR.parse().expect("valid default")),
+            auto_migrate: serve.auto_migrate.or(file.auto_migrate).unwrap_or(true),
+            tls: TlsFiles {
+                ca_cert: ca_cert.unwrap_or_else(|| pki_dir.join("ca.crt")),
+                server_cert: server_cert.unwrap_or_else(|| pki_dir.join("server.crt")),
+                server_key: server_key.unwrap_or_else(|| pki_dir.join("server.key")),
+                defaults: tls_defaults,
+            },
+            shutdown_grace: Duration::from_secs(
+                serve
+                    .shutdown_grace_seconds
+                    .or(file.shutdown_grace_seconds)
+                    .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECONDS),
+            ),
+            data_dir,
+        };
+        config.validate(database_url_given.is_some())?;
+        Ok(config)
+    }
+
+    fn validate(&self, database_url_given: bool) -> Result<(), ConfigError> {
+        let url = &self.database_url;
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "ZEN_DATABASE_URL `{}` is not supported: use postgres://USER@HOST/DB or sqlite://PATH",
+                redact_url(url)
+            )));
+        }
+        if self.grpc_addr == self.http_addr && self.grpc_addr.port() != 0 {
+            return Err(ConfigError::Invalid(format!(
+                "the gRPC and HTTP addresses are both {}; give them different ports \
+                 (--grpc-addr / ZEN_GRPC_ADDR, --http-addr / ZEN_HTTP_ADDR)",
+                self.grpc_addr
+            )));
+        }
+        if self.shutdown_grace > Duration::from_secs(3600) {
+            return Err(ConfigError::Invalid(
+                "ZEN_SHUTDOWN_GRACE_SECONDS must be at most 3600".into(),
+            ));
+        }
+        if self.environment == Environment::Production {
+            if !database_url_given {
+                return Err(ConfigError::Invalid(
+                    "ZEN_ENV=production needs an explicit ZEN_DATABASE_URL".into(),
+                ));
+            }
+            if self.tls.defaults {
+                return Err(ConfigError::Invalid(
+                    "ZEN_ENV=production never generates certificates: set ZEN_TLS_CA_CERT, \
+                     ZEN_TLS_SERVER_CERT and ZEN_TLS_SERVER_KEY to the files of your PKI"
+                        .into(),
+                ));
+            }
+            for path in [
+                &self.tls.ca_cert,
+                &self.tls.server_cert,
+                &self.tls.server_key,
+            ] {
+                if !path.is_file() {
+                    return Err(ConfigError::Invalid(format!(
+                        "ZEN_ENV=production: {} does not exist or is not a file",
+                        path.display()
+                    )));
+                }
+            }
+            reject_weak_key_permissions(&self.tls.server_key)?;
+        }
+        Ok(())
+    }
+
+    /// The PKI directory of the development defaults.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.data_dir.join("pki")
+    }
+}
+
+/// A private key readable by group or others is a weak secret in production.
+fn reject_weak_key_permissions(path: &Path) -> Result<(), ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| ConfigError::Invalid(format!("cannot stat {}: {e}", path.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(ConfigError::Invalid(format!(
+                "ZEN_ENV=production: the private key {} is readable by other users (mode {:o}); \
+                 run `chmod 600 {}`",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+        path: path.to_owned(),
+        message: e.message().to_owned(),
+    })
+}
+
+/// Hides the password of a database URL for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let config = Config::resolve(&GlobalArgs::default(), &ServeArgs::default()).unwrap();
+        assert_eq!(config.environment, Environment::Development);
+        assert_eq!(config.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
+        assert_eq!(config.http_addr.to_string(), DEFAULT_HTTP_ADDR);
+        assert!(config.database_url.starts_with("sqlite://zen-data/"));
+        assert!(config.tls.defaults);
+    }
+
+    #[test]
+    fn production_refuses_generated_certificates_and_implicit_database() {
+        let global = GlobalArgs {
+            environment: Some(Environment::Production),
+            ..Default::default()
+        };
+        let err = Config::resolve(&global, &ServeArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("ZEN_DATABASE_URL"), "{err}");
+        let global = GlobalArgs {
+            environment: Some(Environment::Production),
+            database_url: Some("postgres://zen@db/zen".into()),
+            ..Default::default()
+        };
+        let err = Config::resolve(&global, &ServeArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("never generates"), "{err}");
+    }
+
+    #[test]
+    fn file_values_yield_to_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zen.toml");
+        std::fs::write(
+            &path,
+            "grpc_addr = \"127.0.0.1:9000\"\nhttp_addr = \"127.0.0.1:9001\"\n",
+        )
+        .unwrap();
+        let global = GlobalArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let serve = ServeArgs {
+            http_addr: Some("127.0.0.1:9002".parse().unwrap()),
+            ..Default::default()
+        };
+        let config = Config::resolve(&global, &serve).unwrap();
+        assert_eq!(config.grpc_addr.port(), 9000);
+        assert_eq!(config.http_addr.port(), 9002);
+
+        std::fs::write(&path, "grpc_adr = \"x\"\n").unwrap();
+        let err = Config::resolve(&global, &ServeArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("grpc_adr"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_database_urls_are_named_without_password() {
+        let global = GlobalArgs {
+            database_url: Some("mysql://root:hunter2@db/zen".into()),
+            ..Default::default()
+        };
+        let err = Config::resolve(&global, &ServeArgs::default()).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("mysql://root:***@db/zen"), "{message}");
+        assert!(!message.contains("hunter2"));
+    }
+}

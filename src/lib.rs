@@ -1,0 +1,12 @@
+//! The `zen` package: configuration, composition and the gRPC service adapters. The binary in
+//! `main.rs` is a thin CLI over this library, which the end-to-end tests also embed.
+
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod proto;
+pub mod readiness;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod tls;

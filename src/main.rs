@@ -1,0 +1,135 @@
+//! `zen`: the single binary. `zen serve` runs the platform; the other subcommands administer it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use zen_security::{PeerIdentity, PkiFiles};
+
+use zen::config::{Config, GlobalArgs, ServeArgs};
+use zen::{server, store, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "zen",
+    version,
+    about = "Ingest security events and drive their remediation"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC front (mTLS) and the HTTP side.
+    Serve(ServeArgs),
+    /// Apply pending database migrations, or report their state.
+    Migrate {
+        /// Only report applied and pending migrations.
+        #[arg(long)]
+        status: bool,
+    },
+    /// Manage the platform PKI.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create the development PKI under <data-dir>/pki (done by `serve` on first start).
+    Init,
+    /// Issue a client identity signed by the platform CA.
+    Issue {
+        /// Identity name (lowercase letters, digits, '-' or '_').
+        #[arg(long)]
+        name: String,
+        /// `service` for internal services such as the gateway, `admin` for operators.
+        #[arg(long, value_enum)]
+        role: IdentityRole,
+        /// Directory for NAME.crt and NAME.key (default <data-dir>/pki).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=1825))]
+        days: u64,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IdentityRole {
+    Service,
+    Admin,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let serve_args = match &cli.command {
+        Command::Serve(args) => args.clone(),
+        _ => ServeArgs::default(),
+    };
+    let config = Config::resolve(&cli.global, &serve_args)?;
+    telemetry::init_logging(config.log_format);
+    match cli.command {
+        Command::Serve(_) => server::run(config, server::shutdown_signal()).await,
+        Command::Migrate { status } => store::migrate_command(&config, status).await,
+        Command::Pki(PkiCommand::Init) => {
+            let files = PkiFiles::new(config.pki_dir());
+            if files.exists() {
+                anyhow::bail!("a PKI already exists in {}", files.dir.display());
+            }
+            zen::tls::ensure_dev_pki(&config)
+        }
+        Command::Pki(PkiCommand::Issue {
+            name,
+            role,
+            out_dir,
+            days,
+        }) => {
+            let files = PkiFiles::new(config.pki_dir());
+            let ca = files
+                .load_ca()
+                .context("loading the platform CA (run `zen pki init` or `zen serve` first)")?;
+            let identity = match role {
+                IdentityRole::Service => PeerIdentity::Service { name: name.clone() },
+                IdentityRole::Admin => PeerIdentity::Admin { name: name.clone() },
+            };
+            let issued =
+                ca.issue_client(&identity, std::time::Duration::from_secs(days * 24 * 3600))?;
+            let out = PkiFiles::new(out_dir.unwrap_or_else(|| files.dir.clone()));
+            std::fs::create_dir_all(&out.dir)?;
+            out.write_identity(&name, &issued)?;
+            println!(
+                "issued {} ({})\n  {}\n  {}",
+                identity,
+                identity.uri(),
+                out.cert(&name).display(),
+                out.key(&name).display()
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Code generated from `proto/` by `build.rs`, and the encoded descriptor set.
+//!
+//! Only the gRPC service adapters (`crate::grpc::services`) and the composition root use these
+//! types; the libraries under `crates/` never see generated code.
+
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
+
+/// The encoded `FileDescriptorSet` of every contract, for reflection and the REST gateway.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/zen_descriptor.bin"));

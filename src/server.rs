@@ -1,0 +1,180 @@
+//! `zen serve`: composes the store, the mutual-TLS gRPC front and the HTTP side, and drains
+//! both on SIGTERM.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use zen_store::Store;
+
+use crate::config::Config;
+use crate::grpc::contract::ContractVersions;
+use crate::grpc::edge::GrpcEdgeLayer;
+use crate::grpc::services;
+use crate::http::{self, HttpState};
+use crate::readiness::{self, Readiness};
+use crate::{proto, store, telemetry, tls};
+
+/// How often the gRPC health status follows the dependency checks.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A started Zen: both servers accept connections until [`Running::shutdown`].
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    grace: Duration,
+    draining: watch::Sender<bool>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<std::io::Result<()>>,
+    health_driver: JoinHandle<()>,
+    health_reporter: HealthReporter,
+    store: Arc<Store>,
+}
+
+/// Runs Zen until `shutdown` completes, then drains for at most the configured grace period.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    eprintln!(
+        "zen serving gRPC (mTLS) on {} and HTTP on {}",
+        running.grpc_addr, running.http_addr
+    );
+    shutdown.await;
+    running.shutdown().await
+}
+
+/// Opens the store, binds both addresses and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    tls::ensure_dev_pki(&config)?;
+    let tls_config = tls::server_tls_config(&config)?;
+    let versions = ContractVersions::from_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .map_err(anyhow::Error::msg)
+        .context("reading the contract versions")?;
+    let store = Arc::new(store::open(&config).await?);
+    let readiness = Arc::new(Readiness::new(store.clone()));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the reflection service")?;
+
+    // Bind both sockets before serving anything, so an address in use fails the start.
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
+    let http_listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP address {}", config.http_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let (draining, _) = watch::channel(false);
+    let drained = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|draining| *draining).await;
+    };
+
+    let router = Server::builder()
+        .tls_config(tls_config)
+        .context("configuring TLS")?
+        .layer(GrpcEdgeLayer::new(versions))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let router = services::register(router);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    let grpc =
+        tokio::spawn(router.serve_with_incoming_shutdown(incoming, drained(draining.subscribe())));
+
+    let app = http::router(HttpState {
+        readiness: readiness.clone(),
+        metrics: telemetry::metrics_handle(),
+    });
+    let http = tokio::spawn(
+        axum::serve(http_listener, app)
+            .with_graceful_shutdown(drained(draining.subscribe()))
+            .into_future(),
+    );
+    let health_driver = tokio::spawn(readiness::drive_grpc_health(
+        readiness,
+        health_reporter.clone(),
+        HEALTH_INTERVAL,
+    ));
+    tracing::info!(%grpc_addr, %http_addr, database = ?store.kind(), "zen is serving");
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        grace: config.shutdown_grace,
+        draining,
+        grpc,
+        http,
+        health_driver,
+        health_reporter,
+        store,
+    })
+}
+
+impl Running {
+    /// Stops accepting, reports NOT_SERVING, lets in-flight calls and streams finish within the
+    /// grace period, then cuts off what is left.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        tracing::info!(grace = ?self.grace, "draining");
+        self.health_driver.abort();
+        readiness::set_not_serving(&self.health_reporter).await;
+        let _ = self.draining.send(true);
+        let grpc_abort = self.grpc.abort_handle();
+        let http_abort = self.http.abort_handle();
+        let drained = tokio::time::timeout(self.grace, async {
+            let (grpc, http) = tokio::join!(self.grpc, self.http);
+            grpc?.context("serving gRPC")?;
+            http?.context("serving HTTP")?;
+            anyhow::Ok(())
+        })
+        .await;
+        match drained {
+            Ok(result) => result?,
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "calls still in flight after the grace period were cut off");
+                grpc_abort.abort();
+                http_abort.abort();
+            }
+        }
+        self.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,56 @@
+//! Opening the store for the server and the CLI: connect, then apply or check migrations so a
+//! half-applied or unknown migration stops the start with a clear message.
+
+use anyhow::Context;
+use zen_store::Store;
+
+use crate::config::{redact_url, Config};
+
+/// Connects to the configured database and brings its schema up to date (or, with
+/// auto-migration disabled, refuses to start on a schema that is not current).
+pub async fn open(config: &Config) -> anyhow::Result<Store> {
+    if config.database_url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("creating the data directory {}", config.data_dir.display())
+        })?;
+    }
+    let store = Store::connect(&config.database_url)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(&config.database_url)))?;
+    if config.auto_migrate {
+        let status = store.migrate().await.context("applying migrations")?;
+        tracing::info!(applied = status.applied.len(), "database schema is current");
+    } else {
+        store
+            .check_migrations()
+            .await
+            .context("checking migrations (ZEN_AUTO_MIGRATE=false; run `zen migrate`)")?;
+    }
+    Ok(store)
+}
+
+/// `zen migrate [--status]`.
+pub async fn migrate_command(config: &Config, status_only: bool) -> anyhow::Result<()> {
+    if config.database_url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir)?;
+    }
+    let store = Store::connect(&config.database_url)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(&config.database_url)))?;
+    let status = if status_only {
+        store.migration_status().await?
+    } else {
+        store.migrate().await.context("applying migrations")?
+    };
+    for migration in &status.applied {
+        println!("applied  {} {}", migration.version, migration.description);
+    }
+    for migration in &status.pending {
+        println!("pending  {} {}", migration.version, migration.description);
+    }
+    store.close().await;
+    match status.problem() {
+        Some(problem) => anyhow::bail!(problem),
+        None => Ok(()),
+    }
+}
