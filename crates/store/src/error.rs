@@ -1,0 +1,159 @@
+//! The one error type of this crate.
+//!
+//! Each variant maps to one gRPC status code at the service edge:
+//!
+//! | variant            | gRPC code             |
+//! |--------------------|-----------------------|
+//! | `NotFound`         | `NOT_FOUND`           |
+//! | `AlreadyExists`    | `ALREADY_EXISTS`      |
+//! | `Conflict`         | `ABORTED` (retryable) |
+//! | `Precondition`     | `FAILED_PRECONDITION` |
+//! | `QuotaExceeded`    | `RESOURCE_EXHAUSTED`  |
+//! | `Invalid`          | `INVALID_ARGUMENT`    |
+//! | `PermissionDenied` | `PERMISSION_DENIED`   |
+//! | `Migration`        | `FAILED_PRECONDITION` (at start: refuse to serve) |
+//! | `Database`         | `UNAVAILABLE` / `INTERNAL` |
+
+use std::borrow::Cow;
+
+/// Result alias used across the crate.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Errors returned by the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row does not exist, or exists outside the caller's scope (the two
+    /// are deliberately indistinguishable).
+    #[error("{what} not found")]
+    NotFound { what: &'static str },
+
+    /// A unique constraint refused the write (name taken, duplicate member …).
+    #[error("{what} already exists")]
+    AlreadyExists { what: &'static str },
+
+    /// A concurrent transaction got in the way (serialization failure,
+    /// deadlock, SQLite busy). Retrying the whole unit of work may succeed.
+    #[error("conflict: {reason}")]
+    Conflict { reason: Cow<'static, str> },
+
+    /// The operation is valid but the current state forbids it (last owner,
+    /// token already used or expired, tenant suspended …).
+    #[error("failed precondition: {reason}")]
+    Precondition { reason: Cow<'static, str> },
+
+    /// A tenant quota would be exceeded.
+    #[error("quota exceeded: {what} (limit {limit})")]
+    QuotaExceeded { what: &'static str, limit: i64 },
+
+    /// An argument is malformed.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        field: &'static str,
+        reason: Cow<'static, str>,
+    },
+
+    /// The database refused the statement for lack of privilege, or a
+    /// row-level security policy refused a row: a scoping bug upstream.
+    #[error("permission denied: {reason}")]
+    PermissionDenied { reason: String },
+
+    /// The schema is not in a state this binary can serve (pending, dirty,
+    /// unknown or modified migrations).
+    #[error("migrations: {reason}")]
+    Migration { reason: String },
+
+    /// Any other database error (connectivity, syntax, …).
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+impl StoreError {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
+        StoreError::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn precondition(reason: impl Into<Cow<'static, str>>) -> Self {
+        StoreError::Precondition {
+            reason: reason.into(),
+        }
+    }
+
+    /// True when retrying the whole transaction may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+
+    /// Turn a unique violation into `AlreadyExists { what }`; leave others.
+    pub(crate) fn on_unique(self, what: &'static str) -> Self {
+        match &self {
+            StoreError::Database(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                StoreError::AlreadyExists { what }
+            }
+            _ => self,
+        }
+    }
+
+    /// Turn a foreign-key violation into `NotFound { what }`; leave others.
+    pub(crate) fn on_foreign_key(self, what: &'static str) -> Self {
+        match &self {
+            StoreError::Database(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
+                StoreError::NotFound { what }
+            }
+            _ => self,
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            let code = db.code().unwrap_or_default();
+            if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                // PostgreSQL / CockroachDB SQLSTATEs.
+                match code.as_ref() {
+                    "40001" | "40P01" => {
+                        return StoreError::Conflict {
+                            reason: format!("concurrent transaction: {}", db.message()).into(),
+                        }
+                    }
+                    // insufficient_privilege: missing GRANT, or a row-level
+                    // security policy refused a new row.
+                    "42501" => {
+                        return StoreError::PermissionDenied {
+                            reason: db.message().to_owned(),
+                        }
+                    }
+                    _ => {}
+                }
+            } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // SQLite extended result codes: the primary code is the low
+                // byte. 5 = SQLITE_BUSY, 6 = SQLITE_LOCKED.
+                if let Ok(n) = code.parse::<i64>() {
+                    if matches!(n & 0xff, 5 | 6) {
+                        return StoreError::Conflict {
+                            reason: format!("database busy: {}", db.message()).into(),
+                        };
+                    }
+                }
+            }
+        }
+        StoreError::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::Execute(e) => StoreError::from(e),
+            other => StoreError::Migration {
+                reason: other.to_string(),
+            },
+        }
+    }
+}

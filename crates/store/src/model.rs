@@ -1,0 +1,465 @@
+//! Domain types of the store. They know nothing of protobuf: the service
+//! adapters in `src/` map them to and from the generated messages.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+
+/// The issuer of users created with a local (development) password.
+pub const LOCAL_ISSUER: &str = "local";
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident, $field:literal { $($(#[$vm:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vm])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The text stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = StoreError;
+            fn from_str(s: &str) -> Result<Self, StoreError> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(StoreError::invalid($field, format!("unknown value {other:?}"))),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// Lifecycle of a tenant.
+    TenantStatus, "status" {
+        Active => "active",
+        Suspended => "suspended",
+        Deleted => "deleted",
+    }
+);
+
+string_enum!(
+    /// A member's role in a tenant, strongest first.
+    Role, "role" {
+        Owner => "owner",
+        Admin => "admin",
+        Approver => "approver",
+        Viewer => "viewer",
+    }
+);
+
+string_enum!(
+    /// Lifecycle of a cluster.
+    ClusterStatus, "status" {
+        Ready => "ready",
+        Provisioning => "provisioning",
+        Error => "error",
+        Deleting => "deleting",
+    }
+);
+
+string_enum!(
+    /// Whether the cluster's agent is connected right now.
+    ConnectionState, "connection_state" {
+        Unknown => "unknown",
+        Connected => "connected",
+        Disconnected => "disconnected",
+    }
+);
+
+string_enum!(
+    /// Outcome of an audited action.
+    AuditOutcome, "outcome" {
+        Success => "success",
+        Denied => "denied",
+        Failure => "failure",
+    }
+);
+
+// ---------------------------------------------------------------- tenants
+
+/// Per-tenant limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quotas {
+    pub max_clusters: i32,
+    pub requests_per_second: i32,
+    pub max_events_per_day: i64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            max_clusters: 10,
+            requests_per_second: 100,
+            max_events_per_day: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    pub display_name: String,
+    pub status: TenantStatus,
+    pub quotas: Quotas,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub created_by: Option<Uuid>,
+    pub updated_by: Option<Uuid>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewTenant {
+    /// Lowercase DNS label (1-63 chars of `a-z0-9-`), unique among live tenants.
+    pub name: String,
+    /// Empty means "same as name".
+    pub display_name: String,
+    pub quotas: Quotas,
+}
+
+/// Fields left `None` are unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct TenantUpdate {
+    pub display_name: Option<String>,
+    pub max_clusters: Option<i32>,
+    pub requests_per_second: Option<i32>,
+    pub max_events_per_day: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TenantFilter {
+    /// `None` lists every status except `deleted`.
+    pub status: Option<TenantStatus>,
+}
+
+// ---------------------------------------------------------------- users
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: Uuid,
+    pub issuer: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+    /// PHC string (argon2id) for local development login; `None` for OIDC users.
+    #[serde(skip_serializing)]
+    pub password_hash: Option<String>,
+    pub is_platform_admin: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("issuer", &self.issuer)
+            .field("subject", &self.subject)
+            .field("email", &self.email)
+            .field("display_name", &self.display_name)
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("is_platform_admin", &self.is_platform_admin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An identity verified by an OIDC issuer.
+#[derive(Debug, Clone, Default)]
+pub struct ExternalIdentity {
+    pub issuer: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+}
+
+/// A local (development) user: issuer [`LOCAL_ISSUER`], subject = username.
+#[derive(Clone, Default)]
+pub struct NewLocalUser {
+    pub username: String,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+    /// An argon2id PHC string, never a password.
+    pub password_hash: String,
+}
+
+impl fmt::Debug for NewLocalUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewLocalUser")
+            .field("username", &self.username)
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------- members
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub tenant_id: Uuid,
+    pub user_id: Uuid,
+    pub role: Role,
+    pub joined_at: DateTime<Utc>,
+    pub invited_by: Option<Uuid>,
+}
+
+/// One tenant a user belongs to, with the role held there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Membership {
+    pub tenant: Tenant,
+    pub role: Role,
+}
+
+// ---------------------------------------------------------------- invites
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invite {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub email: String,
+    pub role: Role,
+    pub expires_at: DateTime<Utc>,
+    pub accepted_at: Option<DateTime<Utc>>,
+    pub accepted_by: Option<Uuid>,
+    pub created_by: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewInvite {
+    pub email: String,
+    pub role: Role,
+    pub expires_at: DateTime<Utc>,
+    pub created_by: Option<Uuid>,
+}
+
+// ---------------------------------------------------------------- clusters
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub display_name: String,
+    pub status: ClusterStatus,
+    pub connection_state: ConnectionState,
+    pub agent_version: Option<String>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub api_endpoint: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub metadata: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewCluster {
+    /// Lowercase DNS label, unique among the tenant's live clusters.
+    pub name: String,
+    /// Empty means "same as name".
+    pub display_name: String,
+    pub api_endpoint: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Free-form JSON object (`null` is stored as `{}`).
+    pub metadata: Value,
+}
+
+/// Fields left `None` are unchanged; `api_endpoint: Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterUpdate {
+    pub display_name: Option<String>,
+    pub api_endpoint: Option<Option<String>>,
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// What an agent reports about itself.
+#[derive(Debug, Clone)]
+pub struct AgentReport {
+    pub connection_state: ConnectionState,
+    pub agent_version: Option<String>,
+    pub seen_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClusterFilter {
+    pub status: Option<ClusterStatus>,
+    pub name_prefix: Option<String>,
+}
+
+// ---------------------------------------------------------------- bootstrap tokens
+
+/// A one-time token an agent trades (with a CSR) for its client certificate.
+/// Only the SHA-256 of the secret is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootstrapToken {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub cluster_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+    pub used_at: Option<DateTime<Utc>>,
+    pub created_by: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewBootstrapToken {
+    pub cluster_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+    pub created_by: Option<Uuid>,
+}
+
+// ---------------------------------------------------------------- audit
+
+/// One stored audit record. `hash` covers every other field (see
+/// [`crate::audit::canonical_encoding`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub seq: i64,
+    pub actor_type: String,
+    pub actor_id: Option<String>,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: Option<String>,
+    pub outcome: AuditOutcome,
+    pub request_id: Option<String>,
+    pub client_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub details: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// What the caller supplies; the store adds id, tenant (from the scope), seq,
+/// time, prev_hash and hash, and redacts secrets in `details`.
+#[derive(Debug, Clone)]
+pub struct NewAuditRecord {
+    /// `user`, `agent`, `service`, `system`, `anonymous` …
+    pub actor_type: String,
+    pub actor_id: Option<String>,
+    /// Dotted verb, e.g. `cluster.create`, `member.role.change`.
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: Option<String>,
+    pub outcome: AuditOutcome,
+    pub request_id: Option<String>,
+    pub client_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub details: Value,
+}
+
+impl NewAuditRecord {
+    /// A record with the required fields; the rest empty.
+    pub fn new(
+        actor_type: impl Into<String>,
+        action: impl Into<String>,
+        resource_type: impl Into<String>,
+        outcome: AuditOutcome,
+    ) -> Self {
+        NewAuditRecord {
+            actor_type: actor_type.into(),
+            actor_id: None,
+            action: action.into(),
+            resource_type: resource_type.into(),
+            resource_id: None,
+            outcome,
+            request_id: None,
+            client_address: None,
+            user_agent: None,
+            details: Value::Object(Default::default()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor_type: Option<String>,
+    pub actor_id: Option<String>,
+    pub action: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub outcome: Option<AuditOutcome>,
+    /// Inclusive lower bound on `created_at`.
+    pub since: Option<DateTime<Utc>>,
+    /// Exclusive upper bound on `created_at`.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// The state of one chain head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainHead {
+    pub tenant_id: Uuid,
+    pub last_seq: i64,
+    pub last_hash: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainProblemKind {
+    /// The stored hash is not the hash of the record's fields.
+    HashMismatch,
+    /// The record's prev_hash is not its predecessor's hash.
+    PrevHashMismatch,
+    /// A record with this seq should exist and does not (gap, or truncated
+    /// tail according to the chain head).
+    Missing,
+    /// The chain head disagrees with the last record (hash, or seq beyond).
+    HeadMismatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainProblem {
+    pub seq: i64,
+    pub kind: ChainProblemKind,
+    pub reason: String,
+}
+
+/// Result of walking one chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainVerification {
+    pub tenant_id: Uuid,
+    /// Records read and checked before stopping.
+    pub records_checked: u64,
+    /// The head's last_seq (0 when the chain is empty).
+    pub head_seq: i64,
+    /// The first problem found, walking by seq; `None` when the chain is intact.
+    pub problem: Option<ChainProblem>,
+}
+
+impl ChainVerification {
+    pub fn is_ok(&self) -> bool {
+        self.problem.is_none()
+    }
+}

@@ -1,0 +1,144 @@
+//! Repository traits and the transaction that exposes them.
+//!
+//! A unit of work is one [`Tx`], opened for one [`Scope`] with
+//! [`crate::Store::begin`]. Every repository reached through it runs in that
+//! transaction, so a mutation and its audit record commit together or not at
+//! all. Dropping a `Tx` without `commit` rolls it back.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::model::*;
+use crate::page::{Page, PageRequest};
+use crate::scope::Scope;
+
+/// One transaction, scoped to one caller.
+#[async_trait]
+pub trait Tx: Send {
+    /// The scope the transaction runs in (after any re-scoping by
+    /// [`TenantRepo::create`] or the user login methods).
+    fn scope(&self) -> &Scope;
+    fn tenants(&mut self) -> &mut dyn TenantRepo;
+    fn users(&mut self) -> &mut dyn UserRepo;
+    fn members(&mut self) -> &mut dyn MemberRepo;
+    fn invites(&mut self) -> &mut dyn InviteRepo;
+    fn clusters(&mut self) -> &mut dyn ClusterRepo;
+    fn bootstrap_tokens(&mut self) -> &mut dyn BootstrapTokenRepo;
+    fn audit(&mut self) -> &mut dyn AuditRepo;
+    async fn commit(self: Box<Self>) -> Result<()>;
+    async fn rollback(self: Box<Self>) -> Result<()>;
+}
+
+#[async_trait]
+pub trait TenantRepo: Send {
+    /// Create a tenant and make `owner` its first owner. The transaction is
+    /// re-scoped to the new tenant (an audit append that follows lands in the
+    /// new tenant's chain). Refused when the scope already names a tenant.
+    async fn create(&mut self, new: NewTenant, owner: Uuid) -> Result<Tenant>;
+    /// A live or deleted tenant visible to the scope: its own tenant, one the
+    /// scope's user is a member of, or any for platform admins.
+    async fn get(&mut self, id: Uuid) -> Result<Tenant>;
+    /// Platform admins: all tenants; others: the tenants the scope's user is
+    /// a member of. Newest first.
+    async fn list(&mut self, filter: &TenantFilter, page: &PageRequest) -> Result<Page<Tenant>>;
+    /// Update display name and quotas of the scope's tenant (`id` must be it,
+    /// or the caller a platform admin).
+    async fn update(&mut self, id: Uuid, update: TenantUpdate) -> Result<Tenant>;
+    /// Suspend or reactivate (use `soft_delete` to delete).
+    async fn set_status(&mut self, id: Uuid, status: TenantStatus) -> Result<Tenant>;
+    /// Status `deleted`, `deleted_at` set; the name becomes reusable.
+    async fn soft_delete(&mut self, id: Uuid) -> Result<Tenant>;
+}
+
+#[async_trait]
+pub trait UserRepo: Send {
+    /// Login through OIDC: insert or refresh the user of (issuer, subject).
+    /// Binds the transaction to that user (`scope.user_id`), as the login is
+    /// the user acting; refused if the scope is already another user's.
+    async fn upsert_external(&mut self, identity: ExternalIdentity) -> Result<User>;
+    /// Create a local (development) user; binds the transaction to it.
+    async fn create_local(&mut self, new: NewLocalUser) -> Result<User>;
+    async fn get(&mut self, id: Uuid) -> Result<User>;
+    async fn get_by_issuer_subject(&mut self, issuer: &str, subject: &str) -> Result<User>;
+    /// Local user by username.
+    async fn get_by_username(&mut self, username: &str) -> Result<User>;
+    /// Case-insensitive; the oldest user with that email when several issuers share it.
+    async fn get_by_email(&mut self, email: &str) -> Result<User>;
+    /// Platform admins only.
+    async fn set_platform_admin(&mut self, id: Uuid, admin: bool) -> Result<User>;
+}
+
+#[async_trait]
+pub trait MemberRepo: Send {
+    /// Members of the scope's tenant, ordered by join time.
+    async fn list(&mut self) -> Result<Vec<Member>>;
+    /// The tenants the scope's user belongs to (no tenant scope needed).
+    async fn memberships(&mut self, user_id: Uuid) -> Result<Vec<Membership>>;
+    /// The user's role in the scope's tenant, `None` if not a member.
+    async fn role_of(&mut self, user_id: Uuid) -> Result<Option<Role>>;
+    async fn add(&mut self, user_id: Uuid, role: Role, invited_by: Option<Uuid>) -> Result<Member>;
+    /// Refuses to demote the last owner (`Precondition`).
+    async fn change_role(&mut self, user_id: Uuid, role: Role) -> Result<Member>;
+    /// Refuses to remove the last owner (`Precondition`).
+    async fn remove(&mut self, user_id: Uuid) -> Result<()>;
+    async fn count_owners(&mut self) -> Result<i64>;
+}
+
+#[async_trait]
+pub trait InviteRepo: Send {
+    /// Store an invite to the scope's tenant; only `sha256(token)` is kept.
+    async fn create(&mut self, new: NewInvite, token: &str) -> Result<Invite>;
+    /// Pending (not accepted) invites of the scope's tenant, newest first.
+    async fn list_pending(&mut self) -> Result<Vec<Invite>>;
+    /// Accept: one use, not expired at `now`; adds `user_id` as a member with
+    /// the invite's role. Whether the user's email must match is the
+    /// service's rule.
+    async fn accept(&mut self, token: &str, user_id: Uuid, now: DateTime<Utc>) -> Result<Member>;
+}
+
+#[async_trait]
+pub trait ClusterRepo: Send {
+    /// Create in the scope's tenant, enforcing `max_clusters` (live clusters)
+    /// under a lock on the tenant row. Status starts `provisioning`.
+    async fn create(&mut self, new: NewCluster) -> Result<Cluster>;
+    /// A cluster of the scope's tenant (soft-deleted ones too).
+    async fn get(&mut self, id: Uuid) -> Result<Cluster>;
+    /// Live clusters, newest first.
+    async fn list(&mut self, filter: &ClusterFilter, page: &PageRequest) -> Result<Page<Cluster>>;
+    async fn update(&mut self, id: Uuid, update: ClusterUpdate) -> Result<Cluster>;
+    async fn set_status(&mut self, id: Uuid, status: ClusterStatus) -> Result<Cluster>;
+    /// Heartbeat / connect / disconnect from the agent stream.
+    async fn record_agent(&mut self, id: Uuid, report: AgentReport) -> Result<Cluster>;
+    /// Sets `deleted_at` and status `deleting`; the name becomes reusable.
+    async fn soft_delete(&mut self, id: Uuid) -> Result<Cluster>;
+    /// Live clusters in the scope's tenant.
+    async fn count_live(&mut self) -> Result<i64>;
+}
+
+#[async_trait]
+pub trait BootstrapTokenRepo: Send {
+    /// Store `sha256(token)` for a live cluster of the scope's tenant.
+    async fn create(&mut self, new: NewBootstrapToken, token: &str) -> Result<BootstrapToken>;
+    /// Atomically mark the token used. Refused (`Precondition`) when already
+    /// used, expired at `now`, or its cluster is deleted; `NotFound` when no
+    /// such token exists in the scope's tenant.
+    async fn consume(&mut self, token: &str, now: DateTime<Utc>) -> Result<BootstrapToken>;
+    async fn list_for_cluster(&mut self, cluster_id: Uuid) -> Result<Vec<BootstrapToken>>;
+}
+
+#[async_trait]
+pub trait AuditRepo: Send {
+    /// Append to the scope's chain ([`Scope::chain_tenant`]). `details` is
+    /// redacted ([`crate::audit::redact`]) before hashing and storing.
+    async fn append(&mut self, record: NewAuditRecord) -> Result<AuditRecord>;
+    /// The scope's chain, newest (highest seq) first.
+    async fn list(&mut self, filter: &AuditFilter, page: &PageRequest)
+        -> Result<Page<AuditRecord>>;
+    /// Walk `tenant_id`'s chain by seq and report the first problem. The
+    /// tenant must be the scope's chain unless the caller is platform admin.
+    async fn verify_chain(&mut self, tenant_id: Uuid) -> Result<ChainVerification>;
+    /// Chain heads visible to the scope (all of them for platform admins).
+    async fn heads(&mut self) -> Result<Vec<ChainHead>>;
+}

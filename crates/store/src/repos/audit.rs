@@ -1,0 +1,245 @@
+use async_trait::async_trait;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::SqlTx;
+use crate::audit::{canonical_json, record_hash, redact, ChainWalker, GENESIS_HASH};
+use crate::db::{args, now, Row, Sql};
+use crate::error::{Result, StoreError};
+use crate::model::*;
+use crate::page::{seq_token, Page, PageRequest};
+use crate::repo::AuditRepo;
+use crate::validate;
+
+/// Records read per round trip by `verify_chain`.
+const VERIFY_BATCH: i64 = 1000;
+
+macro_rules! audit_cols {
+    () => {
+        "id, tenant_id, seq, actor_type, actor_id, action, resource_type, resource_id, \
+         outcome, request_id, client_address, user_agent, created_at, details, prev_hash, hash"
+    };
+}
+
+fn record_from(r: &Row) -> Result<AuditRecord> {
+    Ok(AuditRecord {
+        id: r.uuid("id")?,
+        tenant_id: r.uuid("tenant_id")?,
+        seq: r.get("seq")?,
+        actor_type: r.text("actor_type")?,
+        actor_id: r.opt_text("actor_id")?,
+        action: r.text("action")?,
+        resource_type: r.text("resource_type")?,
+        resource_id: r.opt_text("resource_id")?,
+        outcome: r.parse("outcome")?,
+        request_id: r.opt_text("request_id")?,
+        client_address: r.opt_text("client_address")?,
+        user_agent: r.opt_text("user_agent")?,
+        created_at: r.ts("created_at")?,
+        details: r.json("details")?,
+        prev_hash: r.text("prev_hash")?,
+        hash: r.text("hash")?,
+    })
+}
+
+fn head_from(r: &Row) -> Result<ChainHead> {
+    Ok(ChainHead {
+        tenant_id: r.uuid("tenant_id")?,
+        last_seq: r.get("last_seq")?,
+        last_hash: r.text("last_hash")?,
+    })
+}
+
+fn check_new(r: &NewAuditRecord) -> Result<()> {
+    validate::text("actor_type", &r.actor_type, 64, false)?;
+    validate::opt_text("actor_id", r.actor_id.as_deref(), 256)?;
+    validate::text("action", &r.action, 128, false)?;
+    validate::text("resource_type", &r.resource_type, 128, false)?;
+    validate::opt_text("resource_id", r.resource_id.as_deref(), 256)?;
+    validate::opt_text("request_id", r.request_id.as_deref(), 256)?;
+    validate::opt_text("client_address", r.client_address.as_deref(), 256)?;
+    validate::opt_text("user_agent", r.user_agent.as_deref(), 1024)
+}
+
+#[async_trait]
+impl AuditRepo for SqlTx {
+    async fn append(&mut self, new: NewAuditRecord) -> Result<AuditRecord> {
+        check_new(&new)?;
+        let tenant = self.scope.chain_tenant();
+        let details = match canonical_json(redact(new.details)) {
+            Value::Null => Value::Object(Default::default()),
+            v => v,
+        };
+        // Take the next seq and the previous hash in one statement that
+        // creates or row-locks the chain head: concurrent appenders of one
+        // tenant queue here until this transaction ends, so the chain never
+        // forks. (SQLite: the write transaction already holds the lock.)
+        let head = self
+            .conn
+            .fetch_one(
+                "INSERT INTO audit_chain_heads (tenant_id, last_seq, last_hash, updated_at) \
+                 VALUES ($1, 1, $2, $3) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET last_seq = audit_chain_heads.last_seq + 1, \
+                 updated_at = excluded.updated_at \
+                 RETURNING last_seq, last_hash",
+                args![tenant, GENESIS_HASH, now()],
+            )
+            .await?;
+        let mut record = AuditRecord {
+            id: Uuid::now_v7(),
+            tenant_id: tenant,
+            seq: head.get("last_seq")?,
+            actor_type: new.actor_type,
+            actor_id: new.actor_id,
+            action: new.action,
+            resource_type: new.resource_type,
+            resource_id: new.resource_id,
+            outcome: new.outcome,
+            request_id: new.request_id,
+            client_address: new.client_address,
+            user_agent: new.user_agent,
+            created_at: now(),
+            details,
+            prev_hash: head.text("last_hash")?,
+            hash: String::new(),
+        };
+        record.hash = record_hash(&record);
+        let r = &record;
+        self.conn
+            .execute(
+                concat!(
+                    "INSERT INTO audit_logs (",
+                    audit_cols!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                ),
+                args![
+                    r.id,
+                    r.tenant_id,
+                    r.seq,
+                    r.actor_type.as_str(),
+                    r.actor_id.as_deref(),
+                    r.action.as_str(),
+                    r.resource_type.as_str(),
+                    r.resource_id.as_deref(),
+                    r.outcome.as_str(),
+                    r.request_id.as_deref(),
+                    r.client_address.as_deref(),
+                    r.user_agent.as_deref(),
+                    r.created_at,
+                    r.details.clone(),
+                    r.prev_hash.as_str(),
+                    r.hash.as_str()
+                ],
+            )
+            .await?;
+        self.conn
+            .execute(
+                "UPDATE audit_chain_heads SET last_hash = $2 WHERE tenant_id = $1",
+                args![tenant, r.hash.as_str()],
+            )
+            .await?;
+        Ok(record)
+    }
+
+    async fn list(
+        &mut self,
+        filter: &AuditFilter,
+        page: &PageRequest,
+    ) -> Result<Page<AuditRecord>> {
+        let limit = page.limit();
+        let mut sql = Sql::new(concat!(
+            "SELECT ",
+            audit_cols!(),
+            " FROM audit_logs WHERE tenant_id = "
+        ));
+        sql.bind(self.scope.chain_tenant());
+        let text_filters = [
+            (" AND actor_type = ", &filter.actor_type),
+            (" AND actor_id = ", &filter.actor_id),
+            (" AND action = ", &filter.action),
+            (" AND resource_type = ", &filter.resource_type),
+            (" AND resource_id = ", &filter.resource_id),
+        ];
+        for (clause, value) in text_filters {
+            if let Some(v) = value {
+                sql.push(clause).bind(v.as_str());
+            }
+        }
+        if let Some(o) = filter.outcome {
+            sql.push(" AND outcome = ").bind(o.as_str());
+        }
+        if let Some(t) = filter.since {
+            sql.push(" AND created_at >= ").bind(crate::db::micros(t));
+        }
+        if let Some(t) = filter.until {
+            sql.push(" AND created_at < ").bind(crate::db::micros(t));
+        }
+        if let Some(seq) = page.seq_cursor()? {
+            sql.push(" AND seq < ").bind(seq);
+        }
+        sql.push(" ORDER BY seq DESC LIMIT ").bind(limit + 1);
+        let items = self.all(sql.text, sql.args, record_from).await?;
+        Ok(Page::from_overfetch(items, limit, |r| seq_token(r.seq)))
+    }
+
+    async fn verify_chain(&mut self, tenant_id: Uuid) -> Result<ChainVerification> {
+        if !self.scope.platform_admin && tenant_id != self.scope.chain_tenant() {
+            return Err(StoreError::PermissionDenied {
+                reason: "the audit chain of another tenant".into(),
+            });
+        }
+        let head = self
+            .conn
+            .fetch_optional(
+                "SELECT tenant_id, last_seq, last_hash FROM audit_chain_heads WHERE tenant_id = $1",
+                args![tenant_id],
+            )
+            .await?
+            .map(|r| head_from(&r))
+            .transpose()?;
+        let mut walker = ChainWalker::new();
+        let mut problem = None;
+        'walk: loop {
+            let batch = self
+                .all(
+                    concat!(
+                        "SELECT ",
+                        audit_cols!(),
+                        " FROM audit_logs WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                    ),
+                    args![tenant_id, walker.last_seq(), VERIFY_BATCH],
+                    record_from,
+                )
+                .await?;
+            let done = (batch.len() as i64) < VERIFY_BATCH;
+            for record in &batch {
+                if let Err(p) = walker.check(record) {
+                    problem = Some(p);
+                    break 'walk;
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        if problem.is_none() {
+            problem = walker.finish(head.as_ref()).err();
+        }
+        Ok(ChainVerification {
+            tenant_id,
+            records_checked: walker.checked,
+            head_seq: head.map_or(0, |h| h.last_seq),
+            problem,
+        })
+    }
+
+    async fn heads(&mut self) -> Result<Vec<ChainHead>> {
+        let mut sql = Sql::new("SELECT tenant_id, last_seq, last_hash FROM audit_chain_heads");
+        if !self.scope.platform_admin {
+            sql.push(" WHERE tenant_id = ")
+                .bind(self.scope.chain_tenant());
+        }
+        sql.push(" ORDER BY tenant_id");
+        self.all(sql.text, sql.args, head_from).await
+    }
+}

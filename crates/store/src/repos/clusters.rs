@@ -1,0 +1,271 @@
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::SqlTx;
+use crate::db::{args, micros, now, Row, Sql};
+use crate::error::{Result, StoreError};
+use crate::model::*;
+use crate::page::{time_token, Page, PageRequest};
+use crate::repo::ClusterRepo;
+use crate::validate;
+
+macro_rules! cluster_cols {
+    () => {
+        "id, tenant_id, name, display_name, status, connection_state, agent_version, \
+         last_seen_at, api_endpoint, labels, metadata, created_at, updated_at, deleted_at"
+    };
+}
+
+fn cluster_from(r: &Row) -> Result<Cluster> {
+    let labels = match r.json("labels")? {
+        Value::Null => BTreeMap::new(),
+        v => serde_json::from_value(v).map_err(|e| StoreError::invalid("labels", e.to_string()))?,
+    };
+    Ok(Cluster {
+        id: r.uuid("id")?,
+        tenant_id: r.uuid("tenant_id")?,
+        name: r.text("name")?,
+        display_name: r.text("display_name")?,
+        status: r.parse("status")?,
+        connection_state: r.parse("connection_state")?,
+        agent_version: r.opt_text("agent_version")?,
+        last_seen_at: r.opt_ts("last_seen_at")?,
+        api_endpoint: r.opt_text("api_endpoint")?,
+        labels,
+        metadata: r.json("metadata")?,
+        created_at: r.ts("created_at")?,
+        updated_at: r.ts("updated_at")?,
+        deleted_at: r.opt_ts("deleted_at")?,
+    })
+}
+
+fn labels_json(labels: &BTreeMap<String, String>) -> Result<Value> {
+    if labels.len() > 64 {
+        return Err(StoreError::invalid("labels", "at most 64 labels"));
+    }
+    for (k, v) in labels {
+        validate::text("labels", k, 63, false)?;
+        validate::text("labels", v, 253, true)?;
+    }
+    Ok(serde_json::to_value(labels).unwrap_or_default())
+}
+
+fn check_endpoint(endpoint: Option<&str>) -> Result<()> {
+    validate::opt_text("api_endpoint", endpoint, 2048)
+}
+
+/// `UPDATE clusters SET <assignments> … WHERE` one live cluster of the
+/// scope's tenant, `RETURNING` it. `$1` is the tenant, `$2` the cluster.
+macro_rules! update_live_cluster {
+    ($set:literal) => {
+        concat!(
+            "UPDATE clusters SET ",
+            $set,
+            " WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL RETURNING ",
+            cluster_cols!()
+        )
+    };
+}
+
+#[async_trait]
+impl ClusterRepo for SqlTx {
+    async fn create(&mut self, new: NewCluster) -> Result<Cluster> {
+        let tenant = self.tenant()?;
+        validate::dns_label("name", &new.name)?;
+        let display_name = validate::display_name(&new.display_name, &new.name)?;
+        check_endpoint(new.api_endpoint.as_deref())?;
+        let labels = labels_json(&new.labels)?;
+        let metadata = match new.metadata {
+            Value::Null => Value::Object(Default::default()),
+            v @ Value::Object(_) => v,
+            _ => return Err(StoreError::invalid("metadata", "must be a JSON object")),
+        };
+        // Quota check under the tenant row lock: concurrent creates of one
+        // tenant serialize here, so they cannot overshoot together.
+        let (status, max_clusters) = self.lock_tenant(tenant).await?;
+        if status != TenantStatus::Active {
+            return Err(StoreError::precondition(format!("tenant is {status}")));
+        }
+        if self.count_live().await? >= i64::from(max_clusters) {
+            return Err(StoreError::QuotaExceeded {
+                what: "clusters",
+                limit: max_clusters.into(),
+            });
+        }
+        let at = now();
+        self.one(
+            concat!(
+                "INSERT INTO clusters (id, tenant_id, name, display_name, status, \
+                 connection_state, api_endpoint, labels, metadata, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, 'provisioning', 'unknown', $5, $6, $7, $8, $8) \
+                 RETURNING ",
+                cluster_cols!()
+            ),
+            args![
+                Uuid::now_v7(),
+                tenant,
+                new.name,
+                display_name,
+                new.api_endpoint,
+                labels,
+                metadata,
+                at
+            ],
+            "cluster",
+            cluster_from,
+        )
+        .await
+        .map_err(|e| e.on_unique("cluster"))
+    }
+
+    async fn get(&mut self, id: Uuid) -> Result<Cluster> {
+        let tenant = self.tenant()?;
+        self.one(
+            concat!(
+                "SELECT ",
+                cluster_cols!(),
+                " FROM clusters WHERE tenant_id = $1 AND id = $2"
+            ),
+            args![tenant, id],
+            "cluster",
+            cluster_from,
+        )
+        .await
+    }
+
+    async fn list(&mut self, filter: &ClusterFilter, page: &PageRequest) -> Result<Page<Cluster>> {
+        let tenant = self.tenant()?;
+        let limit = page.limit();
+        let mut sql = Sql::new(concat!(
+            "SELECT ",
+            cluster_cols!(),
+            " FROM clusters WHERE tenant_id = "
+        ));
+        sql.bind(tenant).push(" AND deleted_at IS NULL");
+        if let Some(status) = filter.status {
+            sql.push(" AND status = ").bind(status.as_str());
+        }
+        if let Some(prefix) = filter.name_prefix.as_deref().filter(|p| !p.is_empty()) {
+            // substr() rather than LIKE: case-sensitive and wildcard-free on
+            // both backends.
+            let len = i32::try_from(prefix.chars().count())
+                .map_err(|_| StoreError::invalid("name_prefix", "too long"))?;
+            sql.push(" AND substr(name, 1, ")
+                .bind(len)
+                .push(") = ")
+                .bind(prefix);
+        }
+        if let Some((at, id)) = page.time_cursor()? {
+            sql.push(" AND (created_at, id) < (")
+                .bind(at)
+                .push(", ")
+                .bind(id)
+                .push(")");
+        }
+        sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .bind(limit + 1);
+        let items = self.all(sql.text, sql.args, cluster_from).await?;
+        Ok(Page::from_overfetch(items, limit, |c| {
+            time_token(c.created_at, c.id)
+        }))
+    }
+
+    async fn update(&mut self, id: Uuid, update: ClusterUpdate) -> Result<Cluster> {
+        let tenant = self.tenant()?;
+        if let Some(d) = &update.display_name {
+            validate::text("display_name", d.trim(), 200, false)?;
+        }
+        if let Some(e) = &update.api_endpoint {
+            check_endpoint(e.as_deref())?;
+        }
+        let labels = update.labels.as_ref().map(labels_json).transpose()?;
+        let (set_endpoint, endpoint) = match update.api_endpoint {
+            Some(e) => (true, e),
+            None => (false, None),
+        };
+        self.one(
+            update_live_cluster!(
+                "display_name = COALESCE($3, display_name), \
+                 api_endpoint = CASE WHEN $4 THEN $5 ELSE api_endpoint END, \
+                 labels = COALESCE($6, labels), updated_at = $7"
+            ),
+            args![
+                tenant,
+                id,
+                update.display_name.map(|d| d.trim().to_owned()),
+                set_endpoint,
+                endpoint,
+                labels,
+                now()
+            ],
+            "cluster",
+            cluster_from,
+        )
+        .await
+    }
+
+    async fn set_status(&mut self, id: Uuid, status: ClusterStatus) -> Result<Cluster> {
+        let tenant = self.tenant()?;
+        if status == ClusterStatus::Deleting {
+            return Err(StoreError::invalid(
+                "status",
+                "use soft_delete to delete a cluster",
+            ));
+        }
+        self.one(
+            update_live_cluster!("status = $3, updated_at = $4"),
+            args![tenant, id, status.as_str(), now()],
+            "cluster",
+            cluster_from,
+        )
+        .await
+    }
+
+    async fn record_agent(&mut self, id: Uuid, report: AgentReport) -> Result<Cluster> {
+        let tenant = self.tenant()?;
+        validate::opt_text("agent_version", report.agent_version.as_deref(), 128)?;
+        self.one(
+            update_live_cluster!(
+                "connection_state = $3, agent_version = COALESCE($4, agent_version), \
+                 last_seen_at = $5, updated_at = $6"
+            ),
+            args![
+                tenant,
+                id,
+                report.connection_state.as_str(),
+                report.agent_version,
+                micros(report.seen_at),
+                now()
+            ],
+            "cluster",
+            cluster_from,
+        )
+        .await
+    }
+
+    async fn soft_delete(&mut self, id: Uuid) -> Result<Cluster> {
+        let tenant = self.tenant()?;
+        let at = now();
+        self.one(
+            update_live_cluster!("status = 'deleting', deleted_at = $3, updated_at = $3"),
+            args![tenant, id, at],
+            "cluster",
+            cluster_from,
+        )
+        .await
+    }
+
+    async fn count_live(&mut self) -> Result<i64> {
+        let tenant = self.tenant()?;
+        self.one(
+            "SELECT count(*) AS n FROM clusters WHERE tenant_id = $1 AND deleted_at IS NULL",
+            args![tenant],
+            "tenant",
+            |r| r.get("n"),
+        )
+        .await
+    }
+}

@@ -1,0 +1,171 @@
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::tenants::{tenant_cols, tenant_from};
+use super::SqlTx;
+use crate::db::{args, now, Row};
+use crate::error::{Result, StoreError};
+use crate::model::*;
+use crate::repo::MemberRepo;
+
+macro_rules! member_cols {
+    () => {
+        "tenant_id, user_id, role, joined_at, invited_by"
+    };
+}
+
+fn member_from(r: &Row) -> Result<Member> {
+    Ok(Member {
+        tenant_id: r.uuid("tenant_id")?,
+        user_id: r.uuid("user_id")?,
+        role: r.parse("role")?,
+        joined_at: r.ts("joined_at")?,
+        invited_by: r.opt_uuid("invited_by")?,
+    })
+}
+
+fn membership_from(r: &Row) -> Result<Membership> {
+    Ok(Membership {
+        tenant: tenant_from(r)?,
+        role: r.parse("role")?,
+    })
+}
+
+impl SqlTx {
+    /// Under the tenant row lock, refuse to take the owner role away from
+    /// the last owner. Two concurrent demotions serialize on the lock, and
+    /// the second counts the owners the first left.
+    async fn guard_last_owner(
+        &mut self,
+        tenant: Uuid,
+        user_id: Uuid,
+        keeps_owner: bool,
+    ) -> Result<()> {
+        self.lock_tenant(tenant).await?;
+        let current = self
+            .role_of(user_id)
+            .await?
+            .ok_or(StoreError::NotFound { what: "member" })?;
+        if current == Role::Owner && !keeps_owner && self.count_owners().await? <= 1 {
+            return Err(StoreError::precondition(
+                "a tenant must keep at least one owner",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn insert_member(
+        &mut self,
+        user_id: Uuid,
+        role: Role,
+        invited_by: Option<Uuid>,
+    ) -> Result<Member> {
+        let tenant = self.tenant()?;
+        self.one(
+            concat!(
+                "INSERT INTO tenant_members (tenant_id, user_id, role, joined_at, invited_by) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING ",
+                member_cols!()
+            ),
+            args![tenant, user_id, role.as_str(), now(), invited_by],
+            "member",
+            member_from,
+        )
+        .await
+        .map_err(|e| e.on_unique("member").on_foreign_key("user"))
+    }
+}
+
+#[async_trait]
+impl MemberRepo for SqlTx {
+    async fn list(&mut self) -> Result<Vec<Member>> {
+        let tenant = self.tenant()?;
+        self.all(
+            concat!(
+                "SELECT ",
+                member_cols!(),
+                " FROM tenant_members WHERE tenant_id = $1 ORDER BY joined_at, user_id"
+            ),
+            args![tenant],
+            member_from,
+        )
+        .await
+    }
+
+    async fn memberships(&mut self, user_id: Uuid) -> Result<Vec<Membership>> {
+        if !self.scope.platform_admin && self.scope.user_id != Some(user_id) {
+            return Err(StoreError::PermissionDenied {
+                reason: "memberships of another user".into(),
+            });
+        }
+        // Column names are unambiguous across the two tables.
+        self.all(
+            concat!(
+                "SELECT ",
+                tenant_cols!(),
+                ", role FROM tenants JOIN tenant_members ON tenant_members.tenant_id = tenants.id \
+                 WHERE tenant_members.user_id = $1 AND tenants.deleted_at IS NULL \
+                 ORDER BY name"
+            ),
+            args![user_id],
+            membership_from,
+        )
+        .await
+    }
+
+    async fn role_of(&mut self, user_id: Uuid) -> Result<Option<Role>> {
+        let tenant = self.tenant()?;
+        self.conn
+            .fetch_optional(
+                "SELECT role FROM tenant_members WHERE tenant_id = $1 AND user_id = $2",
+                args![tenant, user_id],
+            )
+            .await?
+            .map(|r| r.parse("role"))
+            .transpose()
+    }
+
+    async fn add(&mut self, user_id: Uuid, role: Role, invited_by: Option<Uuid>) -> Result<Member> {
+        self.insert_member(user_id, role, invited_by).await
+    }
+
+    async fn change_role(&mut self, user_id: Uuid, role: Role) -> Result<Member> {
+        let tenant = self.tenant()?;
+        self.guard_last_owner(tenant, user_id, role == Role::Owner)
+            .await?;
+        self.one(
+            concat!(
+                "UPDATE tenant_members SET role = $3 WHERE tenant_id = $1 AND user_id = $2 \
+                 RETURNING ",
+                member_cols!()
+            ),
+            args![tenant, user_id, role.as_str()],
+            "member",
+            member_from,
+        )
+        .await
+    }
+
+    async fn remove(&mut self, user_id: Uuid) -> Result<()> {
+        let tenant = self.tenant()?;
+        self.guard_last_owner(tenant, user_id, false).await?;
+        self.conn
+            .execute(
+                "DELETE FROM tenant_members WHERE tenant_id = $1 AND user_id = $2",
+                args![tenant, user_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn count_owners(&mut self) -> Result<i64> {
+        let tenant = self.tenant()?;
+        self.one(
+            "SELECT count(*) AS n FROM tenant_members WHERE tenant_id = $1 AND role = 'owner'",
+            args![tenant],
+            "tenant",
+            |r| r.get("n"),
+        )
+        .await
+    }
+}

@@ -1,0 +1,224 @@
+//! [`Store`]: connecting to a backend and opening scoped transactions.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor};
+
+use crate::db::Conn;
+use crate::error::{Result, StoreError};
+use crate::repo::Tx;
+use crate::repos::SqlTx;
+use crate::scope::Scope;
+
+/// The role the PostgreSQL application pool switches to, created by the
+/// first migration.
+pub const DEFAULT_APP_ROLE: &str = "zen_app";
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Postgres,
+    Sqlite,
+}
+
+/// Connection settings; `StoreOptions::default()` suits development.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// PostgreSQL: every pooled connection runs `SET ROLE <app_role>` right
+    /// after connecting, so the application is subject to row-level
+    /// security even when the URL's user owns the tables. `None` skips it
+    /// (when the URL's user is already a non-owner, non-BYPASSRLS role).
+    pub app_role: Option<String>,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    /// SQLite: how long a writer waits for the database lock.
+    pub busy_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            app_role: Some(DEFAULT_APP_ROLE.to_owned()),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+            busy_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
+    Postgres {
+        /// The application pool (`SET ROLE` applied).
+        pool: PgPool,
+        /// The URL's own user, for migrations.
+        owner: Box<PgConnectOptions>,
+    },
+    Sqlite {
+        pool: SqlitePool,
+    },
+}
+
+/// The storage handle: cheap to clone, shared by all request handlers.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) backend: Backend,
+}
+
+impl Store {
+    /// Connect with default options. URL forms:
+    /// * `postgres://user@host:port/db?…` (also `postgresql://`)
+    /// * `sqlite://path/to/zen.db` (relative), `sqlite:///abs/path.db`,
+    ///   `sqlite::memory:`; the file and its directory are created if missing.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, StoreOptions::default()).await
+    }
+
+    pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Self::connect_postgres(url, options).await
+        } else if url.starts_with("sqlite:") {
+            Self::connect_sqlite(url, options).await
+        } else {
+            Err(StoreError::invalid(
+                "database_url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            ))
+        }
+    }
+
+    async fn connect_postgres(url: &str, options: StoreOptions) -> Result<Self> {
+        let owner = PgConnectOptions::from_str(url)?.application_name("zen");
+        // Fail fast on a bad URL or an unreachable server. The pool itself
+        // is lazy: on a fresh database the app role does not exist until the
+        // first migration, which runs on its own owner connection.
+        owner.connect().await?.close().await?;
+        let set_role = match &options.app_role {
+            Some(role) => {
+                let ok = !role.is_empty()
+                    && role.len() <= 63
+                    && role
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                if !ok {
+                    return Err(StoreError::invalid(
+                        "app_role",
+                        "must be a lowercase SQL identifier",
+                    ));
+                }
+                Some(format!("SET ROLE \"{role}\""))
+            }
+            None => None,
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                let set_role = set_role.clone();
+                Box::pin(async move {
+                    if let Some(stmt) = set_role {
+                        conn.execute(AssertSqlSafe(stmt)).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(owner.clone());
+        Ok(Store {
+            backend: Backend::Postgres {
+                pool,
+                owner: Box::new(owner),
+            },
+        })
+    }
+
+    async fn connect_sqlite(url: &str, options: StoreOptions) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(options.busy_timeout);
+        if let Some(dir) = opts.get_filename().parent() {
+            if !dir.as_os_str().is_empty() && !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::invalid(
+                        "database_url",
+                        format!("cannot create {}: {e}", dir.display()),
+                    )
+                })?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(opts)
+            .await?;
+        Ok(Store {
+            backend: Backend::Sqlite { pool },
+        })
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        match self.backend {
+            Backend::Postgres { .. } => BackendKind::Postgres,
+            Backend::Sqlite { .. } => BackendKind::Sqlite,
+        }
+    }
+
+    /// Open a read-write transaction for `scope`. On PostgreSQL the scope is
+    /// set as transaction-local RLS settings; on SQLite the transaction is
+    /// `BEGIN IMMEDIATE`, so writers queue (up to `busy_timeout`) instead of
+    /// failing when they upgrade a read lock.
+    pub async fn begin(&self, scope: &Scope) -> Result<Box<dyn Tx>> {
+        let conn = match &self.backend {
+            Backend::Postgres { pool, .. } => Conn::Pg(pool.begin().await?),
+            Backend::Sqlite { pool } => Conn::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        };
+        Ok(Box::new(SqlTx::open(conn, scope.clone()).await?))
+    }
+
+    /// Open a read-only transaction (PostgreSQL `READ ONLY`; SQLite deferred,
+    /// so readers never wait for writers). Writes in it fail.
+    pub async fn begin_read(&self, scope: &Scope) -> Result<Box<dyn Tx>> {
+        let conn = match &self.backend {
+            Backend::Postgres { pool, .. } => {
+                Conn::Pg(pool.begin_with("BEGIN TRANSACTION READ ONLY").await?)
+            }
+            Backend::Sqlite { pool } => Conn::Sqlite(pool.begin().await?),
+        };
+        Ok(Box::new(SqlTx::open(conn, scope.clone()).await?))
+    }
+
+    /// A round trip through the application pool (readiness probes).
+    pub async fn ping(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Postgres { pool, .. } => pool.acquire().await?.ping().await?,
+            Backend::Sqlite { pool } => pool.acquire().await?.ping().await?,
+        }
+        Ok(())
+    }
+
+    /// Close every pooled connection.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Postgres { pool, .. } => pool.close().await,
+            Backend::Sqlite { pool } => pool.close().await,
+        }
+    }
+
+    /// The PostgreSQL application pool (connections already `SET ROLE`),
+    /// for diagnostics and tests. Queries on it without the RLS settings
+    /// see no tenant rows.
+    #[doc(hidden)]
+    pub fn pg_app_pool(&self) -> Option<&PgPool> {
+        match &self.backend {
+            Backend::Postgres { pool, .. } => Some(pool),
+            Backend::Sqlite { .. } => None,
+        }
+    }
+}

@@ -1,0 +1,1567 @@
+//! The storage conformance suite: every test runs on SQLite and on
+//! PostgreSQL (see `common::conformance!`).
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use chrono::{Duration as Days, Utc};
+use serde_json::json;
+use uuid::Uuid;
+
+use common::Harness;
+use zen_store::*;
+
+// ------------------------------------------------------------------ helpers
+
+async fn user(h: &Harness, name: &str) -> Uuid {
+    let mut tx = h.tx(&Scope::anonymous()).await;
+    let u = tx
+        .users()
+        .create_local(NewLocalUser {
+            username: name.into(),
+            email: Some(format!("{name}@example.test")),
+            display_name: None,
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into(),
+        })
+        .await
+        .expect("create user");
+    tx.commit().await.unwrap();
+    u.id
+}
+
+async fn tenant_with(h: &Harness, name: &str, owner: Uuid, quotas: Quotas) -> Tenant {
+    let mut tx = h.tx(&Scope::user(owner)).await;
+    let t = tx
+        .tenants()
+        .create(
+            NewTenant {
+                name: name.into(),
+                display_name: String::new(),
+                quotas,
+            },
+            owner,
+        )
+        .await
+        .expect("create tenant");
+    tx.commit().await.unwrap();
+    t
+}
+
+async fn tenant(h: &Harness, name: &str, owner: Uuid) -> Tenant {
+    tenant_with(h, name, owner, Quotas::default()).await
+}
+
+/// A user and a tenant they own, and the scope to act in it.
+async fn setup(h: &Harness, name: &str) -> (Uuid, Tenant, Scope) {
+    let owner = user(h, &format!("{name}-owner")).await;
+    let t = tenant(h, name, owner).await;
+    let scope = Scope::tenant(t.id, Some(owner));
+    (owner, t, scope)
+}
+
+async fn cluster(h: &Harness, scope: &Scope, name: &str) -> Result<Cluster> {
+    let mut tx = h.tx(scope).await;
+    let c = tx
+        .clusters()
+        .create(NewCluster {
+            name: name.into(),
+            ..Default::default()
+        })
+        .await?;
+    tx.commit().await?;
+    Ok(c)
+}
+
+fn audit(action: &str) -> NewAuditRecord {
+    let mut r = NewAuditRecord::new("user", action, "cluster", AuditOutcome::Success);
+    r.actor_id = Some("u-1".into());
+    r
+}
+
+async fn append(h: &Harness, scope: &Scope, n: usize) -> Vec<AuditRecord> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut tx = h.tx(scope).await;
+        let mut r = audit("cluster.update");
+        r.resource_id = Some(format!("c-{i}"));
+        out.push(tx.audit().append(r).await.expect("append"));
+        tx.commit().await.unwrap();
+    }
+    out
+}
+
+async fn verify(h: &Harness, scope: &Scope, tenant: Uuid) -> ChainVerification {
+    let mut tx = h.store.begin_read(scope).await.unwrap();
+    let v = tx.audit().verify_chain(tenant).await.expect("verify");
+    tx.commit().await.unwrap();
+    v
+}
+
+fn sql_uuid(id: Uuid) -> String {
+    format!("'{id}'")
+}
+
+// ------------------------------------------------------------------ tenants
+
+async fn tenant_names_unique_and_reusable_after_soft_delete(h: &Harness) {
+    let owner = user(h, "alice").await;
+    let t = tenant(h, "acme", owner).await;
+    assert_eq!(t.display_name, "acme");
+    assert_eq!(t.status, TenantStatus::Active);
+    assert_eq!(t.created_by, Some(owner));
+
+    let mut tx = h.tx(&Scope::user(owner)).await;
+    let err = tx
+        .tenants()
+        .create(
+            NewTenant {
+                name: "acme".into(),
+                ..Default::default()
+            },
+            owner,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::AlreadyExists { what: "tenant" }),
+        "{err:?}"
+    );
+    tx.rollback().await.unwrap();
+
+    // The creator is the first owner, and the tx was re-scoped to the tenant.
+    let mut tx = h.tx(&Scope::tenant(t.id, Some(owner))).await;
+    assert_eq!(
+        tx.members().role_of(owner).await.unwrap(),
+        Some(Role::Owner)
+    );
+    let deleted = tx.tenants().soft_delete(t.id).await.unwrap();
+    assert_eq!(deleted.status, TenantStatus::Deleted);
+    assert!(deleted.deleted_at.is_some());
+    tx.commit().await.unwrap();
+
+    let again = tenant(h, "acme", owner).await;
+    assert_ne!(again.id, t.id);
+
+    // Bad names are refused before the database sees them.
+    let mut tx = h.tx(&Scope::user(owner)).await;
+    let err = tx
+        .tenants()
+        .create(
+            NewTenant {
+                name: "Not A Label".into(),
+                ..Default::default()
+            },
+            owner,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Invalid { field: "name", .. }),
+        "{err:?}"
+    );
+}
+
+async fn tenant_get_update_status_and_scope(h: &Harness) {
+    let (owner, t, scope) = setup(h, "globex").await;
+    let (_, other, _) = setup(h, "initech").await;
+
+    let mut tx = h.tx(&scope).await;
+    assert_eq!(tx.tenants().get(t.id).await.unwrap().name, "globex");
+    // Another tenant is invisible from this scope.
+    let err = tx.tenants().get(other.id).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    let err = tx
+        .tenants()
+        .update(other.id, TenantUpdate::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+
+    let updated = tx
+        .tenants()
+        .update(
+            t.id,
+            TenantUpdate {
+                display_name: Some("Globex Corp".into()),
+                max_clusters: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.display_name, "Globex Corp");
+    assert_eq!(updated.quotas.max_clusters, 3);
+    assert_eq!(
+        updated.quotas.requests_per_second,
+        Quotas::default().requests_per_second
+    );
+    assert_eq!(updated.updated_by, Some(owner));
+    assert!(updated.updated_at >= t.updated_at);
+    let err = tx
+        .tenants()
+        .update(
+            t.id,
+            TenantUpdate {
+                max_clusters: Some(-1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Invalid {
+                field: "max_clusters",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let s = tx
+        .tenants()
+        .set_status(t.id, TenantStatus::Suspended)
+        .await
+        .unwrap();
+    assert_eq!(s.status, TenantStatus::Suspended);
+    tx.commit().await.unwrap();
+
+    // A suspended tenant takes no new clusters.
+    let err = cluster(h, &scope, "c1").await.unwrap_err();
+    assert!(matches!(err, StoreError::Precondition { .. }), "{err:?}");
+
+    // A user outside any tenant sees the tenants they belong to.
+    let mut tx = h.tx(&Scope::user(owner)).await;
+    assert_eq!(tx.tenants().get(t.id).await.unwrap().id, t.id);
+    assert!(tx.tenants().get(other.id).await.is_err());
+    let ms = tx.members().memberships(owner).await.unwrap();
+    assert_eq!(ms.len(), 1);
+    assert_eq!((ms[0].tenant.id, ms[0].role), (t.id, Role::Owner));
+}
+
+async fn tenant_pagination(h: &Harness) {
+    let owner = user(h, "pager").await;
+    let mut ids = HashSet::new();
+    for i in 0..7 {
+        ids.insert(tenant(h, &format!("t{i}"), owner).await.id);
+    }
+    let loner = user(h, "loner").await;
+    let other = tenant(h, "not-mine", loner).await;
+
+    for (scope, expect) in [
+        (Scope::user(owner), ids.clone()),
+        (Scope::platform_admin(None), {
+            let mut all = ids.clone();
+            all.insert(other.id);
+            all
+        }),
+    ] {
+        let mut seen = Vec::new();
+        let mut page = PageRequest::first(3);
+        let mut pages = 0;
+        loop {
+            let mut tx = h.store.begin_read(&scope).await.unwrap();
+            let p = tx
+                .tenants()
+                .list(&TenantFilter::default(), &page)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            pages += 1;
+            assert!(p.items.len() <= 3);
+            seen.extend(p.items.iter().map(|t| (t.created_at, t.id)));
+            match p.next_page_token {
+                Some(tok) => page = PageRequest::next(3, tok),
+                None => break,
+            }
+        }
+        let unique: HashSet<Uuid> = seen.iter().map(|s| s.1).collect();
+        assert_eq!(unique.len(), seen.len(), "duplicates across pages");
+        assert_eq!(unique, expect, "misses across pages");
+        assert_eq!(pages, expect.len().div_ceil(3));
+        // newest first
+        let mut sorted = seen.clone();
+        sorted.sort_by(|a, b| b.cmp(a));
+        assert_eq!(seen, sorted);
+    }
+
+    let mut tx = h.tx(&Scope::user(owner)).await;
+    let err = tx
+        .tenants()
+        .list(
+            &TenantFilter::default(),
+            &PageRequest::next(3, "zz-not-hex"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Invalid {
+                field: "page_token",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+// ------------------------------------------------------------------ users
+
+async fn users_upsert_and_local(h: &Harness) {
+    let id = ExternalIdentity {
+        issuer: "https://idp.example".into(),
+        subject: "sub-1".into(),
+        email: Some("Bob@Example.test".into()),
+        display_name: Some("Bob".into()),
+    };
+    let mut tx = h.tx(&Scope::anonymous()).await;
+    let first = tx.users().upsert_external(id.clone()).await.unwrap();
+    assert_eq!(
+        tx.scope().user_id,
+        Some(first.id),
+        "login binds the tx to the user"
+    );
+    tx.commit().await.unwrap();
+
+    let mut tx = h.tx(&Scope::anonymous()).await;
+    let second = tx
+        .users()
+        .upsert_external(ExternalIdentity {
+            display_name: Some("Robert".into()),
+            ..id.clone()
+        })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.display_name.as_deref(), Some("Robert"));
+    assert!(!second.is_platform_admin);
+
+    let mut tx = h.tx(&Scope::anonymous()).await;
+    let by_email = tx.users().get_by_email("bob@example.test").await.unwrap();
+    assert_eq!(by_email.id, first.id);
+    let by_sub = tx
+        .users()
+        .get_by_issuer_subject("https://idp.example", "sub-1")
+        .await
+        .unwrap();
+    assert_eq!(by_sub.id, first.id);
+    tx.rollback().await.unwrap();
+
+    let carol = user(h, "carol").await;
+    let mut tx = h.tx(&Scope::anonymous()).await;
+    let u = tx.users().get_by_username("carol").await.unwrap();
+    assert_eq!(u.id, carol);
+    assert_eq!(u.issuer, LOCAL_ISSUER);
+    assert!(u
+        .password_hash
+        .as_deref()
+        .unwrap()
+        .starts_with("$argon2id$"));
+    assert!(
+        !format!("{u:?}").contains("argon2"),
+        "Debug must not print the hash"
+    );
+    assert!(matches!(
+        tx.users().get_by_username("nobody").await.unwrap_err(),
+        StoreError::NotFound { what: "user" }
+    ));
+    tx.rollback().await.unwrap();
+
+    let mut tx = h.tx(&Scope::anonymous()).await;
+    let err = tx
+        .users()
+        .create_local(NewLocalUser {
+            username: "carol".into(),
+            password_hash: "$argon2id$v=19$x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::AlreadyExists { what: "user" }),
+        "{err:?}"
+    );
+    tx.rollback().await.unwrap();
+
+    let mut tx = h.tx(&Scope::anonymous()).await;
+    let err = tx
+        .users()
+        .create_local(NewLocalUser {
+            username: "dave".into(),
+            password_hash: "hunter2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Invalid {
+                field: "password_hash",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    tx.rollback().await.unwrap();
+
+    // Only platform admins grant platform admin.
+    let mut tx = h.tx(&Scope::user(carol)).await;
+    assert!(matches!(
+        tx.users()
+            .set_platform_admin(carol, true)
+            .await
+            .unwrap_err(),
+        StoreError::PermissionDenied { .. }
+    ));
+    tx.rollback().await.unwrap();
+    let mut tx = h.tx(&Scope::platform_admin(None)).await;
+    assert!(
+        tx.users()
+            .set_platform_admin(carol, true)
+            .await
+            .unwrap()
+            .is_platform_admin
+    );
+    tx.commit().await.unwrap();
+}
+
+// ------------------------------------------------------------------ members
+
+async fn members_last_owner_rule(h: &Harness) {
+    let (owner, t, scope) = setup(h, "owners").await;
+    let bob = user(h, "bob").await;
+
+    let mut tx = h.tx(&scope).await;
+    assert_eq!(tx.members().count_owners().await.unwrap(), 1);
+    let err = tx.members().remove(owner).await.unwrap_err();
+    assert!(matches!(err, StoreError::Precondition { .. }), "{err:?}");
+    tx.rollback().await.unwrap();
+
+    let mut tx = h.tx(&scope).await;
+    let err = tx
+        .members()
+        .change_role(owner, Role::Admin)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Precondition { .. }), "{err:?}");
+    tx.rollback().await.unwrap();
+
+    let mut tx = h.tx(&scope).await;
+    let m = tx
+        .members()
+        .add(bob, Role::Viewer, Some(owner))
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.tenant_id, m.role, m.invited_by),
+        (t.id, Role::Viewer, Some(owner))
+    );
+    let err = tx.members().add(bob, Role::Admin, None).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::AlreadyExists { what: "member" }),
+        "{err:?}"
+    );
+    tx.rollback().await.unwrap();
+
+    let mut tx = h.tx(&scope).await;
+    tx.members()
+        .add(bob, Role::Viewer, Some(owner))
+        .await
+        .unwrap();
+    let err = tx
+        .members()
+        .add(Uuid::now_v7(), Role::Viewer, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { what: "user" }),
+        "{err:?}"
+    );
+    tx.rollback().await.unwrap();
+
+    let mut tx = h.tx(&scope).await;
+    tx.members()
+        .add(bob, Role::Viewer, Some(owner))
+        .await
+        .unwrap();
+    tx.members().change_role(bob, Role::Owner).await.unwrap();
+    assert_eq!(tx.members().count_owners().await.unwrap(), 2);
+    // Now the original owner may step down, and bob is the last one.
+    tx.members()
+        .change_role(owner, Role::Approver)
+        .await
+        .unwrap();
+    let err = tx.members().remove(bob).await.unwrap_err();
+    assert!(matches!(err, StoreError::Precondition { .. }), "{err:?}");
+    tx.rollback().await.unwrap();
+
+    let mut tx = h.tx(&scope).await;
+    tx.members().add(bob, Role::Viewer, None).await.unwrap();
+    tx.members().remove(bob).await.unwrap();
+    assert_eq!(tx.members().role_of(bob).await.unwrap(), None);
+    assert!(matches!(
+        tx.members().remove(bob).await.unwrap_err(),
+        StoreError::NotFound { what: "member" }
+    ));
+    let list = tx.members().list().await.unwrap();
+    assert_eq!(list.len(), 1);
+    tx.rollback().await.unwrap();
+}
+
+async fn members_concurrent_demotions_keep_an_owner(h: &Harness) {
+    let (a, _t, scope) = setup(h, "race").await;
+    let b = user(h, "second-owner").await;
+    let mut tx = h.tx(&scope).await;
+    tx.members().add(b, Role::Owner, None).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // T1 demotes a and holds its transaction open; T2 tries to demote b
+    // meanwhile. Whatever the interleaving, one owner must remain.
+    let mut t1 = h.tx(&scope).await;
+    t1.members().change_role(a, Role::Admin).await.unwrap();
+    let store = h.store.clone();
+    let scope2 = scope.clone();
+    let t2 = tokio::spawn(async move {
+        let mut t2 = store.begin(&scope2).await?;
+        t2.members().change_role(b, Role::Admin).await?;
+        t2.commit().await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    t1.commit().await.unwrap();
+    let second = t2.await.unwrap();
+    assert!(
+        matches!(second, Err(StoreError::Precondition { .. })),
+        "second demotion must be refused: {second:?}"
+    );
+    let mut tx = h.tx(&scope).await;
+    assert_eq!(tx.members().count_owners().await.unwrap(), 1);
+    assert_eq!(tx.members().role_of(b).await.unwrap(), Some(Role::Owner));
+}
+
+// ------------------------------------------------------------------ invites
+
+async fn invites_accept_once_and_not_expired(h: &Harness) {
+    let (owner, t, scope) = setup(h, "inviting").await;
+    let bob = user(h, "bob").await;
+    let carol = user(h, "carol").await;
+    let token = format!("inv-{}", Uuid::new_v4());
+
+    let mut tx = h.tx(&scope).await;
+    let inv = tx
+        .invites()
+        .create(
+            NewInvite {
+                email: "bob@example.test".into(),
+                role: Role::Approver,
+                expires_at: Utc::now() + Days::days(7),
+                created_by: Some(owner),
+            },
+            &token,
+        )
+        .await
+        .unwrap();
+    assert_eq!(inv.tenant_id, t.id);
+    assert_eq!(tx.invites().list_pending().await.unwrap().len(), 1);
+    tx.commit().await.unwrap();
+    // Only the hash is stored.
+    let plain = h
+        .raw_i64(&format!(
+            "SELECT count(*) FROM invites WHERE token_hash = '{token}'"
+        ))
+        .await;
+    assert_eq!(plain, 0);
+    assert_eq!(
+        h.raw_i64(&format!(
+            "SELECT count(*) FROM invites WHERE token_hash = '{}'",
+            hash_token(&token)
+        ))
+        .await,
+        1
+    );
+
+    let mut tx = h.tx(&scope).await;
+    let m = tx.invites().accept(&token, bob, Utc::now()).await.unwrap();
+    assert_eq!(
+        (m.user_id, m.role, m.invited_by),
+        (bob, Role::Approver, Some(owner))
+    );
+    assert!(tx.invites().list_pending().await.unwrap().is_empty());
+    tx.commit().await.unwrap();
+
+    let mut tx = h.tx(&scope).await;
+    let err = tx
+        .invites()
+        .accept(&token, carol, Utc::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Precondition { .. }),
+        "reuse: {err:?}"
+    );
+    tx.rollback().await.unwrap();
+
+    // Expired.
+    let token2 = format!("inv-{}", Uuid::new_v4());
+    let mut tx = h.tx(&scope).await;
+    tx.invites()
+        .create(
+            NewInvite {
+                email: "carol@example.test".into(),
+                role: Role::Viewer,
+                expires_at: Utc::now() + Days::hours(1),
+                created_by: None,
+            },
+            &token2,
+        )
+        .await
+        .unwrap();
+    let err = tx
+        .invites()
+        .accept(&token2, carol, Utc::now() + Days::hours(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Precondition { .. }),
+        "expired: {err:?}"
+    );
+    tx.rollback().await.unwrap();
+
+    // Unknown token, and a token of another tenant, are not found.
+    let (_, _, other_scope) = setup(h, "elsewhere").await;
+    let mut tx = h.tx(&other_scope).await;
+    let err = tx
+        .invites()
+        .accept(&token, carol, Utc::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { what: "invite" }),
+        "{err:?}"
+    );
+}
+
+// ------------------------------------------------------------------ clusters
+
+async fn clusters_names_quota_and_soft_delete(h: &Harness) {
+    let owner = user(h, "ops").await;
+    let t = tenant_with(
+        h,
+        "small",
+        owner,
+        Quotas {
+            max_clusters: 2,
+            ..Quotas::default()
+        },
+    )
+    .await;
+    let scope = Scope::tenant(t.id, Some(owner));
+
+    let a = cluster(h, &scope, "prod").await.unwrap();
+    assert_eq!(a.status, ClusterStatus::Provisioning);
+    assert_eq!(a.connection_state, ConnectionState::Unknown);
+    assert_eq!(a.tenant_id, t.id);
+    assert_eq!(a.metadata, json!({}));
+    let err = cluster(h, &scope, "prod").await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::AlreadyExists { what: "cluster" }),
+        "{err:?}"
+    );
+    cluster(h, &scope, "staging").await.unwrap();
+    let err = cluster(h, &scope, "dev").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::QuotaExceeded {
+                what: "clusters",
+                limit: 2
+            }
+        ),
+        "{err:?}"
+    );
+
+    // Soft delete frees both the quota slot and the name.
+    let mut tx = h.tx(&scope).await;
+    let d = tx.clusters().soft_delete(a.id).await.unwrap();
+    assert_eq!(d.status, ClusterStatus::Deleting);
+    assert!(d.deleted_at.is_some());
+    assert_eq!(tx.clusters().count_live().await.unwrap(), 1);
+    assert!(matches!(
+        tx.clusters().soft_delete(a.id).await.unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+    // Still readable by id, not listed.
+    assert!(tx.clusters().get(a.id).await.unwrap().deleted_at.is_some());
+    tx.commit().await.unwrap();
+    let again = cluster(h, &scope, "prod").await.unwrap();
+    assert_ne!(again.id, a.id);
+
+    // Another tenant can neither see nor touch it, and may reuse the name.
+    let (_, _, other) = setup(h, "other").await;
+    let mut tx = h.tx(&other).await;
+    assert!(matches!(
+        tx.clusters().get(again.id).await.unwrap_err(),
+        StoreError::NotFound { what: "cluster" }
+    ));
+    assert!(matches!(
+        tx.clusters()
+            .update(again.id, ClusterUpdate::default())
+            .await
+            .unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+    tx.rollback().await.unwrap();
+    cluster(h, &other, "prod").await.unwrap();
+
+    // Tenant-scoped repositories need a tenant.
+    let mut tx = h.tx(&Scope::user(owner)).await;
+    assert!(matches!(
+        tx.clusters().count_live().await.unwrap_err(),
+        StoreError::Invalid { field: "scope", .. }
+    ));
+}
+
+async fn clusters_quota_holds_under_concurrency(h: &Harness) {
+    let owner = user(h, "ops").await;
+    let t = tenant_with(
+        h,
+        "busy",
+        owner,
+        Quotas {
+            max_clusters: 3,
+            ..Quotas::default()
+        },
+    )
+    .await;
+    let scope = Scope::tenant(t.id, Some(owner));
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let store = h.store.clone();
+        let scope = scope.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tx = store.begin(&scope).await?;
+            tx.clusters()
+                .create(NewCluster {
+                    name: format!("c{i}"),
+                    ..Default::default()
+                })
+                .await?;
+            tx.commit().await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StoreError::QuotaExceeded { .. }) => {}
+            Err(e) => panic!("unexpected: {e:?}"),
+        }
+    }
+    assert_eq!(ok, 3);
+    let mut tx = h.tx(&scope).await;
+    assert_eq!(tx.clusters().count_live().await.unwrap(), 3);
+}
+
+async fn clusters_list_filter_update_and_pagination(h: &Harness) {
+    let owner = user(h, "lister").await;
+    let t = tenant_with(
+        h,
+        "many",
+        owner,
+        Quotas {
+            max_clusters: 50,
+            ..Quotas::default()
+        },
+    )
+    .await;
+    let scope = Scope::tenant(t.id, Some(owner));
+    let mut all = HashSet::new();
+    for i in 0..11 {
+        let name = if i % 2 == 0 {
+            format!("prod-{i}")
+        } else {
+            format!("dev-{i}")
+        };
+        all.insert(cluster(h, &scope, &name).await.unwrap().id);
+    }
+    // Another tenant's clusters never show up.
+    let (_, _, other) = setup(h, "noise").await;
+    cluster(h, &other, "prod-x").await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut page = PageRequest::first(4);
+    loop {
+        let mut tx = h.store.begin_read(&scope).await.unwrap();
+        let p = tx
+            .clusters()
+            .list(&ClusterFilter::default(), &page)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        seen.extend(p.items.iter().map(|c| c.id));
+        match p.next_page_token {
+            Some(tok) => page = PageRequest::next(4, tok),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 11);
+    assert_eq!(seen.iter().copied().collect::<HashSet<_>>(), all);
+
+    let mut tx = h.tx(&scope).await;
+    let prod = tx
+        .clusters()
+        .list(
+            &ClusterFilter {
+                name_prefix: Some("prod-".into()),
+                ..Default::default()
+            },
+            &PageRequest::first(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(prod.items.len(), 6);
+    assert!(prod.items.iter().all(|c| c.name.starts_with("prod-")));
+    assert!(prod.next_page_token.is_none());
+    // A wildcard in the prefix is literal.
+    let none = tx
+        .clusters()
+        .list(
+            &ClusterFilter {
+                name_prefix: Some("%".into()),
+                ..Default::default()
+            },
+            &PageRequest::first(100),
+        )
+        .await
+        .unwrap();
+    assert!(none.items.is_empty());
+
+    let target = prod.items[0].clone();
+    let mut labels = BTreeMap::new();
+    labels.insert("env".to_owned(), "prod".to_owned());
+    let u = tx
+        .clusters()
+        .update(
+            target.id,
+            ClusterUpdate {
+                display_name: Some("Production".into()),
+                api_endpoint: Some(Some("https://k8s.example:6443".into())),
+                labels: Some(labels.clone()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(u.display_name, "Production");
+    assert_eq!(u.api_endpoint.as_deref(), Some("https://k8s.example:6443"));
+    assert_eq!(u.labels, labels);
+    let u = tx
+        .clusters()
+        .update(
+            target.id,
+            ClusterUpdate {
+                api_endpoint: Some(None),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(u.api_endpoint, None);
+    assert_eq!(u.display_name, "Production", "untouched fields stay");
+    assert_eq!(u.labels, labels);
+
+    let r = tx
+        .clusters()
+        .record_agent(
+            target.id,
+            AgentReport {
+                connection_state: ConnectionState::Connected,
+                agent_version: Some("1.2.3".into()),
+                seen_at: Utc::now(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.connection_state, ConnectionState::Connected);
+    assert_eq!(r.agent_version.as_deref(), Some("1.2.3"));
+    assert!(r.last_seen_at.is_some());
+    let s = tx
+        .clusters()
+        .set_status(target.id, ClusterStatus::Ready)
+        .await
+        .unwrap();
+    assert_eq!(s.status, ClusterStatus::Ready);
+    let ready = tx
+        .clusters()
+        .list(
+            &ClusterFilter {
+                status: Some(ClusterStatus::Ready),
+                ..Default::default()
+            },
+            &PageRequest::first(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ready.items.len(), 1);
+    assert_eq!(ready.items[0].id, target.id);
+    tx.commit().await.unwrap();
+}
+
+// ------------------------------------------------------------------ bootstrap tokens
+
+async fn bootstrap_tokens_one_use(h: &Harness) {
+    let (owner, t, scope) = setup(h, "boot").await;
+    let c = cluster(h, &scope, "edge").await.unwrap();
+    let token = format!("zbt-{}", Uuid::new_v4());
+
+    let mut tx = h.tx(&scope).await;
+    let created = tx
+        .bootstrap_tokens()
+        .create(
+            NewBootstrapToken {
+                cluster_id: c.id,
+                expires_at: Utc::now() + Days::hours(1),
+                created_by: Some(owner),
+            },
+            &token,
+        )
+        .await
+        .unwrap();
+    assert_eq!((created.tenant_id, created.cluster_id), (t.id, c.id));
+    assert!(created.used_at.is_none());
+    tx.commit().await.unwrap();
+    assert_eq!(
+        h.raw_i64(&format!(
+            "SELECT count(*) FROM bootstrap_tokens WHERE token_hash = '{}'",
+            hash_token(&token)
+        ))
+        .await,
+        1,
+        "only the SHA-256 is stored"
+    );
+
+    // Another tenant cannot consume it.
+    let (_, _, other) = setup(h, "thief").await;
+    let mut tx = h.tx(&other).await;
+    assert!(matches!(
+        tx.bootstrap_tokens()
+            .consume(&token, Utc::now())
+            .await
+            .unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+    tx.rollback().await.unwrap();
+
+    let mut tx = h.tx(&scope).await;
+    let used = tx
+        .bootstrap_tokens()
+        .consume(&token, Utc::now())
+        .await
+        .unwrap();
+    assert!(used.used_at.is_some());
+    tx.commit().await.unwrap();
+
+    let mut tx = h.tx(&scope).await;
+    let err = tx
+        .bootstrap_tokens()
+        .consume(&token, Utc::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Precondition { reason } if reason.contains("already used")),
+        "{err:?}"
+    );
+    tx.rollback().await.unwrap();
+
+    // Expired.
+    let token2 = format!("zbt-{}", Uuid::new_v4());
+    let mut tx = h.tx(&scope).await;
+    tx.bootstrap_tokens()
+        .create(
+            NewBootstrapToken {
+                cluster_id: c.id,
+                expires_at: Utc::now() + Days::minutes(10),
+                created_by: None,
+            },
+            &token2,
+        )
+        .await
+        .unwrap();
+    let err = tx
+        .bootstrap_tokens()
+        .consume(&token2, Utc::now() + Days::minutes(11))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Precondition { reason } if reason.contains("expired")),
+        "{err:?}"
+    );
+    tx.commit().await.unwrap();
+
+    // Cluster deleted after issuing.
+    let mut tx = h.tx(&scope).await;
+    tx.clusters().soft_delete(c.id).await.unwrap();
+    let err = tx
+        .bootstrap_tokens()
+        .consume(&token2, Utc::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Precondition { reason } if reason.contains("deleted")),
+        "{err:?}"
+    );
+    // And no new token for a deleted cluster.
+    let err = tx
+        .bootstrap_tokens()
+        .create(
+            NewBootstrapToken {
+                cluster_id: c.id,
+                expires_at: Utc::now() + Days::hours(1),
+                created_by: None,
+            },
+            &format!("zbt-{}", Uuid::new_v4()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { what: "cluster" }),
+        "{err:?}"
+    );
+    assert_eq!(
+        tx.bootstrap_tokens()
+            .list_for_cluster(c.id)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+async fn bootstrap_token_concurrent_consume_once(h: &Harness) {
+    let (_, _, scope) = setup(h, "boot-race").await;
+    let c = cluster(h, &scope, "edge").await.unwrap();
+    let token = format!("zbt-{}", Uuid::new_v4());
+    let mut tx = h.tx(&scope).await;
+    tx.bootstrap_tokens()
+        .create(
+            NewBootstrapToken {
+                cluster_id: c.id,
+                expires_at: Utc::now() + Days::hours(1),
+                created_by: None,
+            },
+            &token,
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (store, scope, token) = (h.store.clone(), scope.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tx = store.begin(&scope).await?;
+            tx.bootstrap_tokens().consume(&token, Utc::now()).await?;
+            tx.commit().await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StoreError::Precondition { .. }) => {}
+            Err(e) => panic!("unexpected: {e:?}"),
+        }
+    }
+    assert_eq!(ok, 1);
+}
+
+// ------------------------------------------------------------------ transactions
+
+async fn mutation_and_audit_commit_or_roll_back_together(h: &Harness) {
+    let (_, t, scope) = setup(h, "atomic").await;
+    let mut tx = h.tx(&scope).await;
+    let c = tx
+        .clusters()
+        .create(NewCluster {
+            name: "ghost".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut r = audit("cluster.create");
+    r.resource_id = Some(c.id.to_string());
+    tx.audit().append(r).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    let mut tx = h.tx(&scope).await;
+    assert!(tx.clusters().get(c.id).await.is_err());
+    let page = tx
+        .audit()
+        .list(&AuditFilter::default(), &PageRequest::first(10))
+        .await
+        .unwrap();
+    assert!(page.items.is_empty());
+    // A dropped transaction rolls back too.
+    tx.clusters()
+        .create(NewCluster {
+            name: "dropped".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    drop(tx);
+    let mut tx = h.tx(&scope).await;
+    assert_eq!(tx.clusters().count_live().await.unwrap(), 0);
+    assert_eq!(verify(h, &scope, t.id).await.head_seq, 0);
+}
+
+async fn cross_tenant_remediation_refused_by_foreign_key(h: &Harness) {
+    let (_, a, sa) = setup(h, "tenant-a").await;
+    let (_, b, sb) = setup(h, "tenant-b").await;
+    let ca = cluster(h, &sa, "ca").await.unwrap();
+    cluster(h, &sb, "cb").await.unwrap();
+    let ev_b = Uuid::now_v7();
+    let ts = "'2026-01-01T00:00:00.000000Z'";
+    h.raw(&format!(
+        "INSERT INTO events (id, tenant_id, cluster_id, source, category, severity, type, \
+         fingerprint, detected_at, received_at, last_seen_at) VALUES \
+         ({}, {}, NULL, 'falco', 'runtime', 'high', 'shell', 'fp', {ts}, {ts}, {ts})",
+        sql_uuid(ev_b),
+        sql_uuid(b.id)
+    ))
+    .await
+    .unwrap();
+    // Even behind the application's back, the database refuses a
+    // remediation in tenant A for tenant B's event.
+    let err = h
+        .raw(&format!(
+            "INSERT INTO remediations (id, tenant_id, cluster_id, event_id, status, created_at) \
+             VALUES ({}, {}, {}, {}, 'proposed', {ts})",
+            sql_uuid(Uuid::now_v7()),
+            sql_uuid(a.id),
+            sql_uuid(ca.id),
+            sql_uuid(ev_b)
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, sqlx::Error::Database(d) if d.is_foreign_key_violation()),
+        "{err:?}"
+    );
+    assert_eq!(
+        h.raw_i64(
+            "SELECT count(*) FROM remediations r JOIN events e ON e.id = r.event_id \
+             WHERE r.tenant_id <> e.tenant_id"
+        )
+        .await,
+        0
+    );
+}
+
+// ------------------------------------------------------------------ audit
+
+async fn audit_append_list_and_redact(h: &Harness) {
+    let (_, t, scope) = setup(h, "audited").await;
+    let mut tx = h.tx(&scope).await;
+    let mut r = audit("member.add");
+    r.resource_type = "member".into();
+    r.resource_id = Some("m-1".into());
+    r.request_id = Some("req-1".into());
+    r.client_address = Some("10.0.0.1".into());
+    r.user_agent = Some("zenctl/1.0".into());
+    r.details =
+        json!({"role": "viewer", "password": "hunter2", "nested": {"api_key": "k", "n": 1.0}});
+    let first = tx.audit().append(r).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((first.seq, first.tenant_id), (1, t.id));
+    assert_eq!(first.prev_hash, GENESIS_HASH);
+    assert_eq!(first.hash, record_hash(&first));
+    assert_eq!(
+        first.details,
+        json!({"role": "viewer", "password": "[REDACTED]", "nested": {"api_key": "[REDACTED]", "n": 1}})
+    );
+
+    let more = append(h, &scope, 9).await;
+    assert_eq!(more[0].prev_hash, first.hash);
+    assert_eq!(more.last().unwrap().seq, 10);
+
+    let mut tx = h.store.begin_read(&scope).await.unwrap();
+    // Stored records read back identical (timestamps, JSON) to what was hashed.
+    let page = tx
+        .audit()
+        .list(
+            &AuditFilter {
+                action: Some("member.add".into()),
+                ..Default::default()
+            },
+            &PageRequest::first(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items, vec![first.clone()]);
+    assert!(!format!("{:?}", page.items).contains("hunter2"));
+
+    let page = tx
+        .audit()
+        .list(
+            &AuditFilter {
+                resource_type: Some("cluster".into()),
+                resource_id: Some("c-3".into()),
+                actor_id: Some("u-1".into()),
+                ..Default::default()
+            },
+            &PageRequest::first(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].seq, 5);
+
+    let in_range = tx
+        .audit()
+        .list(
+            &AuditFilter {
+                since: Some(more[2].created_at),
+                until: Some(more[5].created_at),
+                ..Default::default()
+            },
+            &PageRequest::first(100),
+        )
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = in_range.items.iter().map(|r| r.seq).collect();
+    assert!(seqs.contains(&4) && !seqs.contains(&7), "{seqs:?}");
+
+    let mut seen = Vec::new();
+    let mut page = PageRequest::first(3);
+    loop {
+        let p = tx
+            .audit()
+            .list(&AuditFilter::default(), &page)
+            .await
+            .unwrap();
+        seen.extend(p.items.iter().map(|r| r.seq));
+        match p.next_page_token {
+            Some(tok) => page = PageRequest::next(3, tok),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=10).rev().collect::<Vec<_>>());
+    tx.commit().await.unwrap();
+
+    assert!(verify(h, &scope, t.id).await.is_ok());
+}
+
+async fn audit_concurrent_appends_never_fork(h: &Harness) {
+    let (_, t, scope) = setup(h, "concurrent").await;
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let (store, scope) = (h.store.clone(), scope.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let mut tx = store.begin(&scope).await.expect("begin");
+                let mut r = audit("cluster.update");
+                r.details = json!({"task": task, "i": i});
+                tx.audit().append(r).await.expect("append");
+                tx.commit().await.expect("commit");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut tx = h.store.begin_read(&scope).await.unwrap();
+    let mut seqs = Vec::new();
+    let mut page = PageRequest::first(MAX_PAGE_SIZE);
+    loop {
+        let p = tx
+            .audit()
+            .list(&AuditFilter::default(), &page)
+            .await
+            .unwrap();
+        seqs.extend(p.items.iter().map(|r| r.seq));
+        match p.next_page_token {
+            Some(tok) => page = PageRequest::next(MAX_PAGE_SIZE, tok),
+            None => break,
+        }
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=160).collect::<Vec<_>>());
+    tx.commit().await.unwrap();
+    let v = verify(h, &scope, t.id).await;
+    assert!(v.is_ok(), "{v:?}");
+    assert_eq!((v.records_checked, v.head_seq), (160, 160));
+}
+
+async fn audit_tamper_is_detected(h: &Harness) {
+    let (_, t, scope) = setup(h, "tampered").await;
+    let recs = append(h, &scope, 6).await;
+    assert!(verify(h, &scope, t.id).await.is_ok());
+
+    // Edit a record's action behind the application's back.
+    h.tamper(&format!(
+        "UPDATE audit_logs SET action = 'cluster.delete' WHERE id = {}",
+        sql_uuid(recs[2].id)
+    ))
+    .await;
+    let v = verify(h, &scope, t.id).await;
+    let p = v.problem.expect("tamper must be detected");
+    assert_eq!(
+        (p.seq, p.kind),
+        (3, ChainProblemKind::HashMismatch),
+        "{p:?}"
+    );
+    assert_eq!(v.records_checked, 2);
+    // Restore it, then delete a middle record.
+    h.tamper(&format!(
+        "UPDATE audit_logs SET action = 'cluster.update' WHERE id = {}",
+        sql_uuid(recs[2].id)
+    ))
+    .await;
+    assert!(verify(h, &scope, t.id).await.is_ok());
+
+    h.tamper(&format!(
+        "DELETE FROM audit_logs WHERE id = {}",
+        sql_uuid(recs[3].id)
+    ))
+    .await;
+    let p = verify(h, &scope, t.id).await.problem.expect("gap");
+    assert_eq!((p.seq, p.kind), (4, ChainProblemKind::Missing), "{p:?}");
+}
+
+async fn audit_truncated_tail_is_detected(h: &Harness) {
+    let (_, t, scope) = setup(h, "truncated").await;
+    let recs = append(h, &scope, 4).await;
+    h.tamper(&format!(
+        "DELETE FROM audit_logs WHERE id = {}",
+        sql_uuid(recs[3].id)
+    ))
+    .await;
+    let v = verify(h, &scope, t.id).await;
+    let p = v.problem.expect("missing tail");
+    assert_eq!((p.seq, p.kind), (4, ChainProblemKind::Missing), "{p:?}");
+    assert_eq!(v.head_seq, 4);
+
+    // A forged record with a recomputed hash still breaks the next link.
+    let (_, t2, scope2) = setup(h, "forged").await;
+    let recs = append(h, &scope2, 3).await;
+    let mut forged = recs[1].clone();
+    forged.action = "tenant.delete".into();
+    forged.hash = record_hash(&forged);
+    h.tamper(&format!(
+        "UPDATE audit_logs SET action = 'tenant.delete', hash = '{}' WHERE id = {}",
+        forged.hash,
+        sql_uuid(forged.id)
+    ))
+    .await;
+    let p = verify(h, &scope2, t2.id)
+        .await
+        .problem
+        .expect("broken link");
+    assert_eq!(
+        (p.seq, p.kind),
+        (3, ChainProblemKind::PrevHashMismatch),
+        "{p:?}"
+    );
+}
+
+async fn audit_app_cannot_rewrite_history(h: &Harness) {
+    let (_, _, scope) = setup(h, "append-only").await;
+    let recs = append(h, &scope, 1).await;
+    match h.kind {
+        // SQLite: triggers refuse it even on a raw connection.
+        BackendKind::Sqlite => {
+            let err = h
+                .raw(&format!(
+                    "UPDATE audit_logs SET action = 'x' WHERE id = {}",
+                    sql_uuid(recs[0].id)
+                ))
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("append-only"), "{err}");
+            assert!(h.raw("DELETE FROM audit_logs").await.is_err());
+        }
+        // PostgreSQL: the application role has no UPDATE/DELETE privilege.
+        BackendKind::Postgres => {
+            let pool = h.store.pg_app_pool().unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
+                .bind(scope.tenant_id.unwrap().to_string())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let err = sqlx::query("UPDATE audit_logs SET action = 'x'")
+                .execute(&mut *tx)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("permission denied"), "{err}");
+        }
+    }
+}
+
+async fn audit_platform_chain_and_scope(h: &Harness) {
+    // No tenant: the platform chain (nil UUID).
+    let mut tx = h.tx(&Scope::anonymous()).await;
+    let r = tx
+        .audit()
+        .append(NewAuditRecord::new(
+            "anonymous",
+            "auth.login",
+            "session",
+            AuditOutcome::Denied,
+        ))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((r.tenant_id, r.seq), (PLATFORM_TENANT, 1));
+    assert!(verify(h, &Scope::anonymous(), PLATFORM_TENANT)
+        .await
+        .is_ok());
+
+    let (_, t, scope) = setup(h, "private").await;
+    append(h, &scope, 2).await;
+    // A tenant sees neither the platform chain nor another tenant's.
+    let mut tx = h.tx(&scope).await;
+    assert!(matches!(
+        tx.audit().verify_chain(PLATFORM_TENANT).await.unwrap_err(),
+        StoreError::PermissionDenied { .. }
+    ));
+    let heads = tx.audit().heads().await.unwrap();
+    assert_eq!(heads.len(), 1);
+    assert_eq!((heads[0].tenant_id, heads[0].last_seq), (t.id, 2));
+    tx.rollback().await.unwrap();
+    let mut tx = h.tx(&Scope::anonymous()).await;
+    let platform = tx
+        .audit()
+        .list(&AuditFilter::default(), &PageRequest::first(10))
+        .await
+        .unwrap();
+    assert_eq!(platform.items.len(), 1);
+    assert!(matches!(
+        tx.audit().verify_chain(t.id).await.unwrap_err(),
+        StoreError::PermissionDenied { .. }
+    ));
+    tx.rollback().await.unwrap();
+
+    // Platform admins verify any chain and see every head.
+    let admin = Scope::platform_admin(None);
+    assert!(verify(h, &admin, t.id).await.is_ok());
+    let mut tx = h.tx(&admin).await;
+    assert_eq!(tx.audit().heads().await.unwrap().len(), 2);
+}
+
+// ------------------------------------------------------------------ migrations
+
+async fn migration_status_and_start_check(h: &Harness) {
+    // The harness migrated: all applied.
+    let s = h.store.check_migrations().await.unwrap();
+    assert!(s.is_current());
+    assert!(!s.applied.is_empty());
+    assert!(s.pending.is_empty());
+    // Migrating again is a no-op.
+    assert_eq!(h.store.migrate().await.unwrap(), s);
+
+    // A migration this binary does not know: a clear error, no silent drift.
+    let blob = match h.kind {
+        BackendKind::Postgres => "'\\x00'::bytea",
+        BackendKind::Sqlite => "X'00'",
+    };
+    h.raw(&format!(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99990101000000, 'from the future', true, {blob}, 0)"
+    ))
+    .await
+    .unwrap();
+    let s = h.store.migration_status().await.unwrap();
+    assert_eq!(s.unknown.len(), 1);
+    assert_eq!(s.unknown[0].version, 99990101000000);
+    let err = h.store.check_migrations().await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Migration { reason } if reason.contains("99990101000000") && reason.contains("does not know")),
+        "{err}"
+    );
+    assert!(matches!(
+        h.store.migrate().await.unwrap_err(),
+        StoreError::Migration { .. }
+    ));
+    h.raw("DELETE FROM _sqlx_migrations WHERE version = 99990101000000")
+        .await
+        .unwrap();
+
+    // Half-applied (dirty).
+    h.raw("UPDATE _sqlx_migrations SET success = false WHERE version = 1")
+        .await
+        .unwrap();
+    let err = h.store.check_migrations().await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Migration { reason } if reason.contains("dirty")),
+        "{err}"
+    );
+    assert!(matches!(
+        h.store.migrate().await.unwrap_err(),
+        StoreError::Migration { .. }
+    ));
+    h.raw("UPDATE _sqlx_migrations SET success = true WHERE version = 1")
+        .await
+        .unwrap();
+
+    // Edited after being applied.
+    h.raw(&format!(
+        "UPDATE _sqlx_migrations SET checksum = {blob} WHERE version = 1"
+    ))
+    .await
+    .unwrap();
+    let err = h.store.check_migrations().await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Migration { reason } if reason.contains("never be edited")),
+        "{err}"
+    );
+}
+
+async fn fresh_database_is_pending_until_migrated(h: &Harness) {
+    // `h` is migrated; make a fresh one of the same kind.
+    let Some(fresh) = Harness::new(h.kind, false).await else {
+        return;
+    };
+    let s = fresh.store.migration_status().await.unwrap();
+    assert!(s.applied.is_empty());
+    assert!(!s.pending.is_empty());
+    assert_eq!(s.pending[0].version, 1);
+    let err = fresh.store.check_migrations().await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Migration { reason } if reason.contains("pending")),
+        "{err}"
+    );
+    let after = fresh.store.migrate().await.unwrap();
+    assert!(after.is_current());
+    assert_eq!(after.applied.len(), s.pending.len());
+    fresh.store.check_migrations().await.unwrap();
+    fresh.store.ping().await.unwrap();
+}
+
+conformance!(
+    tenant_names_unique_and_reusable_after_soft_delete,
+    tenant_get_update_status_and_scope,
+    tenant_pagination,
+    users_upsert_and_local,
+    members_last_owner_rule,
+    members_concurrent_demotions_keep_an_owner,
+    invites_accept_once_and_not_expired,
+    clusters_names_quota_and_soft_delete,
+    clusters_quota_holds_under_concurrency,
+    clusters_list_filter_update_and_pagination,
+    bootstrap_tokens_one_use,
+    bootstrap_token_concurrent_consume_once,
+    mutation_and_audit_commit_or_roll_back_together,
+    cross_tenant_remediation_refused_by_foreign_key,
+    audit_append_list_and_redact,
+    audit_concurrent_appends_never_fork,
+    audit_tamper_is_detected,
+    audit_truncated_tail_is_detected,
+    audit_app_cannot_rewrite_history,
+    audit_platform_chain_and_scope,
+    migration_status_and_start_check,
+    fresh_database_is_pending_until_migrated,
+);
