@@ -4,8 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use prost::Message;
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new("proto");
     let mut files = Vec::new();
@@ -13,9 +11,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.sort();
     println!("cargo:rerun-if-changed=proto");
 
-    let fds = protox::compile(&files, [root])?;
+    let mut compiler = protox::Compiler::new([root])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files(&files)?;
+    // Encoded by protox itself so custom options (`zen.common.v1.policy`, `google.api.http`)
+    // survive: `prost_types` would drop them as unknown fields. Source info carries the
+    // comments that reflection and the OpenAPI document show.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("zen_descriptor.bin"), fds.encode_to_vec())?;
+    std::fs::write(
+        out_dir.join("zen_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    let fds = compiler.file_descriptor_set();
 
     tonic_prost_build::configure()
         // Services whose logic has not landed answer UNIMPLEMENTED instead of pretending.

@@ -14,7 +14,9 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use zen_store::Store;
 
+use crate::authz::PolicyTable;
 use crate::config::Config;
+use crate::grpc::authorize::AuthzLayer;
 use crate::grpc::contract::ContractVersions;
 use crate::grpc::edge::GrpcEdgeLayer;
 use crate::grpc::services;
@@ -56,6 +58,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let versions = ContractVersions::from_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .map_err(anyhow::Error::msg)
         .context("reading the contract versions")?;
+    let policies = PolicyTable::from_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .map_err(anyhow::Error::msg)
+        .context("reading the authorization policies")?;
     let store = Arc::new(store::open(&config).await?);
     let readiness = Arc::new(Readiness::new(store.clone()));
 
@@ -90,6 +95,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .tls_config(tls_config)
         .context("configuring TLS")?
         .layer(GrpcEdgeLayer::new(versions))
+        .layer(AuthzLayer::new(policies, store.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

@@ -5,6 +5,7 @@
 //! each of its RPCs answers UNIMPLEMENTED rather than pretending to work.
 
 use tonic::server::NamedService;
+use tonic::transport::server::Router;
 
 use crate::proto::zen;
 use zen::audit::v1::audit_service_server::{AuditService, AuditServiceServer};
@@ -50,13 +51,7 @@ pub const SERVICE_NAMES: [&str; 5] = [
 ];
 
 /// Adds every Zen service to the router.
-pub fn register(
-    router: tonic::transport::server::Router<
-        tower::layer::util::Stack<super::edge::GrpcEdgeLayer, tower::layer::util::Identity>,
-    >,
-) -> tonic::transport::server::Router<
-    tower::layer::util::Stack<super::edge::GrpcEdgeLayer, tower::layer::util::Identity>,
-> {
+pub fn register<L>(router: Router<L>) -> Router<L> {
     router
         .add_service(AuthServiceServer::new(AuthApi))
         .add_service(TenancyServiceServer::new(TenancyApi))
