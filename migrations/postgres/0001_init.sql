@@ -11,6 +11,12 @@
 -- Roles are cluster-wide and many databases may be migrated at once (tests),
 -- so creation is guarded twice: the existence check, and the exception
 -- handler for the race where two migrations pass the check together.
+-- When a DBA created zen_app beforehand (recommended, see docs/STORAGE.md)
+-- the migration needs no CREATEROLE privilege.
+-- The application pool runs `SET ROLE zen_app`, which needs membership: a
+-- non-superuser owner that is not yet a member grants itself membership
+-- when it may (it created the role); otherwise a DBA runs
+-- `GRANT zen_app TO <owner>`, or the app logs in as zen_app directly.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'zen_app') THEN
@@ -18,6 +24,15 @@ BEGIN
             CREATE ROLE zen_app NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
         EXCEPTION
             WHEN duplicate_object OR unique_violation THEN NULL;
+        END;
+    END IF;
+    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
+       AND NOT pg_catalog.pg_has_role(current_user, 'zen_app', 'MEMBER') THEN
+        BEGIN
+            GRANT zen_app TO CURRENT_USER;
+        EXCEPTION
+            WHEN insufficient_privilege OR duplicate_object OR unique_violation THEN
+                RAISE NOTICE 'could not grant zen_app to %: grant it, or log in as zen_app', current_user;
         END;
     END IF;
 END
@@ -30,9 +45,12 @@ CREATE TABLE tenants (
     display_name         text NOT NULL,
     status               text NOT NULL DEFAULT 'active'
                          CHECK (status IN ('active', 'suspended', 'deleted')),
+    suspend_reason       text,
     max_clusters         integer NOT NULL CHECK (max_clusters >= 0),
     requests_per_second  integer NOT NULL CHECK (requests_per_second >= 0),
     max_events_per_day   bigint NOT NULL CHECK (max_events_per_day >= 0),
+    -- optimistic concurrency: +1 on every change (see docs/STORAGE.md)
+    version              bigint NOT NULL DEFAULT 1 CHECK (version >= 1),
     created_at           timestamptz NOT NULL,
     updated_at           timestamptz NOT NULL,
     created_by           uuid,
@@ -40,7 +58,8 @@ CREATE TABLE tenants (
     deleted_at           timestamptz,
     -- the nil UUID names the platform audit chain, never a tenant
     CONSTRAINT tenants_id_not_nil CHECK (id <> '00000000-0000-0000-0000-000000000000'),
-    CONSTRAINT tenants_deleted_consistent CHECK ((status = 'deleted') = (deleted_at IS NOT NULL))
+    CONSTRAINT tenants_deleted_consistent CHECK ((status = 'deleted') = (deleted_at IS NOT NULL)),
+    CONSTRAINT tenants_suspend_reason_consistent CHECK (suspend_reason IS NULL OR status = 'suspended')
 );
 CREATE UNIQUE INDEX tenants_name_live_uq ON tenants (name) WHERE deleted_at IS NULL;
 CREATE INDEX tenants_created_idx ON tenants (created_at DESC, id DESC);
@@ -72,6 +91,7 @@ CREATE TABLE tenant_members (
 );
 CREATE INDEX tenant_members_user_idx ON tenant_members (user_id);
 CREATE INDEX tenant_members_role_idx ON tenant_members (tenant_id, role);
+CREATE INDEX tenant_members_joined_idx ON tenant_members (tenant_id, joined_at, user_id);
 
 -- ------------------------------------------------------------------ invites
 CREATE TABLE invites (
@@ -104,6 +124,8 @@ CREATE TABLE clusters (
     api_endpoint      text,
     labels            jsonb NOT NULL DEFAULT '{}',
     metadata          jsonb NOT NULL DEFAULT '{}',
+    -- optimistic concurrency: +1 on every change except agent reports
+    version           bigint NOT NULL DEFAULT 1 CHECK (version >= 1),
     created_at        timestamptz NOT NULL,
     updated_at        timestamptz NOT NULL,
     deleted_at        timestamptz,
@@ -202,6 +224,7 @@ CREATE INDEX audit_logs_created_idx ON audit_logs (tenant_id, created_at DESC);
 CREATE INDEX audit_logs_resource_idx ON audit_logs (tenant_id, resource_type, resource_id);
 CREATE INDEX audit_logs_actor_idx ON audit_logs (tenant_id, actor_id);
 CREATE INDEX audit_logs_action_idx ON audit_logs (tenant_id, action);
+CREATE INDEX audit_logs_request_idx ON audit_logs (tenant_id, request_id);
 
 CREATE TABLE audit_chain_heads (
     tenant_id   uuid PRIMARY KEY,

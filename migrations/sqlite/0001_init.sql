@@ -12,16 +12,19 @@ CREATE TABLE tenants (
     display_name         TEXT NOT NULL,
     status               TEXT NOT NULL DEFAULT 'active'
                          CHECK (status IN ('active', 'suspended', 'deleted')),
+    suspend_reason       TEXT,
     max_clusters         INTEGER NOT NULL CHECK (max_clusters >= 0),
     requests_per_second  INTEGER NOT NULL CHECK (requests_per_second >= 0),
     max_events_per_day   INTEGER NOT NULL CHECK (max_events_per_day >= 0),
+    version              INTEGER NOT NULL DEFAULT 1 CHECK (version >= 1),
     created_at           TEXT NOT NULL,
     updated_at           TEXT NOT NULL,
     created_by           TEXT,
     updated_by           TEXT,
     deleted_at           TEXT,
     CONSTRAINT tenants_id_not_nil CHECK (id <> '00000000-0000-0000-0000-000000000000'),
-    CONSTRAINT tenants_deleted_consistent CHECK ((status = 'deleted') = (deleted_at IS NOT NULL))
+    CONSTRAINT tenants_deleted_consistent CHECK ((status = 'deleted') = (deleted_at IS NOT NULL)),
+    CONSTRAINT tenants_suspend_reason_consistent CHECK (suspend_reason IS NULL OR status = 'suspended')
 );
 CREATE UNIQUE INDEX tenants_name_live_uq ON tenants (name) WHERE deleted_at IS NULL;
 CREATE INDEX tenants_created_idx ON tenants (created_at DESC, id DESC);
@@ -51,6 +54,7 @@ CREATE TABLE tenant_members (
 );
 CREATE INDEX tenant_members_user_idx ON tenant_members (user_id);
 CREATE INDEX tenant_members_role_idx ON tenant_members (tenant_id, role);
+CREATE INDEX tenant_members_joined_idx ON tenant_members (tenant_id, joined_at, user_id);
 
 CREATE TABLE invites (
     id           TEXT PRIMARY KEY NOT NULL,
@@ -81,6 +85,7 @@ CREATE TABLE clusters (
     api_endpoint      TEXT,
     labels            TEXT NOT NULL DEFAULT '{}',
     metadata          TEXT NOT NULL DEFAULT '{}',
+    version           INTEGER NOT NULL DEFAULT 1 CHECK (version >= 1),
     created_at        TEXT NOT NULL,
     updated_at        TEXT NOT NULL,
     deleted_at        TEXT,
@@ -169,6 +174,7 @@ CREATE INDEX audit_logs_created_idx ON audit_logs (tenant_id, created_at DESC);
 CREATE INDEX audit_logs_resource_idx ON audit_logs (tenant_id, resource_type, resource_id);
 CREATE INDEX audit_logs_actor_idx ON audit_logs (tenant_id, actor_id);
 CREATE INDEX audit_logs_action_idx ON audit_logs (tenant_id, action);
+CREATE INDEX audit_logs_request_idx ON audit_logs (tenant_id, request_id);
 
 -- Append-only, as far as SQLite can say it: the app has no other role, so
 -- triggers refuse UPDATE and DELETE of audit records.

@@ -166,22 +166,23 @@ fn write_sorted(v: &Value, out: &mut String) {
 pub fn canonical_encoding(r: &AuditRecord) -> String {
     let s = |v: &str| Value::String(v.to_owned());
     let o = |v: &Option<String>| v.as_deref().map_or(Value::Null, s);
+    let e = &r.entry;
     let fields = Value::Array(vec![
         s(ENCODING_VERSION),
         s(&r.id.hyphenated().to_string()),
         s(&r.tenant_id.hyphenated().to_string()),
         Value::Number(r.seq.into()),
-        s(&r.actor_type),
-        o(&r.actor_id),
-        s(&r.action),
-        s(&r.resource_type),
-        o(&r.resource_id),
-        s(r.outcome.as_str()),
-        o(&r.request_id),
-        o(&r.client_address),
-        o(&r.user_agent),
+        s(&e.actor_type),
+        o(&e.actor_id),
+        s(&e.action),
+        s(&e.resource_type),
+        o(&e.resource_id),
+        s(e.outcome.as_str()),
+        o(&e.request_id),
+        o(&e.client_address),
+        o(&e.user_agent),
         s(&format_ts(r.created_at)),
-        canonical_json(r.details.clone()),
+        canonical_json(e.details.clone()),
         s(&r.prev_hash),
     ]);
     let mut out = String::with_capacity(512);
@@ -296,7 +297,7 @@ impl ChainWalker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::AuditOutcome;
+    use crate::model::{AuditOutcome, NewAuditRecord};
     use chrono::{TimeZone, Utc};
     use serde_json::json;
     use uuid::Uuid;
@@ -306,17 +307,19 @@ mod tests {
             id: Uuid::parse_str("0190f0e0-0000-7000-8000-000000000001").unwrap(),
             tenant_id: Uuid::nil(),
             seq: 1,
-            actor_type: "user".into(),
-            actor_id: Some("u1".into()),
-            action: "cluster.create".into(),
-            resource_type: "cluster".into(),
-            resource_id: None,
-            outcome: AuditOutcome::Success,
-            request_id: Some("r\"1".into()),
-            client_address: None,
-            user_agent: None,
+            entry: NewAuditRecord {
+                actor_type: "user".into(),
+                actor_id: Some("u1".into()),
+                action: "cluster.create".into(),
+                resource_type: "cluster".into(),
+                resource_id: None,
+                outcome: AuditOutcome::Success,
+                request_id: Some("r\"1".into()),
+                client_address: None,
+                user_agent: None,
+                details: json!({"b": 1, "a": [1.0, 2.5, {"z": null, "y": "x"}]}),
+            },
             created_at: Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(),
-            details: json!({"b": 1, "a": [1.0, 2.5, {"z": null, "y": "x"}]}),
             prev_hash: GENESIS_HASH.into(),
             hash: String::new(),
         }
@@ -384,7 +387,7 @@ mod tests {
 
         let mut w = ChainWalker::new();
         let mut t = a.clone();
-        t.action = "cluster.delete".into();
+        t.entry.action = "cluster.delete".into();
         let p = w.check(&t).unwrap_err();
         assert_eq!((p.seq, p.kind), (1, ChainProblemKind::HashMismatch));
 

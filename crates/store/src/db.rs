@@ -13,7 +13,7 @@
 //! | JSON          | `jsonb`       | `TEXT`                                         |
 //! | `bool`        | `boolean`     | `INTEGER` 0/1                                  |
 //!
-//! and the one statement-level difference: `FOR UPDATE` row locks are
+//! and the one statement-level difference: `FOR [NO KEY] UPDATE` row locks are
 //! dropped on SQLite, whose write transactions (`BEGIN IMMEDIATE`) already
 //! serialize writers.
 
@@ -189,9 +189,12 @@ macro_rules! with_query {
     };
 }
 
+/// SQLite has no row locks: its write transactions (`BEGIN IMMEDIATE`)
+/// hold the database lock already, so the locking clause is dropped.
 fn sqlite_dialect(sql: Cow<'static, str>) -> Cow<'static, str> {
-    if sql.contains(" FOR UPDATE") {
-        Cow::Owned(sql.replace(" FOR UPDATE", ""))
+    const LOCKS: [&str; 2] = [" FOR NO KEY UPDATE", " FOR UPDATE"];
+    if LOCKS.iter().any(|l| sql.contains(l)) {
+        Cow::Owned(LOCKS.iter().fold(sql.into_owned(), |s, l| s.replace(l, "")))
     } else {
         sql
     }

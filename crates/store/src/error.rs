@@ -7,7 +7,8 @@
 //! | `NotFound`         | `NOT_FOUND`           |
 //! | `AlreadyExists`    | `ALREADY_EXISTS`      |
 //! | `Conflict`         | `ABORTED` (retryable) |
-//! | `Precondition`     | `FAILED_PRECONDITION` |
+//! | `VersionMismatch`  | `ABORTED` (re-read, then retry) |
+//! | `Precondition`     | `FAILED_PRECONDITION` (`code` in the error info) |
 //! | `QuotaExceeded`    | `RESOURCE_EXHAUSTED`  |
 //! | `Invalid`          | `INVALID_ARGUMENT`    |
 //! | `PermissionDenied` | `PERMISSION_DENIED`   |
@@ -15,6 +16,33 @@
 //! | `Database`         | `UNAVAILABLE` / `INTERNAL` |
 
 use std::borrow::Cow;
+
+/// The stable codes of [`StoreError::Precondition`]: clients branch on
+/// these (gRPC `ErrorInfo.reason`), never on the human-readable text.
+pub mod precondition {
+    /// Demoting or removing the last owner of a tenant.
+    pub const LAST_OWNER: &str = "LAST_OWNER";
+    /// Accepting an invite that was already accepted, or has expired.
+    pub const INVITE_NOT_PENDING: &str = "INVITE_NOT_PENDING";
+    /// Consuming a bootstrap token that was already used, has expired, or
+    /// whose cluster was deleted.
+    pub const BOOTSTRAP_TOKEN_INVALID: &str = "BOOTSTRAP_TOKEN_INVALID";
+    /// Work that needs an active tenant (creating or updating clusters,
+    /// issuing invites and bootstrap tokens, enrolling an agent) in a
+    /// suspended one.
+    pub const TENANT_SUSPENDED: &str = "TENANT_SUSPENDED";
+    /// Any other transition the current state of a resource does not allow.
+    pub const INVALID_STATE: &str = "INVALID_STATE";
+
+    /// Every code, for exhaustive mapping tests.
+    pub const ALL: &[&str] = &[
+        LAST_OWNER,
+        INVITE_NOT_PENDING,
+        BOOTSTRAP_TOKEN_INVALID,
+        TENANT_SUSPENDED,
+        INVALID_STATE,
+    ];
+}
 
 /// Result alias used across the crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -36,10 +64,20 @@ pub enum StoreError {
     #[error("conflict: {reason}")]
     Conflict { reason: Cow<'static, str> },
 
-    /// The operation is valid but the current state forbids it (last owner,
-    /// token already used or expired, tenant suspended …).
-    #[error("failed precondition: {reason}")]
-    Precondition { reason: Cow<'static, str> },
+    /// An optimistic-concurrency check failed: the caller's
+    /// `expected_version` is not the row's. `current` is the version now
+    /// stored; re-read the row and retry the edit on top of it.
+    #[error("{what} was changed concurrently (current version {current})")]
+    VersionMismatch { what: &'static str, current: i64 },
+
+    /// The operation is valid but the current state forbids it. `code` is
+    /// one of the stable [`precondition`] codes (a machine-readable reason
+    /// for clients); `reason` is for people.
+    #[error("failed precondition ({code}): {reason}")]
+    Precondition {
+        code: &'static str,
+        reason: Cow<'static, str>,
+    },
 
     /// A tenant quota would be exceeded.
     #[error("quota exceeded: {what} (limit {limit})")]
@@ -75,9 +113,19 @@ impl StoreError {
         }
     }
 
-    pub(crate) fn precondition(reason: impl Into<Cow<'static, str>>) -> Self {
+    /// A [`StoreError::Precondition`]; `code` is one of [`precondition`]'s.
+    pub(crate) fn precondition(code: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
         StoreError::Precondition {
+            code,
             reason: reason.into(),
+        }
+    }
+
+    /// The precondition code, when this is a [`StoreError::Precondition`].
+    pub fn precondition_code(&self) -> Option<&'static str> {
+        match self {
+            StoreError::Precondition { code, .. } => Some(code),
+            _ => None,
         }
     }
 

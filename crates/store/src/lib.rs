@@ -36,7 +36,7 @@ mod store;
 mod validate;
 
 pub use audit::{canonical_encoding, record_hash, redact, GENESIS_HASH};
-pub use error::{Result, StoreError};
+pub use error::{precondition, Result, StoreError};
 pub use migrate::{MigrationInfo, MigrationStatus};
 pub use model::*;
 pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};

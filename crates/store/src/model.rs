@@ -127,7 +127,14 @@ pub struct Tenant {
     pub name: String,
     pub display_name: String,
     pub status: TenantStatus,
+    /// Why the tenant is suspended; `None` unless `status` is `suspended`
+    /// (cleared on reactivation).
+    pub suspend_reason: Option<String>,
     pub quotas: Quotas,
+    /// Optimistic-concurrency version: 1 at creation, +1 on every change
+    /// (update, status change, soft delete). Pass it back as
+    /// `expected_version` to refuse an edit based on a stale read.
+    pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub created_by: Option<Uuid>,
@@ -155,8 +162,15 @@ pub struct TenantUpdate {
 
 #[derive(Debug, Clone, Default)]
 pub struct TenantFilter {
-    /// `None` lists every status except `deleted`.
+    /// Only this status. `None`: every status except `deleted`, unless
+    /// `include_deleted`.
     pub status: Option<TenantStatus>,
+    /// Names starting with this text (taken literally: `%` and `_` are not
+    /// wildcards). Names are lowercase, so a prefix with an uppercase
+    /// letter matches nothing. `None` or empty: no filter.
+    pub name_prefix: Option<String>,
+    /// With `status: None`, list deleted tenants too.
+    pub include_deleted: bool,
 }
 
 // ---------------------------------------------------------------- users
@@ -230,6 +244,16 @@ pub struct Member {
     pub role: Role,
     pub joined_at: DateTime<Utc>,
     pub invited_by: Option<Uuid>,
+    /// The user's email and display name (from `users`, read at the time
+    /// of the query).
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MemberFilter {
+    /// Only members with this role.
+    pub role: Option<Role>,
 }
 
 /// One tenant a user belongs to, with the role held there.
@@ -277,6 +301,11 @@ pub struct Cluster {
     pub api_endpoint: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub metadata: Value,
+    /// Optimistic-concurrency version: 1 at creation, +1 on every change
+    /// made by people or the control plane (update, status change, soft
+    /// delete). Agent reports (`record_agent`) leave it alone, so a
+    /// heartbeat never invalidates a user's pending edit.
+    pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
@@ -313,6 +342,8 @@ pub struct AgentReport {
 #[derive(Debug, Clone, Default)]
 pub struct ClusterFilter {
     pub status: Option<ClusterStatus>,
+    /// Names starting with this text, taken literally (see
+    /// [`TenantFilter::name_prefix`]).
     pub name_prefix: Option<String>,
 }
 
@@ -340,31 +371,24 @@ pub struct NewBootstrapToken {
 
 // ---------------------------------------------------------------- audit
 
-/// One stored audit record. `hash` covers every other field (see
-/// [`crate::audit::canonical_encoding`]).
+/// One stored audit record: what the caller supplied (`entry`, with
+/// `details` redacted) and what the store added. `hash` covers every other
+/// field (see [`crate::audit::canonical_encoding`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub id: Uuid,
     pub tenant_id: Uuid,
     pub seq: i64,
-    pub actor_type: String,
-    pub actor_id: Option<String>,
-    pub action: String,
-    pub resource_type: String,
-    pub resource_id: Option<String>,
-    pub outcome: AuditOutcome,
-    pub request_id: Option<String>,
-    pub client_address: Option<String>,
-    pub user_agent: Option<String>,
+    #[serde(flatten)]
+    pub entry: NewAuditRecord,
     pub created_at: DateTime<Utc>,
-    pub details: Value,
     pub prev_hash: String,
     pub hash: String,
 }
 
 /// What the caller supplies; the store adds id, tenant (from the scope), seq,
 /// time, prev_hash and hash, and redacts secrets in `details`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewAuditRecord {
     /// `user`, `agent`, `service`, `system`, `anonymous` …
     pub actor_type: String,
@@ -410,6 +434,8 @@ pub struct AuditFilter {
     pub action: Option<String>,
     pub resource_type: Option<String>,
     pub resource_id: Option<String>,
+    /// The `X-Request-Id` of the call that wrote the record.
+    pub request_id: Option<String>,
     pub outcome: Option<AuditOutcome>,
     /// Inclusive lower bound on `created_at`.
     pub since: Option<DateTime<Utc>>,

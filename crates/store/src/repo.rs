@@ -33,30 +33,51 @@ pub trait Tx: Send {
 
 #[async_trait]
 pub trait TenantRepo: Send {
-    /// Create a tenant and make `owner` its first owner. The transaction is
-    /// re-scoped to the new tenant (an audit append that follows lands in the
-    /// new tenant's chain). Refused when the scope already names a tenant.
-    async fn create(&mut self, new: NewTenant, owner: Uuid) -> Result<Tenant>;
+    /// Create a tenant; with `Some(owner)` make that user its first owner,
+    /// with `None` (operators, who are certificate identities and no user)
+    /// create it without members: invite the owner afterwards. The
+    /// transaction is re-scoped to the new tenant (an audit append or an
+    /// invite that follows lands in the new tenant). Refused when the scope
+    /// already names a tenant.
+    async fn create(&mut self, new: NewTenant, owner: Option<Uuid>) -> Result<Tenant>;
     /// A live or deleted tenant visible to the scope: its own tenant, one the
     /// scope's user is a member of, or any for platform admins.
     async fn get(&mut self, id: Uuid) -> Result<Tenant>;
     /// Platform admins: all tenants; others: the tenants the scope's user is
-    /// a member of. Newest first.
+    /// a member of (or the scope's tenant). Newest first.
     async fn list(&mut self, filter: &TenantFilter, page: &PageRequest) -> Result<Page<Tenant>>;
     /// Update display name and quotas of the scope's tenant (`id` must be it,
-    /// or the caller a platform admin).
-    async fn update(&mut self, id: Uuid, update: TenantUpdate) -> Result<Tenant>;
-    /// Suspend or reactivate (use `soft_delete` to delete).
-    async fn set_status(&mut self, id: Uuid, status: TenantStatus) -> Result<Tenant>;
-    /// Status `deleted`, `deleted_at` set; the name becomes reusable.
-    async fn soft_delete(&mut self, id: Uuid) -> Result<Tenant>;
+    /// or the caller a platform admin). `expected_version: Some(v)` refuses
+    /// the change with `VersionMismatch` unless the stored version is `v`;
+    /// `None` does not check. Every change bumps the version.
+    async fn update(
+        &mut self,
+        id: Uuid,
+        expected_version: Option<i64>,
+        update: TenantUpdate,
+    ) -> Result<Tenant>;
+    /// Suspend (with an optional `reason`, stored as `suspend_reason`) or
+    /// reactivate (clears the reason). Use `soft_delete` to delete.
+    /// `expected_version` as for `update`.
+    async fn set_status(
+        &mut self,
+        id: Uuid,
+        expected_version: Option<i64>,
+        status: TenantStatus,
+        reason: Option<String>,
+    ) -> Result<Tenant>;
+    /// Status `deleted`, `deleted_at` set; the name becomes reusable; the
+    /// tenant's clusters are soft-deleted with it. `expected_version` as
+    /// for `update`.
+    async fn soft_delete(&mut self, id: Uuid, expected_version: Option<i64>) -> Result<Tenant>;
 }
 
 #[async_trait]
 pub trait UserRepo: Send {
     /// Login through OIDC: insert or refresh the user of (issuer, subject).
     /// Binds the transaction to that user (`scope.user_id`), as the login is
-    /// the user acting; refused if the scope is already another user's.
+    /// the user acting; refused if the scope is already another user's
+    /// (platform admins keep their scope).
     async fn upsert_external(&mut self, identity: ExternalIdentity) -> Result<User>;
     /// Create a local (development) user; binds the transaction to it.
     async fn create_local(&mut self, new: NewLocalUser) -> Result<User>;
@@ -72,16 +93,17 @@ pub trait UserRepo: Send {
 
 #[async_trait]
 pub trait MemberRepo: Send {
-    /// Members of the scope's tenant, ordered by join time.
-    async fn list(&mut self) -> Result<Vec<Member>>;
+    /// Members of the scope's tenant with their email and display name,
+    /// oldest first (by `joined_at`, then `user_id`), paged.
+    async fn list(&mut self, filter: &MemberFilter, page: &PageRequest) -> Result<Page<Member>>;
     /// The tenants the scope's user belongs to (no tenant scope needed).
     async fn memberships(&mut self, user_id: Uuid) -> Result<Vec<Membership>>;
     /// The user's role in the scope's tenant, `None` if not a member.
     async fn role_of(&mut self, user_id: Uuid) -> Result<Option<Role>>;
     async fn add(&mut self, user_id: Uuid, role: Role, invited_by: Option<Uuid>) -> Result<Member>;
-    /// Refuses to demote the last owner (`Precondition`).
+    /// Refuses to demote the last owner (`Precondition` `LAST_OWNER`).
     async fn change_role(&mut self, user_id: Uuid, role: Role) -> Result<Member>;
-    /// Refuses to remove the last owner (`Precondition`).
+    /// Refuses to remove the last owner (`Precondition` `LAST_OWNER`).
     async fn remove(&mut self, user_id: Uuid) -> Result<()>;
     async fn count_owners(&mut self) -> Result<i64>;
 }
@@ -89,41 +111,75 @@ pub trait MemberRepo: Send {
 #[async_trait]
 pub trait InviteRepo: Send {
     /// Store an invite to the scope's tenant; only `sha256(token)` is kept.
+    /// The tenant must be active (`Precondition` `TENANT_SUSPENDED`;
+    /// `NotFound` when deleted).
     async fn create(&mut self, new: NewInvite, token: &str) -> Result<Invite>;
+    /// An invite of the scope's tenant, whatever its state.
+    async fn get(&mut self, id: Uuid) -> Result<Invite>;
     /// Pending (not accepted) invites of the scope's tenant, newest first.
     async fn list_pending(&mut self) -> Result<Vec<Invite>>;
-    /// Accept: one use, not expired at `now`; adds `user_id` as a member with
-    /// the invite's role. Whether the user's email must match is the
-    /// service's rule.
-    async fn accept(&mut self, token: &str, user_id: Uuid, now: DateTime<Utc>) -> Result<Member>;
+    /// Accept invite `invite_id` of the scope's tenant with its `token`:
+    /// one use, not expired at `now`; adds `user_id` as a member with the
+    /// invite's role. An unknown id and a token that is not that invite's
+    /// are the same `NotFound { what: "invite" }`; accepted or expired is
+    /// `Precondition` `INVITE_NOT_PENDING`; a deleted tenant is
+    /// `NotFound { what: "tenant" }`. Whether the user's email must match
+    /// is the service's rule.
+    async fn accept(
+        &mut self,
+        invite_id: Uuid,
+        token: &str,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Member>;
 }
 
 #[async_trait]
 pub trait ClusterRepo: Send {
     /// Create in the scope's tenant, enforcing `max_clusters` (live clusters)
-    /// under a lock on the tenant row. Status starts `provisioning`.
+    /// under a lock on the tenant row. Status starts `provisioning`. The
+    /// tenant must be active (`Precondition` `TENANT_SUSPENDED`; `NotFound`
+    /// when deleted).
     async fn create(&mut self, new: NewCluster) -> Result<Cluster>;
     /// A cluster of the scope's tenant (soft-deleted ones too).
     async fn get(&mut self, id: Uuid) -> Result<Cluster>;
     /// Live clusters, newest first.
     async fn list(&mut self, filter: &ClusterFilter, page: &PageRequest) -> Result<Page<Cluster>>;
-    async fn update(&mut self, id: Uuid, update: ClusterUpdate) -> Result<Cluster>;
+    /// Change a live cluster of an active tenant (as for `create`).
+    /// `expected_version: Some(v)` refuses the change with
+    /// `VersionMismatch` unless the stored version is `v`; `None` does not
+    /// check. Bumps the version.
+    async fn update(
+        &mut self,
+        id: Uuid,
+        expected_version: Option<i64>,
+        update: ClusterUpdate,
+    ) -> Result<Cluster>;
+    /// Control-plane status change (not `deleting`: use `soft_delete`).
+    /// Bumps the version.
     async fn set_status(&mut self, id: Uuid, status: ClusterStatus) -> Result<Cluster>;
-    /// Heartbeat / connect / disconnect from the agent stream.
+    /// Heartbeat / connect / disconnect from the agent stream. Does not
+    /// bump the version.
     async fn record_agent(&mut self, id: Uuid, report: AgentReport) -> Result<Cluster>;
     /// Sets `deleted_at` and status `deleting`; the name becomes reusable.
-    async fn soft_delete(&mut self, id: Uuid) -> Result<Cluster>;
+    /// Allowed in a suspended tenant. `expected_version` as for `update`.
+    async fn soft_delete(&mut self, id: Uuid, expected_version: Option<i64>) -> Result<Cluster>;
     /// Live clusters in the scope's tenant.
     async fn count_live(&mut self) -> Result<i64>;
 }
 
 #[async_trait]
 pub trait BootstrapTokenRepo: Send {
-    /// Store `sha256(token)` for a live cluster of the scope's tenant.
+    /// Store `sha256(token)` for a live cluster of the scope's tenant. The
+    /// tenant must be active (`Precondition` `TENANT_SUSPENDED`; `NotFound`
+    /// when deleted).
     async fn create(&mut self, new: NewBootstrapToken, token: &str) -> Result<BootstrapToken>;
-    /// Atomically mark the token used. Refused (`Precondition`) when already
-    /// used, expired at `now`, or its cluster is deleted; `NotFound` when no
-    /// such token exists in the scope's tenant.
+    /// Atomically mark the token used. The token is looked up in the
+    /// scope's tenant only: unknown, or presented under another tenant's
+    /// scope, is `NotFound`. Already used, expired at `now`, or its cluster
+    /// (or tenant) deleted is `Precondition` `BOOTSTRAP_TOKEN_INVALID`; a
+    /// valid token of a suspended tenant is `Precondition`
+    /// `TENANT_SUSPENDED` and stays unused.
     async fn consume(&mut self, token: &str, now: DateTime<Utc>) -> Result<BootstrapToken>;
     async fn list_for_cluster(&mut self, cluster_id: Uuid) -> Result<Vec<BootstrapToken>>;
 }

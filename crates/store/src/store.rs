@@ -51,7 +51,7 @@ impl Default for StoreOptions {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) enum Backend {
     Postgres {
         /// The application pool (`SET ROLE` applied).
@@ -65,9 +65,18 @@ pub(crate) enum Backend {
 }
 
 /// The storage handle: cheap to clone, shared by all request handlers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     pub(crate) backend: Backend,
+}
+
+/// Prints the backend only: the connect options hold the password.
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.kind())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -140,7 +149,8 @@ impl Store {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: a commit survives power loss too ("success means committed").
+            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(options.busy_timeout);
         if let Some(dir) = opts.get_filename().parent() {
@@ -153,8 +163,16 @@ impl Store {
                 })?;
             }
         }
+        // An in-memory database lives in one shared-cache connection set,
+        // where writers get SQLITE_LOCKED instead of waiting: use one
+        // connection (tests and throw-away runs only).
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let pool = SqlitePoolOptions::new()
-            .max_connections(options.max_connections)
+            .max_connections(if in_memory {
+                1
+            } else {
+                options.max_connections
+            })
             .acquire_timeout(options.acquire_timeout)
             .connect_with(opts)
             .await?;

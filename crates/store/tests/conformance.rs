@@ -41,7 +41,7 @@ async fn tenant_with(h: &Harness, name: &str, owner: Uuid, quotas: Quotas) -> Te
                 display_name: String::new(),
                 quotas,
             },
-            owner,
+            Some(owner),
         )
         .await
         .expect("create tenant");
@@ -99,6 +99,14 @@ async fn verify(h: &Harness, scope: &Scope, tenant: Uuid) -> ChainVerification {
     v
 }
 
+#[track_caller]
+fn assert_precondition(err: &StoreError, code: &str) {
+    assert!(
+        matches!(err, StoreError::Precondition { code: c, .. } if *c == code),
+        "expected Precondition {code}, got {err:?}"
+    );
+}
+
 fn sql_uuid(id: Uuid) -> String {
     format!("'{id}'")
 }
@@ -120,7 +128,7 @@ async fn tenant_names_unique_and_reusable_after_soft_delete(h: &Harness) {
                 name: "acme".into(),
                 ..Default::default()
             },
-            owner,
+            Some(owner),
         )
         .await
         .unwrap_err();
@@ -136,7 +144,7 @@ async fn tenant_names_unique_and_reusable_after_soft_delete(h: &Harness) {
         tx.members().role_of(owner).await.unwrap(),
         Some(Role::Owner)
     );
-    let deleted = tx.tenants().soft_delete(t.id).await.unwrap();
+    let deleted = tx.tenants().soft_delete(t.id, None).await.unwrap();
     assert_eq!(deleted.status, TenantStatus::Deleted);
     assert!(deleted.deleted_at.is_some());
     tx.commit().await.unwrap();
@@ -153,7 +161,7 @@ async fn tenant_names_unique_and_reusable_after_soft_delete(h: &Harness) {
                 name: "Not A Label".into(),
                 ..Default::default()
             },
-            owner,
+            Some(owner),
         )
         .await
         .unwrap_err();
@@ -174,7 +182,7 @@ async fn tenant_get_update_status_and_scope(h: &Harness) {
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
     let err = tx
         .tenants()
-        .update(other.id, TenantUpdate::default())
+        .update(other.id, None, TenantUpdate::default())
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
@@ -183,6 +191,7 @@ async fn tenant_get_update_status_and_scope(h: &Harness) {
         .tenants()
         .update(
             t.id,
+            Some(t.version),
             TenantUpdate {
                 display_name: Some("Globex Corp".into()),
                 max_clusters: Some(3),
@@ -203,6 +212,7 @@ async fn tenant_get_update_status_and_scope(h: &Harness) {
         .tenants()
         .update(
             t.id,
+            None,
             TenantUpdate {
                 max_clusters: Some(-1),
                 ..Default::default()
@@ -220,17 +230,25 @@ async fn tenant_get_update_status_and_scope(h: &Harness) {
         ),
         "{err:?}"
     );
+    assert_eq!(updated.version, t.version + 1);
     let s = tx
         .tenants()
-        .set_status(t.id, TenantStatus::Suspended)
+        .set_status(
+            t.id,
+            Some(updated.version),
+            TenantStatus::Suspended,
+            Some("unpaid invoice".into()),
+        )
         .await
         .unwrap();
     assert_eq!(s.status, TenantStatus::Suspended);
+    assert_eq!(s.suspend_reason.as_deref(), Some("unpaid invoice"));
+    assert_eq!(s.version, updated.version + 1);
     tx.commit().await.unwrap();
 
     // A suspended tenant takes no new clusters.
     let err = cluster(h, &scope, "c1").await.unwrap_err();
-    assert!(matches!(err, StoreError::Precondition { .. }), "{err:?}");
+    assert_precondition(&err, precondition::TENANT_SUSPENDED);
 
     // A user outside any tenant sees the tenants they belong to.
     let mut tx = h.tx(&Scope::user(owner)).await;
@@ -306,6 +324,356 @@ async fn tenant_pagination(h: &Harness) {
         ),
         "{err:?}"
     );
+}
+
+async fn tenant_versions_refuse_stale_edits(h: &Harness) {
+    let (owner, t, scope) = setup(h, "versioned").await;
+    assert_eq!(t.version, 1);
+    let c = cluster(h, &scope, "edge").await.unwrap();
+
+    let mut tx = h.tx(&scope).await;
+    let v2 = tx
+        .tenants()
+        .update(
+            t.id,
+            Some(1),
+            TenantUpdate {
+                display_name: Some("First".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    // A second edit based on version 1 is stale, whatever it changes.
+    let err = tx
+        .tenants()
+        .update(
+            t.id,
+            Some(1),
+            TenantUpdate {
+                display_name: Some("Second".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::VersionMismatch {
+                what: "tenant",
+                current: 2
+            }
+        ),
+        "{err:?}"
+    );
+    let err = tx
+        .tenants()
+        .set_status(t.id, Some(1), TenantStatus::Suspended, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::VersionMismatch { current: 2, .. }),
+        "{err:?}"
+    );
+    let err = tx.tenants().soft_delete(t.id, Some(7)).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::VersionMismatch { current: 2, .. }),
+        "{err:?}"
+    );
+    // Nothing of the refused edits landed.
+    let now = tx.tenants().get(t.id).await.unwrap();
+    assert_eq!((now.display_name.as_str(), now.version), ("First", 2));
+    assert_eq!(now.status, TenantStatus::Active);
+
+    // `None` does not check, and still bumps.
+    let s = tx
+        .tenants()
+        .set_status(
+            t.id,
+            None,
+            TenantStatus::Suspended,
+            Some("  abuse  ".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!((s.version, s.suspend_reason.as_deref()), (3, Some("abuse")));
+    // Reactivation clears the reason (a reason given with it is ignored).
+    let a = tx
+        .tenants()
+        .set_status(t.id, Some(3), TenantStatus::Active, Some("ignored".into()))
+        .await
+        .unwrap();
+    assert_eq!((a.status, a.version), (TenantStatus::Active, 4));
+    assert_eq!(a.suspend_reason, None);
+    tx.commit().await.unwrap();
+
+    // An unknown tenant is NotFound, not a mismatch.
+    let mut tx = h.tx(&Scope::platform_admin(None)).await;
+    let err = tx
+        .tenants()
+        .update(Uuid::now_v7(), Some(1), TenantUpdate::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { what: "tenant" }),
+        "{err:?}"
+    );
+    tx.rollback().await.unwrap();
+
+    // Soft delete with the current version; its clusters go too, and their
+    // versions move on.
+    let mut tx = h.tx(&scope).await;
+    let d = tx.tenants().soft_delete(t.id, Some(4)).await.unwrap();
+    assert_eq!((d.status, d.version), (TenantStatus::Deleted, 5));
+    let gone = tx.clusters().get(c.id).await.unwrap();
+    assert!(gone.deleted_at.is_some());
+    assert_eq!(gone.version, c.version + 1);
+    // A deleted tenant is not found, with or without a version.
+    for v in [None, Some(5)] {
+        let err = tx
+            .tenants()
+            .update(t.id, v, TenantUpdate::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    }
+    tx.commit().await.unwrap();
+    let _ = owner;
+}
+
+async fn tenant_concurrent_edits_of_one_version_one_wins(h: &Harness) {
+    let (_, t, scope) = setup(h, "contended").await;
+    // T1 edits version 1 and holds its transaction open; T2 edits version 1
+    // meanwhile (on PostgreSQL it waits for T1's row lock, on SQLite for
+    // the write lock). T2 must lose and learn T1's version.
+    let mut t1 = h.tx(&scope).await;
+    t1.tenants()
+        .update(
+            t.id,
+            Some(1),
+            TenantUpdate {
+                display_name: Some("T1".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (store, scope2, id) = (h.store.clone(), scope.clone(), t.id);
+    let t2 = tokio::spawn(async move {
+        let mut t2 = store.begin(&scope2).await?;
+        let r = t2
+            .tenants()
+            .update(
+                id,
+                Some(1),
+                TenantUpdate {
+                    display_name: Some("T2".into()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        t2.commit().await?;
+        Ok::<_, StoreError>(r)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    t1.commit().await.unwrap();
+    let second = t2.await.unwrap();
+    assert!(
+        matches!(
+            second,
+            Err(StoreError::VersionMismatch {
+                what: "tenant",
+                current: 2
+            })
+        ),
+        "{second:?}"
+    );
+    let mut tx = h.tx(&scope).await;
+    let now = tx.tenants().get(t.id).await.unwrap();
+    assert_eq!((now.display_name.as_str(), now.version), ("T1", 2));
+}
+
+async fn tenant_created_without_owner(h: &Harness) {
+    // An operator (a certificate identity: no user) creates the tenant and
+    // invites its owner in the same transaction.
+    let token = format!("inv-{}", Uuid::new_v4());
+    let mut tx = h.tx(&Scope::platform_admin(None)).await;
+    let t = tx
+        .tenants()
+        .create(
+            NewTenant {
+                name: "ownerless".into(),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!((t.created_by, t.version), (None, 1));
+    assert_eq!(tx.scope().tenant_id, Some(t.id), "re-scoped to the tenant");
+    assert_eq!(tx.members().count_owners().await.unwrap(), 0);
+    let inv = tx
+        .invites()
+        .create(
+            NewInvite {
+                email: "founder@example.test".into(),
+                role: Role::Owner,
+                expires_at: Utc::now() + Days::days(1),
+                created_by: None,
+            },
+            &token,
+        )
+        .await
+        .unwrap();
+    let rec = tx
+        .audit()
+        .append(NewAuditRecord::new(
+            "service",
+            "tenant.create",
+            "tenant",
+            AuditOutcome::Success,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rec.tenant_id, t.id);
+    tx.commit().await.unwrap();
+
+    let founder = user(h, "founder").await;
+    let scope = Scope::tenant(t.id, Some(founder));
+    let mut tx = h.tx(&scope).await;
+    assert!(tx
+        .members()
+        .list(&MemberFilter::default(), &PageRequest::first(10))
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let m = tx
+        .invites()
+        .accept(inv.id, &token, founder, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(m.role, Role::Owner);
+    assert_eq!(tx.members().count_owners().await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    // The founder now sees it among their tenants.
+    let mut tx = h.tx(&Scope::user(founder)).await;
+    let ms = tx.members().memberships(founder).await.unwrap();
+    assert_eq!((ms.len(), ms[0].tenant.id), (1, t.id));
+}
+
+/// Every tenant `filter` lists (one page), sorted by id.
+async fn tenant_ids(tx: &mut dyn Tx, filter: TenantFilter) -> Vec<Uuid> {
+    let mut out: Vec<Uuid> = tx
+        .tenants()
+        .list(&filter, &PageRequest::first(100))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    out.sort();
+    out
+}
+
+async fn tenant_list_name_prefix_and_deleted(h: &Harness) {
+    let owner = user(h, "filterer").await;
+    let a1 = tenant(h, "alpha-1", owner).await;
+    let a2 = tenant(h, "alpha-2", owner).await;
+    let a3 = tenant(h, "alpha-3", owner).await;
+    let b = tenant(h, "beta", owner).await;
+    let mut tx = h.tx(&Scope::tenant(a3.id, Some(owner))).await;
+    tx.tenants().soft_delete(a3.id, None).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = h.tx(&Scope::tenant(b.id, Some(owner))).await;
+    tx.tenants()
+        .set_status(b.id, None, TenantStatus::Suspended, None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    for scope in [Scope::user(owner), Scope::platform_admin(None)] {
+        let mut tx = h.store.begin_read(&scope).await.unwrap();
+        let sorted = |mut v: Vec<Uuid>| {
+            v.sort();
+            v
+        };
+        let prefix = |p: &str| TenantFilter {
+            name_prefix: Some(p.into()),
+            ..Default::default()
+        };
+        // Default: every status but deleted.
+        assert_eq!(
+            tenant_ids(&mut *tx, TenantFilter::default()).await,
+            sorted(vec![a1.id, a2.id, b.id])
+        );
+        assert_eq!(
+            tenant_ids(
+                &mut *tx,
+                TenantFilter {
+                    include_deleted: true,
+                    ..Default::default()
+                }
+            )
+            .await,
+            sorted(vec![a1.id, a2.id, a3.id, b.id])
+        );
+        assert_eq!(
+            tenant_ids(
+                &mut *tx,
+                TenantFilter {
+                    status: Some(TenantStatus::Deleted),
+                    ..Default::default()
+                }
+            )
+            .await,
+            vec![a3.id]
+        );
+        assert_eq!(
+            tenant_ids(
+                &mut *tx,
+                TenantFilter {
+                    status: Some(TenantStatus::Suspended),
+                    ..Default::default()
+                }
+            )
+            .await,
+            vec![b.id]
+        );
+        assert_eq!(
+            tenant_ids(&mut *tx, prefix("alpha-")).await,
+            sorted(vec![a1.id, a2.id])
+        );
+        assert_eq!(
+            tenant_ids(
+                &mut *tx,
+                TenantFilter {
+                    name_prefix: Some("alpha".into()),
+                    include_deleted: true,
+                    ..Default::default()
+                }
+            )
+            .await,
+            sorted(vec![a1.id, a2.id, a3.id])
+        );
+        assert_eq!(
+            tenant_ids(&mut *tx, prefix("")).await.len(),
+            3,
+            "empty prefix: no filter"
+        );
+        // LIKE wildcards are literal ('_' would match '-', '%' anything),
+        // and case matters on both backends.
+        for p in ["alpha_", "%", "_", "alpha%", "ALPHA", "Beta", "alpha\\"] {
+            assert!(
+                tenant_ids(&mut *tx, prefix(p)).await.is_empty(),
+                "prefix {p:?}"
+            );
+        }
+        tx.commit().await.unwrap();
+    }
 }
 
 // ------------------------------------------------------------------ users
@@ -439,7 +807,7 @@ async fn members_last_owner_rule(h: &Harness) {
     let mut tx = h.tx(&scope).await;
     assert_eq!(tx.members().count_owners().await.unwrap(), 1);
     let err = tx.members().remove(owner).await.unwrap_err();
-    assert!(matches!(err, StoreError::Precondition { .. }), "{err:?}");
+    assert_precondition(&err, precondition::LAST_OWNER);
     tx.rollback().await.unwrap();
 
     let mut tx = h.tx(&scope).await;
@@ -448,7 +816,7 @@ async fn members_last_owner_rule(h: &Harness) {
         .change_role(owner, Role::Admin)
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Precondition { .. }), "{err:?}");
+    assert_precondition(&err, precondition::LAST_OWNER);
     tx.rollback().await.unwrap();
 
     let mut tx = h.tx(&scope).await;
@@ -497,7 +865,7 @@ async fn members_last_owner_rule(h: &Harness) {
         .await
         .unwrap();
     let err = tx.members().remove(bob).await.unwrap_err();
-    assert!(matches!(err, StoreError::Precondition { .. }), "{err:?}");
+    assert_precondition(&err, precondition::LAST_OWNER);
     tx.rollback().await.unwrap();
 
     let mut tx = h.tx(&scope).await;
@@ -508,8 +876,12 @@ async fn members_last_owner_rule(h: &Harness) {
         tx.members().remove(bob).await.unwrap_err(),
         StoreError::NotFound { what: "member" }
     ));
-    let list = tx.members().list().await.unwrap();
-    assert_eq!(list.len(), 1);
+    let list = tx
+        .members()
+        .list(&MemberFilter::default(), &PageRequest::first(10))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1);
     tx.rollback().await.unwrap();
 }
 
@@ -535,12 +907,135 @@ async fn members_concurrent_demotions_keep_an_owner(h: &Harness) {
     t1.commit().await.unwrap();
     let second = t2.await.unwrap();
     assert!(
-        matches!(second, Err(StoreError::Precondition { .. })),
+        matches!(
+            second,
+            Err(StoreError::Precondition {
+                code: "LAST_OWNER",
+                ..
+            })
+        ),
         "second demotion must be refused: {second:?}"
     );
     let mut tx = h.tx(&scope).await;
     assert_eq!(tx.members().count_owners().await.unwrap(), 1);
     assert_eq!(tx.members().role_of(b).await.unwrap(), Some(Role::Owner));
+}
+
+async fn members_list_pages_filters_and_names(h: &Harness) {
+    let (owner, t, scope) = setup(h, "crowd").await;
+    let mut tx = h.tx(&Scope::anonymous()).await;
+    let named = tx
+        .users()
+        .create_local(NewLocalUser {
+            username: "named".into(),
+            email: None,
+            display_name: Some("Named Person".into()),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into(),
+        })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = h.tx(&scope).await;
+    let m = tx
+        .members()
+        .add(named.id, Role::Viewer, Some(owner))
+        .await
+        .unwrap();
+    assert_eq!(m.email, None);
+    assert_eq!(m.display_name.as_deref(), Some("Named Person"));
+    tx.commit().await.unwrap();
+    let roles = [
+        Role::Viewer,
+        Role::Admin,
+        Role::Viewer,
+        Role::Approver,
+        Role::Viewer,
+        Role::Admin,
+    ];
+    for (i, role) in roles.iter().enumerate() {
+        let u = user(h, &format!("member{i}")).await;
+        let mut tx = h.tx(&scope).await;
+        let m = tx.members().add(u, *role, None).await.unwrap();
+        assert_eq!(m.email, Some(format!("member{i}@example.test")));
+        tx.commit().await.unwrap();
+    }
+    // Another tenant's members never show up.
+    let (_, _, other) = setup(h, "elsewhere").await;
+    let mut tx = h.tx(&other).await;
+    tx.members().add(named.id, Role::Admin, None).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let list_all = |filter: MemberFilter, size: u32| {
+        let (store, scope) = (h.store.clone(), scope.clone());
+        async move {
+            let mut out = Vec::new();
+            let mut page = PageRequest::first(size);
+            loop {
+                let mut tx = store.begin_read(&scope).await.unwrap();
+                let p = tx.members().list(&filter, &page).await.unwrap();
+                tx.commit().await.unwrap();
+                let max = if size == 0 { DEFAULT_PAGE_SIZE } else { size };
+                assert!(p.items.len() <= max as usize);
+                out.extend(p.items);
+                match p.next_page_token {
+                    Some(tok) => page = PageRequest::next(size, tok),
+                    None => break,
+                }
+            }
+            out
+        }
+    };
+
+    let all = list_all(MemberFilter::default(), 3).await;
+    assert_eq!(all.len(), 8, "owner, named and six more");
+    assert!(all.iter().all(|m| m.tenant_id == t.id));
+    // Oldest first, ties broken by user id; no duplicates across pages.
+    let keys: Vec<_> = all.iter().map(|m| (m.joined_at, m.user_id)).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(keys, sorted);
+    assert_eq!(all[0].user_id, owner);
+    assert_eq!(all[0].email.as_deref(), Some("crowd-owner@example.test"));
+    assert_eq!(all[1].display_name.as_deref(), Some("Named Person"));
+
+    let viewers = list_all(
+        MemberFilter {
+            role: Some(Role::Viewer),
+        },
+        2,
+    )
+    .await;
+    assert_eq!(viewers.len(), 4);
+    assert!(viewers.iter().all(|m| m.role == Role::Viewer));
+    let owners = list_all(
+        MemberFilter {
+            role: Some(Role::Owner),
+        },
+        0,
+    )
+    .await;
+    assert_eq!(owners.len(), 1);
+
+    // change_role answers with the user's details too.
+    let mut tx = h.tx(&scope).await;
+    let m = tx
+        .members()
+        .change_role(named.id, Role::Approver)
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.role, m.display_name.as_deref()),
+        (Role::Approver, Some("Named Person"))
+    );
+    assert!(matches!(
+        tx.members()
+            .change_role(Uuid::now_v7(), Role::Viewer)
+            .await
+            .unwrap_err(),
+        StoreError::NotFound { what: "member" }
+    ));
 }
 
 // ------------------------------------------------------------------ invites
@@ -585,30 +1080,37 @@ async fn invites_accept_once_and_not_expired(h: &Harness) {
     );
 
     let mut tx = h.tx(&scope).await;
-    let m = tx.invites().accept(&token, bob, Utc::now()).await.unwrap();
+    assert_eq!(tx.invites().get(inv.id).await.unwrap(), inv);
+    let m = tx
+        .invites()
+        .accept(inv.id, &token, bob, Utc::now())
+        .await
+        .unwrap();
     assert_eq!(
         (m.user_id, m.role, m.invited_by),
         (bob, Role::Approver, Some(owner))
     );
+    assert_eq!(m.email.as_deref(), Some("bob@example.test"));
     assert!(tx.invites().list_pending().await.unwrap().is_empty());
+    let accepted = tx.invites().get(inv.id).await.unwrap();
+    assert_eq!(accepted.accepted_by, Some(bob));
+    assert!(accepted.accepted_at.is_some());
     tx.commit().await.unwrap();
 
     let mut tx = h.tx(&scope).await;
     let err = tx
         .invites()
-        .accept(&token, carol, Utc::now())
+        .accept(inv.id, &token, carol, Utc::now())
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, StoreError::Precondition { .. }),
-        "reuse: {err:?}"
-    );
+    assert_precondition(&err, precondition::INVITE_NOT_PENDING);
     tx.rollback().await.unwrap();
 
     // Expired.
     let token2 = format!("inv-{}", Uuid::new_v4());
     let mut tx = h.tx(&scope).await;
-    tx.invites()
+    let inv2 = tx
+        .invites()
         .create(
             NewInvite {
                 email: "carol@example.test".into(),
@@ -622,13 +1124,10 @@ async fn invites_accept_once_and_not_expired(h: &Harness) {
         .unwrap();
     let err = tx
         .invites()
-        .accept(&token2, carol, Utc::now() + Days::hours(2))
+        .accept(inv2.id, &token2, carol, Utc::now() + Days::hours(2))
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, StoreError::Precondition { .. }),
-        "expired: {err:?}"
-    );
+    assert_precondition(&err, precondition::INVITE_NOT_PENDING);
     tx.rollback().await.unwrap();
 
     // Unknown token, and a token of another tenant, are not found.
@@ -636,13 +1135,105 @@ async fn invites_accept_once_and_not_expired(h: &Harness) {
     let mut tx = h.tx(&other_scope).await;
     let err = tx
         .invites()
-        .accept(&token, carol, Utc::now())
+        .accept(inv2.id, &token2, carol, Utc::now())
         .await
         .unwrap_err();
     assert!(
         matches!(err, StoreError::NotFound { what: "invite" }),
         "{err:?}"
     );
+}
+
+async fn invites_accept_needs_the_invites_own_token(h: &Harness) {
+    let (owner, _, scope) = setup(h, "strict").await;
+    let bob = user(h, "bob").await;
+    let (tok_a, tok_b) = (
+        format!("inv-{}", Uuid::new_v4()),
+        format!("inv-{}", Uuid::new_v4()),
+    );
+    let mut tx = h.tx(&scope).await;
+    let invite = |email: &'static str| NewInvite {
+        email: email.into(),
+        role: Role::Viewer,
+        expires_at: Utc::now() + Days::days(1),
+        created_by: Some(owner),
+    };
+    let a = tx
+        .invites()
+        .create(invite("a@example.test"), &tok_a)
+        .await
+        .unwrap();
+    let b = tx
+        .invites()
+        .create(invite("b@example.test"), &tok_b)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let not_found = |r: Result<Member>| {
+        let err = r.unwrap_err();
+        assert!(
+            matches!(err, StoreError::NotFound { what: "invite" }),
+            "{err:?}"
+        );
+    };
+    let mut tx = h.tx(&scope).await;
+    // Unknown id with a valid token; a's id with b's token; a wrong token.
+    not_found(
+        tx.invites()
+            .accept(Uuid::now_v7(), &tok_a, bob, Utc::now())
+            .await,
+    );
+    not_found(tx.invites().accept(a.id, &tok_b, bob, Utc::now()).await);
+    not_found(
+        tx.invites()
+            .accept(a.id, "not-the-token-at-all", bob, Utc::now())
+            .await,
+    );
+    assert!(matches!(
+        tx.invites().get(Uuid::now_v7()).await.unwrap_err(),
+        StoreError::NotFound { what: "invite" }
+    ));
+    // Nothing was used up by the failures.
+    assert_eq!(tx.invites().list_pending().await.unwrap().len(), 2);
+    tx.invites()
+        .accept(a.id, &tok_a, bob, Utc::now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // Reused: the state is told only to the holder of the right token.
+    let carol = user(h, "carol").await;
+    let mut tx = h.tx(&scope).await;
+    let err = tx
+        .invites()
+        .accept(a.id, &tok_a, carol, Utc::now())
+        .await
+        .unwrap_err();
+    assert_precondition(&err, precondition::INVITE_NOT_PENDING);
+    not_found(tx.invites().accept(a.id, &tok_b, carol, Utc::now()).await);
+    tx.rollback().await.unwrap();
+
+    // Concurrent accepts of one invite: one member.
+    let dave = user(h, "dave").await;
+    let mut tasks = Vec::new();
+    for u in [carol, dave] {
+        let (store, scope, tok) = (h.store.clone(), scope.clone(), tok_b.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tx = store.begin(&scope).await?;
+            tx.invites().accept(b.id, &tok, u, Utc::now()).await?;
+            tx.commit().await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(e) if e.precondition_code() == Some(precondition::INVITE_NOT_PENDING) => {}
+            Err(e) => panic!("unexpected: {e:?}"),
+        }
+    }
+    assert_eq!(ok, 1);
 }
 
 // ------------------------------------------------------------------ clusters
@@ -686,12 +1277,12 @@ async fn clusters_names_quota_and_soft_delete(h: &Harness) {
 
     // Soft delete frees both the quota slot and the name.
     let mut tx = h.tx(&scope).await;
-    let d = tx.clusters().soft_delete(a.id).await.unwrap();
+    let d = tx.clusters().soft_delete(a.id, None).await.unwrap();
     assert_eq!(d.status, ClusterStatus::Deleting);
     assert!(d.deleted_at.is_some());
     assert_eq!(tx.clusters().count_live().await.unwrap(), 1);
     assert!(matches!(
-        tx.clusters().soft_delete(a.id).await.unwrap_err(),
+        tx.clusters().soft_delete(a.id, None).await.unwrap_err(),
         StoreError::NotFound { .. }
     ));
     // Still readable by id, not listed.
@@ -709,7 +1300,7 @@ async fn clusters_names_quota_and_soft_delete(h: &Harness) {
     ));
     assert!(matches!(
         tx.clusters()
-            .update(again.id, ClusterUpdate::default())
+            .update(again.id, None, ClusterUpdate::default())
             .await
             .unwrap_err(),
         StoreError::NotFound { .. }
@@ -847,6 +1438,7 @@ async fn clusters_list_filter_update_and_pagination(h: &Harness) {
         .clusters()
         .update(
             target.id,
+            None,
             ClusterUpdate {
                 display_name: Some("Production".into()),
                 api_endpoint: Some(Some("https://k8s.example:6443".into())),
@@ -862,6 +1454,7 @@ async fn clusters_list_filter_update_and_pagination(h: &Harness) {
         .clusters()
         .update(
             target.id,
+            None,
             ClusterUpdate {
                 api_endpoint: Some(None),
                 ..Default::default()
@@ -908,6 +1501,327 @@ async fn clusters_list_filter_update_and_pagination(h: &Harness) {
     assert_eq!(ready.items.len(), 1);
     assert_eq!(ready.items[0].id, target.id);
     tx.commit().await.unwrap();
+}
+
+async fn cluster_versions_ignore_agent_reports(h: &Harness) {
+    let (_, _, scope) = setup(h, "cversions").await;
+    let c = cluster(h, &scope, "edge").await.unwrap();
+    assert_eq!(c.version, 1);
+    let mut tx = h.tx(&scope).await;
+    let u = tx
+        .clusters()
+        .update(
+            c.id,
+            Some(1),
+            ClusterUpdate {
+                display_name: Some("Edge".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(u.version, 2);
+    // A heartbeat changes the row but not its version: the user's edit
+    // based on version 2 still goes through.
+    let r = tx
+        .clusters()
+        .record_agent(
+            c.id,
+            AgentReport {
+                connection_state: ConnectionState::Connected,
+                agent_version: Some("1.0.0".into()),
+                seen_at: Utc::now(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.version, 2);
+    let u = tx
+        .clusters()
+        .update(
+            c.id,
+            Some(2),
+            ClusterUpdate {
+                api_endpoint: Some(Some("https://edge:6443".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(u.version, 3);
+    assert_eq!(u.connection_state, ConnectionState::Connected);
+    let err = tx
+        .clusters()
+        .update(c.id, Some(2), ClusterUpdate::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::VersionMismatch {
+                what: "cluster",
+                current: 3
+            }
+        ),
+        "{err:?}"
+    );
+    // A control-plane status change bumps it.
+    let s = tx
+        .clusters()
+        .set_status(c.id, ClusterStatus::Ready)
+        .await
+        .unwrap();
+    assert_eq!(s.version, 4);
+    let err = tx.clusters().soft_delete(c.id, Some(3)).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::VersionMismatch { current: 4, .. }),
+        "{err:?}"
+    );
+    let d = tx.clusters().soft_delete(c.id, Some(4)).await.unwrap();
+    assert_eq!((d.version, d.status), (5, ClusterStatus::Deleting));
+    // Gone: NotFound, not a mismatch.
+    for v in [None, Some(5)] {
+        let err = tx
+            .clusters()
+            .update(c.id, v, ClusterUpdate::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::NotFound { what: "cluster" }),
+            "{err:?}"
+        );
+    }
+    assert!(matches!(
+        tx.clusters()
+            .update(Uuid::now_v7(), Some(1), ClusterUpdate::default())
+            .await
+            .unwrap_err(),
+        StoreError::NotFound { what: "cluster" }
+    ));
+}
+
+async fn cluster_concurrent_edits_of_one_version_one_wins(h: &Harness) {
+    let (_, _, scope) = setup(h, "crowded").await;
+    let c = cluster(h, &scope, "hot").await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let (store, scope) = (h.store.clone(), scope.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tx = store.begin(&scope).await?;
+            let u = tx
+                .clusters()
+                .update(
+                    c.id,
+                    Some(c.version),
+                    ClusterUpdate {
+                        display_name: Some(format!("writer {i}")),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            // Hold the transaction so that the others really overlap.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.commit().await?;
+            Ok::<_, StoreError>(u)
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(u) => winners.push(u),
+            Err(StoreError::VersionMismatch {
+                what: "cluster",
+                current,
+            }) => assert_eq!(current, c.version + 1),
+            Err(e) => panic!("unexpected: {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one writer wins");
+    let mut tx = h.tx(&scope).await;
+    let now = tx.clusters().get(c.id).await.unwrap();
+    assert_eq!(now.version, c.version + 1);
+    assert_eq!(now.display_name, winners[0].display_name);
+}
+
+async fn inactive_tenant_refuses_new_work(h: &Harness) {
+    let (owner, t, scope) = setup(h, "paused").await;
+    let c = cluster(h, &scope, "edge").await.unwrap();
+    let token = format!("zbt-{}", Uuid::new_v4());
+    let mut tx = h.tx(&scope).await;
+    tx.bootstrap_tokens()
+        .create(
+            NewBootstrapToken {
+                cluster_id: c.id,
+                expires_at: Utc::now() + Days::hours(1),
+                created_by: Some(owner),
+            },
+            &token,
+        )
+        .await
+        .unwrap();
+    tx.tenants()
+        .set_status(t.id, None, TenantStatus::Suspended, Some("billing".into()))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let new_token = || NewBootstrapToken {
+        cluster_id: c.id,
+        expires_at: Utc::now() + Days::hours(1),
+        created_by: None,
+    };
+    let new_invite = || NewInvite {
+        email: "late@example.test".into(),
+        role: Role::Viewer,
+        expires_at: Utc::now() + Days::hours(1),
+        created_by: None,
+    };
+    let suspended = |r: Result<()>| {
+        let err = r.unwrap_err();
+        assert_precondition(&err, precondition::TENANT_SUSPENDED);
+    };
+    let mut tx = h.tx(&scope).await;
+    suspended(
+        tx.clusters()
+            .create(NewCluster {
+                name: "more".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+    );
+    suspended(
+        tx.clusters()
+            .update(c.id, Some(c.version), ClusterUpdate::default())
+            .await
+            .map(drop),
+    );
+    suspended(
+        tx.invites()
+            .create(new_invite(), &format!("inv-{}", Uuid::new_v4()))
+            .await
+            .map(drop),
+    );
+    suspended(
+        tx.bootstrap_tokens()
+            .create(new_token(), &format!("zbt-{}", Uuid::new_v4()))
+            .await
+            .map(drop),
+    );
+    // An agent cannot enrol with a valid token; the token stays usable.
+    suspended(
+        tx.bootstrap_tokens()
+            .consume(&token, Utc::now())
+            .await
+            .map(drop),
+    );
+    // Agent reports and status changes still work; nothing was bumped by
+    // the refusals.
+    let r = tx
+        .clusters()
+        .record_agent(
+            c.id,
+            AgentReport {
+                connection_state: ConnectionState::Disconnected,
+                agent_version: None,
+                seen_at: Utc::now(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.version, c.version);
+    tx.commit().await.unwrap();
+
+    let mut tx = h.tx(&scope).await;
+    tx.tenants()
+        .set_status(t.id, None, TenantStatus::Active, None)
+        .await
+        .unwrap();
+    let used = tx
+        .bootstrap_tokens()
+        .consume(&token, Utc::now())
+        .await
+        .unwrap();
+    assert!(used.used_at.is_some());
+    tx.commit().await.unwrap();
+
+    // Suspended again: deleting a cluster is still allowed.
+    let mut tx = h.tx(&scope).await;
+    tx.tenants()
+        .set_status(t.id, None, TenantStatus::Suspended, None)
+        .await
+        .unwrap();
+    tx.clusters().soft_delete(c.id, None).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // Deleted: the tenant is simply not there.
+    let (_, gone, gone_scope) = setup(h, "gone").await;
+    let gc = cluster(h, &gone_scope, "edge").await.unwrap();
+    let inv_token = format!("inv-{}", Uuid::new_v4());
+    let boot_token = format!("zbt-{}", Uuid::new_v4());
+    let mut tx = h.tx(&gone_scope).await;
+    let inv = tx.invites().create(new_invite(), &inv_token).await.unwrap();
+    tx.bootstrap_tokens()
+        .create(
+            NewBootstrapToken {
+                cluster_id: gc.id,
+                ..new_token()
+            },
+            &boot_token,
+        )
+        .await
+        .unwrap();
+    tx.tenants().soft_delete(gone.id, None).await.unwrap();
+    tx.commit().await.unwrap();
+    let late = user(h, "late").await;
+    let mut tx = h.tx(&gone_scope).await;
+    let tenant_not_found = |r: Result<()>| {
+        let err = r.unwrap_err();
+        assert!(
+            matches!(err, StoreError::NotFound { what: "tenant" }),
+            "{err:?}"
+        );
+    };
+    tenant_not_found(
+        tx.clusters()
+            .create(NewCluster {
+                name: "more".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+    );
+    tenant_not_found(
+        tx.invites()
+            .create(new_invite(), &format!("inv-{}", Uuid::new_v4()))
+            .await
+            .map(drop),
+    );
+    tenant_not_found(
+        tx.bootstrap_tokens()
+            .create(
+                NewBootstrapToken {
+                    cluster_id: gc.id,
+                    ..new_token()
+                },
+                &format!("zbt-{}", Uuid::new_v4()),
+            )
+            .await
+            .map(drop),
+    );
+    tenant_not_found(
+        tx.invites()
+            .accept(inv.id, &inv_token, late, Utc::now())
+            .await
+            .map(drop),
+    );
+    // The token's cluster went with the tenant.
+    let err = tx
+        .bootstrap_tokens()
+        .consume(&boot_token, Utc::now())
+        .await
+        .unwrap_err();
+    assert_precondition(&err, precondition::BOOTSTRAP_TOKEN_INVALID);
 }
 
 // ------------------------------------------------------------------ bootstrap tokens
@@ -970,11 +1884,24 @@ async fn bootstrap_tokens_one_use(h: &Harness) {
         .consume(&token, Utc::now())
         .await
         .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Precondition { reason } if reason.contains("already used")),
-        "{err:?}"
-    );
+    assert_precondition(&err, precondition::BOOTSTRAP_TOKEN_INVALID);
+    assert!(err.to_string().contains("already used"), "{err}");
     tx.rollback().await.unwrap();
+    // Under the wrong tenant scope even a used token is just not found, and
+    // so is any token under a tenant that does not exist.
+    for wrong in [other.clone(), Scope::tenant(Uuid::now_v7(), None)] {
+        let mut tx = h.tx(&wrong).await;
+        assert!(matches!(
+            tx.bootstrap_tokens()
+                .consume(&token, Utc::now())
+                .await
+                .unwrap_err(),
+            StoreError::NotFound {
+                what: "bootstrap token"
+            }
+        ));
+        tx.rollback().await.unwrap();
+    }
 
     // Expired.
     let token2 = format!("zbt-{}", Uuid::new_v4());
@@ -995,24 +1922,20 @@ async fn bootstrap_tokens_one_use(h: &Harness) {
         .consume(&token2, Utc::now() + Days::minutes(11))
         .await
         .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Precondition { reason } if reason.contains("expired")),
-        "{err:?}"
-    );
+    assert_precondition(&err, precondition::BOOTSTRAP_TOKEN_INVALID);
+    assert!(err.to_string().contains("expired"), "{err}");
     tx.commit().await.unwrap();
 
     // Cluster deleted after issuing.
     let mut tx = h.tx(&scope).await;
-    tx.clusters().soft_delete(c.id).await.unwrap();
+    tx.clusters().soft_delete(c.id, None).await.unwrap();
     let err = tx
         .bootstrap_tokens()
         .consume(&token2, Utc::now())
         .await
         .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Precondition { reason } if reason.contains("deleted")),
-        "{err:?}"
-    );
+    assert_precondition(&err, precondition::BOOTSTRAP_TOKEN_INVALID);
+    assert!(err.to_string().contains("deleted"), "{err}");
     // And no new token for a deleted cluster.
     let err = tx
         .bootstrap_tokens()
@@ -1070,7 +1993,7 @@ async fn bootstrap_token_concurrent_consume_once(h: &Harness) {
     for t in tasks {
         match t.await.unwrap() {
             Ok(()) => ok += 1,
-            Err(StoreError::Precondition { .. }) => {}
+            Err(e) if e.precondition_code() == Some(precondition::BOOTSTRAP_TOKEN_INVALID) => {}
             Err(e) => panic!("unexpected: {e:?}"),
         }
     }
@@ -1179,7 +2102,7 @@ async fn audit_append_list_and_redact(h: &Harness) {
     assert_eq!(first.prev_hash, GENESIS_HASH);
     assert_eq!(first.hash, record_hash(&first));
     assert_eq!(
-        first.details,
+        first.entry.details,
         json!({"role": "viewer", "password": "[REDACTED]", "nested": {"api_key": "[REDACTED]", "n": 1}})
     );
 
@@ -1202,6 +2125,18 @@ async fn audit_append_list_and_redact(h: &Harness) {
         .unwrap();
     assert_eq!(page.items, vec![first.clone()]);
     assert!(!format!("{:?}", page.items).contains("hunter2"));
+    let by_request = tx
+        .audit()
+        .list(
+            &AuditFilter {
+                request_id: Some("req-1".into()),
+                ..Default::default()
+            },
+            &PageRequest::first(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_request.items, vec![first.clone()]);
 
     let page = tx
         .audit()
@@ -1251,6 +2186,34 @@ async fn audit_append_list_and_redact(h: &Harness) {
     assert_eq!(seen, (1..=10).rev().collect::<Vec<_>>());
     tx.commit().await.unwrap();
 
+    assert!(verify(h, &scope, t.id).await.is_ok());
+
+    // JSON that a backend might normalize (jsonb re-orders keys, rewrites
+    // numbers) still re-hashes to the stored value after the round trip.
+    let mut tx = h.tx(&scope).await;
+    let mut r = audit("odd.details");
+    r.details = json!({
+        "z": 1, "a": {"y": [3, 2, 1], "b": null}, "f": 0.1 + 0.2, "whole": 150.0,
+        "big": 1e300, "tiny": 1e-7, "u": u64::MAX, "neg": -5, "s": "é\u{0}😀\"'\\",
+        "ten_thousand_keys_sort": {"B": 1, "a": 2, "aa": 3, "ä": 4}
+    });
+    let odd = tx.audit().append(r).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = h.store.begin_read(&scope).await.unwrap();
+    let back = tx
+        .audit()
+        .list(
+            &AuditFilter {
+                action: Some("odd.details".into()),
+                ..Default::default()
+            },
+            &PageRequest::first(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(back.items[0].hash, odd.hash);
+    assert_eq!(record_hash(&back.items[0]), odd.hash);
+    tx.commit().await.unwrap();
     assert!(verify(h, &scope, t.id).await.is_ok());
 }
 
@@ -1348,7 +2311,7 @@ async fn audit_truncated_tail_is_detected(h: &Harness) {
     let (_, t2, scope2) = setup(h, "forged").await;
     let recs = append(h, &scope2, 3).await;
     let mut forged = recs[1].clone();
-    forged.action = "tenant.delete".into();
+    forged.entry.action = "tenant.delete".into();
     forged.hash = record_hash(&forged);
     h.tamper(&format!(
         "UPDATE audit_logs SET action = 'tenant.delete', hash = '{}' WHERE id = {}",
@@ -1545,13 +2508,22 @@ conformance!(
     tenant_names_unique_and_reusable_after_soft_delete,
     tenant_get_update_status_and_scope,
     tenant_pagination,
+    tenant_versions_refuse_stale_edits,
+    tenant_concurrent_edits_of_one_version_one_wins,
+    tenant_created_without_owner,
+    tenant_list_name_prefix_and_deleted,
     users_upsert_and_local,
     members_last_owner_rule,
     members_concurrent_demotions_keep_an_owner,
+    members_list_pages_filters_and_names,
     invites_accept_once_and_not_expired,
+    invites_accept_needs_the_invites_own_token,
     clusters_names_quota_and_soft_delete,
     clusters_quota_holds_under_concurrency,
     clusters_list_filter_update_and_pagination,
+    cluster_versions_ignore_agent_reports,
+    cluster_concurrent_edits_of_one_version_one_wins,
+    inactive_tenant_refuses_new_work,
     bootstrap_tokens_one_use,
     bootstrap_token_concurrent_consume_once,
     mutation_and_audit_commit_or_roll_back_together,

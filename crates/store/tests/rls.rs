@@ -50,7 +50,7 @@ async fn two_tenants(h: &Harness) -> [(Tenant, Cluster); 2] {
                     name: name.into(),
                     ..Default::default()
                 },
-                owner.id,
+                Some(owner.id),
             )
             .await
             .unwrap();
@@ -117,6 +117,17 @@ async fn count(tx: &mut Transaction<'static, Postgres>, table: &str) -> i64 {
         .fetch_one(&mut **tx)
         .await
         .unwrap()
+}
+
+/// Run `query` and expect PostgreSQL to refuse it for privilege / RLS
+/// (SQLSTATE 42501).
+async fn refused(
+    tx: &mut Transaction<'static, Postgres>,
+    query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+) -> sqlx::Error {
+    let err = query.execute(&mut **tx).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{err}");
+    err
 }
 
 fn sqlstate(e: &sqlx::Error) -> String {
@@ -237,38 +248,38 @@ async fn rls_keeps_tenants_apart() {
         .rows_affected();
     assert_eq!(n, 0);
     // Moving A's row into B is refused by WITH CHECK.
-    let err = sqlx::query("UPDATE clusters SET tenant_id = $1 WHERE id = $2")
-        .bind(b.id)
-        .bind(ca.id)
-        .execute(&mut *tx)
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&err), "42501", "{err}");
+    refused(
+        &mut tx,
+        sqlx::query("UPDATE clusters SET tenant_id = $1 WHERE id = $2")
+            .bind(b.id)
+            .bind(ca.id),
+    )
+    .await;
     tx.rollback().await.unwrap();
 
     // An INSERT naming tenant B is refused by the database.
     let mut tx = app_tx(pool, Some(a.id), false).await;
-    let err = sqlx::query(
-        "INSERT INTO clusters (id, tenant_id, name, display_name, status, created_at, updated_at) \
-         VALUES ($1, $2, 'sneaky', 'sneaky', 'ready', now(), now())",
+    let err = refused(
+        &mut tx,
+        sqlx::query(
+            "INSERT INTO clusters (id, tenant_id, name, display_name, status, created_at, \
+             updated_at) VALUES ($1, $2, 'sneaky', 'sneaky', 'ready', now(), now())",
+        )
+        .bind(Uuid::now_v7())
+        .bind(b.id),
     )
-    .bind(Uuid::now_v7())
-    .bind(b.id)
-    .execute(&mut *tx)
-    .await
-    .unwrap_err();
-    assert_eq!(sqlstate(&err), "42501", "{err}");
+    .await;
     assert!(err.to_string().contains("row-level security"), "{err}");
     tx.rollback().await.unwrap();
 
     // Forging B's audit chain is refused too.
     let mut tx = app_tx(pool, Some(a.id), false).await;
-    let err = sqlx::query("UPDATE audit_chain_heads SET last_seq = 0 WHERE tenant_id = $1")
+    let forged = sqlx::query("UPDATE audit_chain_heads SET last_seq = 0 WHERE tenant_id = $1")
         .bind(b.id)
         .execute(&mut *tx)
         .await
         .unwrap();
-    assert_eq!(err.rows_affected(), 0);
+    assert_eq!(forged.rows_affected(), 0);
     tx.rollback().await.unwrap();
 
     // With no setting at all: zero rows everywhere (fail closed).
@@ -282,15 +293,15 @@ async fn rls_keeps_tenants_apart() {
     }
     // users stay readable (login), but not writable without a user setting.
     assert!(count(&mut tx, "users").await >= 2);
-    let err = sqlx::query(
-        "INSERT INTO users (id, issuer, subject, created_at, updated_at) \
-         VALUES ($1, 'x', 'y', now(), now())",
+    refused(
+        &mut tx,
+        sqlx::query(
+            "INSERT INTO users (id, issuer, subject, created_at, updated_at) \
+             VALUES ($1, 'x', 'y', now(), now())",
+        )
+        .bind(Uuid::now_v7()),
     )
-    .bind(Uuid::now_v7())
-    .execute(&mut *tx)
-    .await
-    .unwrap_err();
-    assert_eq!(sqlstate(&err), "42501", "{err}");
+    .await;
     tx.rollback().await.unwrap();
 
     // The platform-admin escape sees both.
@@ -331,6 +342,25 @@ async fn settings_do_not_leak_across_pooled_connections() {
     store.close().await;
 }
 
+async fn remediate(
+    tx: &mut Transaction<'static, Postgres>,
+    tenant: Uuid,
+    cluster: Uuid,
+    event: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO remediations (id, tenant_id, cluster_id, event_id, status, created_at) \
+         VALUES ($1, $2, $3, $4, 'proposed', now())",
+    )
+    .bind(Uuid::now_v7())
+    .bind(tenant)
+    .bind(cluster)
+    .bind(event)
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+}
+
 #[tokio::test]
 async fn cross_tenant_remediation_refused_even_for_platform_admin() {
     let Some(h) = pg().await else { return };
@@ -351,27 +381,13 @@ async fn cross_tenant_remediation_refused_even_for_platform_admin() {
             .await
             .unwrap();
     }
-    let insert_remediation = "INSERT INTO remediations (id, tenant_id, cluster_id, event_id, \
-        status, created_at) VALUES ($1, $2, $3, $4, 'proposed', now())";
-    sqlx::query(insert_remediation)
-        .bind(Uuid::now_v7())
-        .bind(a.id)
-        .bind(ca.id)
-        .bind(ev_a)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    remediate(&mut tx, a.id, ca.id, ev_a).await.unwrap();
     tx.commit().await.unwrap();
 
+    // Tenant A's remediation for tenant B's event: the composite foreign
+    // key refuses it although the admin escape lets RLS pass every row.
     let mut tx = app_tx(pool, None, true).await;
-    let err = sqlx::query(insert_remediation)
-        .bind(Uuid::now_v7())
-        .bind(a.id)
-        .bind(ca.id)
-        .bind(ev_b)
-        .execute(&mut *tx)
-        .await
-        .unwrap_err();
+    let err = remediate(&mut tx, a.id, ca.id, ev_b).await.unwrap_err();
     assert_eq!(
         sqlstate(&err),
         "23503",

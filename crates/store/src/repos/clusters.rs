@@ -4,18 +4,18 @@ use async_trait::async_trait;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::SqlTx;
+use super::{push_name_prefix, SqlTx};
 use crate::db::{args, micros, now, Row, Sql};
 use crate::error::{Result, StoreError};
 use crate::model::*;
-use crate::page::{time_token, Page, PageRequest};
+use crate::page::{Page, PageRequest};
 use crate::repo::ClusterRepo;
 use crate::validate;
 
 macro_rules! cluster_cols {
     () => {
         "id, tenant_id, name, display_name, status, connection_state, agent_version, \
-         last_seen_at, api_endpoint, labels, metadata, created_at, updated_at, deleted_at"
+         last_seen_at, api_endpoint, labels, metadata, version, created_at, updated_at, deleted_at"
     };
 }
 
@@ -36,6 +36,7 @@ fn cluster_from(r: &Row) -> Result<Cluster> {
         api_endpoint: r.opt_text("api_endpoint")?,
         labels,
         metadata: r.json("metadata")?,
+        version: r.get("version")?,
         created_at: r.ts("created_at")?,
         updated_at: r.ts("updated_at")?,
         deleted_at: r.opt_ts("deleted_at")?,
@@ -61,14 +62,23 @@ fn check_endpoint(endpoint: Option<&str>) -> Result<()> {
 /// scope's tenant, `RETURNING` it. `$1` is the tenant, `$2` the cluster.
 macro_rules! update_live_cluster {
     ($set:literal) => {
+        update_live_cluster!($set, "")
+    };
+    ($set:literal, $and:literal) => {
         concat!(
             "UPDATE clusters SET ",
             $set,
-            " WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL RETURNING ",
+            " WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL",
+            $and,
+            " RETURNING ",
             cluster_cols!()
         )
     };
 }
+
+/// The probe behind a versioned cluster UPDATE that matched nothing.
+const CLUSTER_VERSION: &str =
+    "SELECT version FROM clusters WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL";
 
 #[async_trait]
 impl ClusterRepo for SqlTx {
@@ -85,10 +95,7 @@ impl ClusterRepo for SqlTx {
         };
         // Quota check under the tenant row lock: concurrent creates of one
         // tenant serialize here, so they cannot overshoot together.
-        let (status, max_clusters) = self.lock_tenant(tenant).await?;
-        if status != TenantStatus::Active {
-            return Err(StoreError::precondition(format!("tenant is {status}")));
-        }
+        let max_clusters = self.lock_active_tenant(tenant).await?;
         if self.count_live().await? >= i64::from(max_clusters) {
             return Err(StoreError::QuotaExceeded {
                 what: "clusters",
@@ -138,7 +145,6 @@ impl ClusterRepo for SqlTx {
 
     async fn list(&mut self, filter: &ClusterFilter, page: &PageRequest) -> Result<Page<Cluster>> {
         let tenant = self.tenant()?;
-        let limit = page.limit();
         let mut sql = Sql::new(concat!(
             "SELECT ",
             cluster_cols!(),
@@ -148,32 +154,17 @@ impl ClusterRepo for SqlTx {
         if let Some(status) = filter.status {
             sql.push(" AND status = ").bind(status.as_str());
         }
-        if let Some(prefix) = filter.name_prefix.as_deref().filter(|p| !p.is_empty()) {
-            // substr() rather than LIKE: case-sensitive and wildcard-free on
-            // both backends.
-            let len = i32::try_from(prefix.chars().count())
-                .map_err(|_| StoreError::invalid("name_prefix", "too long"))?;
-            sql.push(" AND substr(name, 1, ")
-                .bind(len)
-                .push(") = ")
-                .bind(prefix);
-        }
-        if let Some((at, id)) = page.time_cursor()? {
-            sql.push(" AND (created_at, id) < (")
-                .bind(at)
-                .push(", ")
-                .bind(id)
-                .push(")");
-        }
-        sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .bind(limit + 1);
-        let items = self.all(sql.text, sql.args, cluster_from).await?;
-        Ok(Page::from_overfetch(items, limit, |c| {
-            time_token(c.created_at, c.id)
-        }))
+        push_name_prefix(&mut sql, "name", filter.name_prefix.as_deref())?;
+        self.time_page(sql, page, cluster_from, |c| (c.created_at, c.id))
+            .await
     }
 
-    async fn update(&mut self, id: Uuid, update: ClusterUpdate) -> Result<Cluster> {
+    async fn update(
+        &mut self,
+        id: Uuid,
+        expected_version: Option<i64>,
+        update: ClusterUpdate,
+    ) -> Result<Cluster> {
         let tenant = self.tenant()?;
         if let Some(d) = &update.display_name {
             validate::text("display_name", d.trim(), 200, false)?;
@@ -186,25 +177,40 @@ impl ClusterRepo for SqlTx {
             Some(e) => (true, e),
             None => (false, None),
         };
-        self.one(
-            update_live_cluster!(
-                "display_name = COALESCE($3, display_name), \
-                 api_endpoint = CASE WHEN $4 THEN $5 ELSE api_endpoint END, \
-                 labels = COALESCE($6, labels), updated_at = $7"
-            ),
-            args![
-                tenant,
-                id,
-                update.display_name.map(|d| d.trim().to_owned()),
-                set_endpoint,
-                endpoint,
-                labels,
-                now()
-            ],
-            "cluster",
-            cluster_from,
-        )
-        .await
+        self.lock_active_tenant(tenant).await?;
+        let row = self
+            .conn
+            .fetch_optional(
+                update_live_cluster!(
+                    "display_name = COALESCE($3, display_name), \
+                     api_endpoint = CASE WHEN $4 THEN $5 ELSE api_endpoint END, \
+                     labels = COALESCE($6, labels), updated_at = $7, version = version + 1",
+                    " AND ($8 IS NULL OR version = $8)"
+                ),
+                args![
+                    tenant,
+                    id,
+                    update.display_name.map(|d| d.trim().to_owned()),
+                    set_endpoint,
+                    endpoint,
+                    labels,
+                    now(),
+                    expected_version
+                ],
+            )
+            .await?;
+        match row {
+            Some(row) => cluster_from(&row),
+            None => {
+                self.explain_miss(
+                    CLUSTER_VERSION,
+                    args![tenant, id],
+                    "cluster",
+                    expected_version,
+                )
+                .await
+            }
+        }
     }
 
     async fn set_status(&mut self, id: Uuid, status: ClusterStatus) -> Result<Cluster> {
@@ -216,7 +222,7 @@ impl ClusterRepo for SqlTx {
             ));
         }
         self.one(
-            update_live_cluster!("status = $3, updated_at = $4"),
+            update_live_cluster!("status = $3, updated_at = $4, version = version + 1"),
             args![tenant, id, status.as_str(), now()],
             "cluster",
             cluster_from,
@@ -246,16 +252,31 @@ impl ClusterRepo for SqlTx {
         .await
     }
 
-    async fn soft_delete(&mut self, id: Uuid) -> Result<Cluster> {
+    async fn soft_delete(&mut self, id: Uuid, expected_version: Option<i64>) -> Result<Cluster> {
         let tenant = self.tenant()?;
-        let at = now();
-        self.one(
-            update_live_cluster!("status = 'deleting', deleted_at = $3, updated_at = $3"),
-            args![tenant, id, at],
-            "cluster",
-            cluster_from,
-        )
-        .await
+        let row = self
+            .conn
+            .fetch_optional(
+                update_live_cluster!(
+                    "status = 'deleting', deleted_at = $3, updated_at = $3, \
+                     version = version + 1",
+                    " AND ($4 IS NULL OR version = $4)"
+                ),
+                args![tenant, id, now(), expected_version],
+            )
+            .await?;
+        match row {
+            Some(row) => cluster_from(&row),
+            None => {
+                self.explain_miss(
+                    CLUSTER_VERSION,
+                    args![tenant, id],
+                    "cluster",
+                    expected_version,
+                )
+                .await
+            }
+        }
     }
 
     async fn count_live(&mut self) -> Result<i64> {

@@ -2,15 +2,21 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::tenants::{tenant_cols, tenant_from};
-use super::SqlTx;
-use crate::db::{args, now, Row};
-use crate::error::{Result, StoreError};
+use super::{Keyset, SqlTx};
+use crate::db::{args, now, Row, Sql};
+use crate::error::{precondition, Result, StoreError};
 use crate::model::*;
+use crate::page::{Page, PageRequest};
 use crate::repo::MemberRepo;
 
-macro_rules! member_cols {
+/// Members joined with their user (`m` and `u`); the `users` RLS policy
+/// lets every session read users.
+macro_rules! select_members {
     () => {
-        "tenant_id, user_id, role, joined_at, invited_by"
+        "SELECT m.tenant_id, m.user_id, m.role, m.joined_at, m.invited_by, \
+         u.email, u.display_name \
+         FROM tenant_members m JOIN users u ON u.id = m.user_id \
+         WHERE m.tenant_id = "
     };
 }
 
@@ -21,8 +27,17 @@ fn member_from(r: &Row) -> Result<Member> {
         role: r.parse("role")?,
         joined_at: r.ts("joined_at")?,
         invited_by: r.opt_uuid("invited_by")?,
+        email: r.opt_text("email")?,
+        display_name: r.opt_text("display_name")?,
     })
 }
+
+/// Members are listed oldest first.
+const BY_JOIN_TIME: Keyset = Keyset {
+    time: "m.joined_at",
+    id: "m.user_id",
+    descending: false,
+};
 
 fn membership_from(r: &Row) -> Result<Membership> {
     Ok(Membership {
@@ -48,6 +63,7 @@ impl SqlTx {
             .ok_or(StoreError::NotFound { what: "member" })?;
         if current == Role::Owner && !keeps_owner && self.count_owners().await? <= 1 {
             return Err(StoreError::precondition(
+                precondition::LAST_OWNER,
                 "a tenant must keep at least one owner",
             ));
         }
@@ -61,34 +77,41 @@ impl SqlTx {
         invited_by: Option<Uuid>,
     ) -> Result<Member> {
         let tenant = self.tenant()?;
-        self.one(
-            concat!(
+        self.conn
+            .execute(
                 "INSERT INTO tenant_members (tenant_id, user_id, role, joined_at, invited_by) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING ",
-                member_cols!()
-            ),
-            args![tenant, user_id, role.as_str(), now(), invited_by],
+                 VALUES ($1, $2, $3, $4, $5)",
+                args![tenant, user_id, role.as_str(), now(), invited_by],
+            )
+            .await
+            .map_err(|e| e.on_unique("member").on_foreign_key("user"))?;
+        self.member(tenant, user_id).await
+    }
+
+    /// One member of `tenant`, with the user's email and display name.
+    async fn member(&mut self, tenant: Uuid, user_id: Uuid) -> Result<Member> {
+        self.one(
+            concat!(select_members!(), "$1 AND m.user_id = $2"),
+            args![tenant, user_id],
             "member",
             member_from,
         )
         .await
-        .map_err(|e| e.on_unique("member").on_foreign_key("user"))
     }
 }
 
 #[async_trait]
 impl MemberRepo for SqlTx {
-    async fn list(&mut self) -> Result<Vec<Member>> {
+    async fn list(&mut self, filter: &MemberFilter, page: &PageRequest) -> Result<Page<Member>> {
         let tenant = self.tenant()?;
-        self.all(
-            concat!(
-                "SELECT ",
-                member_cols!(),
-                " FROM tenant_members WHERE tenant_id = $1 ORDER BY joined_at, user_id"
-            ),
-            args![tenant],
-            member_from,
-        )
+        let mut sql = Sql::new(select_members!());
+        sql.bind(tenant);
+        if let Some(role) = filter.role {
+            sql.push(" AND m.role = ").bind(role.as_str());
+        }
+        self.keyset_page(sql, page, BY_JOIN_TIME, member_from, |m| {
+            (m.joined_at, m.user_id)
+        })
         .await
     }
 
@@ -133,17 +156,17 @@ impl MemberRepo for SqlTx {
         let tenant = self.tenant()?;
         self.guard_last_owner(tenant, user_id, role == Role::Owner)
             .await?;
-        self.one(
-            concat!(
-                "UPDATE tenant_members SET role = $3 WHERE tenant_id = $1 AND user_id = $2 \
-                 RETURNING ",
-                member_cols!()
-            ),
-            args![tenant, user_id, role.as_str()],
-            "member",
-            member_from,
-        )
-        .await
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE tenant_members SET role = $3 WHERE tenant_id = $1 AND user_id = $2",
+                args![tenant, user_id, role.as_str()],
+            )
+            .await?;
+        if changed == 0 {
+            return Err(StoreError::NotFound { what: "member" });
+        }
+        self.member(tenant, user_id).await
     }
 
     async fn remove(&mut self, user_id: Uuid) -> Result<()> {

@@ -3,7 +3,6 @@
 
 mod audit;
 mod clusters;
-mod invites;
 mod members;
 mod tenants;
 mod tokens;
@@ -14,10 +13,60 @@ use std::borrow::Cow;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::db::{Arg, Conn, Row};
+use chrono::{DateTime, Utc};
+
+use crate::db::{Arg, Conn, Row, Sql};
 use crate::error::{Result, StoreError};
+use crate::page::{time_token, Page, PageRequest};
 use crate::repo::*;
 use crate::scope::Scope;
+
+/// The key of a keyset-paged list: a timestamp column and a UUID column
+/// (SQL expressions), and the direction.
+#[derive(Clone, Copy)]
+struct Keyset {
+    time: &'static str,
+    id: &'static str,
+    descending: bool,
+}
+
+impl Keyset {
+    const NEWEST_FIRST: Keyset = Keyset {
+        time: "created_at",
+        id: "id",
+        descending: true,
+    };
+}
+
+/// `AND <column> LIKE '<prefix>%'` with the prefix taken literally (`\`,
+/// `%` and `_` escaped). Names are lowercase ASCII and SQLite's LIKE
+/// ignores ASCII case while PostgreSQL's does not, so a prefix with an
+/// uppercase letter is answered "no match" on both, without asking.
+/// `None` or empty: no condition.
+fn push_name_prefix(sql: &mut Sql, column: &str, prefix: Option<&str>) -> Result<()> {
+    let Some(prefix) = prefix.filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    crate::validate::text("name_prefix", prefix, 63, false)?;
+    if prefix.bytes().any(|b| b.is_ascii_uppercase()) {
+        sql.push(" AND 1 = 0");
+        return Ok(());
+    }
+    let mut pattern = String::with_capacity(prefix.len() + 2);
+    for c in prefix.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    sql.push(" AND ")
+        .push(column)
+        .push(" LIKE ")
+        .bind(pattern)
+        .push(" ESCAPE '\\'");
+    Ok(())
+}
 
 /// The transaction behind every `Box<dyn Tx>`: a backend connection in a
 /// transaction, and the scope it was opened for.
@@ -74,7 +123,88 @@ impl SqlTx {
         rows.iter().map(map).collect()
     }
 
-    /// `id` is the scope's tenant, or the caller is platform admin.
+    /// Finish and run a newest-first list on `(created_at, id)`.
+    async fn time_page<T: Send>(
+        &mut self,
+        sql: Sql,
+        page: &PageRequest,
+        map: fn(&Row) -> Result<T>,
+        key: fn(&T) -> (DateTime<Utc>, Uuid),
+    ) -> Result<Page<T>> {
+        self.keyset_page(sql, page, Keyset::NEWEST_FIRST, map, key)
+            .await
+    }
+
+    /// Finish and run a keyset-paged list: the page token's condition on
+    /// the key columns, the order, and a limit one row past the page (that
+    /// extra row only says whether a next page exists).
+    async fn keyset_page<T: Send>(
+        &mut self,
+        mut sql: Sql,
+        page: &PageRequest,
+        keyset: Keyset,
+        map: fn(&Row) -> Result<T>,
+        key: fn(&T) -> (DateTime<Utc>, Uuid),
+    ) -> Result<Page<T>> {
+        let limit = page.limit();
+        let (after, order) = if keyset.descending {
+            (" < (", " DESC")
+        } else {
+            (" > (", "")
+        };
+        if let Some((at, id)) = page.time_cursor()? {
+            sql.push(" AND (")
+                .push(keyset.time)
+                .push(", ")
+                .push(keyset.id)
+                .push(")")
+                .push(after)
+                .bind(at)
+                .push(", ")
+                .bind(id)
+                .push(")");
+        }
+        sql.push(" ORDER BY ")
+            .push(keyset.time)
+            .push(order)
+            .push(", ")
+            .push(keyset.id)
+            .push(order)
+            .push(" LIMIT ")
+            .bind(limit + 1);
+        let items = self.all(sql.text, sql.args, map).await?;
+        Ok(Page::from_overfetch(items, limit, |item| {
+            let (at, id) = key(item);
+            time_token(at, id)
+        }))
+    }
+
+    /// A versioned `UPDATE … RETURNING` matched no row: say why. `probe`
+    /// selects the `version` of the same live row: none means the row is
+    /// gone (`NotFound`); otherwise its version moved on from `expected`
+    /// (`VersionMismatch` with the current one). Under PostgreSQL's READ
+    /// COMMITTED the UPDATE re-checks its WHERE against a concurrent
+    /// writer's committed row, and this probe reads that same committed
+    /// state, so the loser of a race is told the winner's version.
+    async fn explain_miss<T>(
+        &mut self,
+        probe: &'static str,
+        args: Vec<Arg>,
+        what: &'static str,
+        expected: Option<i64>,
+    ) -> Result<T> {
+        let current: i64 = self.one(probe, args, what, |r| r.get("version")).await?;
+        Err(match expected {
+            Some(v) if v != current => StoreError::VersionMismatch { what, current },
+            // The row is there and matches: it changed under the UPDATE
+            // and back, which only a concurrent writer can do. Retry.
+            _ => StoreError::Conflict {
+                reason: format!("{what} changed concurrently").into(),
+            },
+        })
+    }
+
+    /// `id` is the scope's tenant, or the caller is platform admin.    /// `id` is the scope's tenant, or the caller is platform admin.
     fn check_tenant(&self, id: Uuid) -> Result<()> {
         if self.scope.platform_admin || self.scope.tenant_id == Some(id) {
             Ok(())

@@ -1,19 +1,19 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::SqlTx;
+use super::{push_name_prefix, SqlTx};
 use crate::db::{args, now, Row, Sql};
-use crate::error::{Result, StoreError};
+use crate::error::{precondition, Result, StoreError};
 use crate::model::*;
-use crate::page::{time_token, Page, PageRequest};
+use crate::page::{Page, PageRequest};
 use crate::repo::TenantRepo;
 use crate::scope::Scope;
 use crate::validate;
 
 macro_rules! tenant_cols {
     () => {
-        "id, name, display_name, status, max_clusters, requests_per_second, \
-         max_events_per_day, created_at, updated_at, created_by, updated_by, deleted_at"
+        "id, name, display_name, status, suspend_reason, max_clusters, requests_per_second, \
+         max_events_per_day, version, created_at, updated_at, created_by, updated_by, deleted_at"
     };
 }
 pub(crate) use tenant_cols;
@@ -24,17 +24,29 @@ pub(crate) fn tenant_from(r: &Row) -> Result<Tenant> {
         name: r.text("name")?,
         display_name: r.text("display_name")?,
         status: r.parse("status")?,
+        suspend_reason: r.opt_text("suspend_reason")?,
         quotas: Quotas {
             max_clusters: r.get("max_clusters")?,
             requests_per_second: r.get("requests_per_second")?,
             max_events_per_day: r.get("max_events_per_day")?,
         },
+        version: r.get("version")?,
         created_at: r.ts("created_at")?,
         updated_at: r.ts("updated_at")?,
         created_by: r.opt_uuid("created_by")?,
         updated_by: r.opt_uuid("updated_by")?,
         deleted_at: r.opt_ts("deleted_at")?,
     })
+}
+
+/// Restrict a `tenants` query to the tenants `user` is a member of.
+fn member_of(sql: &mut Sql, user: Uuid) -> &mut Sql {
+    sql.push(
+        " AND EXISTS (SELECT 1 FROM tenant_members m \
+         WHERE m.tenant_id = tenants.id AND m.user_id = ",
+    )
+    .bind(user)
+    .push(")")
 }
 
 fn check_quotas(max_clusters: Option<i32>, rps: Option<i32>, events: Option<i64>) -> Result<()> {
@@ -52,25 +64,45 @@ fn check_quotas(max_clusters: Option<i32>, rps: Option<i32>, events: Option<i64>
 
 impl SqlTx {
     /// Lock the scope's tenant row for the rest of the transaction: the
-    /// per-tenant mutex behind the quota and last-owner rules. Returns
+    /// per-tenant mutex behind the quota and last-owner rules. `NO KEY`
+    /// so that foreign-key checks of concurrent inserts referencing the
+    /// tenant (events, members) are not blocked by it. Returns
     /// `(status, max_clusters)` of the live tenant.
     pub(crate) async fn lock_tenant(&mut self, id: Uuid) -> Result<(TenantStatus, i32)> {
         let row = self
             .conn
             .fetch_optional(
                 "SELECT status, max_clusters FROM tenants \
-                 WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+                 WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE",
                 args![id],
             )
             .await?
             .ok_or(StoreError::NotFound { what: "tenant" })?;
         Ok((row.parse("status")?, row.get("max_clusters")?))
     }
+
+    /// [`Self::lock_tenant`], and the tenant must be active: suspended is
+    /// `Precondition` `TENANT_SUSPENDED` (deleted is already `NotFound`).
+    /// Returns `max_clusters`. Holding the lock to the end of the
+    /// transaction orders the work after or before a concurrent status
+    /// change, never across it.
+    pub(crate) async fn lock_active_tenant(&mut self, id: Uuid) -> Result<i32> {
+        match self.lock_tenant(id).await? {
+            (TenantStatus::Active, max_clusters) => Ok(max_clusters),
+            (status, _) => Err(StoreError::precondition(
+                precondition::TENANT_SUSPENDED,
+                format!("the tenant is {status}"),
+            )),
+        }
+    }
 }
+
+/// The probe behind a versioned tenant UPDATE that matched nothing.
+const TENANT_VERSION: &str = "SELECT version FROM tenants WHERE id = $1 AND deleted_at IS NULL";
 
 #[async_trait]
 impl TenantRepo for SqlTx {
-    async fn create(&mut self, new: NewTenant, owner: Uuid) -> Result<Tenant> {
+    async fn create(&mut self, new: NewTenant, owner: Option<Uuid>) -> Result<Tenant> {
         validate::dns_label("name", &new.name)?;
         let display_name = validate::display_name(&new.display_name, &new.name)?;
         let q = new.quotas;
@@ -117,14 +149,16 @@ impl TenantRepo for SqlTx {
             )
             .await
             .map_err(|e| e.on_unique("tenant"))?;
-        self.conn
-            .execute(
-                "INSERT INTO tenant_members (tenant_id, user_id, role, joined_at, invited_by) \
-                 VALUES ($1, $2, 'owner', $3, NULL)",
-                args![id, owner, at],
-            )
-            .await
-            .map_err(|e| e.on_foreign_key("user"))?;
+        if let Some(owner) = owner {
+            self.conn
+                .execute(
+                    "INSERT INTO tenant_members (tenant_id, user_id, role, joined_at, invited_by) \
+                     VALUES ($1, $2, 'owner', $3, NULL)",
+                    args![id, owner, at],
+                )
+                .await
+                .map_err(|e| e.on_foreign_key("user"))?;
+        }
         tenant_from(&row)
     }
 
@@ -140,32 +174,22 @@ impl TenantRepo for SqlTx {
                 .scope
                 .user_id
                 .ok_or(StoreError::NotFound { what: "tenant" })?;
-            sql.push(
-                " AND EXISTS (SELECT 1 FROM tenant_members m \
-                 WHERE m.tenant_id = tenants.id AND m.user_id = ",
-            )
-            .bind(user)
-            .push(")");
+            member_of(&mut sql, user);
         }
         self.one(sql.text, sql.args, "tenant", tenant_from).await
     }
 
     async fn list(&mut self, filter: &TenantFilter, page: &PageRequest) -> Result<Page<Tenant>> {
-        let limit = page.limit();
         let mut sql = Sql::new(concat!("SELECT ", tenant_cols!(), " FROM tenants WHERE "));
-        match filter.status {
-            Some(s) => sql.push("status = ").bind(s.as_str()),
-            None => sql.push("deleted_at IS NULL"),
+        match (filter.status, filter.include_deleted) {
+            (Some(s), _) => sql.push("status = ").bind(s.as_str()),
+            (None, false) => sql.push("deleted_at IS NULL"),
+            (None, true) => sql.push("1 = 1"),
         };
+        push_name_prefix(&mut sql, "name", filter.name_prefix.as_deref())?;
         if !self.scope.platform_admin {
             match (self.scope.user_id, self.scope.tenant_id) {
-                (Some(user), _) => sql
-                    .push(
-                        " AND EXISTS (SELECT 1 FROM tenant_members m \
-                         WHERE m.tenant_id = tenants.id AND m.user_id = ",
-                    )
-                    .bind(user)
-                    .push(")"),
+                (Some(user), _) => member_of(&mut sql, user),
                 (None, Some(tenant)) => sql.push(" AND id = ").bind(tenant),
                 (None, None) => {
                     return Ok(Page {
@@ -175,22 +199,16 @@ impl TenantRepo for SqlTx {
                 }
             };
         }
-        if let Some((at, id)) = page.time_cursor()? {
-            sql.push(" AND (created_at, id) < (")
-                .bind(at)
-                .push(", ")
-                .bind(id)
-                .push(")");
-        }
-        sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .bind(limit + 1);
-        let items = self.all(sql.text, sql.args, tenant_from).await?;
-        Ok(Page::from_overfetch(items, limit, |t| {
-            time_token(t.created_at, t.id)
-        }))
+        self.time_page(sql, page, tenant_from, |t| (t.created_at, t.id))
+            .await
     }
 
-    async fn update(&mut self, id: Uuid, update: TenantUpdate) -> Result<Tenant> {
+    async fn update(
+        &mut self,
+        id: Uuid,
+        expected_version: Option<i64>,
+        update: TenantUpdate,
+    ) -> Result<Tenant> {
         self.check_tenant(id)?;
         if let Some(d) = &update.display_name {
             validate::text("display_name", d.trim(), 200, false)?;
@@ -200,32 +218,47 @@ impl TenantRepo for SqlTx {
             update.requests_per_second,
             update.max_events_per_day,
         )?;
-        self.one(
-            concat!(
-                "UPDATE tenants SET display_name = COALESCE($2, display_name), \
-                 max_clusters = COALESCE($3, max_clusters), \
-                 requests_per_second = COALESCE($4, requests_per_second), \
-                 max_events_per_day = COALESCE($5, max_events_per_day), \
-                 updated_at = $6, updated_by = $7 \
-                 WHERE id = $1 AND deleted_at IS NULL RETURNING ",
-                tenant_cols!()
-            ),
-            args![
-                id,
-                update.display_name.map(|d| d.trim().to_owned()),
-                update.max_clusters,
-                update.requests_per_second,
-                update.max_events_per_day,
-                now(),
-                self.scope.user_id
-            ],
-            "tenant",
-            tenant_from,
-        )
-        .await
+        let row = self
+            .conn
+            .fetch_optional(
+                concat!(
+                    "UPDATE tenants SET display_name = COALESCE($2, display_name), \
+                     max_clusters = COALESCE($3, max_clusters), \
+                     requests_per_second = COALESCE($4, requests_per_second), \
+                     max_events_per_day = COALESCE($5, max_events_per_day), \
+                     updated_at = $6, updated_by = $7, version = version + 1 \
+                     WHERE id = $1 AND deleted_at IS NULL AND ($8 IS NULL OR version = $8) \
+                     RETURNING ",
+                    tenant_cols!()
+                ),
+                args![
+                    id,
+                    update.display_name.map(|d| d.trim().to_owned()),
+                    update.max_clusters,
+                    update.requests_per_second,
+                    update.max_events_per_day,
+                    now(),
+                    self.scope.user_id,
+                    expected_version
+                ],
+            )
+            .await?;
+        match row {
+            Some(row) => tenant_from(&row),
+            None => {
+                self.explain_miss(TENANT_VERSION, args![id], "tenant", expected_version)
+                    .await
+            }
+        }
     }
 
-    async fn set_status(&mut self, id: Uuid, status: TenantStatus) -> Result<Tenant> {
+    async fn set_status(
+        &mut self,
+        id: Uuid,
+        expected_version: Option<i64>,
+        status: TenantStatus,
+        reason: Option<String>,
+    ) -> Result<Tenant> {
         self.check_tenant(id)?;
         if status == TenantStatus::Deleted {
             return Err(StoreError::invalid(
@@ -233,39 +266,72 @@ impl TenantRepo for SqlTx {
                 "use soft_delete to delete a tenant",
             ));
         }
-        self.one(
-            concat!(
-                "UPDATE tenants SET status = $2, updated_at = $3, updated_by = $4 \
-                 WHERE id = $1 AND deleted_at IS NULL RETURNING ",
-                tenant_cols!()
-            ),
-            args![id, status.as_str(), now(), self.scope.user_id],
-            "tenant",
-            tenant_from,
-        )
-        .await
-    }
-
-    async fn soft_delete(&mut self, id: Uuid) -> Result<Tenant> {
-        self.check_tenant(id)?;
-        let at = now();
-        let tenant = self
-            .one(
+        // The reason belongs to the suspension: reactivating clears it.
+        let reason = match status {
+            TenantStatus::Suspended => reason
+                .map(|r| r.trim().to_owned())
+                .filter(|r| !r.is_empty()),
+            _ => None,
+        };
+        validate::opt_text("reason", reason.as_deref(), 1000)?;
+        let row = self
+            .conn
+            .fetch_optional(
                 concat!(
-                    "UPDATE tenants SET status = 'deleted', deleted_at = $2, updated_at = $2, \
-                     updated_by = $3 WHERE id = $1 AND deleted_at IS NULL RETURNING ",
+                    "UPDATE tenants SET status = $2, suspend_reason = $3, updated_at = $4, \
+                     updated_by = $5, version = version + 1 \
+                     WHERE id = $1 AND deleted_at IS NULL AND ($6 IS NULL OR version = $6) \
+                     RETURNING ",
                     tenant_cols!()
                 ),
-                args![id, at, self.scope.user_id],
-                "tenant",
-                tenant_from,
+                args![
+                    id,
+                    status.as_str(),
+                    reason,
+                    now(),
+                    self.scope.user_id,
+                    expected_version
+                ],
             )
             .await?;
+        match row {
+            Some(row) => tenant_from(&row),
+            None => {
+                self.explain_miss(TENANT_VERSION, args![id], "tenant", expected_version)
+                    .await
+            }
+        }
+    }
+
+    async fn soft_delete(&mut self, id: Uuid, expected_version: Option<i64>) -> Result<Tenant> {
+        self.check_tenant(id)?;
+        let at = now();
+        let row = self
+            .conn
+            .fetch_optional(
+                concat!(
+                    "UPDATE tenants SET status = 'deleted', suspend_reason = NULL, \
+                     deleted_at = $2, updated_at = $2, updated_by = $3, version = version + 1 \
+                     WHERE id = $1 AND deleted_at IS NULL AND ($4 IS NULL OR version = $4) \
+                     RETURNING ",
+                    tenant_cols!()
+                ),
+                args![id, at, self.scope.user_id, expected_version],
+            )
+            .await?;
+        let tenant = match row {
+            Some(row) => tenant_from(&row)?,
+            None => {
+                return self
+                    .explain_miss(TENANT_VERSION, args![id], "tenant", expected_version)
+                    .await
+            }
+        };
         // The tenant's clusters go with it (their names become reusable too).
         self.conn
             .execute(
-                "UPDATE clusters SET status = 'deleting', deleted_at = $2, updated_at = $2 \
-                 WHERE tenant_id = $1 AND deleted_at IS NULL",
+                "UPDATE clusters SET status = 'deleting', deleted_at = $2, updated_at = $2, \
+                 version = version + 1 WHERE tenant_id = $1 AND deleted_at IS NULL",
                 args![id, at],
             )
             .await?;

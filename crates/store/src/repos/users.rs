@@ -37,17 +37,19 @@ const BY_ISSUER_SUBJECT: &str = concat!(
 );
 
 impl SqlTx {
-    /// Bind the transaction to `user_id` (the login is that user acting).
-    /// Refused when the scope already belongs to another user, unless the
-    /// caller is a platform admin.
+    /// Bind the transaction to `user_id` (the login is that user acting),
+    /// so the `users` RLS policy lets it write its own row. Platform admins
+    /// keep their scope (their escape already allows the write). Refused
+    /// when the scope already belongs to another user.
     async fn bind_user(&mut self, user_id: Uuid) -> Result<()> {
         match self.scope.user_id {
+            _ if self.scope.platform_admin => Ok(()),
             Some(u) if u == user_id => Ok(()),
-            Some(_) if !self.scope.platform_admin => Err(StoreError::invalid(
+            Some(_) => Err(StoreError::invalid(
                 "scope",
                 "the transaction already acts for another user",
             )),
-            _ => {
+            None => {
                 self.rescope(Scope {
                     user_id: Some(user_id),
                     ..self.scope.clone()

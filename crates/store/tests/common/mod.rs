@@ -23,6 +23,33 @@ pub fn admin_url() -> String {
     std::env::var("ZEN_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
 }
 
+/// Open a raw connection `$c` of the harness's backend, run `$body`
+/// (a `Result<_, sqlx::Error>`), close the connection.
+macro_rules! with_raw_conn {
+    ($h:expr, |$c:ident| $body:expr) => {
+        match $h.kind {
+            BackendKind::Postgres => {
+                async {
+                    let mut $c = PgConnectOptions::from_str(&$h.url)?.connect().await?;
+                    let out = $body;
+                    $c.close().await?;
+                    out
+                }
+                .await
+            }
+            BackendKind::Sqlite => {
+                async {
+                    let mut $c = SqliteConnectOptions::from_str(&$h.url)?.connect().await?;
+                    let out = $body;
+                    $c.close().await?;
+                    out
+                }
+                .await
+            }
+        }
+    };
+}
+
 pub struct Harness {
     pub store: Store,
     pub kind: BackendKind,
@@ -93,32 +120,14 @@ impl Harness {
     }
 
     /// Run SQL on a raw owner connection, behind the store's back (no RLS
-    /// role, no scope). On SQLite the audit append-only triggers are dropped
-    /// first when `tamper` is set, as an attacker with file access would.
+    /// role, no scope).
     pub async fn raw(&self, sql: &str) -> Result<u64, sqlx::Error> {
-        match self.kind {
-            BackendKind::Postgres => {
-                let mut c = PgConnectOptions::from_str(&self.url)?.connect().await?;
-                let n = c
-                    .execute(AssertSqlSafe(sql.to_owned()))
-                    .await?
-                    .rows_affected();
-                c.close().await?;
-                Ok(n)
-            }
-            BackendKind::Sqlite => {
-                let mut c = SqliteConnectOptions::from_str(&self.url)?.connect().await?;
-                let n = c
-                    .execute(AssertSqlSafe(sql.to_owned()))
-                    .await?
-                    .rows_affected();
-                c.close().await?;
-                Ok(n)
-            }
-        }
+        let sql = AssertSqlSafe(sql.to_owned());
+        with_raw_conn!(self, |c| c.execute(sql).await.map(|r| r.rows_affected()))
     }
 
-    /// Like `raw`, but first removes SQLite's append-only triggers.
+    /// Like `raw`, but first removes SQLite's append-only triggers, as an
+    /// attacker with access to the file would.
     pub async fn tamper(&self, sql: &str) -> u64 {
         if self.kind == BackendKind::Sqlite {
             self.raw("DROP TRIGGER IF EXISTS audit_logs_no_update")
@@ -133,30 +142,9 @@ impl Harness {
 
     /// One integer from a raw owner connection.
     pub async fn raw_i64(&self, sql: &str) -> i64 {
-        match self.kind {
-            BackendKind::Postgres => {
-                let mut c = PgConnectOptions::from_str(&self.url)
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap();
-                sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_owned()))
-                    .fetch_one(&mut c)
-                    .await
-                    .unwrap()
-            }
-            BackendKind::Sqlite => {
-                let mut c = SqliteConnectOptions::from_str(&self.url)
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap();
-                sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_owned()))
-                    .fetch_one(&mut c)
-                    .await
-                    .unwrap()
-            }
-        }
+        let sql = AssertSqlSafe(sql.to_owned());
+        with_raw_conn!(self, |c| sqlx::query_scalar(sql).fetch_one(&mut c).await)
+            .expect("raw query")
     }
 
     /// Open a write transaction for `scope` (panics on error).
