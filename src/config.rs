@@ -215,34 +215,40 @@ impl Config {
                 "ZEN_SHUTDOWN_GRACE_SECONDS must be at most 3600".into(),
             ));
         }
-        if self.environment == Environment::Production {
-            if !database_url_given {
-                return Err(ConfigError::Invalid(
-                    "ZEN_ENV=production needs an explicit ZEN_DATABASE_URL".into(),
-                ));
-            }
-            if self.tls.defaults {
-                return Err(ConfigError::Invalid(
-                    "ZEN_ENV=production never generates certificates: set ZEN_TLS_CA_CERT, \
-                     ZEN_TLS_SERVER_CERT and ZEN_TLS_SERVER_KEY to the files of your PKI"
-                        .into(),
-                ));
-            }
-            for path in [
-                &self.tls.ca_cert,
-                &self.tls.server_cert,
-                &self.tls.server_key,
-            ] {
-                if !path.is_file() {
-                    return Err(ConfigError::Invalid(format!(
-                        "ZEN_ENV=production: {} does not exist or is not a file",
-                        path.display()
-                    )));
-                }
-            }
-            reject_weak_key_permissions(&self.tls.server_key)?;
+        if self.environment == Environment::Production && !database_url_given {
+            return Err(ConfigError::Invalid(
+                "ZEN_ENV=production needs an explicit ZEN_DATABASE_URL".into(),
+            ));
         }
         Ok(())
+    }
+
+    /// Checks what only `zen serve` needs: in production, the TLS files must be given, exist
+    /// and keep their private key private.
+    pub fn validate_for_serve(&self) -> Result<(), ConfigError> {
+        if self.environment != Environment::Production {
+            return Ok(());
+        }
+        if self.tls.defaults {
+            return Err(ConfigError::Invalid(
+                "ZEN_ENV=production never generates certificates: set ZEN_TLS_CA_CERT, \
+                 ZEN_TLS_SERVER_CERT and ZEN_TLS_SERVER_KEY to the files of your PKI"
+                    .into(),
+            ));
+        }
+        for path in [
+            &self.tls.ca_cert,
+            &self.tls.server_cert,
+            &self.tls.server_key,
+        ] {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid(format!(
+                    "ZEN_ENV=production: {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+        }
+        reject_weak_key_permissions(&self.tls.server_key)
     }
 
     /// The PKI directory of the development defaults.
@@ -251,21 +257,22 @@ impl Config {
     }
 }
 
-/// A private key readable by group or others is a weak secret in production.
+/// A private key that others may read is a weak secret in production. As PostgreSQL does for
+/// its TLS key: owner-only (0600) is fine, and so is group-readable (0640 or stricter) when
+/// root owns the file, which is how Kubernetes mounts Secrets for a non-root pod (`fsGroup`).
 fn reject_weak_key_permissions(path: &Path) -> Result<(), ConfigError> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(|e| ConfigError::Invalid(format!("cannot stat {}: {e}", path.display())))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path)
+            .map_err(|e| ConfigError::Invalid(format!("cannot stat {}: {e}", path.display())))?;
+        let mode = metadata.mode() & 0o777;
+        let private = mode & 0o077 == 0 || (metadata.uid() == 0 && mode & 0o037 == 0);
+        if !private {
             return Err(ConfigError::Invalid(format!(
-                "ZEN_ENV=production: the private key {} is readable by other users (mode {:o}); \
-                 run `chmod 600 {}`",
+                "ZEN_ENV=production: the private key {} is too open (mode {mode:o}); allow at \
+                 most 0600, or 0640 when owned by root (`chmod 600 {}`)",
                 path.display(),
-                mode & 0o777,
                 path.display()
             )));
         }
@@ -327,7 +334,8 @@ mod tests {
             database_url: Some("postgres://zen@db/zen".into()),
             ..Default::default()
         };
-        let err = Config::resolve(&global, &ServeArgs::default()).unwrap_err();
+        let config = Config::resolve(&global, &ServeArgs::default()).unwrap();
+        let err = config.validate_for_serve().unwrap_err();
         assert!(err.to_string().contains("never generates"), "{err}");
     }
 

@@ -53,6 +53,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
 
 /// Opens the store, binds both addresses and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    config.validate_for_serve()?;
     tls::ensure_dev_pki(&config)?;
     let tls_config = tls::server_tls_config(&config)?;
     let versions = ContractVersions::from_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -99,7 +100,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    let router = services::register(router);
+    let router = services::register(router, store.clone());
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
     let grpc =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, drained(draining.subscribe())));
