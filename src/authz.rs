@@ -199,14 +199,20 @@ impl Caller {
         }
     }
 
-    /// `(actor_type, actor_id)` for audit records.
+    /// `(actor_type, actor_id)` for audit records, as `zen.audit.v1.ActorType` describes
+    /// them: certificates are named by their identity URI, people by their user id.
     pub fn actor(&self) -> (&'static str, String) {
         match self {
-            Caller::Operator { name } => ("operator", name.clone()),
-            Caller::Service { name } => ("service", name.clone()),
+            Caller::Operator { name } => {
+                ("service", PeerIdentity::Admin { name: name.clone() }.uri())
+            }
+            Caller::Service { name } => (
+                "service",
+                PeerIdentity::Service { name: name.clone() }.uri(),
+            ),
             Caller::Agent { cluster_id, .. } => ("agent", cluster_id.to_string()),
             Caller::User { user_id, .. } => ("user", user_id.to_string()),
-            Caller::Anonymous => ("anonymous", String::new()),
+            Caller::Anonymous => ("user", String::new()),
         }
     }
 }

@@ -36,6 +36,19 @@ enum Command {
     /// Manage the platform PKI.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Inspect the hash-chained audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the audit chains and name the first broken or missing record; exits 1 if any.
+    Verify {
+        /// Only this tenant's chain (the nil UUID is the platform chain); default: all chains.
+        #[arg(long)]
+        tenant: Option<uuid::Uuid>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -96,6 +109,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(_) => server::run(config, server::shutdown_signal()).await,
         Command::Migrate { status } => store::migrate_command(&config, status).await,
+        Command::Audit(AuditCommand::Verify { tenant }) => {
+            store::verify_audit_command(&config, tenant).await
+        }
         Command::Pki(PkiCommand::Init) => {
             let files = PkiFiles::new(config.pki_dir());
             if files.exists() {

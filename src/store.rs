@@ -2,7 +2,8 @@
 //! half-applied or unknown migration stops the start with a clear message.
 
 use anyhow::Context;
-use zen_store::Store;
+use uuid::Uuid;
+use zen_store::{Scope, Store};
 
 use crate::config::{redact_url, Config};
 
@@ -53,4 +54,52 @@ pub async fn migrate_command(config: &Config, status_only: bool) -> anyhow::Resu
         Some(problem) => anyhow::bail!(problem),
         None => Ok(()),
     }
+}
+
+/// `zen audit verify [--tenant T]`: verifies one chain or every chain, as a platform admin.
+pub async fn verify_audit_command(config: &Config, tenant: Option<Uuid>) -> anyhow::Result<()> {
+    let store = Store::connect(&config.database_url)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(&config.database_url)))?;
+    store
+        .check_migrations()
+        .await
+        .context("checking migrations")?;
+    let mut tx = store.begin_read(&Scope::platform_admin(None)).await?;
+    let tenants = match tenant {
+        Some(tenant) => vec![tenant],
+        None => tx
+            .audit()
+            .heads()
+            .await?
+            .into_iter()
+            .map(|h| h.tenant_id)
+            .collect(),
+    };
+    let mut broken = 0;
+    for tenant in &tenants {
+        let verification = tx.audit().verify_chain(*tenant).await?;
+        match &verification.problem {
+            None => println!(
+                "ok      {tenant}  {} record(s)",
+                verification.records_checked
+            ),
+            Some(problem) => {
+                broken += 1;
+                println!(
+                    "BROKEN  {tenant}  first bad record: seq {} ({:?}): {}",
+                    problem.seq, problem.kind, problem.reason
+                );
+            }
+        }
+    }
+    drop(tx);
+    store.close().await;
+    if broken > 0 {
+        anyhow::bail!(
+            "{broken} of {} audit chain(s) failed verification",
+            tenants.len()
+        );
+    }
+    Ok(())
 }

@@ -20,6 +20,8 @@ use crate::authz::{decide, Caller, MethodPolicy, PolicyTable};
 #[derive(Clone, Debug)]
 pub struct Authorized {
     pub caller: Caller,
+    /// The caller's role in the addressed tenant, when one was read for the decision.
+    pub role: Option<zen_store::Role>,
     pub policy: MethodPolicy,
     pub method: String,
 }
@@ -107,6 +109,7 @@ where
                 (Ok(()), Some(policy)) => {
                     request.extensions_mut().insert(Authorized {
                         caller,
+                        role: None,
                         policy,
                         method,
                     });

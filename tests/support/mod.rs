@@ -17,9 +17,15 @@ pub struct TestZen {
 impl TestZen {
     /// Starts Zen on ephemeral loopback ports with the embedded defaults (SQLite, dev PKI).
     pub async fn start() -> Self {
+        Self::start_with_database(None).await
+    }
+
+    /// Starts Zen on the given database URL (`None`: SQLite in the data dir).
+    pub async fn start_with_database(database_url: Option<String>) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let global = GlobalArgs {
             data_dir: Some(data_dir.path().to_owned()),
+            database_url,
             ..Default::default()
         };
         let serve = ServeArgs {
@@ -86,4 +92,56 @@ pub async fn connect(
         .timeout(std::time::Duration::from_secs(10))
         .connect()
         .await
+}
+
+/// A PostgreSQL database of its own for one test, dropped at the end. `None` (with the reason
+/// printed) when PostgreSQL is unreachable outside CI; in CI that is a failure.
+pub struct TestDatabase {
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Option<Self> {
+        use sqlx::Connection;
+        let admin_url = std::env::var("ZEN_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+            Ok(conn) => conn,
+            Err(error) if std::env::var_os("CI").is_none() => {
+                eprintln!("skipping: PostgreSQL at {admin_url} is unreachable: {error}");
+                return None;
+            }
+            Err(error) => panic!("PostgreSQL at {admin_url} is unreachable in CI: {error}"),
+        };
+        let name = format!("zen_e2e_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .unwrap_or(&admin_url);
+        Some(Self {
+            url: format!("{base}/{name}"),
+            name,
+            admin_url,
+        })
+    }
+
+    pub async fn drop_database(self) {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url)
+            .await
+            .expect("connect");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("drop database");
+    }
 }

@@ -4,27 +4,32 @@
 //! A service whose logic has not landed yet is registered with the generated default stubs, so
 //! each of its RPCs answers UNIMPLEMENTED rather than pretending to work.
 
+pub mod audit;
+pub mod support;
+pub mod tenancy;
+
+use std::sync::Arc;
+
 use tonic::server::NamedService;
+use zen_store::Store;
+
+pub use audit::AuditApi;
+pub use tenancy::TenancyApi;
 use tonic::transport::server::Router;
 
 use crate::proto::zen;
-use zen::audit::v1::audit_service_server::{AuditService, AuditServiceServer};
+use zen::audit::v1::audit_service_server::AuditServiceServer;
 use zen::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
 use zen::ingest::v1::ingest_service_server::{IngestService, IngestServiceServer};
 use zen::remediation::v1::remediation_service_server::{
     RemediationService, RemediationServiceServer,
 };
-use zen::tenancy::v1::tenancy_service_server::{TenancyService, TenancyServiceServer};
+use zen::tenancy::v1::tenancy_service_server::TenancyServiceServer;
 
 /// `zen.auth.v1.AuthService`: not implemented yet.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AuthApi;
 impl AuthService for AuthApi {}
-
-/// `zen.tenancy.v1.TenancyService`: not implemented yet.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TenancyApi;
-impl TenancyService for TenancyApi {}
 
 /// `zen.ingest.v1.IngestService`: not implemented yet.
 #[derive(Clone, Copy, Debug, Default)]
@@ -36,11 +41,6 @@ impl IngestService for IngestApi {}
 pub struct RemediationApi;
 impl RemediationService for RemediationApi {}
 
-/// `zen.audit.v1.AuditService`: not implemented yet.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AuditApi;
-impl AuditService for AuditApi {}
-
 /// Fully qualified names of every Zen service, as health and reflection report them.
 pub const SERVICE_NAMES: [&str; 5] = [
     <AuthServiceServer<AuthApi> as NamedService>::NAME,
@@ -51,11 +51,11 @@ pub const SERVICE_NAMES: [&str; 5] = [
 ];
 
 /// Adds every Zen service to the router.
-pub fn register<L>(router: Router<L>) -> Router<L> {
+pub fn register<L>(router: Router<L>, store: Arc<Store>) -> Router<L> {
     router
         .add_service(AuthServiceServer::new(AuthApi))
-        .add_service(TenancyServiceServer::new(TenancyApi))
+        .add_service(TenancyServiceServer::new(TenancyApi::new(store.clone())))
         .add_service(IngestServiceServer::new(IngestApi))
         .add_service(RemediationServiceServer::new(RemediationApi))
-        .add_service(AuditServiceServer::new(AuditApi))
+        .add_service(AuditServiceServer::new(AuditApi::new(store)))
 }
