@@ -1,0 +1,89 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/test.sh and .ci/run. Source it; it defines functions only.
+# Each ensure_* is idempotent and quiet: it does nothing when its stamp says it is current.
+
+die() { echo "error: $*" >&2; exit 1; }
+
+# sha256 of the concatenation of the given files (missing files count as empty).
+sha() { cat "$@" 2>/dev/null | sha256sum | cut -d' ' -f1; }
+
+# Is something listening on 127.0.0.1:PORT?
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# npm ci (pinned buf) when node_modules is missing or older than package-lock.json.
+# Run from the repository root.
+ensure_buf() {
+    command -v node >/dev/null || die "node is required (Debian package nodejs)"
+    [[ -f package-lock.json ]] || die "package-lock.json is missing: buf's version must be pinned"
+    local stamp
+    stamp="$(sha package.json package-lock.json) $(node --version)"
+    if [[ ! -x node_modules/.bin/buf || "$(cat node_modules/.zen-npm-stamp 2>/dev/null)" != "$stamp" ]]; then
+        npm ci --no-audit --no-fund --loglevel=error --prefer-offline >/dev/null
+        echo "$stamp" > node_modules/.zen-npm-stamp
+        echo "installed: buf $(node_modules/.bin/buf --version)"
+    else
+        echo "up to date: buf $(node_modules/.bin/buf --version)"
+    fi
+}
+
+# A venv at $1 with requirements-dev.txt installed; re-installed when the file (or the
+# interpreter's version) changes. Run from the repository root.
+ensure_venv() {
+    local venv="$1" boot stamp
+    [[ -f requirements-dev.txt ]] || die "requirements-dev.txt is missing"
+    boot="$(command -v python3.11 || command -v python3 || true)"
+    [[ -n "$boot" ]] || die "python3 (3.11) is required"
+    if [[ -e "$venv" ]] && ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then
+        echo "the venv at $venv is broken: recreating it"
+        rm -rf "$venv"
+    fi
+    if [[ ! -x "$venv/bin/python" ]]; then
+        "$boot" -m venv "$venv"
+    fi
+    stamp="$(sha requirements-dev.txt) $("$venv/bin/python" -c 'import sys; print(sys.version.split()[0])')"
+    if [[ "$(cat "$venv/.zen-requirements-stamp" 2>/dev/null)" != "$stamp" ]]; then
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+        echo "$stamp" > "$venv/.zen-requirements-stamp"
+        echo "installed: requirements-dev.txt into $venv"
+    else
+        echo "up to date: $venv"
+    fi
+}
+
+# PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379, started when they do not answer.
+ensure_services() {
+    local pg_version
+    if port_open 5432; then
+        echo "PostgreSQL: already up"
+    else
+        command -v pg_ctlcluster >/dev/null || die "PostgreSQL is down and pg_ctlcluster is not installed"
+        pg_version="$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf "%f\n" 2>/dev/null | sort -V | tail -1)"
+        [[ -n "$pg_version" ]] || die "no PostgreSQL cluster under /etc/postgresql"
+        echo "PostgreSQL: starting cluster $pg_version/main"
+        # "already running" (e.g. not on TCP yet) is not an error: the wait below decides.
+        pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start \
+            || echo "PostgreSQL: pg_ctlcluster start exited $? (waiting for the port anyway)"
+    fi
+    if port_open 6379; then
+        echo "Redis: already up"
+    else
+        command -v redis-server >/dev/null || die "Redis is down and redis-server is not installed"
+        echo "Redis: starting"
+        redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+    fi
+    local _
+    for _ in $(seq 1 60); do
+        if port_open 5432 && port_open 6379; then break; fi
+        sleep 0.5
+    done
+    port_open 5432 || die "PostgreSQL does not answer on 127.0.0.1:5432"
+    port_open 6379 || die "Redis does not answer on 127.0.0.1:6379"
+    if command -v pg_isready >/dev/null; then
+        for _ in $(seq 1 60); do
+            pg_isready -q -h 127.0.0.1 -p 5432 && break
+            sleep 0.5
+        done
+        pg_isready -q -h 127.0.0.1 -p 5432 || die "PostgreSQL does not accept connections yet"
+    fi
+    echo "PostgreSQL and Redis are up"
+}

@@ -1,0 +1,51 @@
+"""(f) The HTTP side: liveness, readiness with its checks, the database check, metrics."""
+
+from __future__ import annotations
+
+import time
+
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from support import RPC_TIMEOUT, http_session
+
+HTTP_TIMEOUT = 10
+
+
+def test_health_is_ok(zen):
+    response = http_session().get(f"{zen.http_base}/health", timeout=HTTP_TIMEOUT)
+    assert response.status_code == 200
+
+
+def test_readyz_reports_its_checks(zen):
+    for path in ("/readyz", "/ready"):
+        response = http_session().get(f"{zen.http_base}{path}", timeout=HTTP_TIMEOUT)
+        assert response.status_code == 200, f"{path}: {response.status_code} {response.text}"
+        assert response.headers["content-type"].startswith("application/json")
+        checks = response.json()["checks"]
+        for name in ("database", "migrations", "cache"):
+            assert name in checks, f"{path} lacks the {name} check: {checks}"
+            assert checks[name]["status"] in ("healthy", "degraded"), f"{path} {name}: {checks[name]}"
+
+
+def test_database_health(zen):
+    response = http_session().get(f"{zen.http_base}/health/database", timeout=HTTP_TIMEOUT)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] in ("healthy", "degraded")
+
+
+def test_metrics_count_grpc_requests(zen, admin_channel):
+    health_pb2_grpc.HealthStub(admin_channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT)
+    deadline = time.monotonic() + 10
+    while True:
+        response = http_session().get(f"{zen.http_base}/metrics", timeout=HTTP_TIMEOUT)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        if "zen_grpc_requests_total" in response.text or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert "zen_grpc_requests_total" in response.text, response.text[:2000]
+
+
+def test_unknown_path_is_404(zen):
+    response = http_session().get(f"{zen.http_base}/no-such-path-{time.time_ns()}", timeout=HTTP_TIMEOUT)
+    assert response.status_code == 404
