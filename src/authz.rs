@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use prost_reflect::{DescriptorPool, DynamicMessage, Value};
+use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
 use uuid::Uuid;
 use zen_security::PeerIdentity;
 use zen_store::Role;
@@ -54,7 +54,7 @@ pub struct MethodPolicy {
 /// Every RPC's policy, keyed by gRPC path (`/zen.tenancy.v1.TenancyService/CreateCluster`).
 #[derive(Clone, Debug)]
 pub struct PolicyTable {
-    methods: HashMap<String, Option<MethodPolicy>>,
+    methods: HashMap<String, (MethodDescriptor, Option<MethodPolicy>)>,
 }
 
 impl PolicyTable {
@@ -82,7 +82,7 @@ impl PolicyTable {
                 };
                 methods.insert(
                     format!("/{}/{}", service.full_name(), method.name()),
-                    policy,
+                    (method.clone(), policy),
                 );
             }
         }
@@ -91,7 +91,14 @@ impl PolicyTable {
 
     /// The policy of a gRPC path; `None` when the RPC has none (or is unknown).
     pub fn get(&self, path: &str) -> Option<&MethodPolicy> {
-        self.methods.get(path).and_then(Option::as_ref)
+        self.methods
+            .get(path)
+            .and_then(|(_, policy)| policy.as_ref())
+    }
+
+    /// The method's descriptor (its request message, whether it streams).
+    pub fn method(&self, path: &str) -> Option<&MethodDescriptor> {
+        self.methods.get(path).map(|(method, _)| method)
     }
 
     /// Every known `zen.*` RPC path.
@@ -153,8 +160,8 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// The one place identity is extracted: today from the client certificate; bearer tokens
-    /// presented through the gateway extend this with [`Caller::User`].
+    /// The caller named by the client certificate alone. People, who present bearer tokens
+    /// through the gateway, are identified by the authorization layer on top of this.
     pub fn from_context(context: &RequestContext) -> Self {
         match &context.peer {
             Some(PeerIdentity::Admin { name }) => Caller::Operator { name: name.clone() },

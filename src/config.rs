@@ -42,6 +42,12 @@ pub struct GlobalArgs {
     /// `json` (default) or `text`.
     #[arg(long, env = "ZEN_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Directory of the RS256 signing keys (default `<data-dir>/keys/jwt`).
+    #[arg(long, env = "ZEN_JWT_KEYS_DIR", global = true)]
+    pub jwt_keys_dir: Option<PathBuf>,
+    /// Shared cache, `redis://host:port/db`; unset means an in-process memory cache.
+    #[arg(long, env = "ZEN_REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
 }
 
 /// Options of `zen serve`.
@@ -68,6 +74,22 @@ pub struct ServeArgs {
     /// Seconds that in-flight calls and streams get to finish after SIGTERM.
     #[arg(long, env = "ZEN_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
+    /// The URL people and tools use to reach Zen's HTTP side; the `iss` of access tokens and
+    /// the base of OIDC redirect URLs (default `http://<http-addr>`).
+    #[arg(long, env = "ZEN_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Lifetime of access tokens in seconds (default 900).
+    #[arg(long, env = "ZEN_ACCESS_TOKEN_TTL_SECONDS")]
+    pub access_token_ttl_seconds: Option<u64>,
+    /// Lifetime of a login session (refresh-token family) in seconds (default 30 days).
+    #[arg(long, env = "ZEN_SESSION_TTL_SECONDS")]
+    pub session_ttl_seconds: Option<u64>,
+    /// Allow username/password login for local users (development only).
+    #[arg(long, env = "ZEN_LOCAL_LOGIN")]
+    pub local_login: Option<bool>,
+    /// OIDC providers as a JSON array of {name, issuer_url, client_id, client_secret, scopes}.
+    #[arg(long, env = "ZEN_OIDC_PROVIDERS")]
+    pub oidc_providers: Option<String>,
 }
 
 /// The TOML file: every key optional, named as the flags with `_` for `-`.
@@ -85,6 +107,27 @@ struct FileConfig {
     tls_server_cert: Option<PathBuf>,
     tls_server_key: Option<PathBuf>,
     shutdown_grace_seconds: Option<u64>,
+    jwt_keys_dir: Option<PathBuf>,
+    redis_url: Option<String>,
+    public_url: Option<String>,
+    access_token_ttl_seconds: Option<u64>,
+    session_ttl_seconds: Option<u64>,
+    local_login: Option<bool>,
+    #[serde(default)]
+    oidc_providers: Vec<OidcProvider>,
+}
+
+/// One OIDC provider (Google, Okta, Azure AD, Keycloak … are all just issuers). The redirect
+/// URL is `<public-url>/auth/callback/<name>`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProvider {
+    pub name: String,
+    pub issuer_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 /// Files of the server's TLS identity and the CA that client certificates must chain to.
@@ -110,6 +153,13 @@ pub struct Config {
     pub auto_migrate: bool,
     pub tls: TlsFiles,
     pub shutdown_grace: Duration,
+    pub jwt_keys_dir: PathBuf,
+    pub redis_url: Option<String>,
+    pub public_url: String,
+    pub access_token_ttl: Duration,
+    pub session_ttl: Duration,
+    pub local_login: bool,
+    pub oidc_providers: Vec<OidcProvider>,
 }
 
 /// A configuration problem, worded for the person who has to fix it.
@@ -156,6 +206,18 @@ impl Config {
         let server_cert = serve.tls_server_cert.clone().or(file.tls_server_cert);
         let server_key = serve.tls_server_key.clone().or(file.tls_server_key);
         let tls_defaults = ca_cert.is_none() && server_cert.is_none() && server_key.is_none();
+        let oidc_providers = match &serve.oidc_providers {
+            Some(json) => serde_json::from_str(json).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "ZEN_OIDC_PROVIDERS is not a valid JSON array of providers: {e}"
+                ))
+            })?,
+            None => file.oidc_providers,
+        };
+        let http_addr = serve
+            .http_addr
+            .or(file.http_addr)
+            .unwrap_or_else(|| DEFAULT_HTTP_ADDR.parse().expect("valid default"));
         let config = Config {
             environment,
             log_format: global
@@ -169,10 +231,7 @@ impl Config {
                 .grpc_addr
                 .or(file.grpc_addr)
                 .unwrap_or_else(|| DEFAULT_GRPC_ADDR.parse().expect("valid default")),
-            http_addr: serve
-                .http_addr
-                .or(file.http_addr)
-                .unwrap_or_else(|| DEFAULT_HTTP_ADDR.parse().expect("valid default")),
+            http_addr,
             auto_migrate: serve.auto_migrate.or(file.auto_migrate).unwrap_or(true),
             tls: TlsFiles {
                 ca_cert: ca_cert.unwrap_or_else(|| pki_dir.join("ca.crt")),
@@ -186,6 +245,37 @@ impl Config {
                     .or(file.shutdown_grace_seconds)
                     .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECONDS),
             ),
+            jwt_keys_dir: global
+                .jwt_keys_dir
+                .clone()
+                .or(file.jwt_keys_dir)
+                .unwrap_or_else(|| data_dir.join("keys").join("jwt")),
+            redis_url: global
+                .redis_url
+                .clone()
+                .or(file.redis_url)
+                .filter(|url| !url.trim().is_empty()),
+            public_url: serve
+                .public_url
+                .clone()
+                .or(file.public_url)
+                .unwrap_or_else(|| format!("http://{http_addr}"))
+                .trim_end_matches('/')
+                .to_owned(),
+            access_token_ttl: Duration::from_secs(
+                serve
+                    .access_token_ttl_seconds
+                    .or(file.access_token_ttl_seconds)
+                    .unwrap_or(900),
+            ),
+            session_ttl: Duration::from_secs(
+                serve
+                    .session_ttl_seconds
+                    .or(file.session_ttl_seconds)
+                    .unwrap_or(30 * 24 * 3600),
+            ),
+            local_login: serve.local_login.or(file.local_login).unwrap_or(false),
+            oidc_providers,
             data_dir,
         };
         config.validate(database_url_given.is_some())?;
@@ -213,6 +303,51 @@ impl Config {
         if self.shutdown_grace > Duration::from_secs(3600) {
             return Err(ConfigError::Invalid(
                 "ZEN_SHUTDOWN_GRACE_SECONDS must be at most 3600".into(),
+            ));
+        }
+        if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
+            return Err(ConfigError::Invalid(format!(
+                "ZEN_PUBLIC_URL `{}` must start with http:// or https://",
+                self.public_url
+            )));
+        }
+        if self.access_token_ttl < Duration::from_secs(60)
+            || self.access_token_ttl > Duration::from_secs(24 * 3600)
+        {
+            return Err(ConfigError::Invalid(
+                "ZEN_ACCESS_TOKEN_TTL_SECONDS must be between 60 and 86400".into(),
+            ));
+        }
+        if self.session_ttl < self.access_token_ttl {
+            return Err(ConfigError::Invalid(
+                "ZEN_SESSION_TTL_SECONDS must be at least the access-token lifetime".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for provider in &self.oidc_providers {
+            let valid_name = !provider.name.is_empty()
+                && provider
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !valid_name || !names.insert(provider.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "OIDC provider name `{}` must be unique and use a-z, 0-9 and '-'",
+                    provider.name
+                )));
+            }
+        }
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "ZEN_REDIS_URL `{}` must start with redis:// or rediss://",
+                    redact_url(url)
+                )));
+            }
+        }
+        if self.environment == Environment::Production && self.local_login {
+            return Err(ConfigError::Invalid(
+                "ZEN_LOCAL_LOGIN is for development; ZEN_ENV=production refuses it".into(),
             ));
         }
         if self.environment == Environment::Production && !database_url_given {
@@ -248,7 +383,30 @@ impl Config {
                 )));
             }
         }
-        reject_weak_key_permissions(&self.tls.server_key)
+        reject_weak_key_permissions(&self.tls.server_key)?;
+        for provider in &self.oidc_providers {
+            if provider.client_secret.len() < 16 || !provider.issuer_url.starts_with("https://") {
+                return Err(ConfigError::Invalid(format!(
+                    "ZEN_ENV=production: OIDC provider `{}` needs an https issuer and a client \
+                     secret of at least 16 characters",
+                    provider.name
+                )));
+            }
+        }
+        let has_keys = std::fs::read_dir(&self.jwt_keys_dir)
+            .map(|mut entries| {
+                entries.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "pem")))
+            })
+            .unwrap_or(false);
+        if !has_keys {
+            return Err(ConfigError::Invalid(format!(
+                "ZEN_ENV=production never generates signing keys: {} holds no JWT keys \
+                 (create one with `zen keys rotate-jwt --jwt-keys-dir {}`)",
+                self.jwt_keys_dir.display(),
+                self.jwt_keys_dir.display()
+            )));
+        }
+        Ok(())
     }
 
     /// The PKI directory of the development defaults.

@@ -1,6 +1,7 @@
 //! The `zen` package: configuration, composition and the gRPC service adapters. The binary in
 //! `main.rs` is a thin CLI over this library, which the end-to-end tests also embed.
 
+pub mod auth;
 pub mod authz;
 pub mod config;
 pub mod grpc;

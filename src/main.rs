@@ -39,6 +39,37 @@ enum Command {
     /// Inspect the hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage the JWT signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage local (development) users.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a new signing key; it signs from now on, and tokens signed by the previous key keep
+    /// verifying until they expire. Running servers pick it up without a restart.
+    RotateJwt,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a local user with an Argon2id password hash (for ZEN_LOCAL_LOGIN).
+    Add {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// Make the user a platform admin.
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from the first line of standard input (otherwise
+        /// ZEN_USER_PASSWORD).
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +142,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate { status } => store::migrate_command(&config, status).await,
         Command::Audit(AuditCommand::Verify { tenant }) => {
             store::verify_audit_command(&config, tenant).await
+        }
+        Command::Keys(KeysCommand::RotateJwt) => {
+            let kid = zen_security::jwt::KeyRing::rotate(&config.jwt_keys_dir)?;
+            println!("new signing key {kid} in {}", config.jwt_keys_dir.display());
+            Ok(())
+        }
+        Command::User(UserCommand::Add {
+            username,
+            email,
+            admin,
+            password_stdin,
+        }) => {
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line.trim_end_matches(['\r', '\n']).to_owned()
+            } else {
+                std::env::var("ZEN_USER_PASSWORD").context(
+                    "give the password on stdin (--password-stdin) or in ZEN_USER_PASSWORD",
+                )?
+            };
+            store::add_user_command(&config, username, email, admin, &password).await
         }
         Command::Pki(PkiCommand::Init) => {
             let files = PkiFiles::new(config.pki_dir());

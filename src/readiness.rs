@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
+use zen_cache::Cache;
 use zen_store::Store;
 
 use crate::grpc::services::SERVICE_NAMES;
@@ -47,26 +48,28 @@ impl Report {
 
 pub struct Readiness {
     store: Arc<Store>,
+    cache: Arc<dyn Cache>,
 }
 
 impl Readiness {
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<Store>, cache: Arc<dyn Cache>) -> Self {
+        Self { store, cache }
     }
 
     pub async fn check(&self) -> Report {
-        let (database, migrations) = tokio::join!(self.check_database(), self.check_migrations());
+        let cache = timed(async {
+            self.cache
+                .ping()
+                .await
+                .map(|()| format!("{} cache answers", self.cache.backend()))
+                .map_err(|e| e.to_string())
+        });
+        let (database, migrations, cache) =
+            tokio::join!(self.check_database(), self.check_migrations(), cache);
         let mut checks = BTreeMap::new();
         checks.insert("database", database);
         checks.insert("migrations", migrations);
-        checks.insert(
-            "cache",
-            Check {
-                status: Health::Healthy,
-                detail: Some("in-process memory cache".into()),
-                latency_ms: 0.0,
-            },
-        );
+        checks.insert("cache", cache);
         Report { checks }
     }
 

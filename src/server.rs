@@ -12,10 +12,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
+use zen_security::jwt::{KeyRing, CLOCK_SKEW};
 use zen_store::Store;
 
+use crate::auth::{Auth, AuthSettings};
 use crate::authz::PolicyTable;
-use crate::config::Config;
+use crate::config::{Config, Environment};
 use crate::grpc::authorize::AuthzLayer;
 use crate::grpc::contract::ContractVersions;
 use crate::grpc::edge::GrpcEdgeLayer;
@@ -23,6 +25,36 @@ use crate::grpc::services;
 use crate::http::{self, HttpState};
 use crate::readiness::{self, Readiness};
 use crate::{proto, store, telemetry, tls};
+
+/// Prefix of every key and channel Zen puts in the shared cache.
+const CACHE_PREFIX: &str = "zen:";
+/// `aud` of Zen's access tokens.
+pub const TOKEN_AUDIENCE: &str = "zen";
+
+/// The OIDC client of the configured providers, redirecting to `<public-url>/auth/callback/<name>`.
+fn oidc_providers(
+    config: &Config,
+    cache: Arc<dyn zen_cache::Cache>,
+) -> anyhow::Result<Option<zen_oidc::Oidc>> {
+    if config.oidc_providers.is_empty() {
+        return Ok(None);
+    }
+    let providers = config
+        .oidc_providers
+        .iter()
+        .map(|p| zen_oidc::ProviderConfig {
+            name: p.name.clone(),
+            issuer_url: p.issuer_url.clone(),
+            client_id: p.client_id.clone(),
+            client_secret: p.client_secret.clone(),
+            scopes: p.scopes.clone(),
+            redirect_url: format!("{}/auth/callback/{}", config.public_url, p.name),
+        })
+        .collect();
+    Ok(Some(
+        zen_oidc::Oidc::new(providers, cache).context("configuring the OIDC providers")?,
+    ))
+}
 
 /// How often the gRPC health status follows the dependency checks.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -63,7 +95,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .map_err(anyhow::Error::msg)
         .context("reading the authorization policies")?;
     let store = Arc::new(store::open(&config).await?);
-    let readiness = Arc::new(Readiness::new(store.clone()));
+    let cache = zen_cache::connect(config.redis_url.as_deref(), CACHE_PREFIX)
+        .await
+        .context("connecting to the cache (ZEN_REDIS_URL)")?;
+    let keys = KeyRing::open(
+        &config.jwt_keys_dir,
+        config.access_token_ttl + CLOCK_SKEW,
+        config.environment == Environment::Development,
+    )
+    .context("loading the JWT signing keys")?;
+    let auth = Arc::new(Auth::new(
+        AuthSettings {
+            issuer: config.public_url.clone(),
+            audience: TOKEN_AUDIENCE.into(),
+            access_ttl: config.access_token_ttl,
+            session_ttl: config.session_ttl,
+        },
+        keys,
+        cache.clone(),
+        store.clone(),
+    ));
+    let oidc = oidc_providers(&config, cache.clone())?;
+    let readiness = Arc::new(Readiness::new(store.clone(), cache.clone()));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -96,11 +149,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .tls_config(tls_config)
         .context("configuring TLS")?
         .layer(GrpcEdgeLayer::new(versions))
-        .layer(AuthzLayer::new(policies, store.clone()))
+        .layer(AuthzLayer::new(policies, store.clone(), auth.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    let router = services::register(router, store.clone());
+    let router = services::register(
+        router,
+        services::Dependencies {
+            store: store.clone(),
+            cache,
+            auth,
+            oidc,
+            local_login: config.local_login,
+        },
+    );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
     let grpc =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, drained(draining.subscribe())));

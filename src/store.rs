@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use uuid::Uuid;
-use zen_store::{Scope, Store};
+use zen_store::{NewLocalUser, Scope, Store};
 
 use crate::config::{redact_url, Config};
 
@@ -101,5 +101,44 @@ pub async fn verify_audit_command(config: &Config, tenant: Option<Uuid>) -> anyh
             tenants.len()
         );
     }
+    Ok(())
+}
+
+/// `zen user add`: a local user with an Argon2id hash, optionally a platform admin.
+pub async fn add_user_command(
+    config: &Config,
+    username: String,
+    email: Option<String>,
+    admin: bool,
+    password: &str,
+) -> anyhow::Result<()> {
+    let hash = zen_security::password::hash_password(password)?;
+    let store = open(config).await?;
+    let mut tx = store.begin(&Scope::platform_admin(None)).await?;
+    let mut user = tx
+        .users()
+        .create_local(NewLocalUser {
+            username,
+            email,
+            display_name: None,
+            password_hash: hash,
+        })
+        .await?;
+    if admin {
+        user = tx.users().set_platform_admin(user.id, true).await?;
+    }
+    let mut record = zen_store::NewAuditRecord::new(
+        "system",
+        "user.create",
+        "user",
+        zen_store::AuditOutcome::Success,
+    );
+    record.actor_id = Some("zen-cli".into());
+    record.resource_id = Some(user.id.to_string());
+    record.details = serde_json::json!({ "username": user.subject, "platform_admin": admin });
+    tx.audit().append(record).await?;
+    tx.commit().await?;
+    println!("created user {} ({})", user.subject, user.id);
+    store.close().await;
     Ok(())
 }

@@ -1,42 +1,66 @@
-//! The authorization layer: applies [`crate::authz::decide`] to every call of every Zen
-//! service, before the service runs, and audits each decision, allowed or denied.
+//! The authorization layer: identifies the caller, applies [`crate::authz::decide`] to every
+//! call of every Zen service before the service runs, and audits each decision, allowed or
+//! denied.
 //!
-//! Health and reflection (`grpc.*`) are outside the domain and pass untouched; every
-//! `/zen.*` path must have a policy in the contracts or it is refused.
+//! Identity: the client certificate names agents, services and operators; a person is named by
+//! a bearer token that a trusted relay (the gateway's service identity, or an operator's tool)
+//! forwards in `authorization`, validated by [`crate::auth::Auth::authenticate`]. For people,
+//! the role in the addressed tenant is read from the store for every call (the token's claims
+//! are only hints); the tenant is the request's `tenant_id` field, read from the message.
+//!
+//! Health and reflection (`grpc.*`) are outside the domain and pass untouched; every `/zen.*`
+//! path must have a policy in the contracts or it is refused.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes};
+use http_body_util::{BodyExt, Full, Limited};
+use prost_reflect::{DynamicMessage, MethodDescriptor};
+use tonic::body::Body;
+use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
-use zen_store::{AuditOutcome, NewAuditRecord, Scope, Store};
+use uuid::Uuid;
+use zen_security::PeerIdentity;
+use zen_store::{AuditOutcome, NewAuditRecord, Role, Scope, Store};
 
 use super::edge::RequestContext;
-use crate::authz::{decide, Caller, MethodPolicy, PolicyTable};
+use crate::auth::Auth;
+use crate::authz::{decide, Caller, CallerKind, Denial, PolicyTable};
+
+/// Largest request message the layer reads to find the tenant (tonic's own default limit).
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+const TENANT_HEADER: &str = "x-tenant-id";
 
 /// What the layer established, for the service handlers.
 #[derive(Clone, Debug)]
 pub struct Authorized {
     pub caller: Caller,
     /// The caller's role in the addressed tenant, when one was read for the decision.
-    pub role: Option<zen_store::Role>,
-    pub policy: MethodPolicy,
-    pub method: String,
+    pub role: Option<Role>,
+    /// The session of a person's bearer token.
+    pub session_id: Option<String>,
 }
 
 #[derive(Clone)]
 pub struct AuthzLayer {
-    table: Arc<PolicyTable>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    table: PolicyTable,
     store: Arc<Store>,
+    auth: Arc<Auth>,
 }
 
 impl AuthzLayer {
-    pub fn new(table: PolicyTable, store: Arc<Store>) -> Self {
+    pub fn new(table: PolicyTable, store: Arc<Store>, auth: Arc<Auth>) -> Self {
         Self {
-            table: Arc::new(table),
-            store,
+            shared: Arc::new(Shared { table, store, auth }),
         }
     }
 }
@@ -47,8 +71,7 @@ impl<S> Layer<S> for AuthzLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Authorize {
             inner,
-            table: self.table.clone(),
-            store: self.store.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -56,22 +79,17 @@ impl<S> Layer<S> for AuthzLayer {
 #[derive(Clone)]
 pub struct Authorize<S> {
     inner: S,
-    table: Arc<PolicyTable>,
-    store: Arc<Store>,
+    shared: Arc<Shared>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, B> Service<http::Request<B>> for Authorize<S>
+impl<S> Service<http::Request<Body>> for Authorize<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
-    type Response = http::Response<tonic::body::Body>;
+    type Response = http::Response<Body>;
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
@@ -79,90 +97,337 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let method = request.uri().path().to_owned();
-        if !method.starts_with("/zen.") {
+        if !request.uri().path().starts_with("/zen.") {
             return Box::pin(inner.call(request));
         }
-        let context = request.extensions().get::<RequestContext>().cloned();
-        let caller = context
-            .as_ref()
-            .map(Caller::from_context)
-            .unwrap_or(Caller::Anonymous);
-        let policy = self.table.get(&method).cloned();
-        let store = self.store.clone();
+        let shared = self.shared.clone();
         Box::pin(async move {
-            let decision = decide(policy.as_ref(), &caller, None);
-            if let Err(error) =
-                audit_decision(&store, context.as_ref(), &caller, &method, &decision).await
-            {
-                // No decision goes unrecorded: without the audit log, nothing is served.
-                tracing::error!(%error, method, "could not audit an authorization decision");
-                return Ok(
-                    tonic::Status::unavailable("the audit log is unavailable; retry later")
-                        .into_http(),
-                );
-            }
-            match (decision, policy) {
-                (Ok(()), Some(policy)) => {
-                    request.extensions_mut().insert(Authorized {
-                        caller,
-                        role: None,
-                        policy,
-                        method,
-                    });
-                    inner.call(request).await
-                }
-                (Err(denial), _) => {
-                    let status = tonic::Status::with_error_details(
-                        tonic::Code::PermissionDenied,
-                        denial.to_string(),
-                        ErrorDetails::with_error_info(
-                            denial.reason(),
-                            "zen",
-                            std::collections::HashMap::new(),
-                        ),
-                    );
-                    Ok(status.into_http())
-                }
-                (Ok(()), None) => unreachable!("decide refuses calls without a policy"),
+            match shared.authorize(request).await {
+                Ok(request) => inner.call(request).await,
+                Err(status) => Ok(status.into_http()),
             }
         })
     }
 }
 
-/// Appends the decision to the caller's tenant chain (agents) or the platform chain.
-async fn audit_decision(
-    store: &Store,
-    context: Option<&RequestContext>,
-    caller: &Caller,
-    method: &str,
-    decision: &Result<(), crate::authz::Denial>,
-) -> Result<(), zen_store::StoreError> {
-    let scope = match caller {
-        Caller::Agent { tenant_id, .. } => Scope::tenant(*tenant_id, None),
-        _ => Scope::anonymous(),
-    };
-    let (actor_type, actor_id) = caller.actor();
-    let (outcome, details) = match decision {
-        Ok(()) => (AuditOutcome::Success, serde_json::json!({})),
-        Err(denial) => (
-            AuditOutcome::Denied,
-            serde_json::json!({ "reason": denial.reason(), "message": denial.to_string() }),
-        ),
-    };
-    let mut record = NewAuditRecord::new(actor_type, "authz.decide", "method", outcome);
-    record.actor_id = Some(actor_id).filter(|id| !id.is_empty());
-    record.resource_id = Some(method.to_owned());
-    record.details = details;
-    if let Some(context) = context {
-        record.request_id = Some(context.request_id.clone());
-        record.client_address = context.client_address.map(|a| a.to_string());
-        record.user_agent = context.user_agent.clone();
+impl Shared {
+    /// The whole decision for one call: identity, tenant role, policy, audit.
+    async fn authorize(
+        &self,
+        mut request: http::Request<Body>,
+    ) -> Result<http::Request<Body>, Status> {
+        let method = request.uri().path().to_owned();
+        let context = request.extensions().get::<RequestContext>().cloned();
+        let policy = self.table.get(&method).cloned();
+        let public = policy
+            .as_ref()
+            .is_some_and(|p| p.callers.contains(&CallerKind::Public));
+        let (caller, session_id) = self
+            .identify(context.as_ref(), request.headers(), public)
+            .await?;
+
+        let mut role = None;
+        let mut tenant = None;
+        if let (
+            Caller::User {
+                user_id,
+                platform_admin,
+            },
+            Some(policy),
+        ) = (&caller, &policy)
+        {
+            let stated = stated_tenant(request.headers())?;
+            if let Some(descriptor) = self.table.method(&method) {
+                let (rebuilt, from_message) = tenant_of_request(request, descriptor).await?;
+                request = rebuilt;
+                if let (Some(stated), Some(addressed)) = (stated, from_message) {
+                    if stated != addressed {
+                        return Err(error(
+                            Code::PermissionDenied,
+                            "TENANT_MISMATCH",
+                            "X-Tenant-Id does not match the tenant the request addresses",
+                        ));
+                    }
+                }
+                tenant = from_message.or(stated);
+            }
+            if let Some(tenant_id) = tenant {
+                let scope = Scope::tenant(tenant_id, Some(*user_id));
+                let mut tx = self.store.begin_read(&scope).await.map_err(unavailable)?;
+                role = tx.members().role_of(*user_id).await.map_err(unavailable)?;
+                // A header naming a tenant the person does not belong to is refused even on
+                // methods that need no role there.
+                if stated.is_some() && role.is_none() && !platform_admin {
+                    return Err(error(
+                        Code::PermissionDenied,
+                        "TENANT_MISMATCH",
+                        "X-Tenant-Id names a tenant the caller is not a member of",
+                    ));
+                }
+            } else if policy.min_role.is_some() {
+                return Err(super::services::support::invalid(&[(
+                    "tenant_id",
+                    "is required",
+                )]));
+            }
+        }
+
+        let decision = decide(policy.as_ref(), &caller, role);
+        let audit_tenant = match &caller {
+            Caller::Agent { tenant_id, .. } => Some(*tenant_id),
+            _ => tenant,
+        };
+        if let Err(error) = self
+            .audit_decision(context.as_ref(), &caller, audit_tenant, &method, &decision)
+            .await
+        {
+            // No decision goes unrecorded: without the audit log, nothing is served.
+            tracing::error!(%error, method, "could not audit an authorization decision");
+            return Err(Status::unavailable(
+                "the audit log is unavailable; retry later",
+            ));
+        }
+        match decision {
+            Ok(()) => {
+                request.extensions_mut().insert(Authorized {
+                    caller,
+                    role,
+                    session_id,
+                });
+                Ok(request)
+            }
+            // A relay that forwarded no token for a people-only method: the person is
+            // unauthenticated, not forbidden.
+            Err(Denial::CallerNotAllowed(CallerKind::Service))
+                if policy
+                    .as_ref()
+                    .is_some_and(|p| p.callers.contains(&CallerKind::User)) =>
+            {
+                Err(error(
+                    Code::Unauthenticated,
+                    "AUTHENTICATION_REQUIRED",
+                    "this method needs a signed-in person: send `authorization: Bearer <token>`",
+                ))
+            }
+            Err(denial) => Err(error(
+                Code::PermissionDenied,
+                denial.reason(),
+                denial.to_string(),
+            )),
+        }
     }
-    let mut tx = store.begin(&scope).await?;
-    tx.audit().append(record).await?;
-    tx.commit().await
+
+    /// The certificate's identity, or the person behind a bearer token relayed by a trusted
+    /// peer. A bad token is refused (UNAUTHENTICATED, no detail), except on public methods,
+    /// which then run as the relay.
+    async fn identify(
+        &self,
+        context: Option<&RequestContext>,
+        headers: &http::HeaderMap,
+        public: bool,
+    ) -> Result<(Caller, Option<String>), Status> {
+        let peer_caller = context
+            .map(Caller::from_context)
+            .unwrap_or(Caller::Anonymous);
+        let Some(token) = bearer_token(headers) else {
+            return Ok((peer_caller, None));
+        };
+        let relay_trusted = matches!(
+            context.and_then(|c| c.peer.as_ref()),
+            Some(PeerIdentity::Service { .. } | PeerIdentity::Admin { .. })
+        );
+        if !relay_trusted {
+            return Err(error(
+                Code::Unauthenticated,
+                "TOKEN_INVALID",
+                "bearer tokens are accepted only through the gateway",
+            ));
+        }
+        let principal = match self.auth.authenticate(token).await {
+            Ok(principal) => principal,
+            Err(_) if public => return Ok((peer_caller, None)),
+            Err(_) => {
+                return Err(error(
+                    Code::Unauthenticated,
+                    "TOKEN_INVALID",
+                    "invalid or expired token",
+                ))
+            }
+        };
+        let mut tx = self
+            .store
+            .begin_read(&Scope::user(principal.user_id))
+            .await
+            .map_err(unavailable)?;
+        let user = tx.users().get(principal.user_id).await.map_err(|_| {
+            error(
+                Code::Unauthenticated,
+                "TOKEN_INVALID",
+                "invalid or expired token",
+            )
+        })?;
+        Ok((
+            Caller::User {
+                user_id: user.id,
+                platform_admin: user.is_platform_admin,
+            },
+            Some(principal.session_id),
+        ))
+    }
+
+    /// Appends the decision to the addressed tenant's chain, or the platform chain.
+    async fn audit_decision(
+        &self,
+        context: Option<&RequestContext>,
+        caller: &Caller,
+        tenant: Option<Uuid>,
+        method: &str,
+        decision: &Result<(), Denial>,
+    ) -> Result<(), zen_store::StoreError> {
+        let scope = Scope {
+            tenant_id: tenant,
+            user_id: caller.user_id(),
+            platform_admin: caller.is_platform_admin(),
+        };
+        let (actor_type, actor_id) = caller.actor();
+        let (outcome, details) = match decision {
+            Ok(()) => (AuditOutcome::Success, serde_json::json!({})),
+            Err(denial) => (
+                AuditOutcome::Denied,
+                serde_json::json!({ "reason": denial.reason(), "message": denial.to_string() }),
+            ),
+        };
+        let mut record = NewAuditRecord::new(actor_type, "authz.decide", "method", outcome);
+        record.actor_id = Some(actor_id).filter(|id| !id.is_empty());
+        record.resource_id = Some(method.to_owned());
+        record.details = details;
+        if let Some(context) = context {
+            record.request_id = Some(context.request_id.clone());
+            record.client_address = context.client_address.map(|a| a.to_string());
+            record.user_agent = context.user_agent.clone();
+        }
+        let mut tx = self.store.begin(&scope).await?;
+        tx.audit().append(record).await?;
+        tx.commit().await
+    }
+}
+
+fn error(code: Code, reason: &str, message: impl Into<String>) -> Status {
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, "zen", HashMap::new()),
+    )
+}
+
+fn unavailable(error: zen_store::StoreError) -> Status {
+    tracing::error!(%error, "store unavailable during authorization");
+    Status::unavailable("the database is unavailable; retry later")
+}
+
+fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn stated_tenant(headers: &http::HeaderMap) -> Result<Option<Uuid>, Status> {
+    match headers.get(TENANT_HEADER) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| Uuid::parse_str(v).ok())
+            .map(Some)
+            .ok_or_else(|| super::services::support::invalid(&[(TENANT_HEADER, "must be a UUID")])),
+    }
+}
+
+/// Reads the request's `tenant_id` field (unary requests only) and hands back an equivalent
+/// request. Client-streaming methods carry no single tenant and are refused for people.
+async fn tenant_of_request(
+    request: http::Request<Body>,
+    method: &MethodDescriptor,
+) -> Result<(http::Request<Body>, Option<Uuid>), Status> {
+    if method.is_client_streaming() {
+        return Err(error(
+            Code::PermissionDenied,
+            "CALLER_NOT_ALLOWED",
+            "streaming methods are not open to people",
+        ));
+    }
+    let Some(field) = method.input().get_field_by_name("tenant_id") else {
+        return Ok((request, None));
+    };
+    let (parts, body) = request.into_parts();
+    let bytes = Limited::new(body, MAX_MESSAGE_BYTES + 5)
+        .collect()
+        .await
+        .map_err(|_| Status::resource_exhausted("request message too large"))?
+        .to_bytes();
+    let tenant = read_frame(&bytes)
+        .and_then(|message| DynamicMessage::decode(method.input(), message).ok())
+        .and_then(|message| message.get_field(&field).as_str().map(str::to_owned));
+    let tenant =
+        match tenant.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(Uuid::parse_str(text).map_err(|_| {
+                super::services::support::invalid(&[("tenant_id", "must be a UUID")])
+            })?),
+        };
+    Ok((
+        http::Request::from_parts(parts, Body::new(Full::new(bytes))),
+        tenant,
+    ))
+}
+
+/// The message of one uncompressed gRPC frame: flag (0), 4-byte big-endian length, bytes.
+fn read_frame(bytes: &Bytes) -> Option<Bytes> {
+    let mut buf = bytes.clone();
+    if buf.remaining() < 5 || buf.get_u8() != 0 {
+        return None;
+    }
+    let length = buf.get_u32() as usize;
+    (buf.remaining() >= length).then(|| buf.copy_to_bytes(length))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_and_bearer_tokens_parse() {
+        let mut framed = vec![0u8, 0, 0, 0, 3];
+        framed.extend_from_slice(b"abc");
+        assert_eq!(
+            read_frame(&Bytes::from(framed)).unwrap(),
+            Bytes::from_static(b"abc")
+        );
+        assert!(
+            read_frame(&Bytes::from_static(&[1, 0, 0, 0, 0])).is_none(),
+            "compressed"
+        );
+        assert!(
+            read_frame(&Bytes::from_static(&[0, 0, 0, 0, 9, 1])).is_none(),
+            "short"
+        );
+
+        let mut headers = http::HeaderMap::new();
+        headers.insert("authorization", "Bearer abc.def".parse().unwrap());
+        assert_eq!(bearer_token(&headers), Some("abc.def"));
+        headers.insert("authorization", "Basic Zm9v".parse().unwrap());
+        assert_eq!(bearer_token(&headers), None);
+    }
+
+    #[test]
+    fn methods_without_policy_are_refused() {
+        let decision = decide(None, &Caller::Anonymous, None);
+        assert_eq!(decision, Err(Denial::NoPolicy));
+    }
 }

@@ -22,18 +22,23 @@ impl TestZen {
 
     /// Starts Zen on the given database URL (`None`: SQLite in the data dir).
     pub async fn start_with_database(database_url: Option<String>) -> Self {
+        Self::start_with(
+            GlobalArgs {
+                database_url,
+                ..Default::default()
+            },
+            ServeArgs::default(),
+        )
+        .await
+    }
+
+    /// Starts Zen with these settings on a fresh data dir and ephemeral loopback ports.
+    pub async fn start_with(mut global: GlobalArgs, mut serve: ServeArgs) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
-        let global = GlobalArgs {
-            data_dir: Some(data_dir.path().to_owned()),
-            database_url,
-            ..Default::default()
-        };
-        let serve = ServeArgs {
-            grpc_addr: Some("127.0.0.1:0".parse().unwrap()),
-            http_addr: Some("127.0.0.1:0".parse().unwrap()),
-            shutdown_grace_seconds: Some(5),
-            ..Default::default()
-        };
+        global.data_dir = Some(data_dir.path().to_owned());
+        serve.grpc_addr = Some("127.0.0.1:0".parse().unwrap());
+        serve.http_addr = Some("127.0.0.1:0".parse().unwrap());
+        serve.shutdown_grace_seconds = Some(5);
         let config = Config::resolve(&global, &serve).expect("valid config");
         let running = server::start(config).await.expect("zen starts");
         Self { running, data_dir }
@@ -63,6 +68,20 @@ impl TestZen {
 
     pub async fn admin(&self) -> Channel {
         self.channel_as("admin").await.expect("admin connects")
+    }
+
+    /// Issues a service identity (e.g. the gateway) under the PKI dir and connects with it.
+    pub async fn service(&self, name: &str) -> Channel {
+        let files = zen_security::PkiFiles::new(self.pki());
+        if !files.cert(name).exists() {
+            let ca = files.load_ca().unwrap();
+            let identity = zen_security::PeerIdentity::Service { name: name.into() };
+            let issued = ca
+                .issue_client(&identity, std::time::Duration::from_secs(3600))
+                .unwrap();
+            files.write_identity(name, &issued).unwrap();
+        }
+        self.channel_as(name).await.expect("service connects")
     }
 
     pub async fn stop(self) {

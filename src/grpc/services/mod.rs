@@ -5,31 +5,41 @@
 //! each of its RPCs answers UNIMPLEMENTED rather than pretending to work.
 
 pub mod audit;
+pub mod auth;
 pub mod support;
 pub mod tenancy;
 
 use std::sync::Arc;
 
 use tonic::server::NamedService;
+use tonic::transport::server::Router;
+use zen_cache::Cache;
+use zen_oidc::Oidc;
 use zen_store::Store;
 
 pub use audit::AuditApi;
+pub use auth::AuthApi;
 pub use tenancy::TenancyApi;
-use tonic::transport::server::Router;
+
+use crate::auth::Auth;
+
+/// What the service adapters are built from.
+pub struct Dependencies {
+    pub store: Arc<Store>,
+    pub cache: Arc<dyn Cache>,
+    pub auth: Arc<Auth>,
+    pub oidc: Option<Oidc>,
+    pub local_login: bool,
+}
 
 use crate::proto::zen;
 use zen::audit::v1::audit_service_server::AuditServiceServer;
-use zen::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
+use zen::auth::v1::auth_service_server::AuthServiceServer;
 use zen::ingest::v1::ingest_service_server::{IngestService, IngestServiceServer};
 use zen::remediation::v1::remediation_service_server::{
     RemediationService, RemediationServiceServer,
 };
 use zen::tenancy::v1::tenancy_service_server::TenancyServiceServer;
-
-/// `zen.auth.v1.AuthService`: not implemented yet.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AuthApi;
-impl AuthService for AuthApi {}
 
 /// `zen.ingest.v1.IngestService`: not implemented yet.
 #[derive(Clone, Copy, Debug, Default)]
@@ -51,9 +61,16 @@ pub const SERVICE_NAMES: [&str; 5] = [
 ];
 
 /// Adds every Zen service to the router.
-pub fn register<L>(router: Router<L>, store: Arc<Store>) -> Router<L> {
+pub fn register<L>(router: Router<L>, deps: Dependencies) -> Router<L> {
+    let store = deps.store;
     router
-        .add_service(AuthServiceServer::new(AuthApi))
+        .add_service(AuthServiceServer::new(AuthApi::new(
+            deps.auth,
+            store.clone(),
+            deps.cache,
+            deps.oidc,
+            deps.local_login,
+        )))
         .add_service(TenancyServiceServer::new(TenancyApi::new(store.clone())))
         .add_service(IngestServiceServer::new(IngestApi))
         .add_service(RemediationServiceServer::new(RemediationApi))

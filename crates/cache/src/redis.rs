@@ -1,0 +1,663 @@
+//! The Redis backend (fred 10), shared by every replica.
+//!
+//! - Commands go through a small pool of multiplexed connections. Each
+//!   operation is one command (`SET NX PX`, `GETDEL`, ...) or one Lua script
+//!   (compare-and-swap, increment), so it is atomic on the server.
+//! - Commands are never retried by the client (`max_command_attempts = 1`):
+//!   a retried `INCR` or compare-and-swap after a lost reply would count
+//!   twice or report a success as a failure. Callers see
+//!   [`CacheError::Unavailable`] instead, whose outcome is unknown.
+//! - Pub/sub uses one dedicated subscriber connection per cache. It tracks
+//!   its channels and resubscribes after a reconnect; one dispatcher task
+//!   fans each message out to the process's local subscribers through a
+//!   bounded broadcast channel per Redis channel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::bytes::Bytes;
+use fred::clients::{Pool, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, LuaInterface, PubsubInterface};
+use fred::prelude::{Builder, Config, Expiration, ReconnectPolicy, SetOptions, Value};
+use fred::types::scripts::Script;
+use fred::types::Message;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+
+use crate::subscription::Subscription;
+use crate::{ttl_millis, Cache, CacheError, Result};
+
+/// `CAS key has_expected expected new ttl_ms` → 1 when swapped, else 0.
+/// `GET` answers `false` for a missing key, which equals no string.
+const CAS_LUA: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return 1
+"#;
+
+/// `INCR key window_ms` → the new count. The expiry is set by the first
+/// increment of a window (and repaired if the key somehow has none), never
+/// extended by later ones.
+const INCR_LUA: &str = r#"
+local count = redis.call('INCR', KEYS[1])
+if count == 1 or redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return count
+"#;
+
+/// Connection settings of a [`RedisCache`].
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// Connections for commands (each one multiplexes). Default 4.
+    pub pool_size: usize,
+    /// Longest wait for any command's reply, including while reconnecting.
+    /// Default 5 s.
+    pub command_timeout: Duration,
+    /// Longest wait for a TCP (and TLS) connection. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Messages buffered per subscribed channel for its slowest local
+    /// subscriber. Default 1024.
+    pub channel_capacity: usize,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            pool_size: 4,
+            command_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            channel_capacity: 1024,
+        }
+    }
+}
+
+/// The cache on Redis. Cheap to clone; clones and
+/// [`with_prefix`](Self::with_prefix) views share the connections, which are
+/// closed when the last one is dropped.
+#[derive(Clone)]
+pub struct RedisCache {
+    prefix: String,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pool: Pool,
+    pubsub: Arc<PubSub>,
+    cas: Script,
+    incr: Script,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The subscriber connection and the local fan-out.
+struct PubSub {
+    client: SubscriberClient,
+    /// Full channel name → local fan-out, present while someone in the
+    /// process listens (or is about to).
+    senders: RwLock<HashMap<String, Local>>,
+    /// Serialises SUBSCRIBE/UNSUBSCRIBE with the bookkeeping above.
+    manage: tokio::sync::Mutex<()>,
+    capacity: usize,
+}
+
+struct Local {
+    tx: broadcast::Sender<Vec<u8>>,
+    /// SUBSCRIBE succeeded. False while it is in flight, or after it failed
+    /// or its caller gave up: the next `subscribe` then sends it again.
+    active: bool,
+}
+
+type Senders = HashMap<String, Local>;
+
+impl PubSub {
+    fn read(&self) -> RwLockReadGuard<'_, Senders> {
+        self.senders.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Senders> {
+        self.senders.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Unsubscribe from `channel` if nobody in the process listens any more.
+    async fn release(&self, channel: &str) {
+        let _guard = self.manage.lock().await;
+        let unused = {
+            let mut senders = self.write();
+            let unused = senders
+                .get(channel)
+                .is_some_and(|local| local.tx.receiver_count() == 0);
+            if unused {
+                senders.remove(channel);
+            }
+            unused
+        };
+        if unused {
+            if let Err(error) = self.client.unsubscribe(channel.to_owned()).await {
+                tracing::debug!(%error, "redis UNSUBSCRIBE failed");
+            }
+        }
+    }
+}
+
+/// Fan messages from the subscriber connection out to local subscribers.
+async fn dispatch(pubsub: Arc<PubSub>, mut messages: broadcast::Receiver<Message>) {
+    loop {
+        match messages.recv().await {
+            Ok(message) => {
+                let Some(payload) = message.value.into_owned_bytes() else {
+                    continue;
+                };
+                if let Some(local) = pubsub.read().get(&*message.channel) {
+                    let _ = local.tx.send(payload);
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                tracing::warn!(skipped, "redis pub/sub dispatcher lagged; messages dropped");
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        // End every open subscription's stream.
+        self.pubsub.write().clear();
+        let pool = self.pool.clone();
+        let subscriber = self.pubsub.client.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = subscriber.quit().await;
+                let _ = pool.quit().await;
+            });
+        }
+    }
+}
+
+/// Parse a `redis://` or `rediss://` URL into a fred config, without
+/// echoing the URL (it may contain a password) in errors.
+fn config_from_url(url: &str) -> Result<Config> {
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or_default();
+    match scheme {
+        "redis" => Config::from_url_centralized(url)
+            .map_err(|e| CacheError::InvalidUrl(format!("redis:// URL: {}", e.details()))),
+        "rediss" => tls_config_from_url(url),
+        "" => Err(CacheError::InvalidUrl(
+            "expected redis://, rediss:// or memory://".into(),
+        )),
+        other => Err(CacheError::InvalidUrl(format!(
+            "unsupported scheme {other:?}: expected redis://, rediss:// or memory://"
+        ))),
+    }
+}
+
+#[cfg(feature = "tls")]
+fn tls_config_from_url(url: &str) -> Result<Config> {
+    use fred::prelude::TlsConnector;
+
+    // fred's own rediss:// handling builds a rustls config with the process
+    // default crypto provider, which panics when none can be chosen; parse
+    // as plain redis:// and attach a ring-based config instead.
+    let plain = format!("redis://{}", &url["rediss://".len()..]);
+    let mut config = Config::from_url_centralized(&plain)
+        .map_err(|e| CacheError::InvalidUrl(format!("rediss:// URL: {}", e.details())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = fred::rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // Skip unparsable system certificates rather than fail.
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        return Err(CacheError::InvalidUrl(
+            "rediss://: no system root certificates found".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CacheError::InvalidUrl(format!("rediss://: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.tls = Some(TlsConnector::from(tls).into());
+    Ok(config)
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_config_from_url(_url: &str) -> Result<Config> {
+    Err(CacheError::InvalidUrl(
+        "rediss:// needs zen-cache's `tls` feature".into(),
+    ))
+}
+
+impl RedisCache {
+    /// Connect to `url` (`redis://[user:password@]host[:port][/db]` or
+    /// `rediss://…`). Both the command pool and the subscriber connection
+    /// are established before this returns.
+    pub async fn connect(url: &str, key_prefix: &str, options: RedisOptions) -> Result<RedisCache> {
+        let config = config_from_url(url)?;
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_performance_config(|perf| {
+                perf.default_command_timeout = options.command_timeout;
+                // The subscriber's message stream, drained by `dispatch`.
+                perf.broadcast_channel_capacity = options.channel_capacity.max(64);
+            })
+            .with_connection_config(|conn| {
+                conn.connection_timeout = options.connect_timeout;
+                conn.internal_command_timeout = options.connect_timeout;
+                conn.max_command_attempts = 1;
+            })
+            // Reconnect forever, backing off from 100 ms to 5 s.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+
+        let pool = builder
+            .build_pool(options.pool_size.max(1))
+            .map_err(CacheError::from_fred)?;
+        pool.init().await.map_err(CacheError::from_fred)?;
+
+        let subscriber = match builder.build_subscriber_client() {
+            Ok(subscriber) => subscriber,
+            Err(error) => {
+                let _ = pool.quit().await;
+                return Err(CacheError::from_fred(error));
+            }
+        };
+        if let Err(error) = subscriber.init().await {
+            let _ = pool.quit().await;
+            return Err(CacheError::from_fred(error));
+        }
+
+        let pubsub = Arc::new(PubSub {
+            client: subscriber,
+            senders: RwLock::new(HashMap::new()),
+            manage: tokio::sync::Mutex::new(()),
+            capacity: options.channel_capacity.max(1),
+        });
+        let resubscriber = pubsub.client.manage_subscriptions();
+        // Take the receiver now, so no message can precede the dispatcher.
+        let messages = pubsub.client.message_rx();
+        let dispatcher = tokio::spawn(dispatch(Arc::clone(&pubsub), messages));
+        tracing::debug!(pool_size = pool.size(), "redis cache connected");
+
+        Ok(RedisCache {
+            prefix: key_prefix.to_owned(),
+            shared: Arc::new(Shared {
+                pool,
+                pubsub,
+                cas: Script::from_lua(CAS_LUA),
+                incr: Script::from_lua(INCR_LUA),
+                tasks: vec![resubscriber, dispatcher],
+            }),
+        })
+    }
+
+    /// Another view of the same connections under a different key prefix.
+    pub fn with_prefix(&self, key_prefix: &str) -> RedisCache {
+        RedisCache {
+            prefix: key_prefix.to_owned(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// The key prefix of this view.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Delete every key under this view's prefix (`SCAN MATCH` + `UNLINK`);
+    /// returns how many were deleted. Refused for an empty prefix, which
+    /// would empty the whole database. For tests and operators; not atomic
+    /// with respect to concurrent writers.
+    pub async fn purge(&self) -> Result<u64> {
+        if self.prefix.is_empty() {
+            return Err(CacheError::InvalidArgument(
+                "refusing to purge a cache without a key prefix".into(),
+            ));
+        }
+        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let client = self.shared.pool.next();
+        let mut keys = client.scan_buffered(pattern, Some(500), None);
+        let mut batch = Vec::new();
+        let mut deleted = 0u64;
+        while let Some(key) = keys.next().await {
+            batch.push(key.map_err(CacheError::from_fred)?);
+            if batch.len() >= 500 {
+                deleted += client
+                    .unlink::<u64, _>(std::mem::take(&mut batch))
+                    .await
+                    .map_err(CacheError::from_fred)?;
+            }
+        }
+        if !batch.is_empty() {
+            deleted += client
+                .unlink::<u64, _>(batch)
+                .await
+                .map_err(CacheError::from_fred)?;
+        }
+        Ok(deleted)
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{}", self.prefix, key)
+    }
+
+    /// `EVALSHA`, falling back to `EVAL` (which also caches the script on
+    /// the server) when the server does not know the script yet.
+    async fn eval(&self, script: &Script, key: String, args: Vec<Value>) -> Result<i64> {
+        let client = self.shared.pool.next();
+        let result = match client
+            .evalsha::<i64, _, _, _>(script.sha1().clone(), key.clone(), args.clone())
+            .await
+        {
+            Err(error) if error.details().starts_with("NOSCRIPT") => {
+                let lua = script.lua().cloned().unwrap_or_default();
+                client.eval::<i64, _, _, _>(lua, key, args).await
+            }
+            other => other,
+        };
+        result.map_err(CacheError::from_fred)
+    }
+}
+
+/// Escape Redis glob metacharacters.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn bytes(value: &[u8]) -> Value {
+    Value::Bytes(Bytes::copy_from_slice(value))
+}
+
+fn px(ttl: Duration) -> Result<i64> {
+    // ttl_millis is bounded by MAX_TTL, far below i64::MAX.
+    Ok(i64::try_from(ttl_millis(ttl)?).unwrap_or(i64::MAX))
+}
+
+#[async_trait]
+impl Cache for RedisCache {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.shared
+            .pool
+            .next()
+            .ping::<Value>(None)
+            .await
+            .map_err(CacheError::from_fred)?;
+        if !self.shared.pubsub.client.is_connected() {
+            return Err(CacheError::Unavailable(
+                "the pub/sub connection is down".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let value: Value = self
+            .shared
+            .pool
+            .next()
+            .get(self.full(key))
+            .await
+            .map_err(CacheError::from_fred)?;
+        Ok(value.into_owned_bytes())
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        let ttl = px(ttl)?;
+        self.shared
+            .pool
+            .next()
+            .set::<Value, _, _>(
+                self.full(key),
+                bytes(value),
+                Some(Expiration::PX(ttl)),
+                None,
+                false,
+            )
+            .await
+            .map_err(CacheError::from_fred)?;
+        Ok(())
+    }
+
+    async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+        let ttl = px(ttl)?;
+        let reply: Value = self
+            .shared
+            .pool
+            .next()
+            .set(
+                self.full(key),
+                bytes(value),
+                Some(Expiration::PX(ttl)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(CacheError::from_fred)?;
+        Ok(!reply.is_null())
+    }
+
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let value: Value = self
+            .shared
+            .pool
+            .next()
+            .getdel(self.full(key))
+            .await
+            .map_err(CacheError::from_fred)?;
+        Ok(value.into_owned_bytes())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let deleted: u64 = self
+            .shared
+            .pool
+            .next()
+            .del(self.full(key))
+            .await
+            .map_err(CacheError::from_fred)?;
+        Ok(deleted > 0)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Duration,
+    ) -> Result<bool> {
+        let ttl = px(ttl)?;
+        let args = vec![
+            Value::from(if expected.is_some() { "1" } else { "0" }),
+            bytes(expected.unwrap_or_default()),
+            bytes(new),
+            Value::from(ttl),
+        ];
+        let swapped = self.eval(&self.shared.cas, self.full(key), args).await?;
+        Ok(swapped == 1)
+    }
+
+    async fn increment(&self, key: &str, window: Duration) -> Result<u64> {
+        let window = px(window)?;
+        let count = self
+            .eval(&self.shared.incr, self.full(key), vec![Value::from(window)])
+            .await?;
+        u64::try_from(count).map_err(|_| CacheError::NotAnInteger)
+    }
+
+    async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {
+        self.shared
+            .pool
+            .next()
+            .publish::<Value, _, _>(self.full(channel), bytes(message))
+            .await
+            .map_err(CacheError::from_fred)?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<Subscription> {
+        let full = self.full(channel);
+        let pubsub = &self.shared.pubsub;
+        let _guard = pubsub.manage.lock().await;
+
+        let (receiver, active) = {
+            let mut senders = pubsub.write();
+            let local = senders.entry(full.clone()).or_insert_with(|| Local {
+                tx: broadcast::channel(pubsub.capacity).0,
+                active: false,
+            });
+            (local.tx.subscribe(), local.active)
+        };
+
+        // Built before SUBSCRIBE so that a failure or a cancelled caller
+        // releases the channel again (on a task: `release` takes `manage`).
+        let on_drop = {
+            let pubsub: Weak<PubSub> = Arc::downgrade(pubsub);
+            let runtime = tokio::runtime::Handle::try_current().ok();
+            let full = full.clone();
+            Box::new(move || {
+                if let (Some(pubsub), Some(runtime)) = (pubsub.upgrade(), runtime) {
+                    runtime.spawn(async move { pubsub.release(&full).await });
+                }
+            })
+        };
+        let subscription = Subscription::new(channel, receiver, Some(on_drop));
+
+        if !active {
+            if !pubsub.client.is_connected() {
+                // Fail fast rather than queue behind a reconnect.
+                return Err(CacheError::Unavailable(
+                    "the pub/sub connection is down".into(),
+                ));
+            }
+            pubsub
+                .client
+                .subscribe(full.clone())
+                .await
+                .map_err(CacheError::from_fred)?;
+            if let Some(local) = pubsub.write().get_mut(&full) {
+                local.active = true;
+            }
+        }
+        Ok(subscription)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_metacharacters_are_escaped() {
+        assert_eq!(
+            glob_escape("zen-test:ab*c?[x]\\"),
+            "zen-test:ab\\*c\\?\\[x\\]\\\\"
+        );
+        assert_eq!(glob_escape("zen:"), "zen:");
+    }
+
+    #[test]
+    fn urls_are_checked_without_echoing_them() {
+        for bad in [
+            "",
+            "localhost:6379",
+            "http://u:secret@h",
+            "redis-cluster://u:secret@h",
+        ] {
+            let error = config_from_url(bad).unwrap_err();
+            assert!(matches!(error, CacheError::InvalidUrl(_)), "{bad}: {error}");
+            assert!(!error.to_string().contains("secret"), "{error}");
+        }
+        assert!(config_from_url("redis://127.0.0.1:6379/2").is_ok());
+        assert!(config_from_url("redis://:pw@127.0.0.1").is_ok());
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn rediss_needs_the_tls_feature() {
+        let error = config_from_url("rediss://:secret@cache.example:6380").unwrap_err();
+        assert!(matches!(error, CacheError::InvalidUrl(_)), "{error}");
+        assert!(!error.to_string().contains("secret"));
+    }
+
+    /// A connection to the test Redis, or `None` (skip) when unreachable
+    /// and `CI` is unset.
+    async fn test_redis(prefix: &str) -> Option<RedisCache> {
+        let url = std::env::var("ZEN_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        match RedisCache::connect(&url, prefix, RedisOptions::default()).await {
+            Ok(cache) => Some(cache),
+            Err(e) if std::env::var_os("CI").is_some() => {
+                panic!("Redis at {url} is unreachable and CI is set: {e}")
+            }
+            Err(e) => {
+                eprintln!("SKIP: Redis at {url} is unreachable ({e}); set ZEN_TEST_REDIS_URL");
+                None
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_last_subscription_unsubscribes() {
+        let prefix = format!("zen-test:unit-{}:", std::process::id());
+        let Some(cache) = test_redis(&prefix).await else {
+            return;
+        };
+        let pubsub = Arc::clone(&cache.shared.pubsub);
+        let a = cache.subscribe("ch").await.unwrap();
+        let b = cache.subscribe("ch").await.unwrap();
+        let full = format!("{prefix}ch");
+        assert!(pubsub
+            .client
+            .tracked_channels()
+            .iter()
+            .any(|c| **c == *full));
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(pubsub.read().len(), 1, "still one subscriber");
+        drop(b);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !pubsub.read().is_empty() || !pubsub.client.tracked_channels().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "not unsubscribed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        // Dropping the cache ends open subscriptions.
+        let mut open = cache.subscribe("other").await.unwrap();
+        drop(cache);
+        let end = tokio::time::timeout(Duration::from_secs(5), open.recv()).await;
+        assert_eq!(end, Ok(None));
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn rediss_builds_a_tls_config() {
+        match config_from_url("rediss://:pw@cache.example:6380") {
+            Ok(config) => assert!(config.tls.is_some()),
+            // A machine without system roots: a clean error, not a panic.
+            Err(CacheError::InvalidUrl(message)) => assert!(message.contains("root")),
+            Err(other) => panic!("{other}"),
+        }
+    }
+}
