@@ -71,6 +71,31 @@ pub struct ServeArgs {
     /// Server private key, PEM (default `<data-dir>/pki/server.key`).
     #[arg(long, env = "ZEN_TLS_SERVER_KEY")]
     pub tls_server_key: Option<PathBuf>,
+    /// The platform CA's private key, to sign agent certificates at enrollment (default
+    /// `<data-dir>/pki/ca.key` in development; without it, enrollment is off).
+    #[arg(long, env = "ZEN_TLS_CA_KEY")]
+    pub tls_ca_key: Option<PathBuf>,
+    /// Validity of agent certificates in hours (default 168 = 7 days).
+    #[arg(long, env = "ZEN_AGENT_CERT_VALIDITY_HOURS")]
+    pub agent_cert_validity_hours: Option<u64>,
+    /// The gateway's client identity toward the gRPC front (default `<data-dir>/pki/gateway.crt`
+    /// and `.key`, issued on first start in development).
+    #[arg(long, env = "ZEN_GATEWAY_CERT")]
+    pub gateway_cert: Option<PathBuf>,
+    #[arg(long, env = "ZEN_GATEWAY_KEY")]
+    pub gateway_key: Option<PathBuf>,
+    /// Name the gateway expects on the gRPC front's certificate (default `localhost`).
+    #[arg(long, env = "ZEN_GATEWAY_SERVER_NAME")]
+    pub gateway_server_name: Option<String>,
+    /// Origins allowed by CORS, comma-separated (default none).
+    #[arg(long, env = "ZEN_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Largest request body the gateway accepts, in bytes (default 1 MiB).
+    #[arg(long, env = "ZEN_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Events with the same fingerprint within this many seconds fold into one (default 3600).
+    #[arg(long, env = "ZEN_EVENT_FOLD_WINDOW_SECONDS")]
+    pub event_fold_window_seconds: Option<u64>,
     /// Seconds that in-flight calls and streams get to finish after SIGTERM.
     #[arg(long, env = "ZEN_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
@@ -106,6 +131,14 @@ struct FileConfig {
     tls_ca_cert: Option<PathBuf>,
     tls_server_cert: Option<PathBuf>,
     tls_server_key: Option<PathBuf>,
+    tls_ca_key: Option<PathBuf>,
+    gateway_cert: Option<PathBuf>,
+    gateway_key: Option<PathBuf>,
+    gateway_server_name: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+    max_body_bytes: Option<usize>,
+    agent_cert_validity_hours: Option<u64>,
+    event_fold_window_seconds: Option<u64>,
     shutdown_grace_seconds: Option<u64>,
     jwt_keys_dir: Option<PathBuf>,
     redis_url: Option<String>,
@@ -134,6 +167,8 @@ pub struct OidcProvider {
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
     pub ca_cert: PathBuf,
+    /// The CA's key, when this server may sign agent certificates.
+    pub ca_key: Option<PathBuf>,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
     /// All three were left at their defaults under the data dir, so the development PKI may
@@ -160,6 +195,21 @@ pub struct Config {
     pub session_ttl: Duration,
     pub local_login: bool,
     pub oidc_providers: Vec<OidcProvider>,
+    pub agent_cert_validity: Duration,
+    pub event_fold_window: Duration,
+    pub gateway: GatewaySettings,
+}
+
+/// How the built-in gateway reaches the gRPC front, and what it accepts.
+#[derive(Clone, Debug)]
+pub struct GatewaySettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The files were left at their defaults, so development may issue them.
+    pub defaults: bool,
+    pub server_name: String,
+    pub allowed_origins: Vec<String>,
+    pub max_body_bytes: usize,
 }
 
 /// A configuration problem, worded for the person who has to fix it.
@@ -234,6 +284,11 @@ impl Config {
             http_addr,
             auto_migrate: serve.auto_migrate.or(file.auto_migrate).unwrap_or(true),
             tls: TlsFiles {
+                ca_key: serve
+                    .tls_ca_key
+                    .clone()
+                    .or(file.tls_ca_key)
+                    .or_else(|| tls_defaults.then(|| pki_dir.join("ca.key"))),
                 ca_cert: ca_cert.unwrap_or_else(|| pki_dir.join("ca.crt")),
                 server_cert: server_cert.unwrap_or_else(|| pki_dir.join("server.crt")),
                 server_key: server_key.unwrap_or_else(|| pki_dir.join("server.key")),
@@ -275,6 +330,41 @@ impl Config {
                     .unwrap_or(30 * 24 * 3600),
             ),
             local_login: serve.local_login.or(file.local_login).unwrap_or(false),
+            gateway: {
+                let cert = serve.gateway_cert.clone().or(file.gateway_cert);
+                let key = serve.gateway_key.clone().or(file.gateway_key);
+                GatewaySettings {
+                    defaults: cert.is_none() && key.is_none(),
+                    cert: cert.unwrap_or_else(|| pki_dir.join("gateway.crt")),
+                    key: key.unwrap_or_else(|| pki_dir.join("gateway.key")),
+                    server_name: serve
+                        .gateway_server_name
+                        .clone()
+                        .or(file.gateway_server_name)
+                        .unwrap_or_else(|| "localhost".into()),
+                    allowed_origins: serve
+                        .allowed_origins
+                        .clone()
+                        .or(file.allowed_origins)
+                        .unwrap_or_default(),
+                    max_body_bytes: serve
+                        .max_body_bytes
+                        .or(file.max_body_bytes)
+                        .unwrap_or(1024 * 1024),
+                }
+            },
+            agent_cert_validity: Duration::from_secs(
+                3600 * serve
+                    .agent_cert_validity_hours
+                    .or(file.agent_cert_validity_hours)
+                    .unwrap_or(168),
+            ),
+            event_fold_window: Duration::from_secs(
+                serve
+                    .event_fold_window_seconds
+                    .or(file.event_fold_window_seconds)
+                    .unwrap_or(3600),
+            ),
             oidc_providers,
             data_dir,
         };
@@ -316,6 +406,13 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "ZEN_ACCESS_TOKEN_TTL_SECONDS must be between 60 and 86400".into(),
+            ));
+        }
+        if self.agent_cert_validity < Duration::from_secs(3600)
+            || self.agent_cert_validity > Duration::from_secs(90 * 24 * 3600)
+        {
+            return Err(ConfigError::Invalid(
+                "ZEN_AGENT_CERT_VALIDITY_HOURS must be between 1 and 2160".into(),
             ));
         }
         if self.session_ttl < self.access_token_ttl {
@@ -384,6 +481,15 @@ impl Config {
             }
         }
         reject_weak_key_permissions(&self.tls.server_key)?;
+        if !self.gateway.cert.is_file() || !self.gateway.key.is_file() {
+            return Err(ConfigError::Invalid(format!(
+                "ZEN_ENV=production: the gateway identity {} / {} is missing (ZEN_GATEWAY_CERT, \
+                 ZEN_GATEWAY_KEY; issue one with `zen pki issue --name gateway --role service`)",
+                self.gateway.cert.display(),
+                self.gateway.key.display()
+            )));
+        }
+        reject_weak_key_permissions(&self.gateway.key)?;
         for provider in &self.oidc_providers {
             if provider.client_secret.len() < 16 || !provider.issuer_url.starts_with("https://") {
                 return Err(ConfigError::Invalid(format!(

@@ -1,11 +1,13 @@
 //! The `zen` package: configuration, composition and the gRPC service adapters. The binary in
 //! `main.rs` is a thin CLI over this library, which the end-to-end tests also embed.
 
+pub mod agent;
 pub mod auth;
 pub mod authz;
 pub mod config;
 pub mod grpc;
 pub mod http;
+pub mod idempotency;
 pub mod proto;
 pub mod readiness;
 pub mod server;

@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gRPC front (mTLS) and the HTTP side.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations, or report their state.
     Migrate {
         /// Only report applied and pending migrations.
@@ -45,6 +45,44 @@ enum Command {
     /// Manage local (development) users.
     #[command(subcommand)]
     User(UserCommand),
+    /// The reference cluster agent.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Enroll: trade a bootstrap token and a CSR for a client certificate.
+    Bootstrap {
+        /// Zen's HTTP side (the gateway), e.g. http://127.0.0.1:8080.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Zen's gRPC front, stored for `zen agent run`.
+        #[arg(long, default_value = "https://127.0.0.1:7443")]
+        grpc_url: String,
+        /// Name the server certificate must carry.
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+        /// The one-time bootstrap token (or ZEN_BOOTSTRAP_TOKEN).
+        #[arg(long, env = "ZEN_BOOTSTRAP_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Where the agent keeps its identity.
+        #[arg(long, default_value = "zen-agent")]
+        dir: PathBuf,
+    },
+    /// Stream events (JSON lines from stdin or --input) to Zen until all are acked.
+    Run {
+        #[arg(long, default_value = "zen-agent")]
+        dir: PathBuf,
+        /// A file of JSON lines instead of stdin.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        #[arg(long, default_value_t = 200)]
+        batch_size: usize,
+        /// Keep the stream open after the input ends, printing remediation commands.
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -132,7 +170,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let serve_args = match &cli.command {
-        Command::Serve(args) => args.clone(),
+        Command::Serve(args) => (**args).clone(),
         _ => ServeArgs::default(),
     };
     let config = Config::resolve(&cli.global, &serve_args)?;
@@ -142,6 +180,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate { status } => store::migrate_command(&config, status).await,
         Command::Audit(AuditCommand::Verify { tenant }) => {
             store::verify_audit_command(&config, tenant).await
+        }
+        Command::Agent(AgentCommand::Bootstrap {
+            url,
+            grpc_url,
+            server_name,
+            token,
+            dir,
+        }) => {
+            let config = zen::agent::bootstrap(&url, &grpc_url, &server_name, &token, &dir).await?;
+            println!(
+                "enrolled cluster {} of tenant {}; identity in {}",
+                config.cluster_id,
+                config.tenant_id,
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Agent(AgentCommand::Run {
+            dir,
+            input,
+            batch_size,
+            follow,
+        }) => {
+            let files = zen::agent::AgentFiles::new(dir);
+            let options = zen::agent::RunOptions {
+                batch_size: batch_size.clamp(1, 1000),
+                batch_delay: std::time::Duration::from_millis(100),
+                follow,
+            };
+            let summary = match input {
+                Some(path) => {
+                    let file = tokio::fs::File::open(&path)
+                        .await
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    zen::agent::run(&files, file, options).await?
+                }
+                None => zen::agent::run(&files, tokio::io::stdin(), options).await?,
+            };
+            println!(
+                "accepted {} duplicate {} rejected {} reconnects {}",
+                summary.accepted, summary.duplicate, summary.rejected, summary.reconnects
+            );
+            Ok(())
         }
         Command::Keys(KeysCommand::RotateJwt) => {
             let kid = zen_security::jwt::KeyRing::rotate(&config.jwt_keys_dir)?;

@@ -23,6 +23,7 @@ use crate::grpc::contract::ContractVersions;
 use crate::grpc::edge::GrpcEdgeLayer;
 use crate::grpc::services;
 use crate::http::{self, HttpState};
+use crate::idempotency::CacheIdempotency;
 use crate::readiness::{self, Readiness};
 use crate::{proto, store, telemetry, tls};
 
@@ -157,24 +158,47 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         router,
         services::Dependencies {
             store: store.clone(),
-            cache,
+            cache: cache.clone(),
             auth,
             oidc,
             local_login: config.local_login,
+            ca: tls::agent_ca(&config)?.map(Arc::new),
+            ingest: services::IngestSettings {
+                fold_window: config.event_fold_window,
+                agent_certificate_validity: config.agent_cert_validity,
+                ..Default::default()
+            },
         },
     );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
     let grpc =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, drained(draining.subscribe())));
 
+    let gateway = zen_gateway::Gateway::new(
+        proto::FILE_DESCRIPTOR_SET,
+        tls::gateway_channel(&config, grpc_addr)?,
+        zen_gateway::GatewayConfig {
+            max_body_bytes: config.gateway.max_body_bytes,
+            allowed_origins: config.gateway.allowed_origins.clone(),
+            idempotency: Some(Arc::new(CacheIdempotency::new(cache.clone()))),
+            ..Default::default()
+        },
+    )
+    .context("building the REST gateway from the contracts")?;
+    // The operational routes first; everything else is the gateway's (it answers unknown
+    // paths with a 404 problem).
     let app = http::router(HttpState {
         readiness: readiness.clone(),
         metrics: telemetry::metrics_handle(),
-    });
+    })
+    .fallback_service(gateway.router());
     let http = tokio::spawn(
-        axum::serve(http_listener, app)
-            .with_graceful_shutdown(drained(draining.subscribe()))
-            .into_future(),
+        axum::serve(
+            http_listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(drained(draining.subscribe()))
+        .into_future(),
     );
     let health_driver = tokio::spawn(readiness::drive_grpc_health(
         readiness,

@@ -64,3 +64,55 @@ fn load_certificate(path: &Path, what: &str) -> anyhow::Result<String> {
     certificate_der_from_pem(path, &pem).with_context(|| format!("checking the {what}"))?;
     Ok(pem)
 }
+
+/// The CA that signs agent certificates at enrollment, when its key is configured.
+pub fn agent_ca(config: &Config) -> anyhow::Result<Option<zen_security::CertificateAuthority>> {
+    let Some(key_path) = &config.tls.ca_key else {
+        return Ok(None);
+    };
+    let cert = read_file(&config.tls.ca_cert)?;
+    let key = read_file(key_path)?;
+    let ca = zen_security::CertificateAuthority::from_pem(&cert, &key)
+        .with_context(|| format!("loading the CA key {}", key_path.display()))?;
+    Ok(Some(ca))
+}
+
+/// The gateway's channel to the gRPC front: mutual TLS with its own service identity, issued
+/// from the development CA on first start when the defaults are in use. The channel connects
+/// lazily, so it can be built before the front accepts.
+pub fn gateway_channel(
+    config: &Config,
+    grpc_addr: std::net::SocketAddr,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let settings = &config.gateway;
+    if settings.defaults
+        && !settings.cert.exists()
+        && config.environment == Environment::Development
+    {
+        let files = PkiFiles::new(config.pki_dir());
+        let ca = files.load_ca().context("loading the development CA")?;
+        let identity = zen_security::PeerIdentity::Service {
+            name: "gateway".into(),
+        };
+        let issued = ca.issue_client(&identity, zen_security::pki::DEFAULT_IDENTITY_VALIDITY)?;
+        files.write_identity("gateway", &issued)?;
+    }
+    let ca = load_certificate(&config.tls.ca_cert, "CA bundle")?;
+    let cert = load_certificate(&settings.cert, "gateway certificate")?;
+    let key = read_file(&settings.key)?;
+    let host = if grpc_addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), grpc_addr.port())
+    } else {
+        grpc_addr
+    };
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key))
+        .domain_name(settings.server_name.clone());
+    Ok(
+        tonic::transport::Channel::from_shared(format!("https://{host}"))?
+            .tls_config(tls)?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy(),
+    )
+}

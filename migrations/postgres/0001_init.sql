@@ -1,5 +1,5 @@
--- Zen schema v1: tenancy, clusters, bootstrap tokens, minimal events and
--- remediations, the hash-chained audit log, the application role and
+-- Zen schema v1: tenancy, clusters, bootstrap tokens, security events
+-- (with their idempotency receipts and sequence heads), minimal remediations, the hash-chained audit log, the application role and
 -- row-level security.
 --
 -- Runs as the schema owner (the migration URL's user). Never edit this file
@@ -154,28 +154,72 @@ CREATE TABLE bootstrap_tokens (
 );
 CREATE INDEX bootstrap_tokens_cluster_idx ON bootstrap_tokens (tenant_id, cluster_id, created_at DESC);
 
--- ------------------------------------------------------------------ events (minimal; ingestion extends)
+-- ------------------------------------------------------------------ events
+-- Security events from agents and webhooks (see docs/STORAGE.md, "Events").
+-- `origin` is who sent the event: the cluster id (agents) or
+-- 'webhook:<source_name>' (webhook sources). Occurrences with the same
+-- (tenant, origin, fingerprint) inside the fold window are folded into one
+-- row (`count`, `last_seen_at`). `seq` is the tenant's change sequence:
+-- assigned on insert and moved forward on every fold, under the tenant's
+-- event_seq_heads row lock, so it grows in commit order and watchers can
+-- follow `seq > n` without missing rows.
 CREATE TABLE events (
-    id            uuid PRIMARY KEY,
-    tenant_id     uuid NOT NULL REFERENCES tenants (id),
-    cluster_id    uuid,
-    source        text NOT NULL,
-    category      text NOT NULL,
-    severity      text NOT NULL,
-    type          text NOT NULL,
-    fingerprint   text NOT NULL,
-    details       jsonb NOT NULL DEFAULT '{}',
-    count         bigint NOT NULL DEFAULT 1 CHECK (count >= 1),
-    detected_at   timestamptz NOT NULL,
-    received_at   timestamptz NOT NULL,
-    last_seen_at  timestamptz NOT NULL,
+    id               uuid PRIMARY KEY,
+    tenant_id        uuid NOT NULL REFERENCES tenants (id),
+    cluster_id       uuid,
+    seq              bigint NOT NULL CHECK (seq >= 1),
+    origin           text NOT NULL CHECK (origin <> ''),
+    source_event_id  text NOT NULL CHECK (source_event_id <> ''),
+    source           text NOT NULL
+                     CHECK (source IN ('trivy', 'kyverno', 'falco', 'kube-bench', 'audit',
+                                       'custom', 'webhook')),
+    source_name      text,
+    category         text NOT NULL
+                     CHECK (category IN ('security', 'compliance', 'operations', 'performance',
+                                         'cost')),
+    severity         smallint NOT NULL CHECK (severity BETWEEN 1 AND 5),
+    type             text NOT NULL,
+    title            text NOT NULL DEFAULT '',
+    resource         jsonb NOT NULL DEFAULT '{}',
+    details          jsonb NOT NULL DEFAULT '{}',
+    fingerprint      text NOT NULL CHECK (fingerprint <> ''),
+    count            bigint NOT NULL DEFAULT 1 CHECK (count >= 1),
+    detected_at      timestamptz NOT NULL,
+    received_at      timestamptz NOT NULL,
+    last_seen_at     timestamptz NOT NULL,
     CONSTRAINT events_tenant_id_uq UNIQUE (tenant_id, id),
+    -- the watchers' tail (`seq > n ORDER BY seq`)
+    CONSTRAINT events_tenant_seq_uq UNIQUE (tenant_id, seq),
     CONSTRAINT events_cluster_fk FOREIGN KEY (tenant_id, cluster_id)
         REFERENCES clusters (tenant_id, id)
 );
-CREATE INDEX events_received_idx ON events (tenant_id, received_at DESC);
-CREATE INDEX events_fingerprint_idx ON events (tenant_id, fingerprint);
-CREATE INDEX events_severity_idx ON events (tenant_id, severity);
+-- lists: newest first on (received_at, id)
+CREATE INDEX events_received_idx ON events (tenant_id, received_at DESC, id DESC);
+-- folding: the latest row of (origin, fingerprint) inside the window
+CREATE INDEX events_fold_idx ON events (tenant_id, origin, fingerprint, last_seen_at DESC);
+
+-- Idempotency of ingestion: one row per (tenant, origin, source_event_id)
+-- ever accepted, naming the event it was stored as or folded into. A resend
+-- finds its receipt and is answered Duplicate, never counted twice. No
+-- foreign key to events: receipts are pruned on their own schedule
+-- (received_at) and may outlive the event they name.
+CREATE TABLE event_receipts (
+    tenant_id        uuid NOT NULL,
+    origin           text NOT NULL,
+    source_event_id  text NOT NULL,
+    event_id         uuid NOT NULL,
+    received_at      timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, origin, source_event_id)
+);
+
+-- The tenant's event sequence: `ingest` allocates seqs by bumping last_seq,
+-- and the row lock it takes serializes the tenant's ingest transactions, so
+-- seqs become visible in increasing order.
+CREATE TABLE event_seq_heads (
+    tenant_id   uuid PRIMARY KEY REFERENCES tenants (id),
+    last_seq    bigint NOT NULL CHECK (last_seq >= 0),
+    updated_at  timestamptz NOT NULL
+);
 
 -- ------------------------------------------------------------------ remediations (minimal)
 CREATE TABLE remediations (
@@ -237,7 +281,7 @@ CREATE TABLE audit_chain_heads (
 GRANT USAGE ON SCHEMA public TO zen_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON
     tenants, users, tenant_members, invites, clusters, bootstrap_tokens,
-    events, remediations
+    events, event_receipts, event_seq_heads, remediations
     TO zen_app;
 GRANT SELECT, INSERT, UPDATE ON audit_chain_heads TO zen_app;
 -- append-only: no UPDATE, no DELETE
@@ -317,6 +361,22 @@ CREATE POLICY bootstrap_tokens_isolation ON bootstrap_tokens
 ALTER TABLE events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE events FORCE ROW LEVEL SECURITY;
 CREATE POLICY events_isolation ON events
+    USING (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
+           OR current_setting('app.platform_admin', true) = 'on')
+    WITH CHECK (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
+                OR current_setting('app.platform_admin', true) = 'on');
+
+ALTER TABLE event_receipts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE event_receipts FORCE ROW LEVEL SECURITY;
+CREATE POLICY event_receipts_isolation ON event_receipts
+    USING (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
+           OR current_setting('app.platform_admin', true) = 'on')
+    WITH CHECK (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
+                OR current_setting('app.platform_admin', true) = 'on');
+
+ALTER TABLE event_seq_heads ENABLE ROW LEVEL SECURITY;
+ALTER TABLE event_seq_heads FORCE ROW LEVEL SECURITY;
+CREATE POLICY event_seq_heads_isolation ON event_seq_heads
     USING (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
            OR current_setting('app.platform_admin', true) = 'on')
     WITH CHECK (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid

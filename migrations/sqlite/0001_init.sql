@@ -111,27 +111,53 @@ CREATE TABLE bootstrap_tokens (
 );
 CREATE INDEX bootstrap_tokens_cluster_idx ON bootstrap_tokens (tenant_id, cluster_id, created_at DESC);
 
+-- Security events: see migrations/postgres/0001_init.sql and docs/STORAGE.md.
 CREATE TABLE events (
-    id            TEXT PRIMARY KEY NOT NULL,
-    tenant_id     TEXT NOT NULL REFERENCES tenants (id),
-    cluster_id    TEXT,
-    source        TEXT NOT NULL,
-    category      TEXT NOT NULL,
-    severity      TEXT NOT NULL,
-    type          TEXT NOT NULL,
-    fingerprint   TEXT NOT NULL,
-    details       TEXT NOT NULL DEFAULT '{}',
-    count         INTEGER NOT NULL DEFAULT 1 CHECK (count >= 1),
-    detected_at   TEXT NOT NULL,
-    received_at   TEXT NOT NULL,
-    last_seen_at  TEXT NOT NULL,
+    id               TEXT PRIMARY KEY NOT NULL,
+    tenant_id        TEXT NOT NULL REFERENCES tenants (id),
+    cluster_id       TEXT,
+    seq              INTEGER NOT NULL CHECK (seq >= 1),
+    origin           TEXT NOT NULL CHECK (origin <> ''),
+    source_event_id  TEXT NOT NULL CHECK (source_event_id <> ''),
+    source           TEXT NOT NULL
+                     CHECK (source IN ('trivy', 'kyverno', 'falco', 'kube-bench', 'audit',
+                                       'custom', 'webhook')),
+    source_name      TEXT,
+    category         TEXT NOT NULL
+                     CHECK (category IN ('security', 'compliance', 'operations', 'performance',
+                                         'cost')),
+    severity         INTEGER NOT NULL CHECK (severity BETWEEN 1 AND 5),
+    type             TEXT NOT NULL,
+    title            TEXT NOT NULL DEFAULT '',
+    resource         TEXT NOT NULL DEFAULT '{}',
+    details          TEXT NOT NULL DEFAULT '{}',
+    fingerprint      TEXT NOT NULL CHECK (fingerprint <> ''),
+    count            INTEGER NOT NULL DEFAULT 1 CHECK (count >= 1),
+    detected_at      TEXT NOT NULL,
+    received_at      TEXT NOT NULL,
+    last_seen_at     TEXT NOT NULL,
     CONSTRAINT events_tenant_id_uq UNIQUE (tenant_id, id),
+    CONSTRAINT events_tenant_seq_uq UNIQUE (tenant_id, seq),
     CONSTRAINT events_cluster_fk FOREIGN KEY (tenant_id, cluster_id)
         REFERENCES clusters (tenant_id, id)
 );
-CREATE INDEX events_received_idx ON events (tenant_id, received_at DESC);
-CREATE INDEX events_fingerprint_idx ON events (tenant_id, fingerprint);
-CREATE INDEX events_severity_idx ON events (tenant_id, severity);
+CREATE INDEX events_received_idx ON events (tenant_id, received_at DESC, id DESC);
+CREATE INDEX events_fold_idx ON events (tenant_id, origin, fingerprint, last_seen_at DESC);
+
+CREATE TABLE event_receipts (
+    tenant_id        TEXT NOT NULL,
+    origin           TEXT NOT NULL,
+    source_event_id  TEXT NOT NULL,
+    event_id         TEXT NOT NULL,
+    received_at      TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, origin, source_event_id)
+) WITHOUT ROWID;
+
+CREATE TABLE event_seq_heads (
+    tenant_id   TEXT PRIMARY KEY NOT NULL REFERENCES tenants (id),
+    last_seq    INTEGER NOT NULL CHECK (last_seq >= 0),
+    updated_at  TEXT NOT NULL
+);
 
 CREATE TABLE remediations (
     id          TEXT PRIMARY KEY NOT NULL,

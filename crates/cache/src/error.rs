@@ -39,17 +39,90 @@ impl CacheError {
     pub(crate) fn from_fred(error: fred::error::Error) -> CacheError {
         use fred::error::ErrorKind;
         let details = error.details();
-        match error.kind() {
-            ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Backpressure => {
+        // Server replies start with an upper-case code ("ERR …", "LOADING …");
+        // fred's own failures are sentences ("Failed to route command.").
+        let code = details
+            .split_whitespace()
+            .next()
+            .filter(|c| c.bytes().all(|b| b.is_ascii_uppercase()));
+        match (error.kind(), code) {
+            (
+                ErrorKind::IO
+                | ErrorKind::Timeout
+                | ErrorKind::Canceled
+                | ErrorKind::Backpressure
+                | ErrorKind::Routing
+                | ErrorKind::Cluster,
+                _,
+            ) => CacheError::Unavailable(error.to_string()),
+            #[cfg(feature = "tls")]
+            (ErrorKind::Tls, _) => CacheError::Unavailable(error.to_string()),
+            (ErrorKind::Url | ErrorKind::Config, _) => CacheError::InvalidUrl(details.to_owned()),
+            (_, Some("LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "TRYAGAIN")) => {
                 CacheError::Unavailable(error.to_string())
             }
-            #[cfg(feature = "tls")]
-            ErrorKind::Tls => CacheError::Unavailable(error.to_string()),
-            ErrorKind::Url | ErrorKind::Config => CacheError::InvalidUrl(details.to_owned()),
-            _ if details.contains("not an integer") || details.contains("overflow") => {
-                CacheError::NotAnInteger
-            }
-            _ => CacheError::Backend(error.to_string()),
+            (_, Some(_)) if details.contains("not an integer") => CacheError::NotAnInteger,
+            (_, Some(_)) => CacheError::Backend(error.to_string()),
+            // A client-side failure: no connection, too many attempts, ...
+            (ErrorKind::Unknown, None) => CacheError::Unavailable(error.to_string()),
+            (_, None) => CacheError::Backend(error.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::error::{Error, ErrorKind};
+
+    #[test]
+    fn fred_errors_are_classified() {
+        let class =
+            |kind, details: &str| CacheError::from_fred(Error::new(kind, details.to_owned()));
+        let unavailable = [
+            class(ErrorKind::IO, "Connection refused"),
+            class(ErrorKind::Timeout, "Request timed out."),
+            class(ErrorKind::Unknown, "Failed to route command."),
+            class(ErrorKind::Unknown, "Too many failed write attempts."),
+            class(
+                ErrorKind::Unknown,
+                "LOADING Redis is loading the dataset in memory",
+            ),
+            class(
+                ErrorKind::Unknown,
+                "READONLY You can't write against a read only replica.",
+            ),
+        ];
+        for e in unavailable {
+            assert!(e.is_unavailable(), "{e:?}");
+        }
+        assert!(matches!(
+            class(
+                ErrorKind::Unknown,
+                "ERR value is not an integer or out of range"
+            ),
+            CacheError::NotAnInteger
+        ));
+        assert!(matches!(
+            class(
+                ErrorKind::Unknown,
+                "ERR Error running script (call to f_x): @user_script:2: ERR value is not an integer or out of range"
+            ),
+            CacheError::NotAnInteger
+        ));
+        assert!(matches!(
+            class(
+                ErrorKind::Unknown,
+                "OOM command not allowed when used memory > 'maxmemory'."
+            ),
+            CacheError::Backend(_)
+        ));
+        assert!(matches!(
+            class(
+                ErrorKind::InvalidArgument,
+                "WRONGTYPE Operation against a key"
+            ),
+            CacheError::Backend(_)
+        ));
     }
 }

@@ -556,6 +556,14 @@ impl Cache for RedisCache {
                 .subscribe(full.clone())
                 .await
                 .map_err(CacheError::from_fred)?;
+            // fred resolves SUBSCRIBE once it is written, not when the server
+            // has processed it. A PING on the same connection is answered
+            // after the SUBSCRIBE, so from here on no message is missed.
+            pubsub
+                .client
+                .ping::<Value>(None)
+                .await
+                .map_err(CacheError::from_fred)?;
             if let Some(local) = pubsub.write().get_mut(&full) {
                 local.active = true;
             }

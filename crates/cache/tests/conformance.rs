@@ -26,6 +26,7 @@ conformance!(
     increment_windows,
     increment_is_atomic,
     publish_reaches_every_subscriber,
+    subscription_is_active_when_subscribe_returns,
     unsubscribe_and_resubscribe,
     subscriber_churn_does_not_disturb_others,
     prefix_isolation,
@@ -391,7 +392,10 @@ async fn publish_reaches_every_subscriber(h: &Harness) {
     // Nobody listening is not an error.
     c.publish("nobody", b"x").await.unwrap();
 
-    let messages: Vec<Vec<u8>> = (0..5u8).map(|i| vec![b'm', i, 0xff]).collect();
+    // Binary payloads, and empty ones (a bare wake-up).
+    let mut messages: Vec<Vec<u8>> = (0..5u8).map(|i| vec![b'm', i, 0xff]).collect();
+    messages.push(Vec::new());
+    messages.push(b"text".to_vec());
     for m in &messages {
         c.publish("events", m).await.unwrap();
     }
@@ -402,6 +406,29 @@ async fn publish_reaches_every_subscriber(h: &Harness) {
         assert_eq!(sub.missed(), 0);
     }
     assert_silent(&mut other).await;
+}
+
+async fn subscription_is_active_when_subscribe_returns(h: &Harness) {
+    // Subscribe on one handle (replica), publish at once on another: no
+    // message may slip in before the subscription is live on the server.
+    let publisher = h.open("live:").await;
+    let subscriber = h.open("live:").await;
+    let rounds = race(32, |i| {
+        let (publisher, subscriber) = (Arc::clone(&publisher), Arc::clone(&subscriber));
+        async move {
+            let channel = format!("ch-{i}");
+            let mut sub = subscriber.subscribe(&channel).await.unwrap();
+            publisher.publish(&channel, b"first").await.unwrap();
+            tokio::time::timeout(Duration::from_secs(5), sub.recv())
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    for (i, got) in rounds.into_iter().enumerate() {
+        assert_eq!(got.as_deref(), Some(&b"first"[..]), "channel ch-{i}");
+    }
 }
 
 async fn unsubscribe_and_resubscribe(h: &Harness) {

@@ -7,7 +7,7 @@ use std::error::Error as StdError;
 /// `CodeRejected` and `IdTokenInvalid` → UNAUTHENTICATED (restart the login),
 /// `ProviderUnavailable` → UNAVAILABLE (retry later), `Config` → FAILED_PRECONDITION /
 /// INTERNAL (an operator must fix the configuration).
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum OidcError {
     /// No provider of that name is configured.
     #[error("unknown OIDC provider `{0}`")]

@@ -266,7 +266,7 @@ impl Oidc {
         let claims = match result {
             Ok(claims) => claims,
             Err(e) => {
-                tracing::warn!(provider = %p.cfg.name, error = %e, "OIDC login failed");
+                tracing::debug!(provider = %p.cfg.name, error = %e, "OIDC login failed");
                 return Err(e);
             }
         };

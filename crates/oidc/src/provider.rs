@@ -1,6 +1,7 @@
 //! One configured provider at run time: lazy discovery, the JWKS refresh, the token exchange
 //! and ID-token validation.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use openidconnect::core::{
@@ -55,8 +56,13 @@ pub(crate) struct Provider {
     pub cfg: ValidProvider,
     http: reqwest::Client,
     current: RwLock<Option<Arc<Discovered>>>,
-    /// Serializes discovery and JWKS refreshes (the fast path only reads `current`).
-    fetching: tokio::sync::Mutex<()>,
+    /// Serializes discovery and JWKS refreshes (the fast path only reads `current`); holds
+    /// the error of the last failed discovery.
+    fetching: tokio::sync::Mutex<Option<OidcError>>,
+    /// Finished discovery attempts. A call that waited for the lock while an attempt failed
+    /// gets that failure instead of trying again, so an unresponsive provider costs one
+    /// timeout per wave of concurrent logins, not one per login.
+    attempts: AtomicU64,
 }
 
 /// Why an ID token did not verify.
@@ -72,7 +78,8 @@ impl Provider {
             cfg,
             http,
             current: RwLock::new(None),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: tokio::sync::Mutex::new(None),
+            attempts: AtomicU64::new(0),
         }
     }
 
@@ -96,17 +103,36 @@ impl Provider {
         if let Some(d) = self.cached() {
             return Ok(d);
         }
-        let _guard = self.fetching.lock().await;
+        let attempts_seen = self.attempts.load(Ordering::Acquire);
+        let mut last_error = self.fetching.lock().await;
         if let Some(d) = self.cached() {
             return Ok(d);
         }
+        if self.attempts.load(Ordering::Acquire) != attempts_seen {
+            if let Some(e) = last_error.as_ref() {
+                return Err(e.clone());
+            }
+        }
+        let result = self.discover().await;
+        self.attempts.fetch_add(1, Ordering::AcqRel);
+        match result {
+            Ok(discovered) => {
+                *last_error = None;
+                self.store(discovered.clone());
+                Ok(discovered)
+            }
+            Err(e) => {
+                tracing::warn!(provider = %self.cfg.name, error = %e, "OIDC discovery failed");
+                *last_error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    async fn discover(&self) -> Result<Arc<Discovered>, OidcError> {
         let metadata = CoreProviderMetadata::discover_async(self.cfg.issuer.clone(), &self.http)
             .await
-            .map_err(|e| {
-                let e = discovery_error("discovery", e);
-                tracing::warn!(provider = %self.cfg.name, error = %e, "OIDC discovery failed");
-                e
-            })?;
+            .map_err(|e| discovery_error("discovery", e))?;
         let discovered = Arc::new(self.build(metadata)?);
         tracing::info!(
             provider = %self.cfg.name,
@@ -114,7 +140,6 @@ impl Provider {
             keys = discovered.metadata.jwks().keys().len(),
             "OIDC provider discovered"
         );
-        self.store(discovered.clone());
         Ok(discovered)
     }
 

@@ -530,3 +530,47 @@ async fn issuer_mismatch_in_discovery_is_a_configuration_error() {
         other => panic!("expected Config, got {other:?}"),
     }
 }
+
+/// A provider that accepts connections and never answers: every login waiting on the same
+/// discovery shares its one timeout (10 s) instead of queueing for one timeout each.
+#[tokio::test]
+async fn concurrent_logins_share_one_discovery_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let blackhole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let oidc = Oidc::new(
+        vec![ProviderConfig {
+            name: "test".into(),
+            issuer_url: format!("http://127.0.0.1:{port}"),
+            client_id: CLIENT_ID.into(),
+            client_secret: CLIENT_SECRET.into(),
+            scopes: vec![],
+            redirect_url: "http://127.0.0.1:9/auth/callback/test".into(),
+        }],
+        memory_cache().await,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(
+        oidc.begin("test", None),
+        oidc.begin("test", None),
+        oidc.begin("test", None)
+    );
+    let elapsed = started.elapsed();
+    for result in [a, b, c] {
+        assert!(
+            matches!(result, Err(OidcError::ProviderUnavailable(_))),
+            "{result:?}"
+        );
+    }
+    assert!(
+        elapsed < std::time::Duration::from_secs(18),
+        "three concurrent logins took {elapsed:?}"
+    );
+    blackhole.abort();
+}

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
 use crate::scope::Scope;
+use crate::store::BackendKind;
 
 /// A bind argument, typed so that NULLs keep their type on PostgreSQL.
 #[derive(Debug, Clone)]
@@ -37,6 +38,8 @@ pub(crate) enum Arg {
     Bool(bool),
     Ts(Option<DateTime<Utc>>),
     Json(Option<Value>),
+    /// One column of a [`Rows`] table (PostgreSQL arrays, see [`Sql::rows`]).
+    Array(Column),
 }
 
 macro_rules! arg_from {
@@ -99,6 +102,134 @@ impl Sql {
         self.text.push_str(&self.args.len().to_string());
         self
     }
+
+    /// Append `rows` as a derived table `(SELECT … ) AS <alias>` whose
+    /// columns carry the [`Rows`]' names and the store's types (JSON
+    /// columns are `jsonb` on PostgreSQL, text on SQLite), in row order.
+    pub fn rows(&mut self, backend: BackendKind, alias: &str, rows: Rows) -> &mut Self {
+        self.push("(SELECT ");
+        match backend {
+            BackendKind::Postgres => {
+                // UNNEST of several arrays zips them into rows.
+                for (i, (name, col)) in rows.cols.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    let cast = if matches!(col, Column::Json(_)) {
+                        "::jsonb"
+                    } else {
+                        ""
+                    };
+                    self.push(&format!("{sep}u.c{i}{cast} AS {name}"));
+                }
+                self.push(" FROM UNNEST(");
+                let names: Vec<String> = (0..rows.cols.len()).map(|i| format!("c{i}")).collect();
+                for (i, (_, col)) in rows.cols.into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(", ");
+                    }
+                    let ty = col.pg_array_type();
+                    self.bind(Arg::Array(col)).push("::").push(ty);
+                }
+                self.push(") AS u(").push(&names.join(", ")).push(")");
+            }
+            BackendKind::Sqlite => {
+                for (i, (name, _)) in rows.cols.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    self.push(&format!("{sep}json_extract(value, '$[{i}]') AS {name}"));
+                }
+                let table: Vec<Value> = (0..rows.len())
+                    .map(|r| {
+                        Value::Array(rows.cols.iter().map(|(_, c)| c.sqlite_cell(r)).collect())
+                    })
+                    .collect();
+                self.push(" FROM json_each(")
+                    .bind(Value::Array(table).to_string())
+                    .push(") ORDER BY key");
+            }
+        }
+        self.push(") AS ").push(alias);
+        self
+    }
+}
+
+/// One column of a table passed as a single bind argument (see [`Rows`]).
+/// JSON is pre-serialized text (the store validates its size first).
+#[derive(Debug, Clone)]
+pub(crate) enum Column {
+    Uuid(Vec<Uuid>),
+    OptUuid(Vec<Option<Uuid>>),
+    Text(Vec<String>),
+    OptText(Vec<Option<String>>),
+    I16(Vec<i16>),
+    I64(Vec<i64>),
+    Ts(Vec<DateTime<Utc>>),
+    Json(Vec<String>),
+}
+
+impl Column {
+    /// The PostgreSQL array type the argument is cast to in `UNNEST`.
+    fn pg_array_type(&self) -> &'static str {
+        match self {
+            Column::Uuid(_) | Column::OptUuid(_) => "uuid[]",
+            Column::Text(_) | Column::OptText(_) | Column::Json(_) => "text[]",
+            Column::I16(_) => "int2[]",
+            Column::I64(_) => "int8[]",
+            Column::Ts(_) => "timestamptz[]",
+        }
+    }
+
+    /// Row `i` as a JSON value, in the representation SQLite stores.
+    fn sqlite_cell(&self, i: usize) -> Value {
+        fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
+            v.map_or(Value::Null, f)
+        }
+        match self {
+            Column::Uuid(v) => opt(v.get(i), |u| Value::String(u.hyphenated().to_string())),
+            Column::OptUuid(v) => opt(v.get(i).copied().flatten(), |u| {
+                Value::String(u.hyphenated().to_string())
+            }),
+            Column::Text(v) | Column::Json(v) => opt(v.get(i), |t| Value::String(t.clone())),
+            Column::OptText(v) => opt(v.get(i).cloned().flatten(), Value::String),
+            Column::I16(v) => opt(v.get(i), |n| Value::from(*n)),
+            Column::I64(v) => opt(v.get(i), |n| Value::from(*n)),
+            Column::Ts(v) => opt(v.get(i), |t| Value::String(format_ts(*t))),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Column::Uuid(v) => v.len(),
+            Column::OptUuid(v) => v.len(),
+            Column::Text(v) | Column::Json(v) => v.len(),
+            Column::OptText(v) => v.len(),
+            Column::I16(v) => v.len(),
+            Column::I64(v) => v.len(),
+            Column::Ts(v) => v.len(),
+        }
+    }
+}
+
+/// A table of equally long columns, bound as whole-batch arguments so that
+/// a batch is one statement whatever its size: on PostgreSQL one array per
+/// column, `UNNEST`ed; on SQLite one JSON array of rows, read with
+/// `json_each`. Either way the statement text is the same for every batch
+/// size, so it is prepared once per connection.
+pub(crate) struct Rows {
+    cols: Vec<(&'static str, Column)>,
+}
+
+impl Rows {
+    pub fn new() -> Self {
+        Rows { cols: Vec::new() }
+    }
+
+    pub fn col(mut self, name: &'static str, col: Column) -> Self {
+        self.cols.push((name, col));
+        self
+    }
+
+    fn len(&self) -> usize {
+        self.cols.first().map_or(0, |(_, c)| c.len())
+    }
 }
 
 /// Timestamps are stored with microsecond precision on both backends; the
@@ -139,7 +270,7 @@ fn decode_error(msg: String) -> StoreError {
 /// Bind every [`Arg`] to a query; `$uuid`, `$ts` and `$json` convert the
 /// three types whose storage differs between backends.
 macro_rules! bind_all {
-    ($query:expr, $args:expr, uuid: $uuid:expr, ts: $ts:expr, json: $json:expr) => {{
+    ($query:expr, $args:expr, uuid: $uuid:expr, ts: $ts:expr, json: $json:expr, array: $array:expr) => {{
         let mut q = $query;
         for arg in $args {
             q = match arg {
@@ -150,6 +281,7 @@ macro_rules! bind_all {
                 Arg::Bool(v) => q.bind(v),
                 Arg::Ts(v) => q.bind(v.map($ts)),
                 Arg::Json(v) => q.bind(v.map($json)),
+                Arg::Array(col) => $array(q, col),
             };
         }
         q
@@ -169,7 +301,8 @@ macro_rules! with_query {
                     $args,
                     uuid: |u: Uuid| u,
                     ts: |t: DateTime<Utc>| t,
-                    json: sqlx::types::Json
+                    json: sqlx::types::Json,
+                    array: bind_pg_array
                 );
                 $body
             }
@@ -181,12 +314,35 @@ macro_rules! with_query {
                     $args,
                     uuid: |u: Uuid| u.hyphenated().to_string(),
                     ts: format_ts,
-                    json: |v: Value| v.to_string()
+                    json: |v: Value| v.to_string(),
+                    array: bind_sqlite_array
                 );
                 $body
             }
         }
     };
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
+
+fn bind_pg_array(q: PgQuery<'_>, col: Column) -> PgQuery<'_> {
+    match col {
+        Column::Uuid(v) => q.bind(v),
+        Column::OptUuid(v) => q.bind(v),
+        Column::Text(v) | Column::Json(v) => q.bind(v),
+        Column::OptText(v) => q.bind(v),
+        Column::I16(v) => q.bind(v),
+        Column::I64(v) => q.bind(v),
+        Column::Ts(v) => q.bind(v),
+    }
+}
+
+/// [`Sql::rows`] binds SQLite tables as one JSON text; a bare column
+/// becomes a JSON array of its cells.
+fn bind_sqlite_array(q: SqliteQuery<'_>, col: Column) -> SqliteQuery<'_> {
+    let cells: Vec<Value> = (0..col.len()).map(|i| col.sqlite_cell(i)).collect();
+    q.bind(Value::Array(cells).to_string())
 }
 
 /// SQLite has no row locks: its write transactions (`BEGIN IMMEDIATE`)
@@ -207,6 +363,13 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
+    pub fn backend(&self) -> BackendKind {
+        match self {
+            Conn::Pg(_) => BackendKind::Postgres,
+            Conn::Sqlite(_) => BackendKind::Sqlite,
+        }
+    }
+
     /// Run a statement, returning the rows it affected.
     pub async fn execute(
         &mut self,

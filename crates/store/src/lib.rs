@@ -41,8 +41,10 @@ pub use migrate::{MigrationInfo, MigrationStatus};
 pub use model::*;
 pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use repo::{
-    AuditRepo, BootstrapTokenRepo, ClusterRepo, InviteRepo, MemberRepo, TenantRepo, Tx, UserRepo,
+    AuditRepo, BootstrapTokenRepo, ClusterRepo, EventRepo, InviteRepo, MemberRepo, TenantRepo, Tx,
+    UserRepo,
 };
+pub use repos::events::{MAX_INGEST_BATCH, MAX_TAIL_LIMIT};
 pub use scope::{Scope, PLATFORM_TENANT};
 pub use store::{BackendKind, Store, StoreOptions, DEFAULT_APP_ROLE};
 

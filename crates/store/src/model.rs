@@ -489,3 +489,139 @@ impl ChainVerification {
         self.problem.is_none()
     }
 }
+
+// ---------------------------------------------------------------- events
+
+/// The values of [`NewEvent::source`] (and `EventFilter::source`).
+pub const EVENT_SOURCES: &[&str] = &[
+    "trivy",
+    "kyverno",
+    "falco",
+    "kube-bench",
+    "audit",
+    "custom",
+    "webhook",
+];
+
+/// The values of [`NewEvent::category`] (and `EventFilter::category`).
+pub const EVENT_CATEGORIES: &[&str] = &[
+    "security",
+    "compliance",
+    "operations",
+    "performance",
+    "cost",
+];
+
+/// A security event as an agent or a webhook delivers it. Limits (checked
+/// by [`crate::EventRepo::ingest`], `Invalid { field }` otherwise):
+/// `source_event_id` 1-256 characters, `source_name` 1-256, `event_type`
+/// 1-1024, `title` 0-1024, `fingerprint` 1-256, none with control
+/// characters; `source` one of [`EVENT_SOURCES`], `category` one of
+/// [`EVENT_CATEGORIES`], `severity` 1..=5; `resource` and `details` JSON
+/// objects (`null` is stored as `{}`) without NUL characters, serialized at
+/// most 16 KiB and 256 KiB; `detected_at` in years 1970-9999.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// The agent-assigned id, or the webhook delivery id; unique per
+    /// (tenant, origin): a resend with the same id is a duplicate.
+    pub source_event_id: String,
+    /// `trivy`, `kyverno`, `falco`, `kube-bench`, `audit`, `custom` or `webhook`.
+    pub source: String,
+    /// The webhook source id (webhooks, where it names the origin), or the
+    /// tool instance / custom tool name (agents).
+    pub source_name: Option<String>,
+    /// `security`, `compliance`, `operations`, `performance` or `cost`.
+    pub category: String,
+    /// 1 info, 2 low, 3 medium, 4 high, 5 critical.
+    pub severity: i16,
+    pub event_type: String,
+    pub title: String,
+    /// `{api_version, kind, namespace, name, uid}`.
+    pub resource: Value,
+    pub details: Value,
+    /// Folding key: occurrences with the same fingerprint from the same
+    /// origin inside the fold window are counted into one stored event.
+    pub fingerprint: String,
+    pub detected_at: DateTime<Utc>,
+}
+
+/// A stored event: the first occurrence's fields (but `details`, which is
+/// the latest occurrence's), how many occurrences were folded into it, and
+/// its place in the tenant's change sequence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    /// The agent's cluster; `None` for webhook events.
+    pub cluster_id: Option<Uuid>,
+    /// The tenant's change sequence: set when the event is stored and
+    /// moved forward each time an occurrence is folded into it, so
+    /// `tail(after_seq)` hands watchers new events and updated counts alike.
+    pub seq: i64,
+    pub source_event_id: String,
+    pub source: String,
+    pub source_name: Option<String>,
+    pub category: String,
+    pub severity: i16,
+    pub event_type: String,
+    pub title: String,
+    pub resource: Value,
+    /// The details of the latest occurrence folded into the event.
+    pub details: Value,
+    pub fingerprint: String,
+    /// When the first occurrence was detected.
+    pub detected_at: DateTime<Utc>,
+    /// Occurrences folded into this event (at least 1).
+    pub count: i64,
+    /// When the first occurrence was received.
+    pub received_at: DateTime<Utc>,
+    /// When the latest occurrence was received.
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// What [`crate::EventRepo::ingest`] did with one input event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum EventOutcome {
+    /// Stored as a new event.
+    Accepted { event_id: Uuid },
+    /// Its `source_event_id` was seen before from the same origin (a
+    /// resend, in this batch or an earlier one): nothing changed.
+    /// `event_id` is the event the first delivery was stored as or
+    /// folded into.
+    Duplicate { event_id: Uuid },
+    /// A new id with the fingerprint of a recent event of the same origin:
+    /// counted into that event.
+    Folded { event_id: Uuid },
+}
+
+impl EventOutcome {
+    /// The stored event this input ended up in.
+    pub fn event_id(&self) -> Uuid {
+        match *self {
+            EventOutcome::Accepted { event_id }
+            | EventOutcome::Duplicate { event_id }
+            | EventOutcome::Folded { event_id } => event_id,
+        }
+    }
+}
+
+/// Filters of [`crate::EventRepo::list`]; `None` fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub cluster_id: Option<Uuid>,
+    /// One of [`EVENT_SOURCES`].
+    pub source: Option<String>,
+    /// One of [`EVENT_CATEGORIES`].
+    pub category: Option<String>,
+    /// `severity >= min_severity`.
+    pub min_severity: Option<i16>,
+    /// Inclusive lower bound on `received_at`.
+    pub since: Option<DateTime<Utc>>,
+    /// Exclusive upper bound on `received_at`.
+    pub until: Option<DateTime<Utc>>,
+    /// Exact `event_type`.
+    pub event_type: Option<String>,
+    /// Exact `source_name` (for webhook events, the webhook source id).
+    pub source_name: Option<String>,
+}

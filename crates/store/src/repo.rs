@@ -27,6 +27,7 @@ pub trait Tx: Send {
     fn clusters(&mut self) -> &mut dyn ClusterRepo;
     fn bootstrap_tokens(&mut self) -> &mut dyn BootstrapTokenRepo;
     fn audit(&mut self) -> &mut dyn AuditRepo;
+    fn events(&mut self) -> &mut dyn EventRepo;
     async fn commit(self: Box<Self>) -> Result<()>;
     async fn rollback(self: Box<Self>) -> Result<()>;
 }
@@ -197,4 +198,45 @@ pub trait AuditRepo: Send {
     async fn verify_chain(&mut self, tenant_id: Uuid) -> Result<ChainVerification>;
     /// Chain heads visible to the scope (all of them for platform admins).
     async fn heads(&mut self) -> Result<Vec<ChainHead>>;
+}
+
+#[async_trait]
+pub trait EventRepo: Send {
+    /// Stores a batch for the scope's tenant from one origin (`cluster_id`
+    /// Some for an agent, None for a webhook source: then `source_name`
+    /// identifies the origin; an event with source `webhook` always names
+    /// its origin by `source_name`). Returns one outcome per input, in
+    /// order. Idempotent: resending any subset of an earlier batch yields
+    /// `Duplicate` for those (never a second row, never a second fold
+    /// count). Events with the same (origin, fingerprint) whose latest
+    /// row's `last_seen_at` is within `fold_window` of `now` fold into that
+    /// row: `count` += 1 per occurrence, `last_seen_at` = max, `details` =
+    /// the latest occurrence's, `seq` moves forward; otherwise a new row.
+    /// Duplicates and folds within one batch are handled too.
+    ///
+    /// Takes the tenant's event sequence lock until the transaction ends:
+    /// the tenant's ingest transactions run one at a time from here on (see
+    /// docs/STORAGE.md); append audit records after it. An unknown
+    /// `cluster_id` (or another tenant's) is `NotFound { what: "cluster" }`.
+    async fn ingest(
+        &mut self,
+        cluster_id: Option<Uuid>,
+        events: &[NewEvent],
+        fold_window: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<EventOutcome>>;
+    /// An event of the scope's tenant.
+    async fn get(&mut self, id: Uuid) -> Result<Event>;
+    /// Newest first (`received_at` desc, `id` desc), keyset page tokens like
+    /// the other lists.
+    async fn list(&mut self, filter: &EventFilter, page: &PageRequest) -> Result<Page<Event>>;
+    /// Events of the scope's tenant with `seq > after_seq`, oldest first, at
+    /// most `limit` (1..=[`crate::MAX_TAIL_LIMIT`]; larger is clamped): the
+    /// tail that live watchers follow (the events table is their outbox;
+    /// pub/sub only wakes them). A folded event comes again with its new
+    /// `seq` and `count`. Seqs become visible in increasing order, so a
+    /// watcher that resumes after the last seq it saw misses nothing.
+    async fn tail(&mut self, after_seq: i64, limit: i64) -> Result<Vec<Event>>;
+    /// The highest seq of the scope's tenant (0 when none).
+    async fn last_seq(&mut self) -> Result<i64>;
 }

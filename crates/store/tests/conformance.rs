@@ -2048,9 +2048,10 @@ async fn cross_tenant_remediation_refused_by_foreign_key(h: &Harness) {
     let ev_b = Uuid::now_v7();
     let ts = "'2026-01-01T00:00:00.000000Z'";
     h.raw(&format!(
-        "INSERT INTO events (id, tenant_id, cluster_id, source, category, severity, type, \
-         fingerprint, detected_at, received_at, last_seen_at) VALUES \
-         ({}, {}, NULL, 'falco', 'runtime', 'high', 'shell', 'fp', {ts}, {ts}, {ts})",
+        "INSERT INTO events (id, tenant_id, cluster_id, seq, origin, source_event_id, source, \
+         category, severity, type, fingerprint, detected_at, received_at, last_seen_at) VALUES \
+         ({}, {}, NULL, 1, 'webhook:s', 'd-1', 'falco', 'security', 4, 'shell', 'fp', {ts}, \
+         {ts}, {ts})",
         sql_uuid(ev_b),
         sql_uuid(b.id)
     ))

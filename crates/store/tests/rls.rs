@@ -18,6 +18,8 @@ const TENANT_TABLES: &[&str] = &[
     "clusters",
     "bootstrap_tokens",
     "events",
+    "event_receipts",
+    "event_seq_heads",
     "remediations",
     "audit_logs",
     "audit_chain_heads",
@@ -27,7 +29,21 @@ async fn pg() -> Option<Harness> {
     Harness::new(BackendKind::Postgres, true).await
 }
 
-/// Two tenants with a cluster, an audit record and a bootstrap token each.
+fn security_event(id: &str, fingerprint: &str) -> NewEvent {
+    NewEvent {
+        source_event_id: id.into(),
+        source: "falco".into(),
+        category: "security".into(),
+        severity: 4,
+        event_type: "shell".into(),
+        fingerprint: fingerprint.into(),
+        detected_at: Utc::now(),
+        ..Default::default()
+    }
+}
+
+/// Two tenants with a cluster, a bootstrap token, two events folded into
+/// one (an event, two receipts, a sequence head) and an audit record each.
 async fn two_tenants(h: &Harness) -> [(Tenant, Cluster); 2] {
     let mut out = Vec::new();
     for name in ["alpha", "beta"] {
@@ -70,6 +86,15 @@ async fn two_tenants(h: &Harness) -> [(Tenant, Cluster); 2] {
                     created_by: None,
                 },
                 &format!("token-{}", Uuid::new_v4()),
+            )
+            .await
+            .unwrap();
+        tx.events()
+            .ingest(
+                Some(c.id),
+                &[security_event("e-1", "fp-1"), security_event("e-2", "fp-1")],
+                std::time::Duration::from_secs(3600),
+                Utc::now(),
             )
             .await
             .unwrap();
@@ -368,9 +393,10 @@ async fn cross_tenant_remediation_refused_even_for_platform_admin() {
     let pool = h.store.pg_app_pool().unwrap();
     let mut tx = app_tx(pool, None, true).await;
     let insert_event =
-        "INSERT INTO events (id, tenant_id, cluster_id, source, category, severity, \
-        type, fingerprint, detected_at, received_at, last_seen_at) \
-        VALUES ($1, $2, $3, 'falco', 'runtime', 'high', 'shell', 'fp', now(), now(), now())";
+        "INSERT INTO events (id, tenant_id, cluster_id, seq, origin, source_event_id, source, \
+        category, severity, type, fingerprint, detected_at, received_at, last_seen_at) \
+        VALUES ($1, $2, $3, 1000, $3::text, $1::text, 'falco', 'security', 4, 'shell', 'fp', \
+        now(), now(), now())";
     let (ev_a, ev_b) = (Uuid::now_v7(), Uuid::now_v7());
     for (ev, t, c) in [(ev_a, a.id, ca.id), (ev_b, b.id, cb.id)] {
         sqlx::query(insert_event)
@@ -428,4 +454,73 @@ async fn store_scoping_matches_rls() {
         .await
         .unwrap();
     assert_eq!(all.items.len(), 2);
+}
+
+#[tokio::test]
+async fn rls_guards_events_receipts_and_sequence_heads() {
+    let Some(h) = pg().await else { return };
+    let [(a, ca), (b, _)] = two_tenants(&h).await;
+    let pool = h.store.pg_app_pool().unwrap();
+
+    let mut tx = app_tx(pool, Some(a.id), false).await;
+    for table in ["events", "event_receipts", "event_seq_heads"] {
+        let tenants: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT tenant_id FROM {table}"
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(tenants, vec![a.id], "{table}");
+    }
+    // B's rows cannot be changed: folding into them, rewinding the
+    // sequence or re-pointing receipts touches nothing.
+    for sql in [
+        "UPDATE events SET count = count + 1 WHERE tenant_id = $1",
+        "UPDATE event_seq_heads SET last_seq = 0 WHERE tenant_id = $1",
+        "UPDATE event_receipts SET event_id = gen_random_uuid() WHERE tenant_id = $1",
+        "DELETE FROM event_receipts WHERE tenant_id = $1",
+    ] {
+        let n = sqlx::query(sql)
+            .bind(b.id)
+            .execute(&mut *tx)
+            .await
+            .unwrap()
+            .rows_affected();
+        assert_eq!(n, 0, "{sql}");
+    }
+    tx.rollback().await.unwrap();
+
+    // Writing rows into B is refused by WITH CHECK.
+    let inserts = [
+        "INSERT INTO event_receipts (tenant_id, origin, source_event_id, event_id, received_at) \
+         VALUES ($1, 'webhook:x', 'd-1', gen_random_uuid(), now())",
+        "INSERT INTO event_seq_heads (tenant_id, last_seq, updated_at) VALUES ($1, 0, now()) \
+         ON CONFLICT (tenant_id) DO UPDATE SET last_seq = 0",
+        "INSERT INTO events (id, tenant_id, seq, origin, source_event_id, source, category, \
+         severity, type, fingerprint, detected_at, received_at, last_seen_at) \
+         VALUES (gen_random_uuid(), $1, 999, 'webhook:x', 'd-1', 'custom', 'security', 1, 't', \
+         'fp', now(), now(), now())",
+    ];
+    for sql in inserts {
+        let mut tx = app_tx(pool, Some(a.id), false).await;
+        refused(&mut tx, sqlx::query(sql).bind(b.id)).await;
+        tx.rollback().await.unwrap();
+    }
+    // Moving A's event into B is refused too.
+    let mut tx = app_tx(pool, Some(a.id), false).await;
+    refused(
+        &mut tx,
+        sqlx::query("UPDATE events SET tenant_id = $1, cluster_id = NULL WHERE cluster_id = $2")
+            .bind(b.id)
+            .bind(ca.id),
+    )
+    .await;
+    tx.rollback().await.unwrap();
+
+    // The store's own reads agree.
+    let mut tx = h.tx(&Scope::tenant(a.id, None)).await;
+    let events = tx.events().tail(0, 100).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].count, 2);
+    assert!(events.iter().all(|e| e.tenant_id == a.id));
 }

@@ -19,10 +19,11 @@ use crate::auth::{Auth, AuthError, Tokens};
 use crate::grpc::authorize::Authorized;
 use crate::proto::zen::auth::v1::{self as pb, auth_service_server::AuthService};
 
-/// Failed local logins allowed per account, and per client address, in [`FAILURE_WINDOW`].
-const MAX_FAILURES_PER_ACCOUNT: u64 = 5;
-const MAX_FAILURES_PER_ADDRESS: u64 = 30;
-const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Local login attempts allowed per account (reset by a success) and per client address in
+/// [`ATTEMPT_WINDOW`].
+const MAX_ATTEMPTS_PER_ACCOUNT: u64 = 5;
+const MAX_ATTEMPTS_PER_ADDRESS: u64 = 100;
+const ATTEMPT_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 pub struct AuthApi {
     auth: Arc<Auth>,
@@ -87,51 +88,38 @@ impl AuthApi {
         }
     }
 
-    /// Counts a failed local login; refuses once an account or address has failed too often.
-    async fn check_rate(&self, username: &str, address: &str) -> Result<(), Status> {
+    /// Counts a login attempt (atomically, before the password is checked, so concurrent
+    /// guesses cannot slip past the limit) and refuses once an account or an address has made
+    /// too many in the window. A successful login clears the account's count.
+    async fn count_attempt(&self, username: &str, address: &str) -> Result<(), Status> {
         for (key, limit) in [
+            (account_key(username), MAX_ATTEMPTS_PER_ACCOUNT),
             (
-                format!("login-failures:user:{username}"),
-                MAX_FAILURES_PER_ACCOUNT,
-            ),
-            (
-                format!("login-failures:addr:{address}"),
-                MAX_FAILURES_PER_ADDRESS,
+                format!("login-attempts:addr:{address}"),
+                MAX_ATTEMPTS_PER_ADDRESS,
             ),
         ] {
             let count = self
                 .cache
-                .get(&key)
+                .increment(&key, ATTEMPT_WINDOW)
                 .await
-                .map_err(cache_status)?
-                .and_then(|raw| String::from_utf8(raw).ok())
-                .and_then(|text| text.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            if count >= limit {
-                let mut details = ErrorDetails::with_retry_info(Some(FAILURE_WINDOW));
+                .map_err(cache_status)?;
+            if count > limit {
+                let mut details = ErrorDetails::with_retry_info(Some(ATTEMPT_WINDOW));
                 details.set_error_info("RATE_LIMITED", "zen", std::collections::HashMap::new());
                 return Err(Status::with_error_details(
                     Code::ResourceExhausted,
-                    "too many failed logins; try again later",
+                    "too many login attempts; try again later",
                     details,
                 ));
             }
         }
         Ok(())
     }
+}
 
-    async fn record_failure(&self, username: &str, address: &str) -> Result<(), Status> {
-        for key in [
-            format!("login-failures:user:{username}"),
-            format!("login-failures:addr:{address}"),
-        ] {
-            self.cache
-                .increment(&key, FAILURE_WINDOW)
-                .await
-                .map_err(cache_status)?;
-        }
-        Ok(())
-    }
+fn account_key(username: &str) -> String {
+    format!("login-attempts:user:{username}")
 }
 
 fn user_to_proto(user: &User) -> pb::User {
@@ -317,7 +305,7 @@ impl AuthService for AuthApi {
             .client_address
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
-        self.check_rate(&req.username, &address).await?;
+        self.count_attempt(&req.username, &address).await?;
         let user = {
             let mut tx = self
                 .store
@@ -334,7 +322,6 @@ impl AuthService for AuthApi {
                 .await
                 .unwrap_or(false);
         let Some(user) = user.filter(|_| verified) else {
-            self.record_failure(&req.username, &address).await?;
             let mut record = call.audit(
                 "auth.login",
                 "user",
@@ -349,6 +336,7 @@ impl AuthService for AuthApi {
                 "invalid username or password",
             ));
         };
+        let _ = self.cache.delete(&account_key(&req.username)).await;
         let token = self.login(&call, &user, "local").await?;
         Ok(Response::new(pb::LocalLoginResponse {
             token: Some(token),

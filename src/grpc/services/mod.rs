@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod ingest;
 pub mod support;
 pub mod tenancy;
 
@@ -19,6 +20,7 @@ use zen_store::Store;
 
 pub use audit::AuditApi;
 pub use auth::AuthApi;
+pub use ingest::{IngestApi, IngestSettings};
 pub use tenancy::TenancyApi;
 
 use crate::auth::Auth;
@@ -30,21 +32,19 @@ pub struct Dependencies {
     pub auth: Arc<Auth>,
     pub oidc: Option<Oidc>,
     pub local_login: bool,
+    /// Signs agent certificates; `None` turns enrollment off.
+    pub ca: Option<Arc<zen_security::CertificateAuthority>>,
+    pub ingest: IngestSettings,
 }
 
 use crate::proto::zen;
 use zen::audit::v1::audit_service_server::AuditServiceServer;
 use zen::auth::v1::auth_service_server::AuthServiceServer;
-use zen::ingest::v1::ingest_service_server::{IngestService, IngestServiceServer};
+use zen::ingest::v1::ingest_service_server::IngestServiceServer;
 use zen::remediation::v1::remediation_service_server::{
     RemediationService, RemediationServiceServer,
 };
 use zen::tenancy::v1::tenancy_service_server::TenancyServiceServer;
-
-/// `zen.ingest.v1.IngestService`: not implemented yet.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IngestApi;
-impl IngestService for IngestApi {}
 
 /// `zen.remediation.v1.RemediationService`: not implemented yet.
 #[derive(Clone, Copy, Debug, Default)]
@@ -67,12 +67,17 @@ pub fn register<L>(router: Router<L>, deps: Dependencies) -> Router<L> {
         .add_service(AuthServiceServer::new(AuthApi::new(
             deps.auth,
             store.clone(),
-            deps.cache,
+            deps.cache.clone(),
             deps.oidc,
             deps.local_login,
         )))
         .add_service(TenancyServiceServer::new(TenancyApi::new(store.clone())))
-        .add_service(IngestServiceServer::new(IngestApi))
+        .add_service(IngestServiceServer::new(IngestApi::new(
+            store.clone(),
+            deps.cache,
+            deps.ca,
+            deps.ingest,
+        )))
         .add_service(RemediationServiceServer::new(RemediationApi))
         .add_service(AuditServiceServer::new(AuditApi::new(store)))
 }

@@ -3,6 +3,7 @@
 
 mod audit;
 mod clusters;
+pub(crate) mod events;
 mod members;
 mod tenants;
 mod tokens;
@@ -204,7 +205,7 @@ impl SqlTx {
         })
     }
 
-    /// `id` is the scope's tenant, or the caller is platform admin.    /// `id` is the scope's tenant, or the caller is platform admin.
+    /// `id` is the scope's tenant, or the caller is platform admin.
     fn check_tenant(&self, id: Uuid) -> Result<()> {
         if self.scope.platform_admin || self.scope.tenant_id == Some(id) {
             Ok(())
@@ -238,6 +239,9 @@ impl Tx for SqlTx {
         self
     }
     fn audit(&mut self) -> &mut dyn AuditRepo {
+        self
+    }
+    fn events(&mut self) -> &mut dyn EventRepo {
         self
     }
     async fn commit(self: Box<Self>) -> Result<()> {

@@ -1,0 +1,668 @@
+//! Security events: batched, idempotent, folding ingestion; lists; the tail
+//! watchers follow.
+//!
+//! One `ingest` call is a fixed number of statements whatever the batch size
+//! (each batch-wide statement binds whole columns, see [`Rows`]):
+//!
+//! 1. lock the tenant's `event_seq_heads` row and allocate seqs (one per
+//!    (origin, fingerprint) group of the batch, an upper bound);
+//! 2. look the batch's (origin, source_event_id) keys up in `event_receipts`
+//!    (resends: `Duplicate`);
+//! 3. look up the fold target of each remaining (origin, fingerprint) group:
+//!    its latest row with `last_seen_at >= now - fold_window`;
+//! 4. `UPDATE` the fold targets (count, last_seen_at, details, seq);
+//! 5. `INSERT` the new rows;
+//! 6. `INSERT` the receipts of every new key.
+//!
+//! The head row lock of step 1 is held to the commit, so a tenant's ingest
+//! transactions run one after the other from step 1 on. That makes steps
+//! 2-6 free of races (no second row for a fingerprint, no double count of a
+//! resend racing its original) and makes seqs become visible in increasing
+//! order, which is what lets watchers follow `seq > n` without missing rows.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Datelike, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{Keyset, SqlTx};
+use crate::db::{args, micros, Column, Row, Rows, Sql};
+use crate::error::{Result, StoreError};
+use crate::model::*;
+use crate::page::{Page, PageRequest};
+use crate::repo::EventRepo;
+use crate::validate;
+
+/// Most events one `ingest` call takes.
+pub const MAX_INGEST_BATCH: usize = 10_000;
+/// Most events one `tail` call returns; larger limits are clamped.
+pub const MAX_TAIL_LIMIT: i64 = 1_000;
+
+const MAX_ID: usize = 256;
+const MAX_TEXT: usize = 1024;
+const MAX_RESOURCE_BYTES: usize = 16 * 1024;
+const MAX_DETAILS_BYTES: usize = 256 * 1024;
+
+macro_rules! event_cols {
+    () => {
+        "id, tenant_id, cluster_id, seq, source_event_id, source, source_name, category, \
+         severity, type, title, resource, details, fingerprint, count, detected_at, \
+         received_at, last_seen_at"
+    };
+}
+
+fn event_from(r: &Row) -> Result<Event> {
+    Ok(Event {
+        id: r.uuid("id")?,
+        tenant_id: r.uuid("tenant_id")?,
+        cluster_id: r.opt_uuid("cluster_id")?,
+        seq: r.get("seq")?,
+        source_event_id: r.text("source_event_id")?,
+        source: r.text("source")?,
+        source_name: r.opt_text("source_name")?,
+        category: r.text("category")?,
+        severity: r.get("severity")?,
+        event_type: r.text("type")?,
+        title: r.text("title")?,
+        resource: r.json("resource")?,
+        details: r.json("details")?,
+        fingerprint: r.text("fingerprint")?,
+        count: r.get("count")?,
+        detected_at: r.ts("detected_at")?,
+        received_at: r.ts("received_at")?,
+        last_seen_at: r.ts("last_seen_at")?,
+    })
+}
+
+/// An input event, checked, with what the statements need.
+struct Checked<'a> {
+    event: &'a NewEvent,
+    origin: String,
+    resource: String,
+    details: String,
+    detected_at: DateTime<Utc>,
+}
+
+/// `Invalid { field }` naming the event's position in the batch.
+fn at(i: usize, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Invalid { field, reason } => {
+            StoreError::invalid(field, format!("event {i}: {reason}"))
+        }
+        other => other,
+    }
+}
+
+fn one_of(field: &'static str, v: &str, allowed: &[&str]) -> Result<()> {
+    if allowed.contains(&v) {
+        Ok(())
+    } else {
+        Err(StoreError::invalid(
+            field,
+            format!("must be one of {}", allowed.join(", ")),
+        ))
+    }
+}
+
+fn severity(field: &'static str, v: i16) -> Result<()> {
+    if (1..=5).contains(&v) {
+        Ok(())
+    } else {
+        Err(StoreError::invalid(
+            field,
+            "must be 1 (info) to 5 (critical)",
+        ))
+    }
+}
+
+/// Years 1970-9999: within both backends' range, and SQLite's fixed-width
+/// text form keeps sorting as time.
+fn timestamp(field: &'static str, t: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    if (1970..=9999).contains(&t.year()) {
+        Ok(micros(t))
+    } else {
+        Err(StoreError::invalid(field, "must be in the years 1970-9999"))
+    }
+}
+
+/// A JSON object (`null` → `{}`), serialized, at most `max` bytes, without
+/// NUL characters (PostgreSQL's `jsonb` refuses `\u0000`).
+fn json_object(field: &'static str, v: &Value, max: usize) -> Result<String> {
+    let text = match v {
+        Value::Null => return Ok("{}".to_owned()),
+        Value::Object(_) => v.to_string(),
+        _ => return Err(StoreError::invalid(field, "must be a JSON object")),
+    };
+    if text.len() > max {
+        return Err(StoreError::invalid(
+            field,
+            format!("must be at most {max} bytes serialized"),
+        ));
+    }
+    if text.contains("\\u0000") {
+        return Err(StoreError::invalid(
+            field,
+            "must not contain NUL characters",
+        ));
+    }
+    Ok(text)
+}
+
+/// Who sent the event: its cluster (agents), or `webhook:<source_name>`
+/// (webhook sources, and every event whose source is `webhook`, even one
+/// attributed to a cluster).
+fn origin(cluster_id: Option<Uuid>, e: &NewEvent) -> Result<String> {
+    match cluster_id {
+        Some(c) if e.source != "webhook" => Ok(c.hyphenated().to_string()),
+        _ => match e.source_name.as_deref() {
+            Some(name) if !name.is_empty() => Ok(format!("webhook:{name}")),
+            _ => Err(StoreError::invalid(
+                "source_name",
+                "names the webhook source: required for webhook events",
+            )),
+        },
+    }
+}
+
+fn check(cluster_id: Option<Uuid>, e: &NewEvent) -> Result<Checked<'_>> {
+    validate::text("source_event_id", &e.source_event_id, MAX_ID, false)?;
+    one_of("source", &e.source, EVENT_SOURCES)?;
+    validate::opt_text("source_name", e.source_name.as_deref(), MAX_ID)?;
+    one_of("category", &e.category, EVENT_CATEGORIES)?;
+    severity("severity", e.severity)?;
+    validate::text("event_type", &e.event_type, MAX_TEXT, false)?;
+    validate::text("title", &e.title, MAX_TEXT, true)?;
+    validate::text("fingerprint", &e.fingerprint, MAX_ID, false)?;
+    Ok(Checked {
+        event: e,
+        origin: origin(cluster_id, e)?,
+        resource: json_object("resource", &e.resource, MAX_RESOURCE_BYTES)?,
+        details: json_object("details", &e.details, MAX_DETAILS_BYTES)?,
+        detected_at: timestamp("detected_at", e.detected_at)?,
+    })
+}
+
+/// The oldest `last_seen_at` a fold target may have.
+fn fold_cutoff(now: DateTime<Utc>, window: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(window)
+        .ok()
+        .and_then(|w| now.checked_sub_signed(w))
+        .map_or(DateTime::<Utc>::UNIX_EPOCH, |t| {
+            t.max(DateTime::<Utc>::UNIX_EPOCH)
+        })
+}
+
+/// One (origin, fingerprint) of the batch.
+struct Group {
+    /// The seq the group's row gets if anything new lands in it.
+    seq: i64,
+    /// Indexes of the group's events that are new (not duplicates).
+    fresh: Vec<usize>,
+}
+
+#[async_trait]
+impl EventRepo for SqlTx {
+    async fn ingest(
+        &mut self,
+        cluster_id: Option<Uuid>,
+        events: &[NewEvent],
+        fold_window: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<EventOutcome>> {
+        let tenant = self.tenant()?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        if events.len() > MAX_INGEST_BATCH {
+            return Err(StoreError::invalid(
+                "events",
+                format!("at most {MAX_INGEST_BATCH} events per batch"),
+            ));
+        }
+        let now = timestamp("now", now)?;
+        let cutoff = fold_cutoff(now, fold_window);
+        let checked = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| check(cluster_id, e).map_err(|err| at(i, err)))
+            .collect::<Result<Vec<_>>>()?;
+
+        // Keys and groups, in batch order. `first_of[i]` is the first event
+        // of the batch with event i's (origin, source_event_id).
+        let mut key_index: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut first_of = Vec::with_capacity(checked.len());
+        let mut group_index: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut group_of = Vec::with_capacity(checked.len());
+        for (i, c) in checked.iter().enumerate() {
+            let first = *key_index
+                .entry((&c.origin, &c.event.source_event_id))
+                .or_insert(i);
+            first_of.push(first);
+            let n = group_index.len();
+            group_of.push(
+                *group_index
+                    .entry((&c.origin, &c.event.fingerprint))
+                    .or_insert(n),
+            );
+        }
+
+        // 1. Lock the tenant's sequence head and reserve one seq per group.
+        let groups = i64::try_from(group_index.len()).unwrap_or(i64::MAX);
+        let top: i64 = self
+            .conn
+            .fetch_one(
+                "INSERT INTO event_seq_heads (tenant_id, last_seq, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant_id) DO UPDATE \
+                 SET last_seq = event_seq_heads.last_seq + excluded.last_seq, \
+                     updated_at = excluded.updated_at \
+                 RETURNING last_seq",
+                args![tenant, groups, now],
+            )
+            .await
+            .map_err(|e| e.on_foreign_key("tenant"))?
+            .get("last_seq")?;
+        let mut groups: Vec<Group> = (0..groups)
+            .map(|g| Group {
+                seq: top - groups + 1 + g,
+                fresh: Vec::new(),
+            })
+            .collect();
+
+        // 2. Receipts of earlier deliveries.
+        let keys: Vec<usize> = (0..checked.len()).filter(|&i| first_of[i] == i).collect();
+        let mut sql =
+            Sql::new("SELECT k.i AS i, r.event_id AS event_id FROM event_receipts r JOIN ");
+        sql.rows(
+            self.conn.backend(),
+            "k",
+            Rows::new()
+                .col("i", Column::I64(keys.iter().map(|&i| i as i64).collect()))
+                .col(
+                    "origin",
+                    Column::Text(keys.iter().map(|&i| checked[i].origin.clone()).collect()),
+                )
+                .col(
+                    "source_event_id",
+                    Column::Text(
+                        keys.iter()
+                            .map(|&i| checked[i].event.source_event_id.clone())
+                            .collect(),
+                    ),
+                ),
+        )
+        .push(" ON r.origin = k.origin AND r.source_event_id = k.source_event_id WHERE r.tenant_id = ")
+        .bind(tenant);
+        let mut outcome: Vec<Option<EventOutcome>> = vec![None; checked.len()];
+        for row in self.conn.fetch_all(sql.text, sql.args).await? {
+            let i = usize::try_from(row.get::<i64>("i")?).unwrap_or(usize::MAX);
+            if let Some(slot) = outcome.get_mut(i) {
+                *slot = Some(EventOutcome::Duplicate {
+                    event_id: row.uuid("event_id")?,
+                });
+            }
+        }
+        for &i in &keys {
+            if outcome[i].is_none() {
+                groups[group_of[i]].fresh.push(i);
+            }
+        }
+        let live: Vec<usize> = (0..groups.len())
+            .filter(|&g| !groups[g].fresh.is_empty())
+            .collect();
+
+        // 3. Fold targets: the latest row of each group inside the window.
+        let mut target: HashMap<usize, Uuid> = HashMap::new();
+        if !live.is_empty() {
+            let mut sql =
+                Sql::new("SELECT k.g AS g, (SELECT e.id FROM events e WHERE e.tenant_id = ");
+            sql.bind(tenant)
+                .push(" AND e.origin = k.origin AND e.fingerprint = k.fingerprint AND e.last_seen_at >= ")
+                .bind(cutoff)
+                .push(" ORDER BY e.last_seen_at DESC LIMIT 1) AS id FROM ");
+            sql.rows(
+                self.conn.backend(),
+                "k",
+                Rows::new()
+                    .col("g", Column::I64(live.iter().map(|&g| g as i64).collect()))
+                    .col(
+                        "origin",
+                        Column::Text(
+                            live.iter()
+                                .map(|&g| checked[groups[g].fresh[0]].origin.clone())
+                                .collect(),
+                        ),
+                    )
+                    .col(
+                        "fingerprint",
+                        Column::Text(
+                            live.iter()
+                                .map(|&g| checked[groups[g].fresh[0]].event.fingerprint.clone())
+                                .collect(),
+                        ),
+                    ),
+            );
+            for row in self.conn.fetch_all(sql.text, sql.args).await? {
+                if let Some(id) = row.opt_uuid("id")? {
+                    target.insert(
+                        usize::try_from(row.get::<i64>("g")?).unwrap_or(usize::MAX),
+                        id,
+                    );
+                }
+            }
+        }
+
+        // Decide every fresh event's outcome; collect the writes. A group
+        // with a target folds into it; otherwise its first fresh event is a
+        // new row and the rest of the group folds into that.
+        let mut folds = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut inserts = Vec::new(); // (group, new event id)
+        for &g in &live {
+            let fresh = &groups[g].fresh;
+            let (id, mut first) = match target.get(&g) {
+                Some(&id) => {
+                    folds.0.push(id);
+                    folds.1.push(fresh.len() as i64);
+                    folds.2.push(groups[g].seq);
+                    folds
+                        .3
+                        .push(checked[fresh[fresh.len() - 1]].details.clone());
+                    (id, EventOutcome::Folded { event_id: id })
+                }
+                None => {
+                    let id = Uuid::now_v7();
+                    inserts.push((g, id));
+                    (id, EventOutcome::Accepted { event_id: id })
+                }
+            };
+            for &i in fresh {
+                outcome[i] = Some(first);
+                first = EventOutcome::Folded { event_id: id };
+            }
+        }
+
+        // 4. Fold into existing rows.
+        if !folds.0.is_empty() {
+            let mut sql = Sql::new("UPDATE events SET count = events.count + k.add_n, seq = k.seq, details = k.details, last_seen_at = CASE WHEN events.last_seen_at > ");
+            sql.bind(now)
+                .push(" THEN events.last_seen_at ELSE ")
+                .bind(now)
+                .push(" END FROM ");
+            sql.rows(
+                self.conn.backend(),
+                "k",
+                Rows::new()
+                    .col("id", Column::Uuid(folds.0))
+                    .col("add_n", Column::I64(folds.1))
+                    .col("seq", Column::I64(folds.2))
+                    .col("details", Column::Json(folds.3)),
+            )
+            .push(" WHERE events.tenant_id = ")
+            .bind(tenant)
+            .push(" AND events.id = k.id");
+            self.conn.execute(sql.text, sql.args).await?;
+        }
+
+        // 5. New rows: the first fresh occurrence's fields, the latest one's
+        //    details, one count per fresh occurrence.
+        if !inserts.is_empty() {
+            let first = |g: usize| &checked[groups[g].fresh[0]];
+            let mut sql = Sql::new(concat!(
+                "INSERT INTO events (",
+                event_cols!(),
+                ", origin) SELECT k.id, "
+            ));
+            sql.bind(tenant)
+                .push(
+                    ", k.cluster_id, k.seq, k.source_event_id, k.source, k.source_name, \
+                     k.category, k.severity, k.type, k.title, k.resource, k.details, \
+                     k.fingerprint, k.count, k.detected_at, ",
+                )
+                .bind(now)
+                .push(", ")
+                .bind(now)
+                .push(", k.origin FROM ");
+            let texts = |f: &dyn Fn(&Checked) -> String| {
+                Column::Text(inserts.iter().map(|&(g, _)| f(first(g))).collect())
+            };
+            sql.rows(
+                self.conn.backend(),
+                "k",
+                Rows::new()
+                    .col(
+                        "id",
+                        Column::Uuid(inserts.iter().map(|&(_, id)| id).collect()),
+                    )
+                    .col(
+                        "cluster_id",
+                        Column::OptUuid(inserts.iter().map(|_| cluster_id).collect()),
+                    )
+                    .col(
+                        "seq",
+                        Column::I64(inserts.iter().map(|&(g, _)| groups[g].seq).collect()),
+                    )
+                    .col(
+                        "source_event_id",
+                        texts(&|c| c.event.source_event_id.clone()),
+                    )
+                    .col("source", texts(&|c| c.event.source.clone()))
+                    .col(
+                        "source_name",
+                        Column::OptText(
+                            inserts
+                                .iter()
+                                .map(|&(g, _)| first(g).event.source_name.clone())
+                                .collect(),
+                        ),
+                    )
+                    .col("category", texts(&|c| c.event.category.clone()))
+                    .col(
+                        "severity",
+                        Column::I16(
+                            inserts
+                                .iter()
+                                .map(|&(g, _)| first(g).event.severity)
+                                .collect(),
+                        ),
+                    )
+                    .col("type", texts(&|c| c.event.event_type.clone()))
+                    .col("title", texts(&|c| c.event.title.clone()))
+                    .col(
+                        "resource",
+                        Column::Json(
+                            inserts
+                                .iter()
+                                .map(|&(g, _)| first(g).resource.clone())
+                                .collect(),
+                        ),
+                    )
+                    .col(
+                        "details",
+                        Column::Json(
+                            inserts
+                                .iter()
+                                .map(|&(g, _)| {
+                                    let fresh = &groups[g].fresh;
+                                    checked[fresh[fresh.len() - 1]].details.clone()
+                                })
+                                .collect(),
+                        ),
+                    )
+                    .col("fingerprint", texts(&|c| c.event.fingerprint.clone()))
+                    .col(
+                        "count",
+                        Column::I64(
+                            inserts
+                                .iter()
+                                .map(|&(g, _)| groups[g].fresh.len() as i64)
+                                .collect(),
+                        ),
+                    )
+                    .col(
+                        "detected_at",
+                        Column::Ts(inserts.iter().map(|&(g, _)| first(g).detected_at).collect()),
+                    )
+                    .col("origin", texts(&|c| c.origin.clone())),
+            );
+            self.conn
+                .execute(sql.text, sql.args)
+                .await
+                .map_err(|e| e.on_foreign_key("cluster"))?;
+        }
+
+        // 6. Receipts of every fresh key.
+        let fresh: Vec<usize> = live
+            .iter()
+            .flat_map(|&g| groups[g].fresh.iter().copied())
+            .collect();
+        if !fresh.is_empty() {
+            let mut sql = Sql::new(
+                "INSERT INTO event_receipts (tenant_id, origin, source_event_id, event_id, received_at) SELECT ",
+            );
+            sql.bind(tenant)
+                .push(", k.origin, k.source_event_id, k.event_id, ")
+                .bind(now)
+                .push(" FROM ");
+            sql.rows(
+                self.conn.backend(),
+                "k",
+                Rows::new()
+                    .col(
+                        "origin",
+                        Column::Text(fresh.iter().map(|&i| checked[i].origin.clone()).collect()),
+                    )
+                    .col(
+                        "source_event_id",
+                        Column::Text(
+                            fresh
+                                .iter()
+                                .map(|&i| checked[i].event.source_event_id.clone())
+                                .collect(),
+                        ),
+                    )
+                    .col(
+                        "event_id",
+                        Column::Uuid(
+                            fresh
+                                .iter()
+                                .map(|&i| outcome[i].map_or(Uuid::nil(), |o| o.event_id()))
+                                .collect(),
+                        ),
+                    ),
+            );
+            self.conn.execute(sql.text, sql.args).await?;
+        }
+
+        // Duplicates inside the batch answer like their first delivery.
+        let mut out = Vec::with_capacity(checked.len());
+        for i in 0..checked.len() {
+            let o = match outcome[first_of[i]] {
+                Some(o) if first_of[i] == i => o,
+                Some(o) => EventOutcome::Duplicate {
+                    event_id: o.event_id(),
+                },
+                None => {
+                    return Err(StoreError::Database(sqlx::Error::Protocol(
+                        "ingest left an event without an outcome".into(),
+                    )))
+                }
+            };
+            out.push(o);
+        }
+        Ok(out)
+    }
+
+    async fn get(&mut self, id: Uuid) -> Result<Event> {
+        let tenant = self.tenant()?;
+        self.one(
+            concat!(
+                "SELECT ",
+                event_cols!(),
+                " FROM events WHERE tenant_id = $1 AND id = $2"
+            ),
+            args![tenant, id],
+            "event",
+            event_from,
+        )
+        .await
+    }
+
+    async fn list(&mut self, filter: &EventFilter, page: &PageRequest) -> Result<Page<Event>> {
+        let tenant = self.tenant()?;
+        let mut sql = Sql::new(concat!(
+            "SELECT ",
+            event_cols!(),
+            " FROM events WHERE tenant_id = "
+        ));
+        sql.bind(tenant);
+        if let Some(c) = filter.cluster_id {
+            sql.push(" AND cluster_id = ").bind(c);
+        }
+        if let Some(s) = &filter.source {
+            one_of("source", s, EVENT_SOURCES)?;
+            sql.push(" AND source = ").bind(s.as_str());
+        }
+        if let Some(c) = &filter.category {
+            one_of("category", c, EVENT_CATEGORIES)?;
+            sql.push(" AND category = ").bind(c.as_str());
+        }
+        if let Some(s) = filter.min_severity {
+            severity("min_severity", s)?;
+            sql.push(" AND severity >= ").bind(i32::from(s));
+        }
+        if let Some(t) = &filter.event_type {
+            sql.push(" AND type = ").bind(t.as_str());
+        }
+        if let Some(n) = &filter.source_name {
+            sql.push(" AND source_name = ").bind(n.as_str());
+        }
+        if let Some(t) = filter.since {
+            sql.push(" AND received_at >= ").bind(micros(t));
+        }
+        if let Some(t) = filter.until {
+            sql.push(" AND received_at < ").bind(micros(t));
+        }
+        self.keyset_page(
+            sql,
+            page,
+            Keyset {
+                time: "received_at",
+                id: "id",
+                descending: true,
+            },
+            event_from,
+            |e| (e.received_at, e.id),
+        )
+        .await
+    }
+
+    async fn tail(&mut self, after_seq: i64, limit: i64) -> Result<Vec<Event>> {
+        let tenant = self.tenant()?;
+        if limit < 1 {
+            return Err(StoreError::invalid("limit", "must be at least 1"));
+        }
+        self.all(
+            concat!(
+                "SELECT ",
+                event_cols!(),
+                " FROM events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            ),
+            args![tenant, after_seq, limit.min(MAX_TAIL_LIMIT)],
+            event_from,
+        )
+        .await
+    }
+
+    async fn last_seq(&mut self) -> Result<i64> {
+        let tenant = self.tenant()?;
+        self.one(
+            "SELECT COALESCE(MAX(seq), 0) AS n FROM events WHERE tenant_id = $1",
+            args![tenant],
+            "tenant",
+            |r| r.get("n"),
+        )
+        .await
+    }
+}

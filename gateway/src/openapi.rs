@@ -1,0 +1,704 @@
+//! The OpenAPI 3.1 document generated from the routes and descriptors: paths and operations
+//! from the http rules, schemas from the messages (proto3 JSON types), descriptions from the
+//! proto comments, `required` / `readOnly` / `writeOnly` from field behaviours, and the
+//! problem document for every error response.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use prost_reflect::{DescriptorPool, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
+use serde_json::{json, Map, Value as Json};
+
+use crate::routes::{is_http_body, BodyBinding, Route, FIELD_BEHAVIOR_EXT, HTTP_BODY};
+use crate::transcode::Behaviors;
+use crate::GatewayConfig;
+
+const INPUT_ONLY: i32 = 4;
+const STANDARD_METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// Leading comments of descriptors, by (file, path).
+struct Comments {
+    by_file: HashMap<String, HashMap<Vec<i32>, String>>,
+}
+
+impl Comments {
+    fn new(pool: &DescriptorPool) -> Self {
+        let mut by_file = HashMap::new();
+        for file in pool.files() {
+            let mut map = HashMap::new();
+            if let Some(info) = &file.file_descriptor_proto().source_code_info {
+                for loc in &info.location {
+                    if let Some(c) = &loc.leading_comments {
+                        let text = c
+                            .lines()
+                            .map(str::trim)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                            .trim()
+                            .to_owned();
+                        if !text.is_empty() {
+                            map.insert(loc.path.clone(), text);
+                        }
+                    }
+                }
+            }
+            by_file.insert(file.name().to_owned(), map);
+        }
+        Self { by_file }
+    }
+
+    fn get(&self, file: &str, path: &[i32]) -> Option<&str> {
+        self.by_file.get(file)?.get(path).map(String::as_str)
+    }
+}
+
+struct Builder<'a> {
+    comments: Comments,
+    behaviors: &'a Behaviors,
+    input_only: BTreeSet<String>,
+    schemas: BTreeMap<String, Json>,
+    pending: Vec<MessageDescriptor>,
+}
+
+pub(crate) fn document(
+    pool: &DescriptorPool,
+    routes: &[Route],
+    behaviors: &Behaviors,
+    config: &GatewayConfig,
+    versions: &[String],
+) -> Json {
+    let mut b = Builder {
+        comments: Comments::new(pool),
+        behaviors,
+        input_only: input_only_fields(pool),
+        schemas: BTreeMap::new(),
+        pending: Vec::new(),
+    };
+    let mut ordered: Vec<&Route> = routes.iter().collect();
+    ordered.sort_by_key(|r| r.index);
+
+    let mut paths: BTreeMap<String, Map<String, Json>> = BTreeMap::new();
+    // OpenAPI forbids two templated paths that differ only in parameter names: routes of the
+    // same shape share the first spelling seen.
+    let mut shapes: HashMap<String, (String, Vec<String>)> = HashMap::new();
+    let mut operation_ids: HashMap<String, usize> = HashMap::new();
+    for route in ordered {
+        let own_path = route.template.openapi_path();
+        let own_names: Vec<String> = route
+            .template
+            .variables
+            .iter()
+            .map(|v| v.field_path.join("."))
+            .collect();
+        let shape = shape_of(&own_path);
+        let (path, names) = shapes
+            .entry(shape)
+            .or_insert_with(|| (own_path.clone(), own_names.clone()))
+            .clone();
+        let base_id = format!(
+            "{}_{}",
+            route.method.parent_service().name(),
+            route.method.name()
+        );
+        let n = operation_ids.entry(base_id.clone()).or_insert(0);
+        let operation_id = if *n == 0 {
+            base_id
+        } else {
+            format!("{base_id}_{n}")
+        };
+        *n += 1;
+        let op = b.operation(route, &operation_id, &names);
+        let item = paths.entry(path).or_default();
+        let method = route.info.http_method.to_ascii_lowercase();
+        if STANDARD_METHODS.contains(&method.as_str()) {
+            item.insert(method, op);
+        } else {
+            // OpenAPI 3.1 has no custom methods: they are listed under an extension.
+            let custom = item.entry("x-custom-methods").or_insert_with(|| json!({}));
+            custom[route.info.http_method.as_str()] = op;
+        }
+    }
+
+    while let Some(desc) = b.pending.pop() {
+        if !b.schemas.contains_key(desc.full_name()) {
+            let schema = b.message_schema(&desc);
+            b.schemas.insert(desc.full_name().to_owned(), schema);
+        }
+    }
+    let mut schemas: Map<String, Json> = b.schemas.into_iter().collect();
+    schemas.insert("Problem".into(), problem_schema());
+
+    let version_schema = if versions.is_empty() {
+        json!({"type": "string"})
+    } else {
+        json!({"type": "string", "enum": versions})
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": config.api_title,
+            "version": config.api_version,
+            "description": "Generated from the contracts' google.api.http rules. Errors are RFC 9457 problem documents (application/problem+json).",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+            "parameters": {
+                "ContractVersion": {
+                    "name": "X-Zen-Contract-Version", "in": "header", "required": false,
+                    "description": "Contract version to use; the newest supported one when absent.",
+                    "schema": version_schema
+                },
+                "RequestId": {
+                    "name": "X-Request-Id", "in": "header", "required": false,
+                    "description": "Request id, echoed in the response; generated when absent.",
+                    "schema": request_id_schema()
+                },
+                "RequestIdRequired": {
+                    "name": "X-Request-Id", "in": "header", "required": true,
+                    "description": "Idempotency key of this mutating call: the same id and request within 24 h replays the first response (Idempotent-Replayed: true); the same id with another request is 409.",
+                    "schema": request_id_schema()
+                },
+                "TenantId": {
+                    "name": "X-Tenant-Id", "in": "header", "required": false,
+                    "description": "When present, must equal the addressed tenant and the caller's tenant.",
+                    "schema": {"type": "string"}
+                }
+            },
+            "responses": {
+                "Problem": {
+                    "description": "An error, as an RFC 9457 problem document.",
+                    "headers": {
+                        "X-Request-Id": {"schema": {"type": "string"}},
+                        "Retry-After": {"description": "Seconds to wait (429, 503).", "schema": {"type": "integer"}}
+                    },
+                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+                }
+            }
+        },
+        "security": [{"bearer": []}],
+    })
+}
+
+fn request_id_schema() -> Json {
+    json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._:-]{1,128}$"})
+}
+
+fn shape_of(path: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                depth += 1;
+                out.push_str("{}");
+            }
+            '}' => depth -= 1,
+            _ if depth > 0 => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn input_only_fields(pool: &DescriptorPool) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let Some(ext) = pool.get_extension_by_name(FIELD_BEHAVIOR_EXT) else {
+        return out;
+    };
+    for message in pool.all_messages() {
+        for field in message.fields() {
+            let options = field.options();
+            if options.has_extension(&ext) {
+                if let prost_reflect::Value::List(l) = options.get_extension(&ext).as_ref() {
+                    if l.iter().any(|v| v.as_enum_number() == Some(INPUT_ONLY)) {
+                        out.insert(field.full_name().to_owned());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn problem_schema() -> Json {
+    json!({
+        "type": "object",
+        "description": "RFC 9457 problem details, extended with the gRPC code, the google.rpc.ErrorInfo reason and metadata, and google.rpc.BadRequest field violations.",
+        "required": ["type", "title", "status", "detail", "code"],
+        "properties": {
+            "type": {"type": "string", "description": "https://zen.dev/problems/<reason-or-code>"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "instance": {"type": "string", "description": "The request id."},
+            "code": {"type": "string", "enum": [
+                "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+                "UNAUTHENTICATED"]},
+            "reason": {"type": "string"},
+            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["field", "message"],
+                    "properties": {
+                        "field": {"type": "string", "description": "JSON (lowerCamelCase) field path."},
+                        "message": {"type": "string"}
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn problem_ref() -> Json {
+    json!({"$ref": "#/components/responses/Problem"})
+}
+
+impl Builder<'_> {
+    fn describe(&self, file: &str, path: &[i32]) -> Option<String> {
+        self.comments.get(file, path).map(str::to_owned)
+    }
+
+    fn message_ref(&mut self, desc: &MessageDescriptor) -> Json {
+        if let Some(s) = wkt_schema(desc) {
+            return s;
+        }
+        if !self.schemas.contains_key(desc.full_name())
+            && !self
+                .pending
+                .iter()
+                .any(|p| p.full_name() == desc.full_name())
+        {
+            self.pending.push(desc.clone());
+        }
+        json!({"$ref": format!("#/components/schemas/{}", desc.full_name())})
+    }
+
+    fn enum_schema(&self, desc: &EnumDescriptor) -> Json {
+        let names: Vec<String> = desc.values().map(|v| v.name().to_owned()).collect();
+        let mut s = json!({"type": "string", "enum": names});
+        let mut doc = self
+            .describe(desc.parent_file().name(), desc.path())
+            .unwrap_or_default();
+        let values: Vec<String> = desc
+            .values()
+            .filter_map(|v| {
+                self.describe(v.parent_file().name(), v.path())
+                    .map(|c| format!("- `{}`: {}", v.name(), c.replace('\n', " ")))
+            })
+            .collect();
+        if !values.is_empty() {
+            if !doc.is_empty() {
+                doc.push_str("\n\n");
+            }
+            doc.push_str(&values.join("\n"));
+        }
+        if !doc.is_empty() {
+            s["description"] = Json::String(doc);
+        }
+        s
+    }
+
+    fn kind_schema(&mut self, kind: &Kind) -> Json {
+        match kind {
+            Kind::Double => json!({"type": "number", "format": "double"}),
+            Kind::Float => json!({"type": "number", "format": "float"}),
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+                json!({"type": "integer", "format": "int32"})
+            }
+            Kind::Uint32 | Kind::Fixed32 => {
+                json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64})
+            }
+            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+                json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"})
+            }
+            Kind::Uint64 | Kind::Fixed64 => {
+                json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"})
+            }
+            Kind::Bool => json!({"type": "boolean"}),
+            Kind::String => json!({"type": "string"}),
+            Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
+            Kind::Enum(e) => {
+                if !self.schemas.contains_key(e.full_name()) {
+                    let schema = self.enum_schema(e);
+                    self.schemas.insert(e.full_name().to_owned(), schema);
+                }
+                json!({"$ref": format!("#/components/schemas/{}", e.full_name())})
+            }
+            Kind::Message(m) => self.message_ref(m),
+        }
+    }
+
+    fn field_schema(&mut self, field: &FieldDescriptor) -> Json {
+        let mut schema = if field.is_map() {
+            let Kind::Message(entry) = field.kind() else {
+                unreachable!("map fields are entry messages")
+            };
+            let value = self.kind_schema(&entry.map_entry_value_field().kind());
+            json!({"type": "object", "additionalProperties": value})
+        } else if field.is_list() {
+            json!({"type": "array", "items": self.kind_schema(&field.kind())})
+        } else {
+            self.kind_schema(&field.kind())
+        };
+        let mut doc = self
+            .describe(field.parent_file().name(), field.path())
+            .unwrap_or_default();
+        if let Some(oneof) = field.containing_oneof().filter(|o| !o.is_synthetic()) {
+            let members: Vec<String> = oneof
+                .fields()
+                .map(|f| format!("`{}`", f.json_name()))
+                .collect();
+            if !doc.is_empty() {
+                doc.push_str("\n\n");
+            }
+            doc.push_str(&format!(
+                "Part of oneof `{}`: at most one of {} is set.",
+                oneof.name(),
+                members.join(", ")
+            ));
+        }
+        if let Json::Object(obj) = &mut schema {
+            if !doc.is_empty() {
+                obj.insert("description".into(), Json::String(doc));
+            }
+            if self.behaviors.is_output_only(field) {
+                obj.insert("readOnly".into(), Json::Bool(true));
+            }
+            if self.input_only.contains(field.full_name()) {
+                obj.insert("writeOnly".into(), Json::Bool(true));
+            }
+        }
+        schema
+    }
+
+    fn message_schema(&mut self, desc: &MessageDescriptor) -> Json {
+        self.message_schema_except(desc, &[])
+    }
+
+    /// A message's schema without some top-level fields (those bound by the path).
+    fn message_schema_except(&mut self, desc: &MessageDescriptor, skip: &[u32]) -> Json {
+        let mut properties = Map::new();
+        let mut required = Vec::new();
+        for field in desc.fields() {
+            if skip.contains(&field.number()) {
+                continue;
+            }
+            let schema = self.field_schema(&field);
+            properties.insert(field.json_name().to_owned(), schema);
+            if self.behaviors.is_required(&field) && field.containing_oneof().is_none() {
+                required.push(Json::String(field.json_name().to_owned()));
+            }
+        }
+        let mut schema = json!({"type": "object", "properties": properties});
+        if !required.is_empty() {
+            schema["required"] = Json::Array(required);
+        }
+        if let Some(doc) = self.describe(desc.parent_file().name(), desc.path()) {
+            schema["description"] = Json::String(doc);
+        }
+        schema
+    }
+
+    fn operation(&mut self, route: &Route, operation_id: &str, names: &[String]) -> Json {
+        let method = &route.method;
+        let input = method.input();
+        let doc = self
+            .describe(method.parent_file().name(), method.path())
+            .unwrap_or_default();
+        let summary = doc
+            .split("\n\n")
+            .next()
+            .unwrap_or_default()
+            .replace('\n', " ");
+        let mut params = Vec::new();
+        // Path parameters.
+        let mut bound_top: Vec<u32> = Vec::new();
+        let mut bound_paths: Vec<Vec<u32>> = Vec::new();
+        for (i, var) in route.template.variables.iter().enumerate() {
+            let field = crate::routes::resolve_path(&input, &var.field_path).ok();
+            let mut schema = match &field {
+                Some(f) => self.kind_schema(&f.kind()),
+                None => json!({"type": "string"}),
+            };
+            let pattern = route.template.variable_pattern(var);
+            let mut description = field
+                .as_ref()
+                .and_then(|f| self.describe(f.parent_file().name(), f.path()))
+                .unwrap_or_default();
+            if pattern != "*" {
+                description.push_str(&format!(" Matches `{pattern}`."));
+            }
+            if let Json::Object(obj) = &mut schema {
+                obj.remove("description");
+                if pattern == "*" && obj.get("type") == Some(&json!("string")) {
+                    obj.insert("pattern".into(), json!("^[^/]+$"));
+                }
+            }
+            params.push(json!({
+                "name": names.get(i).cloned().unwrap_or_else(|| var.field_path.join(".")),
+                "in": "path",
+                "required": true,
+                "description": description.trim(),
+                "schema": schema,
+            }));
+            let numbers = numbers_of(&input, &var.field_path);
+            if let Some(first) = numbers.first() {
+                bound_top.push(*first);
+            }
+            bound_paths.push(numbers);
+        }
+        // Query parameters: unbound scalar leaves.
+        if !matches!(route.body, BodyBinding::All) {
+            let body_number = match &route.body {
+                BodyBinding::Field(f) => Some(f.number()),
+                _ => None,
+            };
+            let mut leaves = Vec::new();
+            collect_query_leaves(&input, "", &[], 0, &mut leaves);
+            for (name, numbers, field) in leaves {
+                if Some(numbers[0]) == body_number
+                    || bound_paths.iter().any(|b| numbers.starts_with(b))
+                    || route.headers_field.as_ref().map(|f| f.number()) == Some(numbers[0])
+                    || self.behaviors.is_output_only(&field)
+                {
+                    continue;
+                }
+                let mut schema = self.field_schema(&field);
+                let description = schema
+                    .as_object_mut()
+                    .and_then(|o| o.remove("description"))
+                    .unwrap_or(Json::String(String::new()));
+                if let Json::Object(o) = &mut schema {
+                    o.remove("readOnly");
+                    o.remove("writeOnly");
+                }
+                params.push(json!({
+                    "name": name,
+                    "in": "query",
+                    "required": false,
+                    "description": description,
+                    "schema": schema,
+                }));
+            }
+        }
+        params.push(json!({"$ref": "#/components/parameters/ContractVersion"}));
+        params.push(if route.info.mutating {
+            json!({"$ref": "#/components/parameters/RequestIdRequired"})
+        } else {
+            json!({"$ref": "#/components/parameters/RequestId"})
+        });
+        params.push(json!({"$ref": "#/components/parameters/TenantId"}));
+
+        let mut op = json!({
+            "operationId": operation_id,
+            "tags": [method.parent_service().name()],
+            "parameters": params,
+            "x-grpc-method": route.info.grpc_path,
+        });
+        if !summary.is_empty() {
+            op["summary"] = Json::String(summary);
+        }
+        if !doc.is_empty() {
+            op["description"] = Json::String(doc);
+        }
+        // Request body.
+        let body = match &route.body {
+            BodyBinding::None => None,
+            BodyBinding::All if input.full_name() == HTTP_BODY => Some(raw_body()),
+            BodyBinding::All => {
+                let mut skip = bound_top.clone();
+                if let Some(f) = &route.headers_field {
+                    skip.push(f.number());
+                }
+                let schema = if skip.is_empty() {
+                    self.message_ref(&input)
+                } else {
+                    self.message_schema_except(&input, &skip)
+                };
+                Some(json_body(schema))
+            }
+            BodyBinding::Field(f) if is_http_body(f) => Some(raw_body()),
+            BodyBinding::Field(f) => {
+                let mut schema = self.field_schema(f);
+                if let Json::Object(o) = &mut schema {
+                    o.remove("readOnly");
+                }
+                Some(json_body(schema))
+            }
+        };
+        if let Some(body) = body {
+            op["requestBody"] = body;
+        }
+        // Responses.
+        let output = method.output();
+        let success_schema = match &route.response_body {
+            Some(f) if is_http_body(f) => None,
+            Some(f) => Some(self.field_schema(f)),
+            None if output.full_name() == HTTP_BODY => None,
+            None => Some(self.message_ref(&output)),
+        };
+        let mut responses = Map::new();
+        let ok = if route.info.server_streaming {
+            let item = success_schema.unwrap_or(json!({}));
+            json!({
+                "description": "A stream of messages: newline-delimited JSON (`{\"result\": ...}` per line, `{\"error\": <problem>}` last on failure), server-sent events with `Accept: text/event-stream`, or a WebSocket with an upgrade request.",
+                "content": {
+                    "application/x-ndjson": {"schema": {
+                        "type": "object",
+                        "properties": {"result": item, "error": {"$ref": "#/components/schemas/Problem"}}
+                    }},
+                    "text/event-stream": {"schema": {"type": "string"}}
+                }
+            })
+        } else {
+            match success_schema {
+                Some(schema) => json!({
+                    "description": "Success.",
+                    "headers": {"X-Request-Id": {"schema": {"type": "string"}}},
+                    "content": {"application/json": {"schema": schema}}
+                }),
+                None => json!({
+                    "description": "Success: the raw body.",
+                    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+                }),
+            }
+        };
+        responses.insert("200".into(), ok);
+        if route.redirect_field.is_some() {
+            responses.insert(
+                "302".into(),
+                json!({
+                    "description": "Redirect (unless Accept prefers application/json).",
+                    "headers": {"Location": {"schema": {"type": "string"}}}
+                }),
+            );
+        }
+        let mut codes = vec![
+            "400", "401", "403", "404", "405", "409", "429", "500", "501", "503", "504",
+        ];
+        if !matches!(route.body, BodyBinding::None) {
+            codes.extend(["413", "415"]);
+        }
+        codes.sort();
+        for code in codes {
+            responses.insert(code.into(), problem_ref());
+        }
+        responses.insert("default".into(), problem_ref());
+        op["responses"] = Json::Object(responses);
+        if route.info.public {
+            op["security"] = json!([]);
+        }
+        op
+    }
+}
+
+fn json_body(schema: Json) -> Json {
+    json!({"required": true, "content": {"application/json": {"schema": schema}}})
+}
+
+fn raw_body() -> Json {
+    json!({"required": true, "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}})
+}
+
+fn numbers_of(desc: &MessageDescriptor, path: &[String]) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut current = desc.clone();
+    for seg in path {
+        let Some(f) = crate::routes::find_field(&current, seg) else {
+            break;
+        };
+        out.push(f.number());
+        if let Kind::Message(m) = f.kind() {
+            current = m;
+        }
+    }
+    out
+}
+
+/// Scalar (or scalar-list, or scalar-like well-known type) leaves reachable through singular
+/// message fields, named by JSON path.
+fn collect_query_leaves(
+    desc: &MessageDescriptor,
+    prefix: &str,
+    numbers: &[u32],
+    depth: usize,
+    out: &mut Vec<(String, Vec<u32>, FieldDescriptor)>,
+) {
+    for field in desc.fields() {
+        if field.is_map() {
+            continue;
+        }
+        let name = format!("{prefix}{}", field.json_name());
+        let mut nums = numbers.to_vec();
+        nums.push(field.number());
+        match field.kind() {
+            Kind::Message(m)
+                if wkt_schema(&m).is_some()
+                    && m.full_name() != "google.protobuf.Struct"
+                    && m.full_name() != "google.protobuf.Value"
+                    && m.full_name() != "google.protobuf.ListValue"
+                    && m.full_name() != "google.protobuf.Any"
+                    && m.full_name() != "google.protobuf.Empty" =>
+            {
+                if !field.is_list() {
+                    out.push((name, nums, field));
+                }
+            }
+            Kind::Message(m) => {
+                if !field.is_list() && depth < 3 && m.full_name() != HTTP_BODY {
+                    collect_query_leaves(&m, &format!("{name}."), &nums, depth + 1, out);
+                }
+            }
+            _ => out.push((name, nums, field)),
+        }
+    }
+}
+
+/// Schemas of well-known types with a special JSON form.
+fn wkt_schema(desc: &MessageDescriptor) -> Option<Json> {
+    let wrapper = |t: &str, f: Option<&str>| {
+        let mut s = json!({"type": [t, "null"]});
+        if let Some(f) = f {
+            s["format"] = json!(f);
+        }
+        s
+    };
+    Some(match desc.full_name() {
+        "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
+        "google.protobuf.Duration" => {
+            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$", "description": "Duration in seconds with an `s` suffix, e.g. `1.5s`."})
+        }
+        "google.protobuf.FieldMask" => {
+            json!({"type": "string", "description": "Comma-separated lowerCamelCase field paths."})
+        }
+        "google.protobuf.Struct" => json!({"type": "object", "additionalProperties": true}),
+        "google.protobuf.Value" => json!({}),
+        "google.protobuf.ListValue" => json!({"type": "array", "items": {}}),
+        "google.protobuf.Empty" => json!({"type": "object"}),
+        "google.protobuf.Any" => json!({
+            "type": "object",
+            "required": ["@type"],
+            "properties": {"@type": {"type": "string"}},
+            "additionalProperties": true
+        }),
+        "google.protobuf.DoubleValue" => wrapper("number", Some("double")),
+        "google.protobuf.FloatValue" => wrapper("number", Some("float")),
+        "google.protobuf.Int64Value" => wrapper("string", Some("int64")),
+        "google.protobuf.UInt64Value" => wrapper("string", Some("uint64")),
+        "google.protobuf.Int32Value" => wrapper("integer", Some("int32")),
+        "google.protobuf.UInt32Value" => wrapper("integer", None),
+        "google.protobuf.BoolValue" => wrapper("boolean", None),
+        "google.protobuf.StringValue" => wrapper("string", None),
+        "google.protobuf.BytesValue" => wrapper("string", Some("byte")),
+        _ => return None,
+    })
+}

@@ -1,0 +1,572 @@
+//! HTTP request -> request message (path, query, body, headers), input discipline
+//! (OUTPUT_ONLY cleared, REQUIRED present, enums known), and response message -> HTTP body.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use prost_reflect::{
+    DescriptorPool, DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MapKey,
+    MessageDescriptor, ReflectMessage, SerializeOptions, Value,
+};
+use serde_json::Value as Json;
+use tonic::Code;
+
+use crate::problem::{json_field_path, FieldError, Problem};
+use crate::routes::{find_field, BodyBinding, Route, FIELD_BEHAVIOR_EXT, HTTP_BODY};
+use crate::template::Captures;
+
+/// `google.api.FieldBehavior` values the gateway acts on.
+const REQUIRED: i32 = 2;
+const OUTPUT_ONLY: i32 = 3;
+
+/// Field behaviours of every field of the pool, by field full name.
+#[derive(Debug, Default)]
+pub(crate) struct Behaviors {
+    required: HashSet<String>,
+    output_only: HashSet<String>,
+}
+
+impl Behaviors {
+    pub fn from_pool(pool: &DescriptorPool) -> Self {
+        let mut out = Behaviors::default();
+        let Some(ext) = pool.get_extension_by_name(FIELD_BEHAVIOR_EXT) else {
+            return out;
+        };
+        for message in pool.all_messages() {
+            for field in message.fields() {
+                let options = field.options();
+                if !options.has_extension(&ext) {
+                    continue;
+                }
+                let values: Vec<i32> = match options.get_extension(&ext).as_ref() {
+                    Value::List(list) => list.iter().filter_map(Value::as_enum_number).collect(),
+                    Value::EnumNumber(n) => vec![*n],
+                    _ => Vec::new(),
+                };
+                if values.contains(&REQUIRED) {
+                    out.required.insert(field.full_name().to_owned());
+                }
+                if values.contains(&OUTPUT_ONLY) {
+                    out.output_only.insert(field.full_name().to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    pub fn is_required(&self, field: &FieldDescriptor) -> bool {
+        self.required.contains(field.full_name())
+    }
+
+    pub fn is_output_only(&self, field: &FieldDescriptor) -> bool {
+        self.output_only.contains(field.full_name())
+    }
+}
+
+/// What the request offers to fill the message with.
+pub(crate) struct Input<'a> {
+    pub captures: Captures,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub body: Bytes,
+}
+
+fn invalid(errors: Vec<FieldError>) -> Problem {
+    let detail = if errors.len() == 1 {
+        format!("invalid field `{}`: {}", errors[0].field, errors[0].message)
+    } else {
+        format!("{} invalid fields", errors.len())
+    };
+    Problem::new(Code::InvalidArgument, detail)
+        .with_reason("INVALID_FIELDS")
+        .with_errors(errors)
+}
+
+fn field_error(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Builds and validates the request message of a route.
+pub(crate) fn build_request(
+    route: &Route,
+    input: Input<'_>,
+    behaviors: &Behaviors,
+) -> Result<DynamicMessage, Problem> {
+    let desc = route.method.input();
+    let content_type = input
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let mut msg = match &route.body {
+        BodyBinding::All if desc.full_name() == HTTP_BODY => {
+            http_body(&desc, &content_type, input.body.clone())
+        }
+        BodyBinding::All => parse_json(&desc, &input.body, None)?,
+        BodyBinding::Field(f) if crate::routes::is_http_body(f) => {
+            let Kind::Message(body_desc) = f.kind() else {
+                unreachable!("is_http_body checked the kind")
+            };
+            let mut msg = DynamicMessage::new(desc.clone());
+            msg.set_field(
+                f,
+                Value::Message(http_body(&body_desc, &content_type, input.body.clone())),
+            );
+            msg
+        }
+        BodyBinding::Field(f) => parse_json(&desc, &input.body, Some(f))?,
+        BodyBinding::None => DynamicMessage::new(desc.clone()),
+    };
+
+    let mut errors = Vec::new();
+    // Path variables win over anything in the body.
+    let mut bound: Vec<Vec<u32>> = Vec::new();
+    for (path, value) in &input.captures {
+        match resolve_chain(&desc, path) {
+            Ok(chain) => {
+                bound.push(chain.iter().map(FieldDescriptor::number).collect());
+                if let Err(e) = set_from_strings(&mut msg, &chain, std::slice::from_ref(value)) {
+                    errors.push(field_error(json_chain(&chain), e));
+                }
+            }
+            Err(e) => errors.push(field_error(path.join("."), e)),
+        }
+    }
+
+    // Query parameters fill whatever the path and body do not bind.
+    if let Some(query) = input.query.filter(|q| !q.is_empty()) {
+        let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match grouped.iter_mut().find(|(key, _)| *key == k) {
+                Some((_, values)) => values.push(v.into_owned()),
+                None => grouped.push((k.into_owned(), vec![v.into_owned()])),
+            }
+        }
+        for (key, values) in grouped {
+            let segments: Vec<String> = key.split('.').map(str::to_owned).collect();
+            let chain = match resolve_chain(&desc, &segments) {
+                Ok(chain) => chain,
+                Err(_) => {
+                    errors.push(field_error(key.clone(), "unknown query parameter"));
+                    continue;
+                }
+            };
+            let numbers: Vec<u32> = chain.iter().map(FieldDescriptor::number).collect();
+            let body_bound = match &route.body {
+                BodyBinding::All => true,
+                BodyBinding::Field(f) => numbers[0] == f.number(),
+                BodyBinding::None => false,
+            };
+            if body_bound
+                || bound
+                    .iter()
+                    .any(|b| numbers.starts_with(b) || b.starts_with(&numbers))
+            {
+                errors.push(field_error(
+                    json_chain(&chain),
+                    "bound by the path or the body; not accepted as a query parameter",
+                ));
+                continue;
+            }
+            if let Err(e) = set_from_strings(&mut msg, &chain, &values) {
+                errors.push(field_error(json_chain(&chain), e));
+            }
+        }
+    }
+
+    if let Some(field) = &route.headers_field {
+        let mut map: HashMap<MapKey, Value> = HashMap::new();
+        for name in input.headers.keys() {
+            let joined = input
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ");
+            map.insert(
+                MapKey::String(name.as_str().to_owned()),
+                Value::String(joined),
+            );
+        }
+        msg.set_field(field, Value::Map(map));
+    }
+
+    if !errors.is_empty() {
+        return Err(invalid(errors));
+    }
+    clear_output_only(&mut msg, behaviors);
+    check(&msg, "", behaviors, &mut errors);
+    if !errors.is_empty() {
+        return Err(invalid(errors));
+    }
+    Ok(msg)
+}
+
+fn http_body(desc: &MessageDescriptor, content_type: &str, data: Bytes) -> DynamicMessage {
+    let mut msg = DynamicMessage::new(desc.clone());
+    msg.set_field_by_name("content_type", Value::String(content_type.to_owned()));
+    msg.set_field_by_name("data", Value::Bytes(data));
+    msg
+}
+
+/// Parses a JSON body into the request message (`body: "*"`) or into one of its fields.
+fn parse_json(
+    desc: &MessageDescriptor,
+    body: &[u8],
+    field: Option<&FieldDescriptor>,
+) -> Result<DynamicMessage, Problem> {
+    let json: Json = if body.iter().all(u8::is_ascii_whitespace) {
+        Json::Object(Default::default())
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            Problem::new(
+                Code::InvalidArgument,
+                format!("the request body is not valid JSON: {e}"),
+            )
+            .with_reason("INVALID_FIELDS")
+        })?
+    };
+    let json = match field {
+        None => json,
+        Some(f) => {
+            let mut obj = serde_json::Map::new();
+            obj.insert(f.name().to_owned(), json);
+            Json::Object(obj)
+        }
+    };
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(json, &mut track);
+    let options = DeserializeOptions::new().deny_unknown_fields(true);
+    DynamicMessage::deserialize_with_options(desc.clone(), de, &options).map_err(|e| {
+        let path = track.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let message = e.to_string();
+        let (field, message) = match message
+            .strip_prefix("unrecognized field name '")
+            .and_then(|rest| rest.strip_suffix('\''))
+        {
+            Some(name) => (
+                if path.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{path}.{name}")
+                },
+                "unknown field".to_owned(),
+            ),
+            None => (path, message),
+        };
+        invalid(vec![field_error(
+            json_field_path(Some(desc), &field),
+            message,
+        )])
+    })
+}
+
+/// Resolves a dotted path into the chain of fields; every link but the last must be a singular
+/// message.
+fn resolve_chain(
+    desc: &MessageDescriptor,
+    path: &[String],
+) -> Result<Vec<FieldDescriptor>, String> {
+    let mut chain = Vec::with_capacity(path.len());
+    let mut current = desc.clone();
+    for (i, seg) in path.iter().enumerate() {
+        let field = find_field(&current, seg)
+            .ok_or_else(|| format!("`{}` is not a field", path[..=i].join(".")))?;
+        if i + 1 < path.len() {
+            match field.kind() {
+                Kind::Message(m) if !field.is_list() && !field.is_map() && !is_scalar_wkt(&m) => {
+                    current = m
+                }
+                _ => return Err(format!("`{}` is not a message field", path[..=i].join("."))),
+            }
+        }
+        chain.push(field);
+    }
+    Ok(chain)
+}
+
+fn json_chain(chain: &[FieldDescriptor]) -> String {
+    chain
+        .iter()
+        .map(FieldDescriptor::json_name)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Well-known message types whose JSON form is a scalar (settable from one string).
+fn is_scalar_wkt(desc: &MessageDescriptor) -> bool {
+    matches!(
+        desc.full_name(),
+        "google.protobuf.Timestamp"
+            | "google.protobuf.Duration"
+            | "google.protobuf.FieldMask"
+            | "google.protobuf.DoubleValue"
+            | "google.protobuf.FloatValue"
+            | "google.protobuf.Int64Value"
+            | "google.protobuf.UInt64Value"
+            | "google.protobuf.Int32Value"
+            | "google.protobuf.UInt32Value"
+            | "google.protobuf.BoolValue"
+            | "google.protobuf.StringValue"
+            | "google.protobuf.BytesValue"
+    )
+}
+
+/// Converts one textual value into the JSON the proto3 JSON parser expects for the field.
+fn text_to_json(field: &FieldDescriptor, raw: &str) -> Result<Json, String> {
+    let boolean = |raw: &str| match raw {
+        "true" | "True" | "TRUE" | "1" => Ok(Json::Bool(true)),
+        "false" | "False" | "FALSE" | "0" => Ok(Json::Bool(false)),
+        _ => Err(format!("`{raw}` is not a boolean")),
+    };
+    match field.kind() {
+        Kind::Bool => boolean(raw),
+        Kind::Enum(_) => Ok(raw
+            .parse::<i64>()
+            .map(Json::from)
+            .unwrap_or_else(|_| Json::String(raw.to_owned()))),
+        Kind::Message(m) if m.full_name() == "google.protobuf.BoolValue" => boolean(raw),
+        Kind::Message(m) if !is_scalar_wkt(&m) => Err(format!(
+            "`{}` is a message; set its fields one by one",
+            field.json_name()
+        )),
+        _ => Ok(Json::String(raw.to_owned())),
+    }
+}
+
+/// Sets the field at the end of `chain` from textual values (one, or several for a repeated
+/// field), using the proto3 JSON parser for the conversion.
+fn set_from_strings(
+    msg: &mut DynamicMessage,
+    chain: &[FieldDescriptor],
+    values: &[String],
+) -> Result<(), String> {
+    let (leaf, parents) = chain.split_last().ok_or("empty field path")?;
+    if leaf.is_map() {
+        return Err("map fields cannot be set from the path or the query".into());
+    }
+    let json = if leaf.is_list() {
+        Json::Array(
+            values
+                .iter()
+                .map(|v| text_to_json(leaf, v))
+                .collect::<Result<_, _>>()?,
+        )
+    } else {
+        if values.len() > 1 {
+            return Err("given more than once but not repeated".into());
+        }
+        text_to_json(leaf, &values[0])?
+    };
+    let mut obj = serde_json::Map::new();
+    obj.insert(leaf.name().to_owned(), json);
+    let tmp = DynamicMessage::deserialize_with_options(
+        leaf.parent_message().clone(),
+        Json::Object(obj),
+        &DeserializeOptions::new(),
+    )
+    .map_err(|e| e.to_string())?;
+    let value = tmp.get_field(leaf).into_owned();
+    let mut current = msg;
+    for parent in parents {
+        current = match current.get_field_mut(parent) {
+            Value::Message(m) => m,
+            _ => return Err("not a message".into()),
+        };
+    }
+    current.set_field(leaf, value);
+    Ok(())
+}
+
+fn skip_recursion(desc: &MessageDescriptor) -> bool {
+    desc.full_name().starts_with("google.protobuf.")
+}
+
+/// AIP-203: OUTPUT_ONLY fields sent by a client are ignored.
+pub(crate) fn clear_output_only(msg: &mut DynamicMessage, behaviors: &Behaviors) {
+    let to_clear: Vec<FieldDescriptor> = msg
+        .fields()
+        .filter(|(f, _)| behaviors.is_output_only(f))
+        .map(|(f, _)| f)
+        .collect();
+    for f in to_clear {
+        msg.clear_field(&f);
+    }
+    for (_, value) in msg.fields_mut() {
+        match value {
+            Value::Message(m) if !skip_recursion(&m.descriptor()) => {
+                clear_output_only(m, behaviors)
+            }
+            Value::List(items) => {
+                for item in items {
+                    if let Value::Message(m) = item {
+                        if !skip_recursion(&m.descriptor()) {
+                            clear_output_only(m, behaviors);
+                        }
+                    }
+                }
+            }
+            Value::Map(entries) => {
+                for item in entries.values_mut() {
+                    if let Value::Message(m) = item {
+                        if !skip_recursion(&m.descriptor()) {
+                            clear_output_only(m, behaviors);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn present(msg: &DynamicMessage, field: &FieldDescriptor) -> bool {
+    if !msg.has_field(field) {
+        return false;
+    }
+    match msg.get_field(field).as_ref() {
+        Value::List(l) => !l.is_empty(),
+        Value::Map(m) => !m.is_empty(),
+        _ => true,
+    }
+}
+
+/// REQUIRED fields present, enum values known; recursive over set sub-messages.
+fn check(msg: &DynamicMessage, prefix: &str, behaviors: &Behaviors, errors: &mut Vec<FieldError>) {
+    let desc = msg.descriptor();
+    for field in desc.fields() {
+        if behaviors.is_required(&field)
+            && field.containing_oneof().is_none()
+            && !present(msg, &field)
+        {
+            errors.push(field_error(
+                format!("{prefix}{}", field.json_name()),
+                "required field is missing",
+            ));
+        }
+    }
+    for (field, value) in msg.fields() {
+        let path = format!("{prefix}{}", field.json_name());
+        let item_kind = if field.is_map() {
+            match field.kind() {
+                Kind::Message(entry) => entry.map_entry_value_field().kind(),
+                other => other,
+            }
+        } else {
+            field.kind()
+        };
+        let visit = |value: &Value, path: String, errors: &mut Vec<FieldError>| match value {
+            Value::Message(m) if !skip_recursion(&m.descriptor()) => {
+                check(m, &format!("{path}."), behaviors, errors)
+            }
+            Value::EnumNumber(n) => {
+                if let Kind::Enum(e) = &item_kind {
+                    if e.get_value(*n).is_none() {
+                        errors.push(field_error(
+                            path,
+                            format!("{n} is not a value of {}", e.full_name()),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        };
+        match value {
+            Value::List(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    visit(item, format!("{path}[{i}]"), errors);
+                }
+            }
+            Value::Map(entries) => {
+                for (key, item) in entries {
+                    let key = match key {
+                        MapKey::String(s) => s.clone(),
+                        MapKey::Bool(b) => b.to_string(),
+                        MapKey::I32(n) => n.to_string(),
+                        MapKey::I64(n) => n.to_string(),
+                        MapKey::U32(n) => n.to_string(),
+                        MapKey::U64(n) => n.to_string(),
+                    };
+                    visit(item, format!("{path}[{key}]"), errors);
+                }
+            }
+            other => visit(other, path, errors),
+        }
+    }
+}
+
+/// Proto3 JSON serialization as grpc-gateway does it: lowerCamel names, enums by name, 64-bit
+/// integers as strings, default values omitted (set fields with presence are emitted).
+pub(crate) fn to_json(msg: &DynamicMessage) -> Json {
+    let options = SerializeOptions::new()
+        .stringify_64_bit_integers(true)
+        .skip_default_fields(true);
+    msg.serialize_with_options(serde_json::value::Serializer, &options)
+        .unwrap_or(Json::Null)
+}
+
+/// The JSON of one field of a response (`response_body`).
+pub(crate) fn field_json(msg: &DynamicMessage, field: &FieldDescriptor) -> Json {
+    if let Json::Object(mut obj) = to_json(msg) {
+        if let Some(v) = obj.remove(field.json_name()) {
+            return v;
+        }
+    }
+    if field.is_list() {
+        return Json::Array(Vec::new());
+    }
+    let options = SerializeOptions::new()
+        .stringify_64_bit_integers(true)
+        .skip_default_fields(false);
+    match msg.serialize_with_options(serde_json::value::Serializer, &options) {
+        Ok(Json::Object(mut obj)) => match obj.remove(field.json_name()) {
+            Some(Json::Null) | None => Json::Object(Default::default()),
+            Some(v) => v,
+        },
+        _ => Json::Null,
+    }
+}
+
+/// A JSON value with object keys sorted, as text: the canonical form hashed for idempotency
+/// fingerprints.
+pub(crate) fn canonical_json(value: &Json) -> String {
+    fn write(value: &Json, out: &mut String) {
+        match value {
+            Json::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Json::String(k.clone()).to_string());
+                    out.push(':');
+                    write(&map[k], out);
+                }
+                out.push('}');
+            }
+            Json::Array(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(v, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(value, &mut out);
+    out
+}

@@ -1,0 +1,301 @@
+//! The OpenAPI document: structure, schemas, security, and that the real Zen contracts load.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{config, start};
+use serde_json::{json, Value};
+use zen_gateway::{Gateway, GatewayConfig};
+
+/// Every `$ref` in the document resolves.
+fn check_refs(doc: &Value, node: &Value, broken: &mut Vec<String>) {
+    match node {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get("$ref") {
+                let pointer = r.strip_prefix('#').unwrap_or("!");
+                if doc.pointer(pointer).is_none() {
+                    broken.push(r.clone());
+                }
+            }
+            for v in map.values() {
+                check_refs(doc, v, broken);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| check_refs(doc, v, broken)),
+        _ => {}
+    }
+}
+
+/// Runs `openapi-spec-validator` (PyPI; in the project's dev requirements) on the document
+/// when it is installed; prints why not otherwise.
+fn external_validator(doc: &Value, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let file = dir.join(format!("{name}-openapi.json"));
+    std::fs::write(&file, serde_json::to_vec_pretty(doc).unwrap()).unwrap();
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import openapi_spec_validator"])
+        .output();
+    if !matches!(&probe, Ok(o) if o.status.success()) {
+        eprintln!(
+            "openapi-spec-validator not installed; structural checks only ({})",
+            file.display()
+        );
+        return;
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator rejected {}:\n{}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Structural checks an OpenAPI 3.1 validator would make on the parts we generate.
+fn validate(doc: &Value) {
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+    let mut broken = Vec::new();
+    check_refs(doc, doc, &mut broken);
+    assert!(broken.is_empty(), "unresolved refs: {broken:?}");
+    let mut operation_ids = BTreeSet::new();
+    let mut shapes = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        assert!(path.starts_with('/'));
+        let shape: String = {
+            let mut depth = 0;
+            path.chars()
+                .filter(|c| {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        _ => return depth == 0,
+                    }
+                    false
+                })
+                .collect()
+        };
+        assert!(
+            shapes.insert(shape),
+            "two paths differ only in parameter names: {path}"
+        );
+        let names: BTreeSet<String> = path
+            .split('{')
+            .skip(1)
+            .map(|s| s.split('}').next().unwrap().to_owned())
+            .collect();
+        let mut ops: Vec<(String, &Value)> = item
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(m, _)| !m.starts_with("x-"))
+            .map(|(m, op)| (m.clone(), op))
+            .collect();
+        if let Some(custom) = item.get("x-custom-methods").and_then(Value::as_object) {
+            ops.extend(custom.iter().map(|(m, op)| (m.clone(), op)));
+        }
+        for (method, op) in ops {
+            assert!(
+                ["get", "put", "post", "delete", "patch", "options", "head", "trace"]
+                    .contains(&method.as_str())
+                    || method.chars().all(|c| c.is_ascii_uppercase()),
+                "{method}"
+            );
+            assert!(operation_ids.insert(op["operationId"].as_str().unwrap().to_owned()));
+            let path_params: BTreeSet<String> = op["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| {
+                    assert_eq!(p["required"], true);
+                    p["name"].as_str().unwrap().to_owned()
+                })
+                .collect();
+            assert_eq!(path_params, names, "path parameters of {method} {path}");
+            for p in op["parameters"].as_array().unwrap() {
+                assert!(
+                    p.get("$ref").is_some() || (p["schema"].is_object() && p["name"].is_string())
+                );
+            }
+            let responses = op["responses"].as_object().unwrap();
+            assert!(responses.contains_key("200") && responses.contains_key("default"));
+            for (code, r) in responses {
+                assert!(code == "default" || code.parse::<u16>().is_ok());
+                assert!(r.get("$ref").is_some() || r["description"].is_string());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn openapi_document_describes_the_routes() {
+    let h = start(config()).await;
+    let doc: Value = h
+        .client
+        .get(h.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc, h.gateway.openapi());
+    validate(&doc);
+    external_validator(&doc, "test");
+    let paths = &doc["paths"];
+
+    // Custom verb, path params, mutating header, body binding, field docs.
+    let suspend = &paths["/v1/tenants/{tenant_id}/things/{thing_id}:suspend"]["post"];
+    assert_eq!(suspend["operationId"], "TestService_SuspendThing");
+    assert_eq!(
+        suspend["summary"],
+        "Suspends a thing (custom verb, whole-body binding)."
+    );
+    let params = suspend["parameters"].as_array().unwrap();
+    assert!(params.contains(&json!({"$ref": "#/components/parameters/RequestIdRequired"})));
+    let body = &suspend["requestBody"]["content"]["application/json"]["schema"];
+    assert!(
+        body["properties"].get("tenantId").is_none(),
+        "path-bound fields leave the body"
+    );
+    assert_eq!(body["required"], json!(["reason"]));
+    assert_eq!(body["properties"]["version"]["type"], "string");
+    assert_eq!(body["properties"]["version"]["format"], "int64");
+    assert_eq!(
+        suspend["responses"]["415"],
+        json!({"$ref": "#/components/responses/Problem"})
+    );
+
+    // Query parameters of unbound scalar fields, nested with JSON names; enums; repeated.
+    let search = &paths["/v1/search"]["get"];
+    assert_eq!(
+        search["security"],
+        json!([]),
+        "PUBLIC-only methods need no token"
+    );
+    let query: Vec<&Value> = search["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["in"] == "query")
+        .collect();
+    let names: Vec<&str> = query.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for expected in [
+        "query",
+        "tags",
+        "color",
+        "filter.minSize",
+        "filter.colors",
+        "since",
+        "pageSize",
+    ] {
+        assert!(names.contains(&expected), "{expected} in {names:?}");
+    }
+    let tags = query.iter().find(|p| p["name"] == "tags").unwrap();
+    assert_eq!(tags["schema"]["type"], "array");
+    let since = query.iter().find(|p| p["name"] == "since").unwrap();
+    assert_eq!(since["schema"]["format"], "date-time");
+
+    // Streaming, raw bodies, redirects.
+    let watch = &paths["/v1/tenants/{tenant_id}/things:watch"]["get"];
+    assert!(watch["responses"]["200"]["content"]["application/x-ndjson"].is_object());
+    let download = &paths["/v1/files/{file_id}"]["get"];
+    assert!(download["responses"]["200"]["content"]["*/*"].is_object());
+    let hook = &paths["/hooks/{source_id}"]["post"];
+    assert!(hook["requestBody"]["content"]["*/*"].is_object());
+    assert!(paths["/v1/login"]["get"]["responses"]["302"].is_object());
+    assert!(paths["/v1/cache/{key}"]["x-custom-methods"]["PURGE"].is_object());
+    assert!(paths.get("/v1/uploads").is_none());
+    // Additional bindings get their own operation id.
+    assert_eq!(
+        paths["/v1/things/{thing_id}"]["get"]["operationId"],
+        "TestService_GetThing_1"
+    );
+    // UpdateThing's `{thing.thing_id}` shares the spelling of the same-shaped path.
+    assert!(paths["/v1/tenants/{tenant_id}/things/{thing_id}"]["patch"].is_object());
+
+    // Schemas: proto3 JSON types, behaviours, comments, oneofs, maps.
+    let thing = &doc["components"]["schemas"]["zen.gateway.test.v1.Thing"];
+    assert_eq!(thing["description"], "A resource.");
+    assert_eq!(thing["required"], json!(["displayName"]));
+    let props = &thing["properties"];
+    assert_eq!(props["thingId"]["readOnly"], true);
+    assert_eq!(props["sizeBytes"]["type"], "string");
+    assert_eq!(props["createTime"]["format"], "date-time");
+    assert_eq!(props["labels"]["additionalProperties"]["type"], "string");
+    assert_eq!(props["parts"]["type"], "array");
+    assert_eq!(props["details"]["type"], "object");
+    assert_eq!(props["ttl"]["type"], "string");
+    assert!(props["userId"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("oneof `owner`"));
+    assert_eq!(
+        props["color"]["$ref"],
+        "#/components/schemas/zen.gateway.test.v1.Color"
+    );
+    let color = &doc["components"]["schemas"]["zen.gateway.test.v1.Color"];
+    assert_eq!(
+        color["enum"],
+        json!(["COLOR_UNSPECIFIED", "COLOR_RED", "COLOR_GREEN"])
+    );
+    assert!(doc["components"]["schemas"]["Problem"]["properties"]["errors"].is_object());
+    assert_eq!(doc["security"], json!([{"bearer": []}]));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}
+
+fn zen_descriptor_set() -> Vec<u8> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let mut files = Vec::new();
+    let mut stack = vec![root.join("zen")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "proto") {
+                files.push(path.strip_prefix(&root).unwrap().to_owned());
+            }
+        }
+    }
+    files.sort();
+    let mut compiler = protox::Compiler::new([&root]).unwrap();
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files(&files).unwrap();
+    compiler.encode_file_descriptor_set()
+}
+
+#[tokio::test]
+async fn zen_contracts_load_and_document() {
+    let channel = tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy();
+    let gateway = Gateway::new(&zen_descriptor_set(), channel, GatewayConfig::default())
+        .expect("Zen's http rules are all servable");
+    assert_eq!(gateway.supported_contract_versions(), ["v1"]);
+    let routes = gateway.routes();
+    let find = |grpc: &str| routes.iter().find(|r| r.grpc_path == grpc);
+    let suspend = find("/zen.tenancy.v1.TenancyService/SuspendTenant").expect("suspend route");
+    assert_eq!(suspend.path_template, "/v1/tenants/{tenant_id}:suspend");
+    assert!(suspend.mutating);
+    let watch = find("/zen.ingest.v1.IngestService/WatchEvents").expect("watch route");
+    assert!(watch.server_streaming);
+    assert!(find("/zen.ingest.v1.IngestService/ConnectAgent").is_none());
+    let webhook = find("/zen.ingest.v1.IngestService/ReceiveWebhook").unwrap();
+    assert!(webhook.public && !webhook.mutating);
+    let doc = gateway.openapi();
+    validate(&doc);
+    external_validator(&doc, "zen");
+    assert_eq!(
+        doc["paths"]["/.well-known/jwks.json"]["get"]["security"],
+        json!([])
+    );
+}

@@ -1,0 +1,957 @@
+//! `zen.ingest.v1.IngestService`, agent side: enrollment (bootstrap token + CSR -> client
+//! certificate), certificate renewal, the `ConnectAgent` stream (batches acked only once
+//! committed, bounded in flight), and reading events (list, get, watch).
+//!
+//! Webhook sources and the legacy HMAC endpoint answer UNIMPLEMENTED until they land.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::Stream;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tonic_types::{ErrorDetails, StatusExt};
+use uuid::Uuid;
+use zen_cache::Cache;
+use zen_security::{CertificateAuthority, PeerIdentity};
+use zen_store::{
+    AgentReport, AuditOutcome, ConnectionState, Event, EventFilter, EventOutcome, NewEvent, Scope,
+    Store,
+};
+
+use super::support::{
+    invalid, json_to_struct, page_request, store_status, tenant_of_secret, timestamp, uuid_field,
+    Call,
+};
+use super::tenancy::BOOTSTRAP_TOKEN_PREFIX;
+use crate::authz::Caller;
+use crate::proto::zen::common::v1 as common;
+use crate::proto::zen::ingest::v1::{self as pb, ingest_service_server::IngestService};
+
+/// Tuning of the agent stream.
+#[derive(Clone, Debug)]
+pub struct IngestSettings {
+    /// Batches of one stream being stored at once; reading stops beyond it (backpressure).
+    pub max_in_flight_batches: usize,
+    pub max_batch_events: usize,
+    pub heartbeat_interval: Duration,
+    /// Events with the same fingerprint within this window fold into the first.
+    pub fold_window: Duration,
+    /// Validity of agent certificates.
+    pub agent_certificate_validity: Duration,
+    /// How often an open stream re-checks that its cluster still exists.
+    pub revocation_check_interval: Duration,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            max_in_flight_batches: 4,
+            max_batch_events: 1000,
+            heartbeat_interval: Duration::from_secs(10),
+            fold_window: Duration::from_secs(3600),
+            agent_certificate_validity: Duration::from_secs(7 * 24 * 3600),
+            revocation_check_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Outbound messages queued per stream before the server stops reading (a client that does
+/// not read its acks stalls here, not in memory).
+const OUTBOUND_QUEUE: usize = 16;
+/// Channel on which a committed batch wakes the tenant's watchers.
+fn events_channel(tenant_id: Uuid) -> String {
+    format!("events:{tenant_id}")
+}
+
+pub struct IngestApi {
+    store: Arc<Store>,
+    cache: Arc<dyn Cache>,
+    ca: Option<Arc<CertificateAuthority>>,
+    settings: IngestSettings,
+}
+
+impl IngestApi {
+    pub fn new(
+        store: Arc<Store>,
+        cache: Arc<dyn Cache>,
+        ca: Option<Arc<CertificateAuthority>>,
+        settings: IngestSettings,
+    ) -> Self {
+        Self {
+            store,
+            cache,
+            ca,
+            settings,
+        }
+    }
+
+    fn ca(&self) -> Result<&CertificateAuthority, Status> {
+        self.ca.as_deref().ok_or_else(|| {
+            Status::failed_precondition(
+                "agent enrollment is off: this server has no CA key (ZEN_TLS_CA_KEY)",
+            )
+        })
+    }
+}
+
+fn agent_of(call: &Call) -> Result<(Uuid, Uuid), Status> {
+    match call.caller {
+        Caller::Agent {
+            tenant_id,
+            cluster_id,
+        } => Ok((tenant_id, cluster_id)),
+        _ => Err(Status::permission_denied("only cluster agents call this")),
+    }
+}
+
+fn revoked() -> Status {
+    Status::with_error_details(
+        Code::PermissionDenied,
+        "this agent's cluster was deleted; its identity is revoked",
+        ErrorDetails::with_error_info(
+            "CALLER_NOT_ALLOWED",
+            "zen",
+            std::collections::HashMap::new(),
+        ),
+    )
+}
+
+/// Refuses agents of deleted clusters (their certificates stay valid until expiry, so the
+/// cluster's state is the revocation list).
+async fn check_live(store: &Store, tenant_id: Uuid, cluster_id: Uuid) -> Result<(), Status> {
+    let mut tx = store
+        .begin_read(&Scope::tenant(tenant_id, None))
+        .await
+        .map_err(|e| store_status(e, ""))?;
+    match tx.clusters().get(cluster_id).await {
+        Ok(cluster) if cluster.deleted_at.is_none() => Ok(()),
+        Ok(_) | Err(zen_store::StoreError::NotFound { .. }) => Err(revoked()),
+        Err(error) => Err(store_status(error, "")),
+    }
+}
+
+// ----------------------------------------------------------------- conversions
+
+fn source_name(source: pb::EventSource) -> Option<&'static str> {
+    Some(match source {
+        pb::EventSource::Trivy => "trivy",
+        pb::EventSource::Kyverno => "kyverno",
+        pb::EventSource::Falco => "falco",
+        pb::EventSource::KubeBench => "kube-bench",
+        pb::EventSource::Audit => "audit",
+        pb::EventSource::Custom => "custom",
+        pb::EventSource::Webhook => "webhook",
+        pb::EventSource::Unspecified => return None,
+    })
+}
+
+fn source_from_name(name: &str) -> pb::EventSource {
+    match name {
+        "trivy" => pb::EventSource::Trivy,
+        "kyverno" => pb::EventSource::Kyverno,
+        "falco" => pb::EventSource::Falco,
+        "kube-bench" => pb::EventSource::KubeBench,
+        "audit" => pb::EventSource::Audit,
+        "custom" => pb::EventSource::Custom,
+        "webhook" => pb::EventSource::Webhook,
+        _ => pb::EventSource::Unspecified,
+    }
+}
+
+fn category_name(category: pb::EventCategory) -> Option<&'static str> {
+    Some(match category {
+        pb::EventCategory::Security => "security",
+        pb::EventCategory::Compliance => "compliance",
+        pb::EventCategory::Operations => "operations",
+        pb::EventCategory::Performance => "performance",
+        pb::EventCategory::Cost => "cost",
+        pb::EventCategory::Unspecified => return None,
+    })
+}
+
+fn category_from_name(name: &str) -> pb::EventCategory {
+    match name {
+        "security" => pb::EventCategory::Security,
+        "compliance" => pb::EventCategory::Compliance,
+        "operations" => pb::EventCategory::Operations,
+        "performance" => pb::EventCategory::Performance,
+        "cost" => pb::EventCategory::Cost,
+        _ => pb::EventCategory::Unspecified,
+    }
+}
+
+fn struct_to_json(value: Option<prost_types::Struct>) -> serde_json::Value {
+    fn convert(value: prost_types::Value) -> serde_json::Value {
+        use prost_types::value::Kind;
+        match value.kind {
+            None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+            Some(Kind::BoolValue(b)) => b.into(),
+            Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(n)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Some(Kind::StringValue(s)) => s.into(),
+            Some(Kind::ListValue(list)) => list.values.into_iter().map(convert).collect(),
+            Some(Kind::StructValue(s)) => serde_json::Value::Object(
+                s.fields.into_iter().map(|(k, v)| (k, convert(v))).collect(),
+            ),
+        }
+    }
+    match value {
+        None => serde_json::json!({}),
+        Some(s) => {
+            serde_json::Value::Object(s.fields.into_iter().map(|(k, v)| (k, convert(v))).collect())
+        }
+    }
+}
+
+/// The default fingerprint of the contracts: SHA-256 over source, type, title and resource.
+fn default_fingerprint(source: &str, event: &pb::AgentEvent) -> String {
+    let r = event.resource.clone().unwrap_or_default();
+    let text = [
+        source,
+        &event.r#type,
+        &event.title,
+        &r.api_version,
+        &r.kind,
+        &r.namespace,
+        &r.name,
+    ]
+    .join("|");
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Checks and normalizes one agent event; `Err` is the rejection reason sent in its ack.
+fn normalize(event: pb::AgentEvent) -> Result<NewEvent, String> {
+    if event.agent_event_id.is_empty() || event.agent_event_id.len() > 256 {
+        return Err("agent_event_id: required, at most 256 characters".into());
+    }
+    let source = pb::EventSource::try_from(event.source)
+        .ok()
+        .and_then(source_name)
+        .ok_or("source: required, one of trivy, kyverno, falco, kube-bench, audit, custom")?;
+    if source == "webhook" {
+        return Err("source: webhook events come through webhook sources".into());
+    }
+    let category = match pb::EventCategory::try_from(event.category) {
+        Ok(pb::EventCategory::Unspecified) => "security",
+        Ok(category) => category_name(category).unwrap_or("security"),
+        Err(_) => return Err("category: unknown value".into()),
+    };
+    let severity = match common::Severity::try_from(event.severity) {
+        Ok(common::Severity::Unspecified) | Err(_) => {
+            return Err("severity: required (info, low, medium, high, critical)".into())
+        }
+        Ok(severity) => severity as i16,
+    };
+    if event.r#type.is_empty() || event.r#type.len() > 1024 || event.title.len() > 1024 {
+        return Err("type: required; type and title at most 1024 characters".into());
+    }
+    let fingerprint = if event.fingerprint.is_empty() {
+        default_fingerprint(source, &event)
+    } else if event.fingerprint.len() > 256 {
+        return Err("fingerprint: at most 256 characters".into());
+    } else {
+        event.fingerprint.clone()
+    };
+    let detected_at = match &event.detect_time {
+        None => Utc::now(),
+        Some(t) => chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+            .ok_or("detect_time: not a valid time")?,
+    };
+    let resource = event.resource.clone().unwrap_or_default();
+    let details = struct_to_json(event.details);
+    if serde_json::to_vec(&details).map(|v| v.len()).unwrap_or(0) > 256 * 1024 {
+        return Err("details: at most 256 KiB".into());
+    }
+    Ok(NewEvent {
+        source_event_id: event.agent_event_id,
+        source: source.to_owned(),
+        source_name: Some(event.source_name).filter(|s| !s.is_empty()),
+        category: category.to_owned(),
+        severity,
+        event_type: event.r#type,
+        title: event.title,
+        resource: json!({
+            "api_version": resource.api_version,
+            "kind": resource.kind,
+            "namespace": resource.namespace,
+            "name": resource.name,
+            "uid": resource.uid,
+        }),
+        details,
+        fingerprint,
+        detected_at,
+    })
+}
+
+pub fn event_to_proto(event: Event) -> pb::SecurityEvent {
+    let resource = &event.resource;
+    let text = |key: &str| resource[key].as_str().unwrap_or_default().to_owned();
+    let webhook = event.source == "webhook";
+    pb::SecurityEvent {
+        event_id: event.id.to_string(),
+        tenant_id: event.tenant_id.to_string(),
+        cluster_id: event.cluster_id.map(|c| c.to_string()).unwrap_or_default(),
+        source_event_id: event.source_event_id,
+        source: source_from_name(&event.source) as i32,
+        webhook_source_id: if webhook {
+            event.source_name.clone().unwrap_or_default()
+        } else {
+            String::new()
+        },
+        source_name: event.source_name.unwrap_or_default(),
+        category: category_from_name(&event.category) as i32,
+        severity: i32::from(event.severity),
+        r#type: event.event_type,
+        title: event.title,
+        resource: Some(common::KubernetesResource {
+            api_version: text("api_version"),
+            kind: text("kind"),
+            namespace: text("namespace"),
+            name: text("name"),
+            uid: text("uid"),
+        }),
+        details: json_to_struct(event.details),
+        fingerprint: event.fingerprint,
+        count: event.count,
+        detect_time: Some(timestamp(event.detected_at)),
+        receive_time: Some(timestamp(event.received_at)),
+        last_seen_time: Some(timestamp(event.last_seen_at)),
+    }
+}
+
+// ----------------------------------------------------------------- the agent stream
+
+type Outbound = mpsc::Sender<Result<pb::ConnectAgentResponse, Status>>;
+
+/// One agent's open stream.
+struct AgentSession {
+    store: Arc<Store>,
+    cache: Arc<dyn Cache>,
+    settings: IngestSettings,
+    tenant_id: Uuid,
+    cluster_id: Uuid,
+}
+
+impl AgentSession {
+    async fn send(out: &Outbound, payload: pb::connect_agent_response::Payload) -> bool {
+        out.send(Ok(pb::ConnectAgentResponse {
+            payload: Some(payload),
+        }))
+        .await
+        .is_ok()
+    }
+
+    async fn goodbye(out: &Outbound, reason: pb::GoodbyeReason, message: &str) {
+        Self::send(
+            out,
+            pb::connect_agent_response::Payload::Goodbye(pb::Goodbye {
+                reason: reason as i32,
+                message: message.into(),
+                retry_after: None,
+            }),
+        )
+        .await;
+    }
+
+    async fn report(&self, state: ConnectionState, agent_version: Option<String>) {
+        let result = async {
+            let mut tx = self
+                .store
+                .begin(&Scope::tenant(self.tenant_id, None))
+                .await?;
+            tx.clusters()
+                .record_agent(
+                    self.cluster_id,
+                    AgentReport {
+                        connection_state: state,
+                        agent_version,
+                        seen_at: Utc::now(),
+                    },
+                )
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, cluster = %self.cluster_id, "could not record the agent's state");
+        }
+    }
+
+    /// Stores one batch and builds its ack: one entry per event, in order.
+    async fn store_batch(&self, batch: pb::EventBatch) -> pb::BatchAck {
+        let started = Instant::now();
+        let mut acks: Vec<pb::EventAck> = Vec::with_capacity(batch.events.len());
+        let mut accepted = Vec::new();
+        let mut slots = Vec::new();
+        if batch.events.len() > self.settings.max_batch_events {
+            let reason = format!(
+                "batch larger than {} events; split it",
+                self.settings.max_batch_events
+            );
+            return pb::BatchAck {
+                batch_id: batch.batch_id,
+                acks: batch
+                    .events
+                    .into_iter()
+                    .map(|e| rejected(e.agent_event_id, &reason))
+                    .collect(),
+                retry_after: None,
+            };
+        }
+        for event in batch.events {
+            let id = event.agent_event_id.clone();
+            match normalize(event) {
+                Ok(new) => {
+                    slots.push(acks.len());
+                    accepted.push(new);
+                    acks.push(pb::EventAck {
+                        agent_event_id: id,
+                        ..Default::default()
+                    });
+                }
+                Err(reason) => acks.push(rejected(id, &reason)),
+            }
+        }
+        if !accepted.is_empty() {
+            let outcome = async {
+                let mut tx = self
+                    .store
+                    .begin(&Scope::tenant(self.tenant_id, None))
+                    .await?;
+                let outcomes = tx
+                    .events()
+                    .ingest(
+                        Some(self.cluster_id),
+                        &accepted,
+                        self.settings.fold_window,
+                        Utc::now(),
+                    )
+                    .await?;
+                tx.commit().await?;
+                Ok::<_, zen_store::StoreError>(outcomes)
+            }
+            .await;
+            match outcome {
+                Ok(outcomes) => {
+                    for (slot, outcome) in slots.iter().zip(outcomes) {
+                        let ack = &mut acks[*slot];
+                        let (kind, id, reason) = match outcome {
+                            EventOutcome::Accepted { event_id } => {
+                                (pb::EventOutcome::Accepted, event_id, "")
+                            }
+                            EventOutcome::Folded { event_id } => (
+                                pb::EventOutcome::Accepted,
+                                event_id,
+                                "folded into an earlier event with the same fingerprint",
+                            ),
+                            EventOutcome::Duplicate { event_id } => {
+                                (pb::EventOutcome::Duplicate, event_id, "")
+                            }
+                        };
+                        ack.outcome = kind as i32;
+                        ack.event_id = id.to_string();
+                        ack.reason = reason.into();
+                        metrics::counter!("zen_ingest_events_total", "outcome" => format!("{kind:?}").to_lowercase()).increment(1);
+                    }
+                    // Wake watchers; they read the committed rows themselves.
+                    let _ = self
+                        .cache
+                        .publish(&events_channel(self.tenant_id), b"")
+                        .await;
+                }
+                Err(error) => {
+                    // Nothing was committed: the agent resends these after `retry_after`.
+                    tracing::warn!(%error, "storing a batch failed");
+                    for slot in slots {
+                        let ack = &mut acks[slot];
+                        ack.outcome = pb::EventOutcome::Throttled as i32;
+                        ack.reason = "not stored: the database is unavailable; resend".into();
+                    }
+                    metrics::histogram!("zen_ingest_batch_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    return pb::BatchAck {
+                        batch_id: batch.batch_id,
+                        acks,
+                        retry_after: Some(prost_types::Duration {
+                            seconds: 1,
+                            nanos: 0,
+                        }),
+                    };
+                }
+            }
+        }
+        metrics::histogram!("zen_ingest_batch_seconds").record(started.elapsed().as_secs_f64());
+        pb::BatchAck {
+            batch_id: batch.batch_id,
+            acks,
+            retry_after: None,
+        }
+    }
+
+    /// Reads the agent's messages until it hangs up, the cluster is deleted or the protocol is
+    /// broken. At most `max_in_flight_batches` batches are stored at once; while they are, the
+    /// stream is not read, so HTTP/2 flow control pushes back on the agent.
+    async fn run(self, mut inbound: Streaming<pb::ConnectAgentRequest>, out: Outbound) {
+        use pb::connect_agent_request::Payload;
+        let first = match tokio::time::timeout(self.settings.heartbeat_interval * 3, inbound.next())
+            .await
+        {
+            Ok(Some(Ok(pb::ConnectAgentRequest {
+                payload: Some(Payload::Hello(hello)),
+            }))) => hello,
+            _ => {
+                Self::goodbye(
+                    &out,
+                    pb::GoodbyeReason::ProtocolError,
+                    "the first message must be a hello",
+                )
+                .await;
+                return;
+            }
+        };
+        self.report(
+            ConnectionState::Connected,
+            Some(first.agent_version.clone()),
+        )
+        .await;
+        let hello = pb::ServerHello {
+            session_id: Uuid::new_v4().to_string(),
+            tenant_id: self.tenant_id.to_string(),
+            cluster_id: self.cluster_id.to_string(),
+            max_in_flight_batches: self.settings.max_in_flight_batches as i32,
+            max_batch_events: self.settings.max_batch_events as i32,
+            heartbeat_interval: Some(prost_types::Duration {
+                seconds: self.settings.heartbeat_interval.as_secs() as i64,
+                nanos: 0,
+            }),
+            server_time: Some(timestamp(Utc::now())),
+        };
+        if !Self::send(&out, pb::connect_agent_response::Payload::Hello(hello)).await {
+            return;
+        }
+        let mut in_flight = FuturesUnordered::new();
+        let mut revocation = tokio::time::interval(self.settings.revocation_check_interval);
+        let session = &self;
+        loop {
+            // Full window: finish a batch before reading on.
+            if in_flight.len() >= self.settings.max_in_flight_batches {
+                if let Some(ack) = in_flight.next().await {
+                    if !Self::send(&out, pb::connect_agent_response::Payload::BatchAck(ack)).await {
+                        break;
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                Some(ack) = in_flight.next(), if !in_flight.is_empty() => {
+                    if !Self::send(&out, pb::connect_agent_response::Payload::BatchAck(ack)).await {
+                        break;
+                    }
+                }
+                _ = revocation.tick() => {
+                    if check_live(&self.store, self.tenant_id, self.cluster_id).await.is_err() {
+                        Self::goodbye(&out, pb::GoodbyeReason::Revoked, "this cluster was deleted").await;
+                        break;
+                    }
+                }
+                message = inbound.next() => match message {
+                    Some(Ok(pb::ConnectAgentRequest { payload: Some(Payload::EventBatch(batch)) })) => {
+                        in_flight.push(session.store_batch(batch));
+                    }
+                    Some(Ok(pb::ConnectAgentRequest { payload: Some(Payload::Heartbeat(_)) })) => {
+                        self.report(ConnectionState::Connected, None).await;
+                    }
+                    Some(Ok(pb::ConnectAgentRequest { payload: Some(Payload::RemediationReport(report)) })) => {
+                        tracing::info!(remediation = %report.remediation_id, "remediation report received; remediation handling is not available yet");
+                    }
+                    Some(Ok(_)) => {
+                        Self::goodbye(&out, pb::GoodbyeReason::ProtocolError, "unexpected message").await;
+                        break;
+                    }
+                    Some(Err(_)) | None => break,
+                },
+            }
+        }
+        // Batches already being stored still get their acks if the agent listens.
+        while let Some(ack) = in_flight.next().await {
+            let _ = Self::send(&out, pb::connect_agent_response::Payload::BatchAck(ack)).await;
+        }
+        self.report(ConnectionState::Disconnected, None).await;
+    }
+}
+
+fn rejected(agent_event_id: String, reason: &str) -> pb::EventAck {
+    pb::EventAck {
+        agent_event_id,
+        outcome: pb::EventOutcome::Rejected as i32,
+        reason: reason.into(),
+        event_id: String::new(),
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl IngestService for IngestApi {
+    async fn bootstrap_agent(
+        &self,
+        request: Request<pb::BootstrapAgentRequest>,
+    ) -> Result<Response<pb::BootstrapAgentResponse>, Status> {
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        let ca = self.ca()?;
+        let invalid_token = || {
+            Status::with_error_details(
+                Code::PermissionDenied,
+                "the bootstrap token is invalid, used or expired",
+                ErrorDetails::with_error_info(
+                    "BOOTSTRAP_TOKEN_INVALID",
+                    "zen",
+                    std::collections::HashMap::new(),
+                ),
+            )
+        };
+        let tenant_id = tenant_of_secret(BOOTSTRAP_TOKEN_PREFIX, &req.bootstrap_token)
+            .ok_or_else(invalid_token)?;
+        if req.csr_pem.is_empty() {
+            return Err(invalid(&[("csr_pem", "is required")]));
+        }
+        let scope = Scope::tenant(tenant_id, None);
+        let mut tx = self
+            .store
+            .begin(&scope)
+            .await
+            .map_err(|e| store_status(e, ""))?;
+        let token = match tx
+            .bootstrap_tokens()
+            .consume(&req.bootstrap_token, Utc::now())
+            .await
+        {
+            Ok(token) => token,
+            Err(
+                zen_store::StoreError::NotFound { .. } | zen_store::StoreError::Precondition { .. },
+            ) => return Err(invalid_token()),
+            Err(error) => return Err(store_status(error, "")),
+        };
+        let identity = PeerIdentity::Agent {
+            tenant_id,
+            cluster_id: token.cluster_id,
+        };
+        // A bad CSR leaves the token unused: the transaction is not committed.
+        let certificate = ca
+            .sign_csr(
+                &req.csr_pem,
+                &identity,
+                self.settings.agent_certificate_validity,
+            )
+            .map_err(|e| invalid(&[("csr_pem", &e.to_string())]))?;
+        let mut record = call.audit(
+            "agent.bootstrap",
+            "cluster",
+            token.cluster_id,
+            AuditOutcome::Success,
+            json!({ "token_id": token.id, "agent_version": req.agent_version }),
+        );
+        record.actor_type = "agent".into();
+        record.actor_id = Some(token.cluster_id.to_string());
+        tx.audit()
+            .append(record)
+            .await
+            .map_err(|e| store_status(e, ""))?;
+        tx.commit().await.map_err(|e| store_status(e, ""))?;
+        Ok(Response::new(pb::BootstrapAgentResponse {
+            certificate_chain_pem: certificate,
+            ca_bundle_pem: ca.certificate_pem().to_owned(),
+            tenant_id: tenant_id.to_string(),
+            cluster_id: token.cluster_id.to_string(),
+            expire_time: Some(timestamp(
+                Utc::now()
+                    + chrono::Duration::from_std(self.settings.agent_certificate_validity)
+                        .unwrap_or_default(),
+            )),
+        }))
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let call = Call::of(&request)?;
+        let (tenant_id, cluster_id) = agent_of(&call)?;
+        check_live(&self.store, tenant_id, cluster_id).await?;
+        let ca = self.ca()?;
+        let identity = PeerIdentity::Agent {
+            tenant_id,
+            cluster_id,
+        };
+        let certificate = ca
+            .sign_csr(
+                &request.get_ref().csr_pem,
+                &identity,
+                self.settings.agent_certificate_validity,
+            )
+            .map_err(|e| invalid(&[("csr_pem", &e.to_string())]))?;
+        Ok(Response::new(pb::RenewCertificateResponse {
+            certificate_chain_pem: certificate,
+            ca_bundle_pem: ca.certificate_pem().to_owned(),
+            expire_time: Some(timestamp(
+                Utc::now()
+                    + chrono::Duration::from_std(self.settings.agent_certificate_validity)
+                        .unwrap_or_default(),
+            )),
+        }))
+    }
+
+    async fn connect_agent(
+        &self,
+        request: Request<Streaming<pb::ConnectAgentRequest>>,
+    ) -> Result<Response<ResponseStream<pb::ConnectAgentResponse>>, Status> {
+        let call = Call::of(&request)?;
+        let (tenant_id, cluster_id) = agent_of(&call)?;
+        check_live(&self.store, tenant_id, cluster_id).await?;
+        let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let session = AgentSession {
+            store: self.store.clone(),
+            cache: self.cache.clone(),
+            settings: self.settings.clone(),
+            tenant_id,
+            cluster_id,
+        };
+        tokio::spawn(session.run(request.into_inner(), out));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
+        let page = page_request(req.page_size, &req.page_token)?;
+        let time = |field: &str, t: Option<prost_types::Timestamp>| {
+            t.map(|t| {
+                chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+                    .ok_or_else(|| invalid(&[(field, "is not a valid time")]))
+            })
+            .transpose()
+        };
+        let filter = EventFilter {
+            cluster_id: Some(req.cluster_id)
+                .filter(|c| !c.is_empty())
+                .map(|c| uuid_field("cluster_id", &c))
+                .transpose()?,
+            source: pb::EventSource::try_from(req.source)
+                .ok()
+                .and_then(source_name)
+                .map(str::to_owned),
+            category: pb::EventCategory::try_from(req.category)
+                .ok()
+                .and_then(category_name)
+                .map(str::to_owned),
+            min_severity: Some(req.min_severity as i16).filter(|s| *s > 0),
+            since: time("start_time", req.start_time)?,
+            until: time("end_time", req.end_time)?,
+            event_type: Some(req.r#type).filter(|t| !t.is_empty()),
+            source_name: Some(req.webhook_source_id).filter(|s| !s.is_empty()),
+        };
+        let mut tx = self
+            .store
+            .begin_read(&call.scope(Some(tenant_id)))
+            .await
+            .map_err(|e| store_status(e, ""))?;
+        let page = tx
+            .events()
+            .list(&filter, &page)
+            .await
+            .map_err(|e| store_status(e, ""))?;
+        Ok(Response::new(pb::ListEventsResponse {
+            events: page.items.into_iter().map(event_to_proto).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_event(
+        &self,
+        request: Request<pb::GetEventRequest>,
+    ) -> Result<Response<pb::GetEventResponse>, Status> {
+        let call = Call::of(&request)?;
+        let tenant_id = uuid_field("tenant_id", &request.get_ref().tenant_id)?;
+        let event_id = uuid_field("event_id", &request.get_ref().event_id)?;
+        let mut tx = self
+            .store
+            .begin_read(&call.scope(Some(tenant_id)))
+            .await
+            .map_err(|e| store_status(e, ""))?;
+        let event = tx
+            .events()
+            .get(event_id)
+            .await
+            .map_err(|e| store_status(e, ""))?;
+        Ok(Response::new(pb::GetEventResponse {
+            event: Some(event_to_proto(event)),
+        }))
+    }
+
+    /// Follows the tenant's events table from a resume point (the `resume_token` is the
+    /// event sequence), woken by the pub/sub message each committed batch publishes, polling
+    /// as a fallback, with heartbeats on idle streams.
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<ResponseStream<pb::WatchEventsResponse>>, Status> {
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
+        let cluster = Some(req.cluster_id.clone())
+            .filter(|c| !c.is_empty())
+            .map(|c| uuid_field("cluster_id", &c))
+            .transpose()?;
+        let min_severity = req.min_severity as i16;
+        let scope = call.scope(Some(tenant_id));
+        let mut tx = self
+            .store
+            .begin_read(&scope)
+            .await
+            .map_err(|e| store_status(e, ""))?;
+        let mut after = match (
+            req.resume_token.as_str(),
+            req.resume_after_event_id.as_str(),
+        ) {
+            ("", "") => tx
+                .events()
+                .last_seq()
+                .await
+                .map_err(|e| store_status(e, ""))?,
+            (token, "") => token
+                .parse::<i64>()
+                .ok()
+                .filter(|s| *s >= 0)
+                .ok_or_else(|| invalid(&[("resume_token", "is not a token this server issued")]))?,
+            ("", event_id) => {
+                let id = uuid_field("resume_after_event_id", event_id)?;
+                tx.events()
+                    .get(id)
+                    .await
+                    .map_err(|e| store_status(e, ""))?
+                    .seq
+            }
+            _ => {
+                return Err(invalid(&[(
+                    "resume_token",
+                    "send resume_token or resume_after_event_id, not both",
+                )]))
+            }
+        };
+        drop(tx);
+        let mut wakeups = self
+            .cache
+            .subscribe(&events_channel(tenant_id))
+            .await
+            .map_err(|_| Status::unavailable("the cache is unavailable; retry later"))?;
+        let store = self.store.clone();
+        let (out, rx) = mpsc::channel::<Result<pb::WatchEventsResponse, Status>>(32);
+        tokio::spawn(async move {
+            let mut last_sent = Instant::now();
+            loop {
+                let batch = async {
+                    let mut tx = store.begin_read(&scope).await?;
+                    tx.events().tail(after, 500).await
+                }
+                .await;
+                let events = match batch {
+                    Ok(events) => events,
+                    Err(error) => {
+                        let _ = out.send(Err(store_status(error, ""))).await;
+                        return;
+                    }
+                };
+                let caught_up = events.len() < 500;
+                for event in events {
+                    after = event.seq;
+                    if cluster.is_some_and(|c| event.cluster_id != Some(c))
+                        || event.severity < min_severity
+                    {
+                        continue;
+                    }
+                    let message = pb::WatchEventsResponse {
+                        resume_token: event.seq.to_string(),
+                        change: Some(pb::watch_events_response::Change::Event(event_to_proto(
+                            event,
+                        ))),
+                    };
+                    if out.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                    last_sent = Instant::now();
+                }
+                if !caught_up {
+                    continue;
+                }
+                if last_sent.elapsed() >= Duration::from_secs(15) {
+                    let heartbeat = pb::WatchEventsResponse {
+                        resume_token: after.to_string(),
+                        change: Some(pb::watch_events_response::Change::Heartbeat(
+                            pb::WatchHeartbeat {
+                                server_time: Some(timestamp(Utc::now())),
+                            },
+                        )),
+                    };
+                    if out.send(Ok(heartbeat)).await.is_err() {
+                        return;
+                    }
+                    last_sent = Instant::now();
+                }
+                tokio::select! {
+                    _ = wakeups.next() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = out.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str) -> pb::AgentEvent {
+        pb::AgentEvent {
+            agent_event_id: id.into(),
+            source: pb::EventSource::Trivy as i32,
+            severity: common::Severity::High as i32,
+            r#type: "vulnerability".into(),
+            title: "CVE-2026-0001 in openssl".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn events_are_normalized_or_rejected_with_a_reason() {
+        let ok = normalize(event("e1")).unwrap();
+        assert_eq!(ok.source, "trivy");
+        assert_eq!(ok.category, "security");
+        assert_eq!(ok.fingerprint.len(), 64);
+        assert_eq!(normalize(event("e2")).unwrap().fingerprint, ok.fingerprint);
+
+        let mut no_severity = event("e3");
+        no_severity.severity = 0;
+        assert!(normalize(no_severity).unwrap_err().starts_with("severity"));
+        let mut webhook = event("e4");
+        webhook.source = pb::EventSource::Webhook as i32;
+        assert!(normalize(webhook).unwrap_err().starts_with("source"));
+        assert!(normalize(event(""))
+            .unwrap_err()
+            .starts_with("agent_event_id"));
+    }
+}
