@@ -95,6 +95,16 @@ pub async fn connect(
     ca: &Path,
     identity: Option<(&Path, &Path)>,
 ) -> Result<Channel, tonic::transport::Error> {
+    connect_with(addr, ca, identity, |endpoint| endpoint).await
+}
+
+/// [`connect`] with the endpoint adjusted (HTTP/2 windows, timeouts …).
+pub async fn connect_with(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    adjust: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
+) -> Result<Channel, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
         .domain_name("localhost");
@@ -104,13 +114,12 @@ pub async fn connect(
             std::fs::read(key).unwrap(),
         ));
     }
-    Channel::from_shared(format!("https://{addr}"))
+    let endpoint = Channel::from_shared(format!("https://{addr}"))
         .unwrap()
         .tls_config(tls)?
         .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(10))
-        .connect()
-        .await
+        .timeout(std::time::Duration::from_secs(10));
+    adjust(endpoint).connect().await
 }
 
 /// A PostgreSQL database of its own for one test, dropped at the end. `None` (with the reason
@@ -162,5 +171,59 @@ impl TestDatabase {
         .execute(&mut admin)
         .await
         .expect("drop database");
+    }
+}
+
+impl TestZen {
+    /// Points another instance at this one's PKI (CA, server and gateway identities, CA key)
+    /// and JWT signing keys, so the two serve as replicas of one deployment: each trusts the
+    /// other's certificates and verifies the other's access tokens.
+    pub fn share_identity(&self, global: &mut GlobalArgs, serve: &mut ServeArgs) {
+        let pki = self.pki();
+        serve.tls_ca_cert = Some(pki.join("ca.crt"));
+        serve.tls_ca_key = Some(pki.join("ca.key"));
+        serve.tls_server_cert = Some(pki.join("server.crt"));
+        serve.tls_server_key = Some(pki.join("server.key"));
+        serve.gateway_cert = Some(pki.join("gateway.crt"));
+        serve.gateway_key = Some(pki.join("gateway.key"));
+        global.jwt_keys_dir = Some(self.data_dir.path().join("keys").join("jwt"));
+    }
+}
+
+/// The Redis of the tests (`ZEN_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`). `None`
+/// (with the reason printed) when it is unreachable outside CI; in CI that is a failure. Zen
+/// prefixes its keys with `zen:`; tests use unique ids and flush nothing.
+pub async fn test_redis_url() -> Option<String> {
+    let url =
+        std::env::var("ZEN_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let authority = url
+        .split_once("://")
+        .map_or(url.as_str(), |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:6379")
+    };
+    let reachable = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        tokio::net::TcpStream::connect(&host_port),
+    )
+    .await;
+    match reachable {
+        Ok(Ok(_)) => Some(url),
+        Ok(Err(error)) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: Redis at {url} is unreachable: {error}");
+            None
+        }
+        Err(_) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: Redis at {url} did not answer");
+            None
+        }
+        Ok(Err(error)) => panic!("Redis at {url} is unreachable in CI: {error}"),
+        Err(_) => panic!("Redis at {url} did not answer in CI"),
     }
 }

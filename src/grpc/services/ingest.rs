@@ -361,6 +361,17 @@ impl AgentSession {
         .await;
     }
 
+    /// A copy for work that runs beside the stream loop.
+    fn detached(&self) -> AgentSession {
+        AgentSession {
+            store: self.store.clone(),
+            cache: self.cache.clone(),
+            settings: self.settings.clone(),
+            tenant_id: self.tenant_id,
+            cluster_id: self.cluster_id,
+        }
+    }
+
     async fn report(&self, state: ConnectionState, agent_version: Option<String>) {
         let result = async {
             let mut tx = self
@@ -537,13 +548,13 @@ impl AgentSession {
         if !Self::send(&out, pb::connect_agent_response::Payload::Hello(hello)).await {
             return;
         }
-        let mut in_flight = FuturesUnordered::new();
+        let mut in_flight: FuturesUnordered<tokio::task::JoinHandle<pb::BatchAck>> =
+            FuturesUnordered::new();
         let mut revocation = tokio::time::interval(self.settings.revocation_check_interval);
-        let session = &self;
         loop {
             // Full window: finish a batch before reading on.
             if in_flight.len() >= self.settings.max_in_flight_batches {
-                if let Some(ack) = in_flight.next().await {
+                if let Some(Ok(ack)) = in_flight.next().await {
                     if !Self::send(&out, pb::connect_agent_response::Payload::BatchAck(ack)).await {
                         break;
                     }
@@ -551,7 +562,7 @@ impl AgentSession {
                 continue;
             }
             tokio::select! {
-                Some(ack) = in_flight.next(), if !in_flight.is_empty() => {
+                Some(Ok(ack)) = in_flight.next(), if !in_flight.is_empty() => {
                     if !Self::send(&out, pb::connect_agent_response::Payload::BatchAck(ack)).await {
                         break;
                     }
@@ -564,10 +575,18 @@ impl AgentSession {
                 }
                 message = inbound.next() => match message {
                     Some(Ok(pb::ConnectAgentRequest { payload: Some(Payload::EventBatch(batch)) })) => {
-                        in_flight.push(session.store_batch(batch));
+                        // Each batch commits in its own task, so a transaction never waits on
+                        // this loop (which may be blocked on an agent that does not read).
+                        let session = self.detached();
+                        in_flight.push(tokio::spawn(async move { session.store_batch(batch).await }));
                     }
                     Some(Ok(pb::ConnectAgentRequest { payload: Some(Payload::Heartbeat(_)) })) => {
-                        self.report(ConnectionState::Connected, None).await;
+                        // Not awaited here: batches in flight may hold the (SQLite) write lock
+                        // and are only driven by this loop.
+                        let session = self.detached();
+                        tokio::spawn(async move {
+                            session.report(ConnectionState::Connected, None).await;
+                        });
                     }
                     Some(Ok(pb::ConnectAgentRequest { payload: Some(Payload::RemediationReport(report)) })) => {
                         tracing::info!(remediation = %report.remediation_id, "remediation report received; remediation handling is not available yet");
@@ -582,7 +601,9 @@ impl AgentSession {
         }
         // Batches already being stored still get their acks if the agent listens.
         while let Some(ack) = in_flight.next().await {
-            let _ = Self::send(&out, pb::connect_agent_response::Payload::BatchAck(ack)).await;
+            if let Ok(ack) = ack {
+                let _ = Self::send(&out, pb::connect_agent_response::Payload::BatchAck(ack)).await;
+            }
         }
         self.report(ConnectionState::Disconnected, None).await;
     }

@@ -197,10 +197,26 @@ fn fold_cutoff(now: DateTime<Utc>, window: Duration) -> DateTime<Utc> {
 
 /// One (origin, fingerprint) of the batch.
 struct Group {
-    /// The seq the group's row gets if anything new lands in it.
+    /// Its first event in the batch.
+    first: usize,
+    /// The seq its row gets if anything new lands in it.
     seq: i64,
-    /// Indexes of the group's events that are new (not duplicates).
+    /// The row it folds into, if one is inside the window.
+    target: Option<Uuid>,
+    /// The event it ends up in: the target, or the new row's id.
+    id: Uuid,
+    /// Its events that are new (not duplicates), in batch order.
     fresh: Vec<usize>,
+}
+
+/// A text column: `f` of each of `rows`.
+fn texts<'a>(rows: &[usize], f: impl Fn(usize) -> &'a String) -> Column {
+    Column::Text(rows.iter().map(|&i| f(i).clone()).collect())
+}
+
+/// A broken invariant of this module (never expected; no panic on input).
+fn internal(what: &'static str) -> StoreError {
+    StoreError::Database(sqlx::Error::Protocol(format!("event ingest: {what}")))
 }
 
 #[async_trait]
@@ -236,21 +252,32 @@ impl EventRepo for SqlTx {
         let mut first_of = Vec::with_capacity(checked.len());
         let mut group_index: HashMap<(&str, &str), usize> = HashMap::new();
         let mut group_of = Vec::with_capacity(checked.len());
+        let mut groups: Vec<Group> = Vec::new();
         for (i, c) in checked.iter().enumerate() {
-            let first = *key_index
-                .entry((&c.origin, &c.event.source_event_id))
-                .or_insert(i);
-            first_of.push(first);
-            let n = group_index.len();
-            group_of.push(
-                *group_index
-                    .entry((&c.origin, &c.event.fingerprint))
-                    .or_insert(n),
+            first_of.push(
+                *key_index
+                    .entry((&c.origin, &c.event.source_event_id))
+                    .or_insert(i),
             );
+            let g = *group_index
+                .entry((&c.origin, &c.event.fingerprint))
+                .or_insert_with(|| {
+                    groups.push(Group {
+                        first: i,
+                        seq: 0,
+                        target: None,
+                        id: Uuid::now_v7(),
+                        fresh: Vec::new(),
+                    });
+                    groups.len() - 1
+                });
+            group_of.push(g);
         }
+        let keys: Vec<usize> = (0..checked.len()).filter(|&i| first_of[i] == i).collect();
+        let backend = self.conn.backend();
 
-        // 1. Lock the tenant's sequence head and reserve one seq per group.
-        let groups = i64::try_from(group_index.len()).unwrap_or(i64::MAX);
+        // 1. Lock the tenant's sequence head; reserve one seq per group.
+        let reserved = groups.len() as i64;
         let top: i64 = self
             .conn
             .fetch_one(
@@ -259,156 +286,161 @@ impl EventRepo for SqlTx {
                  SET last_seq = event_seq_heads.last_seq + excluded.last_seq, \
                      updated_at = excluded.updated_at \
                  RETURNING last_seq",
-                args![tenant, groups, now],
+                args![tenant, reserved, now],
             )
             .await
             .map_err(|e| e.on_foreign_key("tenant"))?
             .get("last_seq")?;
-        let mut groups: Vec<Group> = (0..groups)
-            .map(|g| Group {
-                seq: top - groups + 1 + g,
-                fresh: Vec::new(),
-            })
-            .collect();
+        for (g, group) in groups.iter_mut().enumerate() {
+            group.seq = top - reserved + 1 + g as i64;
+        }
 
-        // 2. Receipts of earlier deliveries.
-        let keys: Vec<usize> = (0..checked.len()).filter(|&i| first_of[i] == i).collect();
-        let mut sql =
-            Sql::new("SELECT k.i AS i, r.event_id AS event_id FROM event_receipts r JOIN ");
-        sql.rows(
-            self.conn.backend(),
-            "k",
-            Rows::new()
-                .col("i", Column::I64(keys.iter().map(|&i| i as i64).collect()))
-                .col(
-                    "origin",
-                    Column::Text(keys.iter().map(|&i| checked[i].origin.clone()).collect()),
-                )
-                .col(
-                    "source_event_id",
-                    Column::Text(
-                        keys.iter()
-                            .map(|&i| checked[i].event.source_event_id.clone())
-                            .collect(),
+        // 2. The fold target of each group: its latest row inside the
+        //    window. A correlated sub-query: one index probe per group,
+        //    whatever the planner believes about the table's size. A group
+        //    without one gets the id of the row it may become.
+        let mut sql = Sql::new("SELECT k.n AS n, (SELECT e.id FROM events e WHERE e.tenant_id = ");
+        let firsts: Vec<usize> = groups.iter().map(|g| g.first).collect();
+        sql.bind(tenant)
+            .push(
+                " AND e.origin = k.origin AND e.fingerprint = k.fingerprint AND e.last_seen_at >= ",
+            )
+            .bind(cutoff)
+            .push(" ORDER BY e.last_seen_at DESC LIMIT 1) AS id FROM ")
+            .rows(
+                backend,
+                "k",
+                Rows::new()
+                    .col("n", Column::I64((0..groups.len() as i64).collect()))
+                    .col("origin", texts(&firsts, |i| &checked[i].origin))
+                    .col(
+                        "fingerprint",
+                        texts(&firsts, |i| &checked[i].event.fingerprint),
                     ),
-                ),
-        )
-        .push(" ON r.origin = k.origin AND r.source_event_id = k.source_event_id WHERE r.tenant_id = ")
-        .bind(tenant);
-        let mut outcome: Vec<Option<EventOutcome>> = vec![None; checked.len()];
+            );
         for row in self.conn.fetch_all(sql.text, sql.args).await? {
-            let i = usize::try_from(row.get::<i64>("i")?).unwrap_or(usize::MAX);
-            if let Some(slot) = outcome.get_mut(i) {
+            if let Some(id) = row.opt_uuid("id")? {
+                let n = usize::try_from(row.get::<i64>("n")?).unwrap_or(usize::MAX);
+                let group = groups
+                    .get_mut(n)
+                    .ok_or_else(|| internal("the fold lookup answered for an unknown group"))?;
+                group.target = Some(id);
+                group.id = id;
+            }
+        }
+
+        // 3. Claim a receipt for every key of the batch, naming the event
+        //    its group ends up in. Keys already claimed by an earlier batch
+        //    are resends: nothing changes for them. (Under the head lock no
+        //    other transaction claims receipts of this tenant meanwhile.)
+        let mut sql = Sql::new(
+            "INSERT INTO event_receipts (tenant_id, origin, source_event_id, event_id, \
+             received_at) SELECT ",
+        );
+        sql.bind(tenant)
+            .push(", k.origin, k.source_event_id, k.event_id, ")
+            .bind(now)
+            .push(" FROM ")
+            .rows(
+                backend,
+                "k",
+                Rows::new()
+                    .col("origin", texts(&keys, |i| &checked[i].origin))
+                    .col(
+                        "source_event_id",
+                        texts(&keys, |i| &checked[i].event.source_event_id),
+                    )
+                    .col(
+                        "event_id",
+                        Column::Uuid(keys.iter().map(|&i| groups[group_of[i]].id).collect()),
+                    ),
+            )
+            // `WHERE true`: SQLite needs it to parse `INSERT … SELECT … ON CONFLICT`.
+            .push(
+                " WHERE true ON CONFLICT (tenant_id, origin, source_event_id) DO NOTHING \
+                 RETURNING origin, source_event_id",
+            );
+        let mut claimed = vec![false; checked.len()];
+        for row in self.conn.fetch_all(sql.text, sql.args).await? {
+            let (origin, id) = (row.text("origin")?, row.text("source_event_id")?);
+            let i = key_index
+                .get(&(origin.as_str(), id.as_str()))
+                .ok_or_else(|| internal("a receipt was claimed for an unknown key"))?;
+            claimed[*i] = true;
+        }
+        let mut outcome: Vec<Option<EventOutcome>> = vec![None; checked.len()];
+        let mut resent = Vec::new();
+        for &i in &keys {
+            if claimed[i] {
+                groups[group_of[i]].fresh.push(i);
+            } else {
+                resent.push(i);
+            }
+        }
+
+        // 4. Resends answer with the event their first delivery went to.
+        if !resent.is_empty() {
+            let mut sql = Sql::new(
+                "SELECT k.n AS n, (SELECT r.event_id FROM event_receipts r WHERE r.tenant_id = ",
+            );
+            sql.bind(tenant)
+                .push(
+                    " AND r.origin = k.origin AND r.source_event_id = k.source_event_id) \
+                     AS event_id FROM ",
+                )
+                .rows(
+                    backend,
+                    "k",
+                    Rows::new()
+                        .col("n", Column::I64(resent.iter().map(|&i| i as i64).collect()))
+                        .col("origin", texts(&resent, |i| &checked[i].origin))
+                        .col(
+                            "source_event_id",
+                            texts(&resent, |i| &checked[i].event.source_event_id),
+                        ),
+                );
+            for row in self.conn.fetch_all(sql.text, sql.args).await? {
+                let n = usize::try_from(row.get::<i64>("n")?).unwrap_or(usize::MAX);
+                let slot = outcome
+                    .get_mut(n)
+                    .ok_or_else(|| internal("the receipt lookup answered for an unknown key"))?;
                 *slot = Some(EventOutcome::Duplicate {
                     event_id: row.uuid("event_id")?,
                 });
             }
         }
-        for &i in &keys {
-            if outcome[i].is_none() {
-                groups[group_of[i]].fresh.push(i);
-            }
-        }
-        let live: Vec<usize> = (0..groups.len())
-            .filter(|&g| !groups[g].fresh.is_empty())
-            .collect();
 
-        // 3. Fold targets: the latest row of each group inside the window.
-        let mut target: HashMap<usize, Uuid> = HashMap::new();
-        if !live.is_empty() {
-            let mut sql =
-                Sql::new("SELECT k.g AS g, (SELECT e.id FROM events e WHERE e.tenant_id = ");
-            sql.bind(tenant)
-                .push(" AND e.origin = k.origin AND e.fingerprint = k.fingerprint AND e.last_seen_at >= ")
-                .bind(cutoff)
-                .push(" ORDER BY e.last_seen_at DESC LIMIT 1) AS id FROM ");
-            sql.rows(
-                self.conn.backend(),
-                "k",
-                Rows::new()
-                    .col("g", Column::I64(live.iter().map(|&g| g as i64).collect()))
-                    .col(
-                        "origin",
-                        Column::Text(
-                            live.iter()
-                                .map(|&g| checked[groups[g].fresh[0]].origin.clone())
-                                .collect(),
-                        ),
-                    )
-                    .col(
-                        "fingerprint",
-                        Column::Text(
-                            live.iter()
-                                .map(|&g| checked[groups[g].fresh[0]].event.fingerprint.clone())
-                                .collect(),
-                        ),
-                    ),
-            );
-            for row in self.conn.fetch_all(sql.text, sql.args).await? {
-                if let Some(id) = row.opt_uuid("id")? {
-                    target.insert(
-                        usize::try_from(row.get::<i64>("g")?).unwrap_or(usize::MAX),
-                        id,
-                    );
-                }
+        // Decide. A group with fresh events and a target folds into it;
+        // one without a target becomes a new row (its first fresh event),
+        // the rest of the group folding into that.
+        let mut rows: Vec<(usize, Uuid)> = Vec::new(); // (group, event id)
+        for (g, group) in groups.iter().enumerate() {
+            if group.fresh.is_empty() {
+                continue;
             }
-        }
-
-        // Decide every fresh event's outcome; collect the writes. A group
-        // with a target folds into it; otherwise its first fresh event is a
-        // new row and the rest of the group folds into that.
-        let mut folds = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut inserts = Vec::new(); // (group, new event id)
-        for &g in &live {
-            let fresh = &groups[g].fresh;
-            let (id, mut first) = match target.get(&g) {
-                Some(&id) => {
-                    folds.0.push(id);
-                    folds.1.push(fresh.len() as i64);
-                    folds.2.push(groups[g].seq);
-                    folds
-                        .3
-                        .push(checked[fresh[fresh.len() - 1]].details.clone());
-                    (id, EventOutcome::Folded { event_id: id })
-                }
-                None => {
-                    let id = Uuid::now_v7();
-                    inserts.push((g, id));
-                    (id, EventOutcome::Accepted { event_id: id })
-                }
+            let id = group.id;
+            let mut first = match group.target {
+                Some(_) => EventOutcome::Folded { event_id: id },
+                None => EventOutcome::Accepted { event_id: id },
             };
-            for &i in fresh {
+            rows.push((g, id));
+            for &i in &group.fresh {
                 outcome[i] = Some(first);
                 first = EventOutcome::Folded { event_id: id };
             }
         }
 
-        // 4. Fold into existing rows.
-        if !folds.0.is_empty() {
-            let mut sql = Sql::new("UPDATE events SET count = events.count + k.add_n, seq = k.seq, details = k.details, last_seen_at = CASE WHEN events.last_seen_at > ");
-            sql.bind(now)
-                .push(" THEN events.last_seen_at ELSE ")
-                .bind(now)
-                .push(" END FROM ");
-            sql.rows(
-                self.conn.backend(),
-                "k",
-                Rows::new()
-                    .col("id", Column::Uuid(folds.0))
-                    .col("add_n", Column::I64(folds.1))
-                    .col("seq", Column::I64(folds.2))
-                    .col("details", Column::Json(folds.3)),
-            )
-            .push(" WHERE events.tenant_id = ")
-            .bind(tenant)
-            .push(" AND events.id = k.id");
-            self.conn.execute(sql.text, sql.args).await?;
-        }
-
-        // 5. New rows: the first fresh occurrence's fields, the latest one's
-        //    details, one count per fresh occurrence.
-        if !inserts.is_empty() {
-            let first = |g: usize| &checked[groups[g].fresh[0]];
+        if !rows.is_empty() {
+            // 5. New rows and folds in one upsert on the primary key (an
+            //    index probe per row, no join to plan). A new row takes its
+            //    group's first fresh occurrence; both take the latest one's
+            //    details and count every fresh occurrence.
+            let firsts: Vec<usize> = rows.iter().map(|&(g, _)| groups[g].fresh[0]).collect();
+            let lasts: Vec<usize> = rows
+                .iter()
+                .map(|&(g, _)| groups[g].fresh[groups[g].fresh.len() - 1])
+                .collect();
+            let ev = |i: usize| checked[i].event;
             let mut sql = Sql::new(concat!(
                 "INSERT INTO events (",
                 event_cols!(),
@@ -423,155 +455,93 @@ impl EventRepo for SqlTx {
                 .bind(now)
                 .push(", ")
                 .bind(now)
-                .push(", k.origin FROM ");
-            let texts = |f: &dyn Fn(&Checked) -> String| {
-                Column::Text(inserts.iter().map(|&(g, _)| f(first(g))).collect())
-            };
-            sql.rows(
-                self.conn.backend(),
-                "k",
-                Rows::new()
-                    .col(
-                        "id",
-                        Column::Uuid(inserts.iter().map(|&(_, id)| id).collect()),
-                    )
-                    .col(
-                        "cluster_id",
-                        Column::OptUuid(inserts.iter().map(|_| cluster_id).collect()),
-                    )
-                    .col(
-                        "seq",
-                        Column::I64(inserts.iter().map(|&(g, _)| groups[g].seq).collect()),
-                    )
-                    .col(
-                        "source_event_id",
-                        texts(&|c| c.event.source_event_id.clone()),
-                    )
-                    .col("source", texts(&|c| c.event.source.clone()))
-                    .col(
-                        "source_name",
-                        Column::OptText(
-                            inserts
-                                .iter()
-                                .map(|&(g, _)| first(g).event.source_name.clone())
-                                .collect(),
-                        ),
-                    )
-                    .col("category", texts(&|c| c.event.category.clone()))
-                    .col(
-                        "severity",
-                        Column::I16(
-                            inserts
-                                .iter()
-                                .map(|&(g, _)| first(g).event.severity)
-                                .collect(),
-                        ),
-                    )
-                    .col("type", texts(&|c| c.event.event_type.clone()))
-                    .col("title", texts(&|c| c.event.title.clone()))
-                    .col(
-                        "resource",
-                        Column::Json(
-                            inserts
-                                .iter()
-                                .map(|&(g, _)| first(g).resource.clone())
-                                .collect(),
-                        ),
-                    )
-                    .col(
-                        "details",
-                        Column::Json(
-                            inserts
-                                .iter()
-                                .map(|&(g, _)| {
-                                    let fresh = &groups[g].fresh;
-                                    checked[fresh[fresh.len() - 1]].details.clone()
-                                })
-                                .collect(),
-                        ),
-                    )
-                    .col("fingerprint", texts(&|c| c.event.fingerprint.clone()))
-                    .col(
-                        "count",
-                        Column::I64(
-                            inserts
-                                .iter()
-                                .map(|&(g, _)| groups[g].fresh.len() as i64)
-                                .collect(),
-                        ),
-                    )
-                    .col(
-                        "detected_at",
-                        Column::Ts(inserts.iter().map(|&(g, _)| first(g).detected_at).collect()),
-                    )
-                    .col("origin", texts(&|c| c.origin.clone())),
-            );
+                .push(", k.origin FROM ")
+                .rows(
+                    backend,
+                    "k",
+                    Rows::new()
+                        .col("id", Column::Uuid(rows.iter().map(|&(_, id)| id).collect()))
+                        .col(
+                            "cluster_id",
+                            Column::OptUuid(rows.iter().map(|_| cluster_id).collect()),
+                        )
+                        .col(
+                            "seq",
+                            Column::I64(rows.iter().map(|&(g, _)| groups[g].seq).collect()),
+                        )
+                        .col(
+                            "source_event_id",
+                            texts(&firsts, |i| &ev(i).source_event_id),
+                        )
+                        .col("source", texts(&firsts, |i| &ev(i).source))
+                        .col(
+                            "source_name",
+                            Column::OptText(
+                                firsts.iter().map(|&i| ev(i).source_name.clone()).collect(),
+                            ),
+                        )
+                        .col("category", texts(&firsts, |i| &ev(i).category))
+                        .col(
+                            "severity",
+                            Column::I16(firsts.iter().map(|&i| ev(i).severity).collect()),
+                        )
+                        .col("type", texts(&firsts, |i| &ev(i).event_type))
+                        .col("title", texts(&firsts, |i| &ev(i).title))
+                        .col(
+                            "resource",
+                            Column::Json(
+                                firsts
+                                    .iter()
+                                    .map(|&i| checked[i].resource.clone())
+                                    .collect(),
+                            ),
+                        )
+                        .col(
+                            "details",
+                            Column::Json(
+                                lasts.iter().map(|&i| checked[i].details.clone()).collect(),
+                            ),
+                        )
+                        .col("fingerprint", texts(&firsts, |i| &ev(i).fingerprint))
+                        .col(
+                            "count",
+                            Column::I64(
+                                rows.iter()
+                                    .map(|&(g, _)| groups[g].fresh.len() as i64)
+                                    .collect(),
+                            ),
+                        )
+                        .col(
+                            "detected_at",
+                            Column::Ts(firsts.iter().map(|&i| checked[i].detected_at).collect()),
+                        )
+                        .col("origin", texts(&firsts, |i| &checked[i].origin)),
+                )
+                // `WHERE true`: SQLite needs it to parse `INSERT … SELECT …
+                // ON CONFLICT`.
+                .push(
+                    " WHERE true ON CONFLICT (tenant_id, id) DO UPDATE SET \
+                     count = events.count + excluded.count, seq = excluded.seq, \
+                     details = excluded.details, \
+                     last_seen_at = CASE WHEN events.last_seen_at > excluded.last_seen_at \
+                     THEN events.last_seen_at ELSE excluded.last_seen_at END",
+                );
             self.conn
                 .execute(sql.text, sql.args)
                 .await
                 .map_err(|e| e.on_foreign_key("cluster"))?;
         }
 
-        // 6. Receipts of every fresh key.
-        let fresh: Vec<usize> = live
-            .iter()
-            .flat_map(|&g| groups[g].fresh.iter().copied())
-            .collect();
-        if !fresh.is_empty() {
-            let mut sql = Sql::new(
-                "INSERT INTO event_receipts (tenant_id, origin, source_event_id, event_id, received_at) SELECT ",
-            );
-            sql.bind(tenant)
-                .push(", k.origin, k.source_event_id, k.event_id, ")
-                .bind(now)
-                .push(" FROM ");
-            sql.rows(
-                self.conn.backend(),
-                "k",
-                Rows::new()
-                    .col(
-                        "origin",
-                        Column::Text(fresh.iter().map(|&i| checked[i].origin.clone()).collect()),
-                    )
-                    .col(
-                        "source_event_id",
-                        Column::Text(
-                            fresh
-                                .iter()
-                                .map(|&i| checked[i].event.source_event_id.clone())
-                                .collect(),
-                        ),
-                    )
-                    .col(
-                        "event_id",
-                        Column::Uuid(
-                            fresh
-                                .iter()
-                                .map(|&i| outcome[i].map_or(Uuid::nil(), |o| o.event_id()))
-                                .collect(),
-                        ),
-                    ),
-            );
-            self.conn.execute(sql.text, sql.args).await?;
-        }
-
         // Duplicates inside the batch answer like their first delivery.
-        let mut out = Vec::with_capacity(checked.len());
-        for i in 0..checked.len() {
-            let o = match outcome[first_of[i]] {
-                Some(o) if first_of[i] == i => o,
-                Some(o) => EventOutcome::Duplicate {
+        (0..checked.len())
+            .map(|i| match outcome[first_of[i]] {
+                Some(o) if first_of[i] == i => Ok(o),
+                Some(o) => Ok(EventOutcome::Duplicate {
                     event_id: o.event_id(),
-                },
-                None => {
-                    return Err(StoreError::Database(sqlx::Error::Protocol(
-                        "ingest left an event without an outcome".into(),
-                    )))
-                }
-            };
-            out.push(o);
-        }
-        Ok(out)
+                }),
+                None => Err(internal("an event was left without an outcome")),
+            })
+            .collect()
     }
 
     async fn get(&mut self, id: Uuid) -> Result<Event> {
