@@ -93,6 +93,9 @@ pub struct ServeArgs {
     /// Largest request body the gateway accepts, in bytes (default 1 MiB).
     #[arg(long, env = "ZEN_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Benchmarks only: ack agent events without storing them (the framework's ceiling).
+    #[arg(long, env = "ZEN_BENCH_DISCARD_EVENTS", hide = true)]
+    pub bench_discard_events: Option<bool>,
     /// Events with the same fingerprint within this many seconds fold into one (default 3600).
     #[arg(long, env = "ZEN_EVENT_FOLD_WINDOW_SECONDS")]
     pub event_fold_window_seconds: Option<u64>,
@@ -198,6 +201,8 @@ pub struct Config {
     pub agent_cert_validity: Duration,
     pub event_fold_window: Duration,
     pub gateway: GatewaySettings,
+    /// Benchmarks only (never in production): acks without storing.
+    pub bench_discard_events: bool,
 }
 
 /// How the built-in gateway reaches the gRPC front, and what it accepts.
@@ -330,6 +335,7 @@ impl Config {
                     .unwrap_or(30 * 24 * 3600),
             ),
             local_login: serve.local_login.or(file.local_login).unwrap_or(false),
+            bench_discard_events: serve.bench_discard_events.unwrap_or(false),
             gateway: {
                 let cert = serve.gateway_cert.clone().or(file.gateway_cert);
                 let key = serve.gateway_key.clone().or(file.gateway_key);
@@ -441,6 +447,11 @@ impl Config {
                     redact_url(url)
                 )));
             }
+        }
+        if self.environment == Environment::Production && self.bench_discard_events {
+            return Err(ConfigError::Invalid(
+                "ZEN_BENCH_DISCARD_EVENTS drops events; ZEN_ENV=production refuses it".into(),
+            ));
         }
         if self.environment == Environment::Production && self.local_login {
             return Err(ConfigError::Invalid(

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod auth;
 pub mod authz;
+pub mod bench;
 pub mod config;
 pub mod grpc;
 pub mod http;

@@ -48,6 +48,29 @@ enum Command {
     /// The reference cluster agent.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Benchmarks that print figures (see docs/BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Durable ingestion over mTLS on SQLite and (with --postgres-url) PostgreSQL, the no-op
+    /// sink ceiling, the database's own ceiling, and latency at half the peak rate.
+    Ingest {
+        #[arg(long, default_value_t = 4)]
+        agents: usize,
+        #[arg(long, default_value_t = 25_000)]
+        events_per_agent: usize,
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// A PostgreSQL server (superuser) on which a scratch database is created and dropped.
+        #[arg(long)]
+        postgres_url: Option<String>,
+        /// Skip SQLite.
+        #[arg(long)]
+        no_sqlite: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -174,7 +197,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         _ => ServeArgs::default(),
     };
     let config = Config::resolve(&cli.global, &serve_args)?;
-    telemetry::init_logging(config.log_format);
+    // A benchmark's output is its figures; the servers it starts log nothing.
+    if !matches!(cli.command, Command::Bench(_)) {
+        telemetry::init_logging(config.log_format);
+    }
     match cli.command {
         Command::Serve(_) => server::run(config, server::shutdown_signal()).await,
         Command::Migrate { status } => store::migrate_command(&config, status).await,
@@ -222,6 +248,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "accepted {} duplicate {} rejected {} reconnects {}",
                 summary.accepted, summary.duplicate, summary.rejected, summary.reconnects
             );
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Ingest {
+            agents,
+            events_per_agent,
+            batch,
+            postgres_url,
+            no_sqlite,
+        }) => {
+            let load = zen::bench::IngestLoad {
+                agents: agents.max(1),
+                events_per_agent: events_per_agent.max(1),
+                batch: batch.clamp(1, 1000),
+            };
+            println!(
+                "zen bench ingest: {} agents x {} events, batches of {}",
+                load.agents, load.events_per_agent, load.batch
+            );
+            if !no_sqlite {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                zen::bench::ingest(&url, load.clone()).await?;
+            }
+            if let Some(admin_url) = postgres_url {
+                let load = load.clone();
+                zen::bench::with_scratch_postgres(&admin_url, |url| async move {
+                    zen::bench::ingest(&url, load).await
+                })
+                .await?;
+            }
             Ok(())
         }
         Command::Keys(KeysCommand::RotateJwt) => {

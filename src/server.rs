@@ -165,6 +165,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             ca: tls::agent_ca(&config)?.map(Arc::new),
             ingest: services::IngestSettings {
                 fold_window: config.event_fold_window,
+                discard: config.bench_discard_events,
                 agent_certificate_validity: config.agent_cert_validity,
                 ..Default::default()
             },
