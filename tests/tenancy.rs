@@ -422,3 +422,58 @@ async fn callers_outside_a_methods_policy_are_refused_and_audited() {
     assert!(verified.ok);
     zen.stop().await;
 }
+
+/// `zen audit verify` on a real data dir: intact, then edited behind Zen's back.
+#[tokio::test]
+async fn zen_audit_verify_names_the_first_tampered_record() {
+    use sqlx::Connection;
+    let zen = TestZen::start().await;
+    let mut tenancy = TenancyServiceClient::new(zen.admin().await);
+    let tenant = create_tenant(&mut tenancy, "acme", 3).await;
+    create_cluster(&mut tenancy, &tenant.tenant_id, "prod")
+        .await
+        .unwrap();
+    create_cluster(&mut tenancy, &tenant.tenant_id, "dev")
+        .await
+        .unwrap();
+    let data_dir = zen.data_dir.path().to_owned();
+    let verify = |tenant: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zen"))
+            .args(["audit", "verify", "--tenant", tenant, "--data-dir"])
+            .arg(&data_dir)
+            .env_remove("ZEN_DATABASE_URL")
+            .output()
+            .unwrap()
+    };
+    let intact = verify(&tenant.tenant_id);
+    assert!(
+        intact.status.success(),
+        "{}",
+        String::from_utf8_lossy(&intact.stderr)
+    );
+    assert!(String::from_utf8_lossy(&intact.stdout).starts_with("ok"));
+
+    // Someone with the database file rewrites record 3 (the triggers are Zen's, not a lock).
+    let url = format!("sqlite://{}", data_dir.join("zen.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("DROP TRIGGER audit_logs_no_update")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE audit_logs SET action = 'cluster.harmless' WHERE tenant_id = $1 AND seq = 3",
+    )
+    .bind(&tenant.tenant_id)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    let tampered = verify(&tenant.tenant_id);
+    assert_eq!(tampered.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&tampered.stdout);
+    assert!(
+        report.contains("BROKEN") && report.contains("seq 3"),
+        "{report}"
+    );
+    zen.stop().await;
+}
