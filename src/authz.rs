@@ -18,6 +18,9 @@ use crate::grpc::edge::RequestContext;
 
 const POLICY_EXTENSION: &str = "zen.common.v1.policy";
 
+/// The service identity of the REST gateway (`spiffe://zen/service/gateway`).
+pub const GATEWAY_IDENTITY: &str = "gateway";
+
 /// Kinds of callers, as `zen.common.v1.CallerKind` numbers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CallerKind {
@@ -162,8 +165,12 @@ pub enum Caller {
 impl Caller {
     /// The caller named by the client certificate alone. People, who present bearer tokens
     /// through the gateway, are identified by the authorization layer on top of this.
+    ///
+    /// The gateway is a relay, never a principal: a call it makes without a person's token is
+    /// an anonymous HTTP client's call, so its service identity lends no rights to anyone.
     pub fn from_context(context: &RequestContext) -> Self {
         match &context.peer {
+            Some(PeerIdentity::Service { name }) if name == GATEWAY_IDENTITY => Caller::Anonymous,
             Some(PeerIdentity::Admin { name }) => Caller::Operator { name: name.clone() },
             Some(PeerIdentity::Service { name }) => Caller::Service { name: name.clone() },
             Some(PeerIdentity::Agent {

@@ -202,7 +202,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         telemetry::init_logging(config.log_format);
     }
     match cli.command {
-        Command::Serve(_) => server::run(config, server::shutdown_signal()).await,
+        Command::Serve(_) => {
+            let signal = server::shutdown_signal();
+            server::run(config, signal).await
+        }
         Command::Migrate { status } => store::migrate_command(&config, status).await,
         Command::Audit(AuditCommand::Verify { tenant }) => {
             store::verify_audit_command(&config, tenant).await

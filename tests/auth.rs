@@ -349,7 +349,8 @@ async fn refresh_rotates_reuse_revokes_and_logout_ends_the_session() {
         .await
         .unwrap_err();
     assert_eq!(gone.code(), Code::Unauthenticated);
-    let validated = client
+    // Services validate tokens as themselves (the gateway relays, it is never a principal).
+    let validated = AuthServiceClient::new(zen.service("validator").await)
         .validate_token(auth::ValidateTokenRequest {
             token: third.access_token,
         })
@@ -427,9 +428,8 @@ async fn key_rotation_keeps_old_tokens_and_forgeries_are_refused() {
     std::thread::sleep(Duration::from_millis(1100));
     let new_kid = KeyRing::rotate(&keys_dir).unwrap();
     ring.reload().unwrap();
-    let claims = zen_security::jwt::Claims {
-        ..claims_of(&client, &before.access_token).await
-    };
+    let validator = AuthServiceClient::new(zen.service("validator").await);
+    let claims = claims_of(&validator, &before.access_token).await;
     let new_token = ring.sign(&claims).unwrap();
     client
         .get_current_user(as_person(&new_token, auth::GetCurrentUserRequest {}))

@@ -199,9 +199,9 @@ impl Shared {
                 });
                 Ok(request)
             }
-            // A relay that forwarded no token for a people-only method: the person is
-            // unauthenticated, not forbidden.
-            Err(Denial::CallerNotAllowed(CallerKind::Service))
+            // A call with no person's token (an anonymous HTTP client through the gateway) on a
+            // method for people: unauthenticated, not forbidden.
+            Err(Denial::CallerNotAllowed(CallerKind::Public))
                 if policy
                     .as_ref()
                     .is_some_and(|p| p.callers.contains(&CallerKind::User)) =>

@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 use zen_store::{AuditFilter, AuditOutcome, AuditRecord, Store};
 
 use super::support::{
-    invalid, json_to_struct, page_request, store_status, timestamp, uuid_field, Call,
+    invalid, json_to_struct, page_request, store_status, time_field, timestamp, uuid_field, Call,
 };
 use crate::proto::zen::audit::v1::{self as pb, audit_service_server::AuditService};
 
@@ -65,18 +64,6 @@ fn record_to_proto(record: AuditRecord) -> pb::AuditRecord {
     }
 }
 
-fn time_field(
-    field: &str,
-    value: Option<prost_types::Timestamp>,
-) -> Result<Option<DateTime<Utc>>, Status> {
-    value
-        .map(|t| {
-            DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(u32::MAX))
-                .ok_or_else(|| invalid(&[(field, "is not a valid time")]))
-        })
-        .transpose()
-}
-
 #[tonic::async_trait]
 impl AuditService for AuditApi {
     async fn list_audit_logs(
@@ -121,11 +108,7 @@ impl AuditService for AuditApi {
             since,
             until,
         };
-        let mut tx = self
-            .store
-            .begin_read(&call.scope(Some(tenant_id)))
-            .await
-            .map_err(|e| store_status(e, ""))?;
+        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         let page = tx
             .audit()
             .list(&filter, &page)
@@ -145,11 +128,7 @@ impl AuditService for AuditApi {
     ) -> Result<Response<pb::VerifyChainResponse>, Status> {
         let call = Call::of(&request)?;
         let tenant_id = uuid_field("tenant_id", &request.get_ref().tenant_id)?;
-        let mut tx = self
-            .store
-            .begin_read(&call.scope(Some(tenant_id)))
-            .await
-            .map_err(|e| store_status(e, ""))?;
+        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         let verification = tx
             .audit()
             .verify_chain(tenant_id)

@@ -26,8 +26,8 @@ use zen_store::{
 };
 
 use super::support::{
-    invalid, json_to_struct, page_request, store_status, tenant_of_secret, timestamp, uuid_field,
-    Call,
+    invalid, json_to_struct, page_request, store_status, tenant_of_secret, time_field, timestamp,
+    uuid_field, Call,
 };
 use super::tenancy::BOOTSTRAP_TOKEN_PREFIX;
 use crate::authz::Caller;
@@ -766,13 +766,6 @@ impl IngestService for IngestApi {
         let req = request.into_inner();
         let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
         let page = page_request(req.page_size, &req.page_token)?;
-        let time = |field: &str, t: Option<prost_types::Timestamp>| {
-            t.map(|t| {
-                chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-                    .ok_or_else(|| invalid(&[(field, "is not a valid time")]))
-            })
-            .transpose()
-        };
         let filter = EventFilter {
             cluster_id: Some(req.cluster_id)
                 .filter(|c| !c.is_empty())
@@ -787,16 +780,12 @@ impl IngestService for IngestApi {
                 .and_then(category_name)
                 .map(str::to_owned),
             min_severity: Some(req.min_severity as i16).filter(|s| *s > 0),
-            since: time("start_time", req.start_time)?,
-            until: time("end_time", req.end_time)?,
+            since: time_field("start_time", req.start_time)?,
+            until: time_field("end_time", req.end_time)?,
             event_type: Some(req.r#type).filter(|t| !t.is_empty()),
             source_name: Some(req.webhook_source_id).filter(|s| !s.is_empty()),
         };
-        let mut tx = self
-            .store
-            .begin_read(&call.scope(Some(tenant_id)))
-            .await
-            .map_err(|e| store_status(e, ""))?;
+        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         let page = tx
             .events()
             .list(&filter, &page)
@@ -815,11 +804,7 @@ impl IngestService for IngestApi {
         let call = Call::of(&request)?;
         let tenant_id = uuid_field("tenant_id", &request.get_ref().tenant_id)?;
         let event_id = uuid_field("event_id", &request.get_ref().event_id)?;
-        let mut tx = self
-            .store
-            .begin_read(&call.scope(Some(tenant_id)))
-            .await
-            .map_err(|e| store_status(e, ""))?;
+        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         let event = tx
             .events()
             .get(event_id)

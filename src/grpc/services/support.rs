@@ -58,6 +58,18 @@ impl Call {
         }
     }
 
+    /// A read-only transaction in this caller's scope inside `tenant_id` (or none).
+    pub async fn read(
+        &self,
+        store: &Store,
+        tenant_id: Option<Uuid>,
+    ) -> Result<Box<dyn Tx>, Status> {
+        store
+            .begin_read(&self.scope(tenant_id))
+            .await
+            .map_err(|e| store_status(e, ""))
+    }
+
     /// An audit record of this call, filled with actor and request context.
     pub fn audit(
         &self,
@@ -328,6 +340,19 @@ pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
 
 pub fn opt_timestamp(at: Option<DateTime<Utc>>) -> Option<prost_types::Timestamp> {
     at.map(timestamp)
+}
+
+/// An optional timestamp field as chrono.
+pub fn time_field(
+    field: &str,
+    value: Option<prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, Status> {
+    value
+        .map(|t| {
+            DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(u32::MAX))
+                .ok_or_else(|| invalid(&[(field, "is not a valid time")]))
+        })
+        .transpose()
 }
 
 /// A non-negative duration as chrono, refusing negatives and overflow.

@@ -286,11 +286,7 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::GetTenantResponse>, Status> {
         let call = Call::of(&request)?;
         let tenant_id = uuid_field("tenant_id", &request.get_ref().tenant_id)?;
-        let mut tx = self
-            .store
-            .begin_read(&call.scope(Some(tenant_id)))
-            .await
-            .map_err(store_err(""))?;
+        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         let tenant = tx.tenants().get(tenant_id).await.map_err(store_err(""))?;
         Ok(Response::new(pb::GetTenantResponse {
             tenant: Some(tenant_to_proto(tenant)),
@@ -316,11 +312,7 @@ impl TenancyService for TenancyApi {
             name_prefix: Some(req.name_prefix).filter(|p| !p.is_empty()),
             include_deleted: req.show_deleted,
         };
-        let mut tx = self
-            .store
-            .begin_read(&call.scope(None))
-            .await
-            .map_err(store_err(""))?;
+        let mut tx = call.read(&self.store, None).await?;
         let page = tx
             .tenants()
             .list(&filter, &page)
@@ -476,11 +468,7 @@ impl TenancyService for TenancyApi {
         } else {
             Some(role_field("role", req.role)?)
         };
-        let mut tx = self
-            .store
-            .begin_read(&call.scope(Some(tenant_id)))
-            .await
-            .map_err(store_err(""))?;
+        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         let page = tx
             .members()
             .list(&MemberFilter { role }, &page)
@@ -711,11 +699,7 @@ impl TenancyService for TenancyApi {
         let call = Call::of(&request)?;
         let tenant_id = uuid_field("tenant_id", &request.get_ref().tenant_id)?;
         let cluster_id = uuid_field("cluster_id", &request.get_ref().cluster_id)?;
-        let mut tx = self
-            .store
-            .begin_read(&call.scope(Some(tenant_id)))
-            .await
-            .map_err(store_err(""))?;
+        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         let cluster = tx.clusters().get(cluster_id).await.map_err(store_err(""))?;
         Ok(Response::new(pb::GetClusterResponse {
             cluster: Some(cluster_to_proto(cluster)),
@@ -736,11 +720,7 @@ impl TenancyService for TenancyApi {
             status: cluster_status_filter(req.status)?,
             name_prefix: Some(req.name_prefix).filter(|p| !p.is_empty()),
         };
-        let mut tx = self
-            .store
-            .begin_read(&call.scope(Some(tenant_id)))
-            .await
-            .map_err(store_err(""))?;
+        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         let page = tx
             .clusters()
             .list(&filter, &page)
