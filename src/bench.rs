@@ -181,34 +181,39 @@ async fn agent(
     let mut next = 0;
     let mut pacer = interval.map(tokio::time::interval);
     while latencies.len() < batches {
-        while next < batches && sent_at.len() < window {
+        let can_send = next < batches && sent_at.len() < window;
+        // Sending (paced, or as fast as the window allows) and reading acks go on together,
+        // so an ack's latency is the server's, not time spent waiting to be read.
+        let paced = async {
             if let Some(pacer) = pacer.as_mut() {
                 pacer.tick().await;
             }
-            let id = format!("{index}-{next}");
-            sent_at.insert(id.clone(), Instant::now());
-            tx.send(pb::ConnectAgentRequest {
-                payload: Some(Payload::EventBatch(pb::EventBatch {
-                    batch_id: id,
-                    events: events(index, next, load.batch, run),
-                })),
-            })
-            .await?;
-            next += 1;
-        }
-        match replies.next().await {
-            Some(Ok(pb::ConnectAgentResponse {
-                payload: Some(Reply::BatchAck(ack)),
-            })) => {
-                if ack.retry_after.is_some() {
-                    anyhow::bail!("the server could not store a batch");
-                }
-                if let Some(at) = sent_at.remove(&ack.batch_id) {
-                    latencies.push(at.elapsed().as_secs_f64() * 1000.0);
-                }
+        };
+        tokio::select! {
+            () = paced, if can_send => {
+                let id = format!("{index}-{next}");
+                sent_at.insert(id.clone(), Instant::now());
+                tx.send(pb::ConnectAgentRequest {
+                    payload: Some(Payload::EventBatch(pb::EventBatch {
+                        batch_id: id,
+                        events: events(index, next, load.batch, run),
+                    })),
+                })
+                .await?;
+                next += 1;
             }
-            Some(Ok(_)) => {}
-            other => anyhow::bail!("stream ended: {other:?}"),
+            reply = replies.next() => match reply {
+                Some(Ok(pb::ConnectAgentResponse { payload: Some(Reply::BatchAck(ack)) })) => {
+                    if ack.retry_after.is_some() {
+                        anyhow::bail!("the server could not store a batch");
+                    }
+                    if let Some(at) = sent_at.remove(&ack.batch_id) {
+                        latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => anyhow::bail!("stream ended: {other:?}"),
+            },
         }
     }
     Ok(latencies)
