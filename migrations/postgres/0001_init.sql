@@ -159,16 +159,27 @@ CREATE INDEX bootstrap_tokens_cluster_idx ON bootstrap_tokens (tenant_id, cluste
 -- `origin` is who sent the event: the cluster id (agents) or
 -- 'webhook:<source_name>' (webhook sources). Occurrences with the same
 -- (tenant, origin, fingerprint) inside the fold window are folded into one
--- row (`count`, `last_seen_at`). `seq` is the tenant's change sequence:
--- assigned on insert and moved forward on every fold, under the tenant's
--- event_seq_heads row lock, so it grows in commit order and watchers can
--- follow `seq > n` without missing rows.
+-- row: count, last_seen_at, details (the latest occurrence's) and seq change.
+--
+-- Key text columns are COLLATE "C": index comparisons are memcmp, not the
+-- database locale's strcoll (ids and hashes have no linguistic order).
+-- Every index is on columns a fold never changes, and pages keep 15% free,
+-- so a fold is a HOT update: one new heap tuple on the same page, no index
+-- entry (folds are most of the traffic once a cluster's findings repeat).
+-- `seq` (the event's latest change) is therefore not indexed here; the
+-- watchers' tail reads event_changes.
+--
+-- No foreign key on tenant_id alone: it would be checked once per row at
+-- ingest rates. The tenant is guaranteed by RLS (WITH CHECK: the session's
+-- tenant), by the composite cluster key for agent events, and by
+-- event_seq_heads' foreign key, which every ingest batch writes first;
+-- tenants are only ever soft-deleted.
 CREATE TABLE events (
-    id               uuid PRIMARY KEY,
-    tenant_id        uuid NOT NULL REFERENCES tenants (id),
+    id               uuid NOT NULL,
+    tenant_id        uuid NOT NULL,
     cluster_id       uuid,
     seq              bigint NOT NULL CHECK (seq >= 1),
-    origin           text NOT NULL CHECK (origin <> ''),
+    origin           text COLLATE "C" NOT NULL CHECK (origin <> ''),
     source_event_id  text NOT NULL CHECK (source_event_id <> ''),
     source           text NOT NULL
                      CHECK (source IN ('trivy', 'kyverno', 'falco', 'kube-bench', 'audit',
@@ -180,23 +191,39 @@ CREATE TABLE events (
     severity         smallint NOT NULL CHECK (severity BETWEEN 1 AND 5),
     type             text NOT NULL,
     title            text NOT NULL DEFAULT '',
-    resource         jsonb NOT NULL DEFAULT '{}',
-    details          jsonb NOT NULL DEFAULT '{}',
-    fingerprint      text NOT NULL CHECK (fingerprint <> ''),
+    -- json, not jsonb: validated and stored as the store wrote it (compact
+    -- serde_json), not parsed into jsonb's tree at ~2.5 µs a document, and
+    -- read back as-is; cast to jsonb to query inside
+    resource         json NOT NULL DEFAULT '{}',
+    details          json NOT NULL DEFAULT '{}',
+    fingerprint      text COLLATE "C" NOT NULL CHECK (fingerprint <> ''),
     count            bigint NOT NULL DEFAULT 1 CHECK (count >= 1),
     detected_at      timestamptz NOT NULL,
     received_at      timestamptz NOT NULL,
     last_seen_at     timestamptz NOT NULL,
-    CONSTRAINT events_tenant_id_uq UNIQUE (tenant_id, id),
-    -- the watchers' tail (`seq > n ORDER BY seq`)
-    CONSTRAINT events_tenant_seq_uq UNIQUE (tenant_id, seq),
+    -- (tenant_id, id), not id alone: children (remediations) reference it,
+    -- so the database refuses one that points into another tenant; and one
+    -- index less to maintain at ingest rates
+    PRIMARY KEY (tenant_id, id),
     CONSTRAINT events_cluster_fk FOREIGN KEY (tenant_id, cluster_id)
         REFERENCES clusters (tenant_id, id)
-);
+) WITH (fillfactor = 85);
 -- lists: newest first on (received_at, id)
 CREATE INDEX events_received_idx ON events (tenant_id, received_at DESC, id DESC);
--- folding: the latest row of (origin, fingerprint) inside the window
-CREATE INDEX events_fold_idx ON events (tenant_id, origin, fingerprint, last_seen_at DESC);
+-- folding: the newest row of (origin, fingerprint); it is the fold target
+-- when its last_seen_at is inside the window
+CREATE INDEX events_fold_idx ON events (tenant_id, origin, fingerprint, received_at DESC);
+
+-- The tenants' change streams, the outbox live watchers follow: one row per
+-- event stored or folded into, at the seq the change got. A row whose seq is
+-- no longer its event's (the event changed again later) is skipped by the
+-- tail and may be pruned. No foreign key, like receipts: pruned on its own.
+CREATE TABLE event_changes (
+    tenant_id  uuid NOT NULL,
+    seq        bigint NOT NULL CHECK (seq >= 1),
+    event_id   uuid NOT NULL,
+    PRIMARY KEY (tenant_id, seq)
+);
 
 -- Idempotency of ingestion: one row per (tenant, origin, source_event_id)
 -- ever accepted, naming the event it was stored as or folded into. A resend
@@ -205,16 +232,17 @@ CREATE INDEX events_fold_idx ON events (tenant_id, origin, fingerprint, last_see
 -- (received_at) and may outlive the event they name.
 CREATE TABLE event_receipts (
     tenant_id        uuid NOT NULL,
-    origin           text NOT NULL,
-    source_event_id  text NOT NULL,
+    origin           text COLLATE "C" NOT NULL,
+    source_event_id  text COLLATE "C" NOT NULL,
     event_id         uuid NOT NULL,
     received_at      timestamptz NOT NULL,
     PRIMARY KEY (tenant_id, origin, source_event_id)
 );
 
--- The tenant's event sequence: `ingest` allocates seqs by bumping last_seq,
+-- The tenant's change sequence: `ingest` allocates seqs by bumping last_seq,
 -- and the row lock it takes serializes the tenant's ingest transactions, so
--- seqs become visible in increasing order.
+-- seqs become visible in increasing order (watchers following `seq > n`
+-- never miss a change).
 CREATE TABLE event_seq_heads (
     tenant_id   uuid PRIMARY KEY REFERENCES tenants (id),
     last_seq    bigint NOT NULL CHECK (last_seq >= 0),
@@ -281,7 +309,7 @@ CREATE TABLE audit_chain_heads (
 GRANT USAGE ON SCHEMA public TO zen_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON
     tenants, users, tenant_members, invites, clusters, bootstrap_tokens,
-    events, event_receipts, event_seq_heads, remediations
+    events, event_changes, event_receipts, event_seq_heads, remediations
     TO zen_app;
 GRANT SELECT, INSERT, UPDATE ON audit_chain_heads TO zen_app;
 -- append-only: no UPDATE, no DELETE
@@ -289,7 +317,10 @@ GRANT SELECT, INSERT ON audit_logs TO zen_app;
 
 -- ------------------------------------------------------------------ row-level security
 -- Every policy fails closed: with app.current_tenant_id unset or '' the
--- NULLIF gives NULL, the comparison is NULL and no row passes. The store
+-- NULLIF gives NULL, the comparison is NULL and no row passes. The settings
+-- are read in uncorrelated sub-queries, `(SELECT current_setting(…))`,
+-- which PostgreSQL evaluates once per statement (an InitPlan) instead of
+-- once per row: a 500-row ingest batch checks its rows against a constant. The store
 -- sets these settings transaction-locally (set_config(..., true)) at the
 -- start of every transaction. app.platform_admin = 'on' is the escape for
 -- verified platform-admin operations only.
@@ -297,15 +328,15 @@ GRANT SELECT, INSERT ON audit_logs TO zen_app;
 ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
 ALTER TABLE tenants FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenants_isolation ON tenants
-    USING (id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-           OR current_setting('app.platform_admin', true) = 'on')
-    WITH CHECK (id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-                OR current_setting('app.platform_admin', true) = 'on');
+    USING (id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+           OR (SELECT current_setting('app.platform_admin', true) = 'on'))
+    WITH CHECK (id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+                OR (SELECT current_setting('app.platform_admin', true) = 'on'));
 -- a user may read the tenants they belong to (tenant picker after login)
 CREATE POLICY tenants_member_read ON tenants FOR SELECT
     USING (EXISTS (SELECT 1 FROM tenant_members m
                    WHERE m.tenant_id = tenants.id
-                     AND m.user_id = NULLIF(current_setting('app.current_user_id', true), '')::uuid));
+                     AND m.user_id = (SELECT NULLIF(current_setting('app.current_user_id', true), '')::uuid)));
 
 ALTER TABLE users ENABLE ROW LEVEL SECURITY;
 ALTER TABLE users FORCE ROW LEVEL SECURITY;
@@ -313,96 +344,104 @@ ALTER TABLE users FORCE ROW LEVEL SECURITY;
 -- knows who they are); written only by the user itself or a platform admin
 CREATE POLICY users_read ON users FOR SELECT USING (true);
 CREATE POLICY users_insert ON users FOR INSERT
-    WITH CHECK (id = NULLIF(current_setting('app.current_user_id', true), '')::uuid
-                OR current_setting('app.platform_admin', true) = 'on');
+    WITH CHECK (id = (SELECT NULLIF(current_setting('app.current_user_id', true), '')::uuid)
+                OR (SELECT current_setting('app.platform_admin', true) = 'on'));
 CREATE POLICY users_update ON users FOR UPDATE
-    USING (id = NULLIF(current_setting('app.current_user_id', true), '')::uuid
-           OR current_setting('app.platform_admin', true) = 'on')
-    WITH CHECK (id = NULLIF(current_setting('app.current_user_id', true), '')::uuid
-                OR current_setting('app.platform_admin', true) = 'on');
+    USING (id = (SELECT NULLIF(current_setting('app.current_user_id', true), '')::uuid)
+           OR (SELECT current_setting('app.platform_admin', true) = 'on'))
+    WITH CHECK (id = (SELECT NULLIF(current_setting('app.current_user_id', true), '')::uuid)
+                OR (SELECT current_setting('app.platform_admin', true) = 'on'));
 CREATE POLICY users_delete ON users FOR DELETE
-    USING (current_setting('app.platform_admin', true) = 'on');
+    USING ((SELECT current_setting('app.platform_admin', true) = 'on'));
 
 ALTER TABLE tenant_members ENABLE ROW LEVEL SECURITY;
 ALTER TABLE tenant_members FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_members_isolation ON tenant_members
-    USING (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-           OR current_setting('app.platform_admin', true) = 'on')
-    WITH CHECK (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-                OR current_setting('app.platform_admin', true) = 'on');
+    USING (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+           OR (SELECT current_setting('app.platform_admin', true) = 'on'))
+    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+                OR (SELECT current_setting('app.platform_admin', true) = 'on'));
 -- a user may read their own memberships in every tenant
 CREATE POLICY tenant_members_self_read ON tenant_members FOR SELECT
-    USING (user_id = NULLIF(current_setting('app.current_user_id', true), '')::uuid);
+    USING (user_id = (SELECT NULLIF(current_setting('app.current_user_id', true), '')::uuid));
 
 ALTER TABLE invites ENABLE ROW LEVEL SECURITY;
 ALTER TABLE invites FORCE ROW LEVEL SECURITY;
 CREATE POLICY invites_isolation ON invites
-    USING (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-           OR current_setting('app.platform_admin', true) = 'on')
-    WITH CHECK (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-                OR current_setting('app.platform_admin', true) = 'on');
+    USING (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+           OR (SELECT current_setting('app.platform_admin', true) = 'on'))
+    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+                OR (SELECT current_setting('app.platform_admin', true) = 'on'));
 
 ALTER TABLE clusters ENABLE ROW LEVEL SECURITY;
 ALTER TABLE clusters FORCE ROW LEVEL SECURITY;
 CREATE POLICY clusters_isolation ON clusters
-    USING (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-           OR current_setting('app.platform_admin', true) = 'on')
-    WITH CHECK (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-                OR current_setting('app.platform_admin', true) = 'on');
+    USING (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+           OR (SELECT current_setting('app.platform_admin', true) = 'on'))
+    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+                OR (SELECT current_setting('app.platform_admin', true) = 'on'));
 
 ALTER TABLE bootstrap_tokens ENABLE ROW LEVEL SECURITY;
 ALTER TABLE bootstrap_tokens FORCE ROW LEVEL SECURITY;
 CREATE POLICY bootstrap_tokens_isolation ON bootstrap_tokens
-    USING (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-           OR current_setting('app.platform_admin', true) = 'on')
-    WITH CHECK (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-                OR current_setting('app.platform_admin', true) = 'on');
+    USING (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+           OR (SELECT current_setting('app.platform_admin', true) = 'on'))
+    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+                OR (SELECT current_setting('app.platform_admin', true) = 'on'));
 
 ALTER TABLE events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE events FORCE ROW LEVEL SECURITY;
 CREATE POLICY events_isolation ON events
-    USING (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-           OR current_setting('app.platform_admin', true) = 'on')
-    WITH CHECK (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-                OR current_setting('app.platform_admin', true) = 'on');
+    USING (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+           OR (SELECT current_setting('app.platform_admin', true) = 'on'))
+    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+                OR (SELECT current_setting('app.platform_admin', true) = 'on'));
+
+ALTER TABLE event_changes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE event_changes FORCE ROW LEVEL SECURITY;
+CREATE POLICY event_changes_isolation ON event_changes
+    USING (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+           OR (SELECT current_setting('app.platform_admin', true) = 'on'))
+    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+                OR (SELECT current_setting('app.platform_admin', true) = 'on'));
 
 ALTER TABLE event_receipts ENABLE ROW LEVEL SECURITY;
 ALTER TABLE event_receipts FORCE ROW LEVEL SECURITY;
 CREATE POLICY event_receipts_isolation ON event_receipts
-    USING (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-           OR current_setting('app.platform_admin', true) = 'on')
-    WITH CHECK (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-                OR current_setting('app.platform_admin', true) = 'on');
+    USING (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+           OR (SELECT current_setting('app.platform_admin', true) = 'on'))
+    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+                OR (SELECT current_setting('app.platform_admin', true) = 'on'));
 
 ALTER TABLE event_seq_heads ENABLE ROW LEVEL SECURITY;
 ALTER TABLE event_seq_heads FORCE ROW LEVEL SECURITY;
 CREATE POLICY event_seq_heads_isolation ON event_seq_heads
-    USING (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-           OR current_setting('app.platform_admin', true) = 'on')
-    WITH CHECK (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-                OR current_setting('app.platform_admin', true) = 'on');
+    USING (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+           OR (SELECT current_setting('app.platform_admin', true) = 'on'))
+    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+                OR (SELECT current_setting('app.platform_admin', true) = 'on'));
 
 ALTER TABLE remediations ENABLE ROW LEVEL SECURITY;
 ALTER TABLE remediations FORCE ROW LEVEL SECURITY;
 CREATE POLICY remediations_isolation ON remediations
-    USING (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-           OR current_setting('app.platform_admin', true) = 'on')
-    WITH CHECK (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-                OR current_setting('app.platform_admin', true) = 'on');
+    USING (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+           OR (SELECT current_setting('app.platform_admin', true) = 'on'))
+    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+                OR (SELECT current_setting('app.platform_admin', true) = 'on'));
 
 ALTER TABLE audit_logs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE audit_logs FORCE ROW LEVEL SECURITY;
 CREATE POLICY audit_logs_read ON audit_logs FOR SELECT
-    USING (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-           OR current_setting('app.platform_admin', true) = 'on');
+    USING (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+           OR (SELECT current_setting('app.platform_admin', true) = 'on'));
 CREATE POLICY audit_logs_append ON audit_logs FOR INSERT
-    WITH CHECK (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-                OR current_setting('app.platform_admin', true) = 'on');
+    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+                OR (SELECT current_setting('app.platform_admin', true) = 'on'));
 
 ALTER TABLE audit_chain_heads ENABLE ROW LEVEL SECURITY;
 ALTER TABLE audit_chain_heads FORCE ROW LEVEL SECURITY;
 CREATE POLICY audit_chain_heads_isolation ON audit_chain_heads
-    USING (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-           OR current_setting('app.platform_admin', true) = 'on')
-    WITH CHECK (tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid
-                OR current_setting('app.platform_admin', true) = 'on');
+    USING (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+           OR (SELECT current_setting('app.platform_admin', true) = 'on'))
+    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)
+                OR (SELECT current_setting('app.platform_admin', true) = 'on'));

@@ -113,8 +113,8 @@ CREATE INDEX bootstrap_tokens_cluster_idx ON bootstrap_tokens (tenant_id, cluste
 
 -- Security events: see migrations/postgres/0001_init.sql and docs/STORAGE.md.
 CREATE TABLE events (
-    id               TEXT PRIMARY KEY NOT NULL,
-    tenant_id        TEXT NOT NULL REFERENCES tenants (id),
+    id               TEXT NOT NULL,
+    tenant_id        TEXT NOT NULL,
     cluster_id       TEXT,
     seq              INTEGER NOT NULL CHECK (seq >= 1),
     origin           TEXT NOT NULL CHECK (origin <> ''),
@@ -136,13 +136,19 @@ CREATE TABLE events (
     detected_at      TEXT NOT NULL,
     received_at      TEXT NOT NULL,
     last_seen_at     TEXT NOT NULL,
-    CONSTRAINT events_tenant_id_uq UNIQUE (tenant_id, id),
-    CONSTRAINT events_tenant_seq_uq UNIQUE (tenant_id, seq),
+    PRIMARY KEY (tenant_id, id),
     CONSTRAINT events_cluster_fk FOREIGN KEY (tenant_id, cluster_id)
         REFERENCES clusters (tenant_id, id)
 );
 CREATE INDEX events_received_idx ON events (tenant_id, received_at DESC, id DESC);
-CREATE INDEX events_fold_idx ON events (tenant_id, origin, fingerprint, last_seen_at DESC);
+CREATE INDEX events_fold_idx ON events (tenant_id, origin, fingerprint, received_at DESC);
+
+CREATE TABLE event_changes (
+    tenant_id  TEXT NOT NULL,
+    seq        INTEGER NOT NULL CHECK (seq >= 1),
+    event_id   TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, seq)
+) WITHOUT ROWID;
 
 CREATE TABLE event_receipts (
     tenant_id        TEXT NOT NULL,

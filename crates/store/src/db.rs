@@ -13,9 +13,11 @@
 //! | JSON          | `jsonb`       | `TEXT`                                         |
 //! | `bool`        | `boolean`     | `INTEGER` 0/1                                  |
 //!
-//! and the one statement-level difference: `FOR [NO KEY] UPDATE` row locks are
+//! and the statement-level differences: `FOR [NO KEY] UPDATE` row locks are
 //! dropped on SQLite, whose write transactions (`BEGIN IMMEDIATE`) already
-//! serialize writers.
+//! serialize writers; and a batch passed as one table ([`Rows`], through
+//! [`Sql::rows`]) is `UNNEST` of one array per column on PostgreSQL and
+//! `json_each` of one JSON array of rows on SQLite.
 
 use std::borrow::Cow;
 
@@ -105,7 +107,7 @@ impl Sql {
 
     /// Append `rows` as a derived table `(SELECT … ) AS <alias>` whose
     /// columns carry the [`Rows`]' names and the store's types (JSON
-    /// columns are `jsonb` on PostgreSQL, text on SQLite), in row order.
+    /// columns are `json` on PostgreSQL, text on SQLite), in row order.
     pub fn rows(&mut self, backend: BackendKind, alias: &str, rows: Rows) -> &mut Self {
         self.push("(SELECT ");
         match backend {
@@ -113,8 +115,10 @@ impl Sql {
                 // UNNEST of several arrays zips them into rows.
                 for (i, (name, col)) in rows.cols.iter().enumerate() {
                     let sep = if i == 0 { "" } else { ", " };
+                    // `json` (validation only); it casts to `jsonb` on
+                    // assignment where a column is `jsonb`.
                     let cast = if matches!(col, Column::Json(_)) {
-                        "::jsonb"
+                        "::json"
                     } else {
                         ""
                     };
@@ -143,7 +147,7 @@ impl Sql {
                     .collect();
                 self.push(" FROM json_each(")
                     .bind(Value::Array(table).to_string())
-                    .push(") ORDER BY key");
+                    .push(")");
             }
         }
         self.push(") AS ").push(alias);

@@ -18,6 +18,7 @@ const TENANT_TABLES: &[&str] = &[
     "clusters",
     "bootstrap_tokens",
     "events",
+    "event_changes",
     "event_receipts",
     "event_seq_heads",
     "remediations",
@@ -457,13 +458,18 @@ async fn store_scoping_matches_rls() {
 }
 
 #[tokio::test]
-async fn rls_guards_events_receipts_and_sequence_heads() {
+async fn rls_guards_events_changes_receipts_and_sequence_heads() {
     let Some(h) = pg().await else { return };
     let [(a, ca), (b, _)] = two_tenants(&h).await;
     let pool = h.store.pg_app_pool().unwrap();
 
     let mut tx = app_tx(pool, Some(a.id), false).await;
-    for table in ["events", "event_receipts", "event_seq_heads"] {
+    for table in [
+        "events",
+        "event_changes",
+        "event_receipts",
+        "event_seq_heads",
+    ] {
         let tenants: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT DISTINCT tenant_id FROM {table}"
         )))
@@ -478,6 +484,7 @@ async fn rls_guards_events_receipts_and_sequence_heads() {
         "UPDATE events SET count = count + 1 WHERE tenant_id = $1",
         "UPDATE event_seq_heads SET last_seq = 0 WHERE tenant_id = $1",
         "UPDATE event_receipts SET event_id = gen_random_uuid() WHERE tenant_id = $1",
+        "DELETE FROM event_changes WHERE tenant_id = $1",
         "DELETE FROM event_receipts WHERE tenant_id = $1",
     ] {
         let n = sqlx::query(sql)
@@ -494,6 +501,7 @@ async fn rls_guards_events_receipts_and_sequence_heads() {
     let inserts = [
         "INSERT INTO event_receipts (tenant_id, origin, source_event_id, event_id, received_at) \
          VALUES ($1, 'webhook:x', 'd-1', gen_random_uuid(), now())",
+        "INSERT INTO event_changes (tenant_id, seq, event_id) VALUES ($1, 1, gen_random_uuid())",
         "INSERT INTO event_seq_heads (tenant_id, last_seq, updated_at) VALUES ($1, 0, now()) \
          ON CONFLICT (tenant_id) DO UPDATE SET last_seq = 0",
         "INSERT INTO events (id, tenant_id, seq, origin, source_event_id, source, category, \

@@ -440,7 +440,7 @@ impl AgentSession {
                 acks[slot].event_id = Uuid::new_v4().to_string();
             }
         } else if !accepted.is_empty() {
-            let outcome = async {
+            let attempt = || async {
                 let mut tx = self
                     .store
                     .begin(&Scope::tenant(self.tenant_id, None))
@@ -456,8 +456,16 @@ impl AgentSession {
                     .await?;
                 tx.commit().await?;
                 Ok::<_, zen_store::StoreError>(outcomes)
+            };
+            // Serialization conflicts (CockroachDB, busy SQLite) are retried before the agent
+            // is told to resend.
+            let mut outcome = attempt().await;
+            for _ in 0..2 {
+                match &outcome {
+                    Err(error) if error.is_retryable() => outcome = attempt().await,
+                    _ => break,
+                }
             }
-            .await;
             match outcome {
                 Ok(outcomes) => {
                     for (slot, outcome) in slots.iter().zip(outcomes) {

@@ -2,23 +2,32 @@
 //! watchers follow.
 //!
 //! One `ingest` call is a fixed number of statements whatever the batch size
-//! (each batch-wide statement binds whole columns, see [`Rows`]):
+//! (each binds whole columns, see [`Rows`]):
 //!
-//! 1. lock the tenant's `event_seq_heads` row and allocate seqs (one per
+//! 1. lock the tenant's `event_seq_heads` row and reserve seqs (one per
 //!    (origin, fingerprint) group of the batch, an upper bound);
-//! 2. look the batch's (origin, source_event_id) keys up in `event_receipts`
-//!    (resends: `Duplicate`);
-//! 3. look up the fold target of each remaining (origin, fingerprint) group:
-//!    its latest row with `last_seen_at >= now - fold_window`;
-//! 4. `UPDATE` the fold targets (count, last_seen_at, details, seq);
-//! 5. `INSERT` the new rows;
-//! 6. `INSERT` the receipts of every new key.
+//! 2. look up each group's fold target: its newest row, if its
+//!    `last_seen_at >= now - fold_window` (else the group's row-to-be gets a
+//!    fresh id);
+//! 3. claim a receipt per (origin, source_event_id) key, naming its group's
+//!    event: `INSERT … ON CONFLICT DO NOTHING RETURNING` tells the new keys
+//!    from resends;
+//! 4. only if there were resends: read the event their receipts name;
+//! 5. `INSERT` the new rows; upsert the folds (count, last_seen_at, details,
+//!    seq) through the primary key: no indexed column changes, so with the
+//!    table's free page space a fold is a HOT update that touches no index;
+//! 6. append one `event_changes` row per event written (the watchers' tail).
 //!
 //! The head row lock of step 1 is held to the commit, so a tenant's ingest
 //! transactions run one after the other from step 1 on. That makes steps
 //! 2-6 free of races (no second row for a fingerprint, no double count of a
 //! resend racing its original) and makes seqs become visible in increasing
 //! order, which is what lets watchers follow `seq > n` without missing rows.
+//!
+//! Lookups are correlated sub-queries and writes go through the primary
+//! key, so every row costs one index probe whatever the planner believes
+//! about the tables (a join planned on stale statistics turned a 5 ms lookup
+//! into seconds).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -34,6 +43,7 @@ use crate::error::{Result, StoreError};
 use crate::model::*;
 use crate::page::{Page, PageRequest};
 use crate::repo::EventRepo;
+use crate::store::BackendKind;
 use crate::validate;
 
 /// Most events one `ingest` call takes.
@@ -41,6 +51,10 @@ pub const MAX_INGEST_BATCH: usize = 10_000;
 /// Most events one `tail` call returns; larger limits are clamped.
 pub const MAX_TAIL_LIMIT: i64 = 1_000;
 
+/// Most serialized `resource` + `details` bytes one `ingest` call takes (a
+/// batch is bound as one array per column; PostgreSQL and SQLite refuse
+/// values above 1 GiB).
+const MAX_BATCH_JSON_BYTES: usize = 64 << 20;
 const MAX_ID: usize = 256;
 const MAX_TEXT: usize = 1024;
 const MAX_RESOURCE_BYTES: usize = 16 * 1024;
@@ -51,6 +65,11 @@ macro_rules! event_cols {
         "id, tenant_id, cluster_id, seq, source_event_id, source, source_name, category, \
          severity, type, title, resource, details, fingerprint, count, detected_at, \
          received_at, last_seen_at"
+    };
+    (e) => {
+        "e.id, e.tenant_id, e.cluster_id, e.seq, e.source_event_id, e.source, e.source_name, \
+         e.category, e.severity, e.type, e.title, e.resource, e.details, e.fingerprint, \
+         e.count, e.detected_at, e.received_at, e.last_seen_at"
     };
 }
 
@@ -142,13 +161,23 @@ fn json_object(field: &'static str, v: &Value, max: usize) -> Result<String> {
             format!("must be at most {max} bytes serialized"),
         ));
     }
-    if text.contains("\\u0000") {
+    if has_nul(v) {
         return Err(StoreError::invalid(
             field,
             "must not contain NUL characters",
         ));
     }
     Ok(text)
+}
+
+/// A NUL character in any key or string of `v`.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 /// Who sent the event: its cluster (agents), or `webhook:<source_name>`
@@ -219,6 +248,120 @@ fn internal(what: &'static str) -> StoreError {
     StoreError::Database(sqlx::Error::Protocol(format!("event ingest: {what}")))
 }
 
+/// What [`write_rows`] needs of an `ingest` call.
+struct Batch<'a> {
+    tenant: Uuid,
+    cluster_id: Option<Uuid>,
+    now: DateTime<Utc>,
+    checked: &'a [Checked<'a>],
+    groups: &'a [Group],
+}
+
+/// The statement writing `rows` (group, event id): an `INSERT` of new
+/// rows, or with `fold` an upsert whose conflict branch folds into the
+/// existing row. A row takes its group's first fresh occurrence, the latest
+/// one's details, and counts every fresh occurrence.
+fn write_rows(backend: BackendKind, b: &Batch<'_>, rows: &[(usize, Uuid)], fold: bool) -> Sql {
+    let (checked, groups) = (b.checked, b.groups);
+    let firsts: Vec<usize> = rows.iter().map(|&(g, _)| groups[g].fresh[0]).collect();
+    let lasts: Vec<usize> = rows
+        .iter()
+        .map(|&(g, _)| groups[g].fresh[groups[g].fresh.len() - 1])
+        .collect();
+    let ev = |i: usize| checked[i].event;
+    let mut sql = Sql::new(concat!(
+        "INSERT INTO events (",
+        event_cols!(),
+        ", origin) SELECT k.id, "
+    ));
+    sql.bind(b.tenant)
+        .push(
+            ", k.cluster_id, k.seq, k.source_event_id, k.source, k.source_name, \
+             k.category, k.severity, k.type, k.title, k.resource, k.details, \
+             k.fingerprint, k.count, k.detected_at, ",
+        )
+        .bind(b.now)
+        .push(", ")
+        .bind(b.now)
+        .push(", k.origin FROM ")
+        .rows(
+            backend,
+            "k",
+            Rows::new()
+                .col("id", Column::Uuid(rows.iter().map(|&(_, id)| id).collect()))
+                .col(
+                    "cluster_id",
+                    Column::OptUuid(rows.iter().map(|_| b.cluster_id).collect()),
+                )
+                .col(
+                    "seq",
+                    Column::I64(rows.iter().map(|&(g, _)| groups[g].seq).collect()),
+                )
+                .col(
+                    "source_event_id",
+                    texts(&firsts, |i| &ev(i).source_event_id),
+                )
+                .col("source", texts(&firsts, |i| &ev(i).source))
+                .col(
+                    "source_name",
+                    Column::OptText(firsts.iter().map(|&i| ev(i).source_name.clone()).collect()),
+                )
+                .col("category", texts(&firsts, |i| &ev(i).category))
+                .col(
+                    "severity",
+                    Column::I16(firsts.iter().map(|&i| ev(i).severity).collect()),
+                )
+                .col("type", texts(&firsts, |i| &ev(i).event_type))
+                .col("title", texts(&firsts, |i| &ev(i).title))
+                .col(
+                    "resource",
+                    // A fold keeps the stored resource: send the cheapest
+                    // valid value for the row the upsert only proposes.
+                    Column::Json(
+                        firsts
+                            .iter()
+                            .map(|&i| {
+                                if fold {
+                                    "{}".to_owned()
+                                } else {
+                                    checked[i].resource.clone()
+                                }
+                            })
+                            .collect(),
+                    ),
+                )
+                .col(
+                    "details",
+                    Column::Json(lasts.iter().map(|&i| checked[i].details.clone()).collect()),
+                )
+                .col("fingerprint", texts(&firsts, |i| &ev(i).fingerprint))
+                .col(
+                    "count",
+                    Column::I64(
+                        rows.iter()
+                            .map(|&(g, _)| groups[g].fresh.len() as i64)
+                            .collect(),
+                    ),
+                )
+                .col(
+                    "detected_at",
+                    Column::Ts(firsts.iter().map(|&i| checked[i].detected_at).collect()),
+                )
+                .col("origin", texts(&firsts, |i| &checked[i].origin)),
+        );
+    if fold {
+        // `WHERE true`: SQLite needs it to parse `INSERT … SELECT … ON CONFLICT`.
+        sql.push(
+            " WHERE true ON CONFLICT (tenant_id, id) DO UPDATE SET \
+             count = events.count + excluded.count, seq = excluded.seq, \
+             details = excluded.details, \
+             last_seen_at = CASE WHEN events.last_seen_at > excluded.last_seen_at \
+             THEN events.last_seen_at ELSE excluded.last_seen_at END",
+        );
+    }
+    sql
+}
+
 #[async_trait]
 impl EventRepo for SqlTx {
     async fn ingest(
@@ -245,6 +388,19 @@ impl EventRepo for SqlTx {
             .enumerate()
             .map(|(i, e)| check(cluster_id, e).map_err(|err| at(i, err)))
             .collect::<Result<Vec<_>>>()?;
+        let bytes: usize = checked
+            .iter()
+            .map(|c| c.details.len() + c.resource.len())
+            .sum();
+        if bytes > MAX_BATCH_JSON_BYTES {
+            return Err(StoreError::invalid(
+                "events",
+                format!(
+                    "at most {} MiB of resource and details per batch",
+                    MAX_BATCH_JSON_BYTES >> 20
+                ),
+            ));
+        }
 
         // Keys and groups, in batch order. `first_of[i]` is the first event
         // of the batch with event i's (origin, source_event_id).
@@ -295,10 +451,14 @@ impl EventRepo for SqlTx {
             group.seq = top - reserved + 1 + g as i64;
         }
 
-        // 2. The fold target of each group: its latest row inside the
-        //    window. A correlated sub-query: one index probe per group,
+        // 2. The fold target of each group: its newest row (by received_at,
+        //    which a fold never changes, so that folds leave the index
+        //    alone) if its last_seen_at is inside the window. Rows of a
+        //    group do not overlap in time, so when the newest is outside
+        //    the window the older ones are too (the scan just reads them
+        //    to say so). A correlated sub-query: one index probe per group,
         //    whatever the planner believes about the table's size. A group
-        //    without one gets the id of the row it may become.
+        //    without a target keeps the fresh id its new row will get.
         let mut sql = Sql::new("SELECT k.n AS n, (SELECT e.id FROM events e WHERE e.tenant_id = ");
         let firsts: Vec<usize> = groups.iter().map(|g| g.first).collect();
         sql.bind(tenant)
@@ -306,7 +466,7 @@ impl EventRepo for SqlTx {
                 " AND e.origin = k.origin AND e.fingerprint = k.fingerprint AND e.last_seen_at >= ",
             )
             .bind(cutoff)
-            .push(" ORDER BY e.last_seen_at DESC LIMIT 1) AS id FROM ")
+            .push(" ORDER BY e.received_at DESC LIMIT 1) AS id FROM ")
             .rows(
                 backend,
                 "k",
@@ -430,106 +590,48 @@ impl EventRepo for SqlTx {
             }
         }
 
+        // 5. Write: the new rows with a plain INSERT, the folds with an
+        //    upsert on the primary key that always takes its UPDATE branch
+        //    (an index probe per row, no join for the planner to get wrong;
+        //    a HOT update, as no indexed column changes).
+        let (folds, news): (Vec<_>, Vec<_>) = rows
+            .iter()
+            .copied()
+            .partition(|&(g, _)| groups[g].target.is_some());
+        let batch = Batch {
+            tenant,
+            cluster_id,
+            now,
+            checked: &checked,
+            groups: &groups,
+        };
+        for (part, fold) in [(news, false), (folds, true)] {
+            if !part.is_empty() {
+                let sql = write_rows(backend, &batch, &part, fold);
+                self.conn
+                    .execute(sql.text, sql.args)
+                    .await
+                    .map_err(|e| e.on_foreign_key("cluster"))?;
+            }
+        }
+
+        // 6. The changes, for watchers: one per event written.
         if !rows.is_empty() {
-            // 5. New rows and folds in one upsert on the primary key (an
-            //    index probe per row, no join to plan). A new row takes its
-            //    group's first fresh occurrence; both take the latest one's
-            //    details and count every fresh occurrence.
-            let firsts: Vec<usize> = rows.iter().map(|&(g, _)| groups[g].fresh[0]).collect();
-            let lasts: Vec<usize> = rows
-                .iter()
-                .map(|&(g, _)| groups[g].fresh[groups[g].fresh.len() - 1])
-                .collect();
-            let ev = |i: usize| checked[i].event;
-            let mut sql = Sql::new(concat!(
-                "INSERT INTO events (",
-                event_cols!(),
-                ", origin) SELECT k.id, "
-            ));
-            sql.bind(tenant)
-                .push(
-                    ", k.cluster_id, k.seq, k.source_event_id, k.source, k.source_name, \
-                     k.category, k.severity, k.type, k.title, k.resource, k.details, \
-                     k.fingerprint, k.count, k.detected_at, ",
-                )
-                .bind(now)
-                .push(", ")
-                .bind(now)
-                .push(", k.origin FROM ")
-                .rows(
-                    backend,
-                    "k",
-                    Rows::new()
-                        .col("id", Column::Uuid(rows.iter().map(|&(_, id)| id).collect()))
-                        .col(
-                            "cluster_id",
-                            Column::OptUuid(rows.iter().map(|_| cluster_id).collect()),
-                        )
-                        .col(
-                            "seq",
-                            Column::I64(rows.iter().map(|&(g, _)| groups[g].seq).collect()),
-                        )
-                        .col(
-                            "source_event_id",
-                            texts(&firsts, |i| &ev(i).source_event_id),
-                        )
-                        .col("source", texts(&firsts, |i| &ev(i).source))
-                        .col(
-                            "source_name",
-                            Column::OptText(
-                                firsts.iter().map(|&i| ev(i).source_name.clone()).collect(),
-                            ),
-                        )
-                        .col("category", texts(&firsts, |i| &ev(i).category))
-                        .col(
-                            "severity",
-                            Column::I16(firsts.iter().map(|&i| ev(i).severity).collect()),
-                        )
-                        .col("type", texts(&firsts, |i| &ev(i).event_type))
-                        .col("title", texts(&firsts, |i| &ev(i).title))
-                        .col(
-                            "resource",
-                            Column::Json(
-                                firsts
-                                    .iter()
-                                    .map(|&i| checked[i].resource.clone())
-                                    .collect(),
-                            ),
-                        )
-                        .col(
-                            "details",
-                            Column::Json(
-                                lasts.iter().map(|&i| checked[i].details.clone()).collect(),
-                            ),
-                        )
-                        .col("fingerprint", texts(&firsts, |i| &ev(i).fingerprint))
-                        .col(
-                            "count",
-                            Column::I64(
-                                rows.iter()
-                                    .map(|&(g, _)| groups[g].fresh.len() as i64)
-                                    .collect(),
-                            ),
-                        )
-                        .col(
-                            "detected_at",
-                            Column::Ts(firsts.iter().map(|&i| checked[i].detected_at).collect()),
-                        )
-                        .col("origin", texts(&firsts, |i| &checked[i].origin)),
-                )
-                // `WHERE true`: SQLite needs it to parse `INSERT … SELECT …
-                // ON CONFLICT`.
-                .push(
-                    " WHERE true ON CONFLICT (tenant_id, id) DO UPDATE SET \
-                     count = events.count + excluded.count, seq = excluded.seq, \
-                     details = excluded.details, \
-                     last_seen_at = CASE WHEN events.last_seen_at > excluded.last_seen_at \
-                     THEN events.last_seen_at ELSE excluded.last_seen_at END",
-                );
-            self.conn
-                .execute(sql.text, sql.args)
-                .await
-                .map_err(|e| e.on_foreign_key("cluster"))?;
+            let mut sql = Sql::new("INSERT INTO event_changes (tenant_id, seq, event_id) SELECT ");
+            sql.bind(tenant).push(", k.seq, k.event_id FROM ").rows(
+                backend,
+                "k",
+                Rows::new()
+                    .col(
+                        "seq",
+                        Column::I64(rows.iter().map(|&(g, _)| groups[g].seq).collect()),
+                    )
+                    .col(
+                        "event_id",
+                        Column::Uuid(rows.iter().map(|&(_, id)| id).collect()),
+                    ),
+            );
+            self.conn.execute(sql.text, sql.args).await?;
         }
 
         // Duplicates inside the batch answer like their first delivery.
@@ -613,11 +715,18 @@ impl EventRepo for SqlTx {
         if limit < 1 {
             return Err(StoreError::invalid("limit", "must be at least 1"));
         }
+        // Changes in seq order, each joined to its event by primary key;
+        // a change superseded by a later one of the same event is skipped
+        // (the event comes at its latest seq). `c CROSS JOIN e` keeps the
+        // changes the outer loop on SQLite too.
         self.all(
             concat!(
                 "SELECT ",
-                event_cols!(),
-                " FROM events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                event_cols!(e),
+                " FROM event_changes c CROSS JOIN events e \
+                 WHERE c.tenant_id = $1 AND c.seq > $2 \
+                 AND e.tenant_id = c.tenant_id AND e.id = c.event_id AND e.seq = c.seq \
+                 ORDER BY c.seq LIMIT $3"
             ),
             args![tenant, after_seq, limit.min(MAX_TAIL_LIMIT)],
             event_from,
@@ -628,7 +737,7 @@ impl EventRepo for SqlTx {
     async fn last_seq(&mut self) -> Result<i64> {
         let tenant = self.tenant()?;
         self.one(
-            "SELECT COALESCE(MAX(seq), 0) AS n FROM events WHERE tenant_id = $1",
+            "SELECT COALESCE(MAX(seq), 0) AS n FROM event_changes WHERE tenant_id = $1",
             args![tenant],
             "tenant",
             |r| r.get("n"),
