@@ -47,9 +47,16 @@ struct Args {
     /// Unmeasured seconds before each measurement.
     #[arg(long, default_value_t = 2)]
     warmup_seconds: u64,
+    /// Rounds over all scenarios per concurrency; a scenario's figures merge its rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// Database of the server under test (default: SQLite in the temporary data dir).
     #[arg(long)]
     database_url: Option<String>,
+    /// Where the temporary data dir (SQLite database, PKI, keys) is made (default: the system
+    /// temp dir). `/dev/shm` takes the disk's fsync out of every audited call.
+    #[arg(long)]
+    tmp_dir: Option<PathBuf>,
     /// Shared cache of the server under test (default: in-process memory cache).
     #[arg(long)]
     redis_url: Option<String>,
@@ -187,6 +194,16 @@ struct Measurement {
 }
 
 impl Measurement {
+    /// Adds another run of the same scenario (latencies are sorted again before use).
+    fn absorb(&mut self, other: Measurement) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
     fn rps(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
@@ -261,7 +278,8 @@ async fn measure(
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let data_dir = std::env::temp_dir().join(format!("zen-bench-{}", uuid::Uuid::new_v4()));
+    let parent = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let data_dir = parent.join(format!("zen-bench-{}", uuid::Uuid::new_v4()));
     let result = bench(&args, &data_dir).await;
     let _ = std::fs::remove_dir_all(&data_dir);
     result
@@ -366,10 +384,11 @@ async fn bench(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()> {
     }
 
     println!(
-        "zen-bench-gateway: {} cores, {} worker threads, database {database}, cache {cache}, {} s per run after {} s warm-up",
+        "zen-bench-gateway: {} cores, {} worker threads, database {database}, cache {cache}, {} rounds of {} s per scenario after {} s warm-up",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         args.worker_threads
             .map_or_else(|| "default".to_owned(), |n| n.to_string()),
+        args.rounds.max(1),
         args.seconds,
         args.warmup_seconds,
     );
@@ -379,15 +398,27 @@ async fn bench(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()> {
     );
     let mut results = Vec::new();
     for &concurrency in &args.concurrency {
-        for &target in &targets {
-            let m = measure(
-                &clients,
-                target,
-                concurrency.max(1),
-                Duration::from_secs(args.warmup_seconds),
-                Duration::from_secs(args.seconds.max(1)),
-            )
-            .await;
+        // Rounds interleave the scenarios, so drift (a growing audit log, other load on the
+        // machine) is shared between them instead of landing on whichever ran last.
+        let mut merged: Vec<Measurement> = Vec::new();
+        for _ in 0..args.rounds.max(1) {
+            for &target in &targets {
+                let m = measure(
+                    &clients,
+                    target,
+                    concurrency.max(1),
+                    Duration::from_secs(args.warmup_seconds),
+                    Duration::from_secs(args.seconds.max(1)),
+                )
+                .await;
+                match merged.iter_mut().find(|x| x.target == target) {
+                    Some(x) => x.absorb(m),
+                    None => merged.push(m),
+                }
+            }
+        }
+        for mut m in merged {
+            m.latencies.sort_unstable();
             println!(
                 "{:<44} {:>5} {:>9} {:>9.0} {:>8.3} {:>8.3} {:>7}",
                 m.target.label(),
