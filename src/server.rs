@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -171,7 +172,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             },
         },
     );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    // Small messages must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let grpc =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, drained(draining.subscribe())));
 
@@ -195,7 +198,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     .fallback_service(gateway.router());
     let http = tokio::spawn(
         axum::serve(
-            http_listener,
+            http_listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(drained(draining.subscribe()))

@@ -224,7 +224,7 @@ async fn an_agent_enrolls_over_http_and_streams_events() {
     // One use only; a made-up token is refused the same way.
     let again = tempfile::tempdir().unwrap();
     let reused = zen::agent::bootstrap(&http, &grpc, "localhost", &token, again.path()).await;
-    assert!(reused.unwrap_err().to_string().contains("403"));
+    assert!(reused.unwrap_err().to_string().contains("401"));
     let forged = format!("zbt.{tenant_id}.{}", "0".repeat(64));
     assert!(
         zen::agent::bootstrap(&http, &grpc, "localhost", &forged, again.path())

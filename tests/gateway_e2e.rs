@@ -899,7 +899,7 @@ async fn public_endpoints_answer_without_a_token() {
             .send()
             .await
             .unwrap(),
-        StatusCode::FORBIDDEN,
+        StatusCode::UNAUTHORIZED,
     )
     .await;
     assert_eq!(

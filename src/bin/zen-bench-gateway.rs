@@ -13,12 +13,14 @@
 //! authorized nor audited — the floor of an mTLS round trip), `AuthService.GetJwks` (public;
 //! one audit record per call on the platform chain) and `TenancyService.GetTenant` as a signed-in
 //! person (token check, session lookup, user and role reads, one audit record on the tenant's
-//! chain). It prints requests/s, p50 and p99 per scenario and concurrency, then what the gateway
-//! adds. See docs/BENCHMARKS.md.
+//! chain). Scenarios run in interleaved rounds; it prints requests/s, p50 and p99 per scenario
+//! and concurrency, then what the gateway adds. See docs/BENCHMARKS.md ("Gateway overhead").
 //!
 //! ```sh
 //! cargo build --release --bin zen-bench-gateway
-//! target/release/zen-bench-gateway --concurrency 1,16 --seconds 10
+//! target/release/zen-bench-gateway --concurrency 1,16 --seconds 10 --rounds 3
+//! target/release/zen-bench-gateway --tmp-dir /dev/shm      # SQLite without the disk's fsync
+//! target/release/zen-bench-gateway --database-url postgres://… --redis-url redis://…
 //! ```
 
 use std::path::PathBuf;

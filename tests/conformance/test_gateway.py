@@ -13,10 +13,9 @@ import subprocess
 import uuid
 
 import pytest
+import websocket  # the websocket-client package (requirements-dev.txt)
 
 from support import ZenServer, clean_env, http_session, zen_binary
-
-websocket = pytest.importorskip("websocket")  # the websocket-client package
 
 PASSWORD = "correct horse battery staple"
 HTTP_TIMEOUT = 15

@@ -22,19 +22,17 @@ import subprocess
 import uuid
 
 import pytest
-
-schemathesis = pytest.importorskip("schemathesis")
-
-from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.specs.openapi.checks import (  # noqa: E402
+import schemathesis  # requirements-dev.txt; a missing install fails here, never skips
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
 
-from support import ZenServer, clean_env, http_session, zen_binary  # noqa: E402
+from support import ZenServer, clean_env, http_session, zen_binary
 
 PASSWORD = "correct horse battery staple"
 #: Fuzzed examples per operation (on top of the explicit and coverage cases). With ~55

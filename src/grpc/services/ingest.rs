@@ -645,9 +645,10 @@ impl IngestService for IngestApi {
         let call = Call::of(&request)?;
         let req = request.into_inner();
         let ca = self.ca()?;
+        // UNAUTHENTICATED, as the contract says: the token is the caller's only credential.
         let invalid_token = || {
             Status::with_error_details(
-                Code::PermissionDenied,
+                Code::Unauthenticated,
                 "the bootstrap token is invalid, used or expired",
                 ErrorDetails::with_error_info(
                     "BOOTSTRAP_TOKEN_INVALID",
