@@ -331,14 +331,12 @@ async fn resources_bind_path_query_and_body_and_answer_proto3_json() {
     assert_eq!(got["cluster"], alpha_two);
 
     // PATCH: path + body field + `updateMask` from the query; fields outside the mask stay.
-    // (`name` is REQUIRED on Cluster, and the gateway checks REQUIRED in the body even on
-    // update, so it is sent unchanged.)
+    // A partial update (AIP-134) need not resend the resource's REQUIRED, immutable `name`.
     let patched = json_ok(
         http.patch(format!("{cluster_url}?updateMask=displayName"))
             .bearer_auth(&token)
             .header("X-Request-Id", request_id())
             .json(&json!({
-                "name": "alpha-two",
                 "displayName": "Alpha Two",
                 "apiEndpoint": "https://not-in-the-mask.example",
                 "version": "1",
@@ -360,7 +358,7 @@ async fn resources_bind_path_query_and_body_and_answer_proto3_json() {
         http.patch(format!("{cluster_url}?updateMask=displayName"))
             .bearer_auth(&token)
             .header("X-Request-Id", request_id())
-            .json(&json!({ "name": "alpha-two", "displayName": "Late", "version": "1" }))
+            .json(&json!({ "displayName": "Late", "version": "1" }))
             .send()
             .await
             .unwrap(),

@@ -201,7 +201,13 @@ pub(crate) fn build_request(
         return Err(invalid(errors));
     }
     clear_output_only(&mut msg, behaviors);
-    check(&msg, "", behaviors, &mut errors);
+    // AIP-134: an update with a field mask is partial, so the resource's own REQUIRED fields
+    // (often IMMUTABLE too) are not demanded again; the request's top-level ones still are.
+    let partial_update = msg
+        .descriptor()
+        .get_field_by_name("update_mask")
+        .is_some_and(|f| matches!(f.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask"));
+    check(&msg, "", behaviors, !partial_update, &mut errors);
     if !errors.is_empty() {
         return Err(invalid(errors));
     }
@@ -439,10 +445,18 @@ fn present(msg: &DynamicMessage, field: &FieldDescriptor) -> bool {
 }
 
 /// REQUIRED fields present, enum values known; recursive over set sub-messages.
-fn check(msg: &DynamicMessage, prefix: &str, behaviors: &Behaviors, errors: &mut Vec<FieldError>) {
+fn check(
+    msg: &DynamicMessage,
+    prefix: &str,
+    behaviors: &Behaviors,
+    nested_required: bool,
+    errors: &mut Vec<FieldError>,
+) {
     let desc = msg.descriptor();
+    let top_level = prefix.is_empty();
     for field in desc.fields() {
-        if behaviors.is_required(&field)
+        if (top_level || nested_required)
+            && behaviors.is_required(&field)
             && field.containing_oneof().is_none()
             && !present(msg, &field)
         {
@@ -464,7 +478,7 @@ fn check(msg: &DynamicMessage, prefix: &str, behaviors: &Behaviors, errors: &mut
         };
         let visit = |value: &Value, path: String, errors: &mut Vec<FieldError>| match value {
             Value::Message(m) if !skip_recursion(&m.descriptor()) => {
-                check(m, &format!("{path}."), behaviors, errors)
+                check(m, &format!("{path}."), behaviors, nested_required, errors)
             }
             Value::EnumNumber(n) => {
                 if let Kind::Enum(e) = &item_kind {
