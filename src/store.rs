@@ -7,17 +7,23 @@ use zen_store::{NewLocalUser, Scope, Store};
 
 use crate::config::{redact_url, Config};
 
-/// Connects to the configured database and brings its schema up to date (or, with
-/// auto-migration disabled, refuses to start on a schema that is not current).
-pub async fn open(config: &Config) -> anyhow::Result<Store> {
+/// Connects to the configured database (creating the data dir for SQLite), naming the
+/// database without its password when that fails.
+async fn connect(config: &Config) -> anyhow::Result<Store> {
     if config.database_url.starts_with("sqlite:") {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
     }
-    let store = Store::connect(&config.database_url)
+    Store::connect(&config.database_url)
         .await
-        .with_context(|| format!("connecting to {}", redact_url(&config.database_url)))?;
+        .with_context(|| format!("connecting to {}", redact_url(&config.database_url)))
+}
+
+/// Connects to the configured database and brings its schema up to date (or, with
+/// auto-migration disabled, refuses to start on a schema that is not current).
+pub async fn open(config: &Config) -> anyhow::Result<Store> {
+    let store = connect(config).await?;
     if config.auto_migrate {
         let status = store.migrate().await.context("applying migrations")?;
         tracing::info!(applied = status.applied.len(), "database schema is current");
@@ -32,12 +38,7 @@ pub async fn open(config: &Config) -> anyhow::Result<Store> {
 
 /// `zen migrate [--status]`.
 pub async fn migrate_command(config: &Config, status_only: bool) -> anyhow::Result<()> {
-    if config.database_url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.data_dir)?;
-    }
-    let store = Store::connect(&config.database_url)
-        .await
-        .with_context(|| format!("connecting to {}", redact_url(&config.database_url)))?;
+    let store = connect(config).await?;
     let status = if status_only {
         store.migration_status().await?
     } else {
@@ -58,9 +59,7 @@ pub async fn migrate_command(config: &Config, status_only: bool) -> anyhow::Resu
 
 /// `zen audit verify [--tenant T]`: verifies one chain or every chain, as a platform admin.
 pub async fn verify_audit_command(config: &Config, tenant: Option<Uuid>) -> anyhow::Result<()> {
-    let store = Store::connect(&config.database_url)
-        .await
-        .with_context(|| format!("connecting to {}", redact_url(&config.database_url)))?;
+    let store = connect(config).await?;
     store
         .check_migrations()
         .await

@@ -26,9 +26,10 @@ use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 use uuid::Uuid;
 use zen_security::PeerIdentity;
-use zen_store::{AuditOutcome, NewAuditRecord, Role, Scope, Store};
+use zen_store::{AuditOutcome, Role, Scope, Store};
 
 use super::edge::RequestContext;
+use super::services::support::audit_record;
 use crate::auth::Auth;
 use crate::authz::{decide, Caller, CallerKind, Denial, PolicyTable};
 
@@ -292,7 +293,6 @@ impl Shared {
             user_id: caller.user_id(),
             platform_admin: caller.is_platform_admin(),
         };
-        let (actor_type, actor_id) = caller.actor();
         let (outcome, details) = match decision {
             Ok(()) => (AuditOutcome::Success, serde_json::json!({})),
             Err(denial) => (
@@ -300,15 +300,15 @@ impl Shared {
                 serde_json::json!({ "reason": denial.reason(), "message": denial.to_string() }),
             ),
         };
-        let mut record = NewAuditRecord::new(actor_type, "authz.decide", "method", outcome);
-        record.actor_id = Some(actor_id).filter(|id| !id.is_empty());
-        record.resource_id = Some(method.to_owned());
-        record.details = details;
-        if let Some(context) = context {
-            record.request_id = Some(context.request_id.clone());
-            record.client_address = context.client_address.map(|a| a.to_string());
-            record.user_agent = context.user_agent.clone();
-        }
+        let record = audit_record(
+            caller,
+            context,
+            "authz.decide",
+            "method",
+            method,
+            outcome,
+            details,
+        );
         let mut tx = self.store.begin(&scope).await?;
         tx.audit().append(record).await?;
         tx.commit().await

@@ -335,6 +335,7 @@ pub fn event_to_proto(event: Event) -> pb::SecurityEvent {
 type Outbound = mpsc::Sender<Result<pb::ConnectAgentResponse, Status>>;
 
 /// One agent's open stream.
+#[derive(Clone)]
 struct AgentSession {
     store: Arc<Store>,
     cache: Arc<dyn Cache>,
@@ -362,17 +363,6 @@ impl AgentSession {
             }),
         )
         .await;
-    }
-
-    /// A copy for work that runs beside the stream loop.
-    fn detached(&self) -> AgentSession {
-        AgentSession {
-            store: self.store.clone(),
-            cache: self.cache.clone(),
-            settings: self.settings.clone(),
-            tenant_id: self.tenant_id,
-            cluster_id: self.cluster_id,
-        }
     }
 
     async fn report(&self, state: ConnectionState, agent_version: Option<String>) {
@@ -593,13 +583,13 @@ impl AgentSession {
                     Some(Ok(pb::ConnectAgentRequest { payload: Some(Payload::EventBatch(batch)) })) => {
                         // Each batch commits in its own task, so a transaction never waits on
                         // this loop (which may be blocked on an agent that does not read).
-                        let session = self.detached();
+                        let session = self.clone();
                         in_flight.push(tokio::spawn(async move { session.store_batch(batch).await }));
                     }
                     Some(Ok(pb::ConnectAgentRequest { payload: Some(Payload::Heartbeat(_)) })) => {
                         // Not awaited here: batches in flight may hold the (SQLite) write lock
                         // and are only driven by this loop.
-                        let session = self.detached();
+                        let session = self.clone();
                         tokio::spawn(async move {
                             session.report(ConnectionState::Connected, None).await;
                         });

@@ -79,15 +79,15 @@ impl Call {
         outcome: AuditOutcome,
         details: serde_json::Value,
     ) -> NewAuditRecord {
-        let (actor_type, actor_id) = self.caller.actor();
-        let mut record = NewAuditRecord::new(actor_type, action, resource_type, outcome);
-        record.actor_id = Some(actor_id).filter(|id| !id.is_empty());
-        record.resource_id = Some(resource_id.to_string()).filter(|id| !id.is_empty());
-        record.request_id = Some(self.context.request_id.clone());
-        record.client_address = self.context.client_address.map(|a| a.to_string());
-        record.user_agent = self.context.user_agent.clone();
-        record.details = details;
-        record
+        audit_record(
+            &self.caller,
+            Some(&self.context),
+            action,
+            resource_type,
+            resource_id,
+            outcome,
+            details,
+        )
     }
 
     /// Runs a mutation (which appends its own success record in its transaction); when it
@@ -120,6 +120,29 @@ impl Call {
         }
         result
     }
+}
+
+/// An audit record of `caller`'s action, with the request context when there is one.
+pub fn audit_record(
+    caller: &Caller,
+    context: Option<&RequestContext>,
+    action: &str,
+    resource_type: &str,
+    resource_id: impl ToString,
+    outcome: AuditOutcome,
+    details: serde_json::Value,
+) -> NewAuditRecord {
+    let (actor_type, actor_id) = caller.actor();
+    let mut record = NewAuditRecord::new(actor_type, action, resource_type, outcome);
+    record.actor_id = Some(actor_id).filter(|id| !id.is_empty());
+    record.resource_id = Some(resource_id.to_string()).filter(|id| !id.is_empty());
+    record.details = details;
+    if let Some(context) = context {
+        record.request_id = Some(context.request_id.clone());
+        record.client_address = context.client_address.map(|a| a.to_string());
+        record.user_agent = context.user_agent.clone();
+    }
+    record
 }
 
 /// What a mutation hands back to [`Call::mutate`]: its result, and what the audit record of
