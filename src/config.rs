@@ -118,6 +118,13 @@ pub struct ServeArgs {
     /// OIDC providers as a JSON array of {name, issuer_url, client_id, client_secret, scopes}.
     #[arg(long, env = "ZEN_OIDC_PROVIDERS")]
     pub oidc_providers: Option<String>,
+    /// Keys sealing webhook secrets at rest: comma-separated `<key-id>:<base64 32 bytes>`, the
+    /// first seals, all open (default: a key file under the data dir, development only).
+    #[arg(long, env = "ZEN_WEBHOOK_SECRET_KEYS", hide_env_values = true)]
+    pub webhook_secret_keys: Option<String>,
+    /// Enables `POST /agent/v1/events`: the key every cluster's legacy HMAC key derives from.
+    #[arg(long, env = "ZEN_LEGACY_AGENT_KEY", hide_env_values = true)]
+    pub legacy_agent_key: Option<String>,
 }
 
 /// The TOML file: every key optional, named as the flags with `_` for `-`.
@@ -151,6 +158,8 @@ struct FileConfig {
     local_login: Option<bool>,
     #[serde(default)]
     oidc_providers: Vec<OidcProvider>,
+    webhook_secret_keys: Option<String>,
+    legacy_agent_key: Option<String>,
 }
 
 /// One OIDC provider (Google, Okta, Azure AD, Keycloak … are all just issuers). The redirect
@@ -203,6 +212,10 @@ pub struct Config {
     pub gateway: GatewaySettings,
     /// Benchmarks only (never in production): acks without storing.
     pub bench_discard_events: bool,
+    /// `ZEN_WEBHOOK_SECRET_KEYS`; `None` means the development key file under the data dir.
+    pub webhook_secret_keys: Option<String>,
+    /// `ZEN_LEGACY_AGENT_KEY`; `None` turns the legacy agent endpoint off.
+    pub legacy_agent_key: Option<String>,
 }
 
 /// How the built-in gateway reaches the gRPC front, and what it accepts.
@@ -372,6 +385,16 @@ impl Config {
                     .unwrap_or(3600),
             ),
             oidc_providers,
+            webhook_secret_keys: serve
+                .webhook_secret_keys
+                .clone()
+                .or(file.webhook_secret_keys)
+                .filter(|k| !k.trim().is_empty()),
+            legacy_agent_key: serve
+                .legacy_agent_key
+                .clone()
+                .or(file.legacy_agent_key)
+                .filter(|k| !k.trim().is_empty()),
             data_dir,
         };
         config.validate(database_url_given.is_some())?;
@@ -501,6 +524,22 @@ impl Config {
             )));
         }
         reject_weak_key_permissions(&self.gateway.key)?;
+        if self.webhook_secret_keys.is_none() {
+            return Err(ConfigError::Invalid(
+                "ZEN_ENV=production: set ZEN_WEBHOOK_SECRET_KEYS (`<key-id>:<base64 32 bytes>`, \
+                 the same on every replica; `zen keys webhook-key` prints a new one): webhook \
+                 secrets are sealed with it"
+                    .into(),
+            ));
+        }
+        if let Some(key) = &self.legacy_agent_key {
+            if key.len() < 32 {
+                return Err(ConfigError::Invalid(
+                    "ZEN_ENV=production: ZEN_LEGACY_AGENT_KEY must be at least 32 characters"
+                        .into(),
+                ));
+            }
+        }
         for provider in &self.oidc_providers {
             if provider.client_secret.len() < 16 || !provider.issuer_url.starts_with("https://") {
                 return Err(ConfigError::Invalid(format!(

@@ -11,6 +11,7 @@ pub mod http;
 pub mod idempotency;
 pub mod proto;
 pub mod readiness;
+pub mod remediation;
 pub mod server;
 pub mod store;
 pub mod telemetry;

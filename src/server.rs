@@ -34,6 +34,36 @@ const CACHE_PREFIX: &str = "zen:";
 pub const TOKEN_AUDIENCE: &str = "zen";
 
 /// The OIDC client of the configured providers, redirecting to `<public-url>/auth/callback/<name>`.
+/// The key ring sealing webhook secrets: `ZEN_WEBHOOK_SECRET_KEYS`, or in development a key
+/// file created under the data dir on first start (production refuses to start without the
+/// setting, see `Config::validate_for_serve`).
+fn webhook_sealer(config: &Config) -> anyhow::Result<zen_webhook::SecretSealer> {
+    if let Some(keys) = &config.webhook_secret_keys {
+        return zen_webhook::SecretSealer::from_config(keys).context("ZEN_WEBHOOK_SECRET_KEYS");
+    }
+    let path = config.data_dir.join("keys").join("webhook-secret-keys");
+    if !path.exists() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let line = format!("dev:{}\n", zen_webhook::SecretSealer::generate_key());
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(&path) {
+            Ok(mut file) => std::io::Write::write_all(&mut file, line.as_bytes())?,
+            // Another process created it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        }
+    }
+    let keys =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    zen_webhook::SecretSealer::from_config(keys.trim())
+        .with_context(|| format!("the webhook secret keys in {}", path.display()))
+}
+
 fn oidc_providers(
     config: &Config,
     cache: Arc<dyn zen_cache::Cache>,
@@ -169,6 +199,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 discard: config.bench_discard_events,
                 agent_certificate_validity: config.agent_cert_validity,
                 ..Default::default()
+            },
+            webhooks: services::WebhookSettings {
+                sealer: Arc::new(webhook_sealer(&config)?),
+                public_url: config.public_url.clone(),
+                legacy_agent_key: config.legacy_agent_key.clone(),
+                fold_window: config.event_fold_window,
             },
         },
     );

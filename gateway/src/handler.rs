@@ -31,6 +31,9 @@ pub(crate) const REQUEST_ID: &str = "x-request-id";
 const CONTRACT_VERSION: &str = "x-zen-contract-version";
 const TENANT_ID: &str = "x-tenant-id";
 const REPLAYED: &str = "idempotent-replayed";
+/// Response metadata by which a service chooses the HTTP success status.
+pub const HTTP_STATUS_METADATA: &str = "x-http-code";
+
 /// Headers copied verbatim into gRPC metadata.
 const FORWARDED: [&str; 6] = [
     "authorization",
@@ -533,6 +536,17 @@ async fn unary(
                 .map(str::to_owned);
             let mut rendered = render(route, response.get_ref(), accept);
             rendered.contract_version = contract_version;
+            // A service may pick another success status (202 Accepted), as grpc-gateway lets
+            // services do with `x-http-code`; only the statuses its contract lists count.
+            if let Some(status) = response
+                .metadata()
+                .get(HTTP_STATUS_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u16>().ok())
+                .filter(|s| route.success_statuses.contains(s))
+            {
+                rendered.status = status;
+            }
             RenderedWithRetry {
                 rendered,
                 retry_after: None,

@@ -36,6 +36,7 @@ use prost_reflect::DescriptorPool;
 use tonic::transport::Channel;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+pub use handler::HTTP_STATUS_METADATA;
 pub use idempotency::{
     Claim, IdempotencyStore, MemoryIdempotencyStore, StoreError, StoredResponse,
 };

@@ -572,6 +572,9 @@ impl Builder<'_> {
                 }),
             }
         };
+        for status in &route.success_statuses {
+            responses.insert(status.to_string(), ok.clone());
+        }
         responses.insert("200".into(), ok);
         if route.redirect_field.is_some() {
             responses.insert(

@@ -61,6 +61,8 @@ pub(crate) struct Route {
     pub body: BodyBinding,
     pub response_body: Option<FieldDescriptor>,
     pub redirect_field: Option<FieldDescriptor>,
+    /// Extra 2xx statuses the service may choose (`success_statuses` of the response rule).
+    pub success_statuses: Vec<u16>,
     pub headers_field: Option<FieldDescriptor>,
     /// Position in descriptor order (routes are matched most specific first).
     pub index: usize,
@@ -136,6 +138,35 @@ pub(crate) fn build_routes(pool: &DescriptorPool) -> Result<Vec<Route>, GatewayE
                 }
                 _ => None,
             };
+            let success_statuses: Vec<u16> = match &response_ext {
+                Some(ext) if options.has_extension(ext) => {
+                    match options.get_extension(ext).as_ref() {
+                        Value::Message(r) => match r
+                            .get_field_by_name("success_statuses")
+                            .map(|v| v.into_owned())
+                        {
+                            Some(Value::List(list)) => list
+                                .iter()
+                                .filter_map(Value::as_u32)
+                                .map(|s| {
+                                    u16::try_from(s)
+                                        .ok()
+                                        .filter(|s| (200..300).contains(s))
+                                        .ok_or_else(|| {
+                                            invalid(
+                                                &method,
+                                                format!("success status {s} is not a 2xx status"),
+                                            )
+                                        })
+                                })
+                                .collect::<Result<_, _>>()?,
+                            _ => Vec::new(),
+                        },
+                        _ => Vec::new(),
+                    }
+                }
+                _ => Vec::new(),
+            };
             let headers_field = binding_ext.as_ref().and_then(|ext| {
                 method.input().fields().find(|f| {
                     let o = f.options();
@@ -166,6 +197,10 @@ pub(crate) fn build_routes(pool: &DescriptorPool) -> Result<Vec<Route>, GatewayE
                     headers_field.clone(),
                     routes.len(),
                 )?;
+                let route = Route {
+                    success_statuses: success_statuses.clone(),
+                    ..route
+                };
                 routes.push(route);
             }
         }
@@ -268,6 +303,7 @@ fn build_route(
         body,
         response_body,
         redirect_field,
+        success_statuses: Vec::new(),
         headers_field,
         index,
     })

@@ -107,7 +107,7 @@ pub(crate) fn build_request(
         BodyBinding::All if desc.full_name() == HTTP_BODY => {
             http_body(&desc, &content_type, input.body.clone())
         }
-        BodyBinding::All => parse_json(&desc, &input.body, None)?,
+        BodyBinding::All => parse_json(&desc, &input.body, None, route)?,
         BodyBinding::Field(f) if crate::routes::is_http_body(f) => {
             let Kind::Message(body_desc) = f.kind() else {
                 unreachable!("is_http_body checked the kind")
@@ -119,7 +119,7 @@ pub(crate) fn build_request(
             );
             msg
         }
-        BodyBinding::Field(f) => parse_json(&desc, &input.body, Some(f))?,
+        BodyBinding::Field(f) => parse_json(&desc, &input.body, Some(f), route)?,
         BodyBinding::None => DynamicMessage::new(desc.clone()),
     };
 
@@ -130,7 +130,9 @@ pub(crate) fn build_request(
         match resolve_chain(&desc, path) {
             Ok(chain) => {
                 bound.push(chain.iter().map(FieldDescriptor::number).collect());
-                if let Err(e) = set_from_strings(&mut msg, &chain, std::slice::from_ref(value)) {
+                if let Err(e) =
+                    set_from_strings(&mut msg, &chain, std::slice::from_ref(value), route)
+                {
                     errors.push(field_error(json_chain(&chain), e));
                 }
             }
@@ -173,7 +175,7 @@ pub(crate) fn build_request(
                 ));
                 continue;
             }
-            if let Err(e) = set_from_strings(&mut msg, &chain, &values) {
+            if let Err(e) = set_from_strings(&mut msg, &chain, &values, route) {
                 errors.push(field_error(json_chain(&chain), e));
             }
         }
@@ -226,6 +228,7 @@ fn parse_json(
     desc: &MessageDescriptor,
     body: &[u8],
     field: Option<&FieldDescriptor>,
+    route: &Route,
 ) -> Result<DynamicMessage, Problem> {
     let json: Json = if body.iter().all(u8::is_ascii_whitespace) {
         Json::Object(Default::default())
@@ -238,7 +241,7 @@ fn parse_json(
             .with_reason("INVALID_FIELDS")
         })?
     };
-    let json = match field {
+    let mut json = match field {
         None => json,
         Some(f) => {
             let mut obj = serde_json::Map::new();
@@ -246,6 +249,11 @@ fn parse_json(
             Json::Object(obj)
         }
     };
+    let mut errors = Vec::new();
+    normalize_json_masks(desc, &mut json, "", route, &mut errors);
+    if !errors.is_empty() {
+        return Err(invalid(errors));
+    }
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(json, &mut track);
     let options = DeserializeOptions::new().deny_unknown_fields(true);
@@ -325,8 +333,204 @@ fn is_scalar_wkt(desc: &MessageDescriptor) -> bool {
     )
 }
 
+const FIELD_MASK: &str = "google.protobuf.FieldMask";
+
+/// The message whose fields the paths of the `FieldMask` field `mask` name, when the gateway
+/// can tell: an `update_mask` (AIP-134) names fields of the resource being updated, which is
+/// the route's body field when the body is one field of the request, else the one singular
+/// non-well-known message field beside the mask. Other masks (`read_mask`...) have no
+/// target the descriptors reveal; their paths are only respelled, not checked.
+fn mask_target(mask: &FieldDescriptor, route: &Route) -> Option<MessageDescriptor> {
+    if mask.name() != "update_mask" {
+        return None;
+    }
+    let holder = mask.parent_message();
+    let singular_message = |f: &FieldDescriptor| match f.kind() {
+        Kind::Message(m) if !f.is_list() && !f.is_map() => Some(m),
+        _ => None,
+    };
+    if holder == &route.method.input() {
+        if let BodyBinding::Field(body) = &route.body {
+            if let Some(m) = singular_message(body) {
+                return Some(m);
+            }
+        }
+    }
+    let mut resources = holder
+        .fields()
+        .filter_map(|f| singular_message(&f))
+        .filter(|m| !m.full_name().starts_with("google.protobuf."));
+    match (resources.next(), resources.next()) {
+        (Some(m), None) => Some(m),
+        _ => None,
+    }
+}
+
+/// `display_name` → `displayName`: the JSON spelling of a field-mask path segment. `None`
+/// when the proto name has none (an uppercase letter, or `_` not followed by a lowercase
+/// letter), as in the proto3 JSON mapping.
+fn mask_camel(name: &str) -> Option<String> {
+    let mut out = String::with_capacity(name.len());
+    let mut chars = name.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '_' => match chars.next() {
+                Some(n) if n.is_ascii_lowercase() => out.push(n.to_ascii_uppercase()),
+                _ => return None,
+            },
+            c if c.is_ascii_uppercase() => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// `displayName` → `display_name`; a segment already in snake_case is kept.
+fn mask_snake(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len() + 4);
+    for c in segment.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One path of a field mask, each segment in lowerCamel or snake_case, resolved against
+/// `target` when known, and answered in lowerCamel (the proto3 JSON form the parser turns
+/// back into the proto names). Errors name the path.
+fn mask_path(path: &str, target: Option<&MessageDescriptor>) -> Result<String, String> {
+    /// Where the next segment is looked up.
+    enum Next {
+        /// No known target: segments are only respelled.
+        Anything,
+        FieldsOf(MessageDescriptor),
+        /// The previous segment was a scalar, list or map field; the text says which.
+        Nothing(String),
+    }
+    let mut next = match target {
+        Some(m) => Next::FieldsOf(m.clone()),
+        None => Next::Anything,
+    };
+    let mut out = Vec::new();
+    for segment in path.split('.') {
+        if segment.is_empty() {
+            return Err(format!("`{path}` has an empty segment"));
+        }
+        // Taken out and put back (a list, map or scalar field puts back `Nothing`).
+        let name = match std::mem::replace(&mut next, Next::Anything) {
+            Next::Anything => mask_snake(segment),
+            Next::Nothing(why) => return Err(format!("`{path}`: {why} (a mask names it whole)")),
+            Next::FieldsOf(message) => {
+                let field = find_field(&message, segment)
+                    .or_else(|| message.get_field_by_name(&mask_snake(segment)))
+                    .ok_or_else(|| {
+                        let at = if path == segment {
+                            String::new()
+                        } else {
+                            format!("`{path}`: ")
+                        };
+                        format!("{at}`{segment}` is not a field of {}", message.full_name())
+                    })?;
+                next = match field.kind() {
+                    _ if field.is_map() => Next::Nothing(format!("`{}` is a map", field.name())),
+                    _ if field.is_list() => {
+                        Next::Nothing(format!("`{}` is repeated", field.name()))
+                    }
+                    Kind::Message(m) => Next::FieldsOf(m),
+                    _ => Next::Nothing(format!("`{}` has no fields", field.name())),
+                };
+                field.name().to_owned()
+            }
+        };
+        let camel = mask_camel(&name)
+            .filter(|camel| mask_snake(camel) == name)
+            .ok_or_else(|| format!("`{path}`: `{segment}` is not a field-mask path segment"))?;
+        out.push(camel);
+    }
+    Ok(out.join("."))
+}
+
+/// A field mask as text (`a.b,c`), paths in lowerCamel or snake_case (grpc-gateway takes
+/// both), as the canonical proto3 JSON string. Every path that names no field of `target`
+/// is listed in the error.
+fn normalize_mask(raw: &str, target: Option<&MessageDescriptor>) -> Result<String, String> {
+    let mut paths = Vec::new();
+    let mut bad = Vec::new();
+    for path in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match mask_path(path, target) {
+            Ok(p) => paths.push(p),
+            Err(e) => bad.push(e),
+        }
+    }
+    if bad.is_empty() {
+        Ok(paths.join(","))
+    } else {
+        Err(bad.join("; "))
+    }
+}
+
+/// Rewrites every `FieldMask` string of a JSON request (at any depth) with
+/// [`normalize_mask`] before the proto3 JSON parser, which takes lowerCamel paths only,
+/// sees it. Keys naming no field are left for the parser to reject.
+fn normalize_json_masks(
+    desc: &MessageDescriptor,
+    json: &mut Json,
+    prefix: &str,
+    route: &Route,
+    errors: &mut Vec<FieldError>,
+) {
+    let Json::Object(obj) = json else { return };
+    for (key, value) in obj.iter_mut() {
+        let Some(field) = find_field(desc, key) else {
+            continue;
+        };
+        let path = format!("{prefix}{}", field.json_name());
+        let item_kind = if field.is_map() {
+            match field.kind() {
+                Kind::Message(entry) => entry.map_entry_value_field().kind(),
+                other => other,
+            }
+        } else {
+            field.kind()
+        };
+        let Kind::Message(item) = item_kind else {
+            continue;
+        };
+        let mut visit = |value: &mut Json, path: String| {
+            if item.full_name() == FIELD_MASK {
+                if let Json::String(text) = value {
+                    match normalize_mask(text, mask_target(&field, route).as_ref()) {
+                        Ok(n) => *text = n,
+                        Err(e) => errors.push(field_error(path, e)),
+                    }
+                }
+            } else if !skip_recursion(&item) {
+                normalize_json_masks(&item, value, &format!("{path}."), route, errors);
+            }
+        };
+        match value {
+            Json::Array(items) if field.is_list() => {
+                for (i, v) in items.iter_mut().enumerate() {
+                    visit(v, format!("{path}[{i}]"));
+                }
+            }
+            Json::Object(entries) if field.is_map() => {
+                for (k, v) in entries.iter_mut() {
+                    visit(v, format!("{path}[{k}]"));
+                }
+            }
+            other if !field.is_list() && !field.is_map() => visit(other, path),
+            _ => {}
+        }
+    }
+}
+
 /// Converts one textual value into the JSON the proto3 JSON parser expects for the field.
-fn text_to_json(field: &FieldDescriptor, raw: &str) -> Result<Json, String> {
+fn text_to_json(field: &FieldDescriptor, raw: &str, route: &Route) -> Result<Json, String> {
     let boolean = |raw: &str| match raw {
         "true" | "True" | "TRUE" | "1" => Ok(Json::Bool(true)),
         "false" | "False" | "FALSE" | "0" => Ok(Json::Bool(false)),
@@ -339,6 +543,9 @@ fn text_to_json(field: &FieldDescriptor, raw: &str) -> Result<Json, String> {
             .map(Json::from)
             .unwrap_or_else(|_| Json::String(raw.to_owned()))),
         Kind::Message(m) if m.full_name() == "google.protobuf.BoolValue" => boolean(raw),
+        Kind::Message(m) if m.full_name() == FIELD_MASK => {
+            normalize_mask(raw, mask_target(field, route).as_ref()).map(Json::String)
+        }
         Kind::Message(m) if !is_scalar_wkt(&m) => Err(format!(
             "`{}` is a message; set its fields one by one",
             field.json_name()
@@ -353,6 +560,7 @@ fn set_from_strings(
     msg: &mut DynamicMessage,
     chain: &[FieldDescriptor],
     values: &[String],
+    route: &Route,
 ) -> Result<(), String> {
     let (leaf, parents) = chain.split_last().ok_or("empty field path")?;
     if leaf.is_map() {
@@ -362,14 +570,14 @@ fn set_from_strings(
         Json::Array(
             values
                 .iter()
-                .map(|v| text_to_json(leaf, v))
+                .map(|v| text_to_json(leaf, v, route))
                 .collect::<Result<_, _>>()?,
         )
     } else {
         if values.len() > 1 {
             return Err("given more than once but not repeated".into());
         }
-        text_to_json(leaf, &values[0])?
+        text_to_json(leaf, &values[0], route)?
     };
     let mut obj = serde_json::Map::new();
     obj.insert(leaf.name().to_owned(), json);

@@ -233,6 +233,115 @@ async fn query_parameters_fill_unbound_fields() {
 }
 
 #[tokio::test]
+async fn field_mask_paths_in_either_spelling() {
+    let h = start(config()).await;
+    let masks = |h: &common::Harness| h.state.update_masks.lock().unwrap().clone();
+    let patch = |query: &str, id: &str| {
+        h.client
+            .patch(h.url(&format!("/v1/tenants/t1/things/th1?{query}")))
+            .header("x-request-id", id)
+            .json(&json!({"displayName": "New"}))
+    };
+
+    // Query: lowerCamel, snake_case and both in one mask, under either parameter name; the
+    // server receives proto field paths. `update_mask` names fields of the body field (Thing).
+    for (i, query) in [
+        "updateMask=displayName,mainPart.name,sizeBytes",
+        "update_mask=display_name,main_part.name,size_bytes",
+        "updateMask=display_name,%20mainPart.name%20,size_bytes",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = patch(query, &format!("mask-{i}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{query}: {}", r.text().await.unwrap());
+        assert_eq!(
+            masks(&h).last().unwrap(),
+            &["display_name", "main_part.name", "size_bytes"],
+            "{query}"
+        );
+    }
+
+    // Paths naming no field of Thing, or going inside a scalar, list or map: one 400 field
+    // violation on the mask naming each bad path; nothing reaches gRPC.
+    let calls = masks(&h).len();
+    let body = assert_problem(
+        patch(
+            "updateMask=displayName,nope,main_part.bogus,labels.env,parts.name,color.x,a..b",
+            "mask-bad",
+        )
+        .send()
+        .await
+        .unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(body["reason"], "INVALID_FIELDS");
+    assert_eq!(problem_fields(&body), vec!["updateMask"]);
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    for expected in [
+        "`nope` is not a field of zen.gateway.test.v1.Thing",
+        "`main_part.bogus`: `bogus` is not a field of zen.gateway.test.v1.Part",
+        "`labels.env`: `labels` is a map",
+        "`parts.name`: `parts` is repeated",
+        "`color.x`: `color` has no fields",
+        "`a..b` has an empty segment",
+    ] {
+        assert!(message.contains(expected), "{expected:?} in {message}");
+    }
+    assert!(
+        !message.contains("displayName"),
+        "good paths are not listed"
+    );
+    assert_eq!(masks(&h).len(), calls, "invalid masks never reach gRPC");
+
+    // JSON body (`body: "*"`): the same rules, the violation named by its JSON path.
+    let post = |body: Value, id: &str| {
+        h.client
+            .post(h.url("/v1/tenants/t1/things:update"))
+            .header("x-request-id", id)
+            .json(&body)
+    };
+    let r = post(
+        json!({"thing": {"displayName": "New"}, "update_mask": "display_name,mainPart"}),
+        "mask-body-1",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(masks(&h).last().unwrap(), &["display_name", "main_part"]);
+    let body = assert_problem(
+        post(
+            json!({"thing": {"displayName": "New"}, "updateMask": "displayName,mainPart.weight"}),
+            "mask-body-2",
+        )
+        .send()
+        .await
+        .unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(problem_fields(&body), vec!["updateMask"]);
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`mainPart.weight`: `weight` is not a field of zen.gateway.test.v1.Part"));
+
+    // A mask with no resource to check against (Search's `mask`) is only respelled.
+    let body: Value = h
+        .client
+        .get(h.url("/v1/search?mask=display_name,mainPart.part_name,x"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo(&body)["mask"], "displayName,mainPart.partName,x");
+}
+
+#[tokio::test]
 async fn routing_misses_are_404_and_405_problems() {
     let h = start(config()).await;
     let body = assert_problem(

@@ -187,6 +187,15 @@ impl TestZen {
         serve.gateway_cert = Some(pki.join("gateway.crt"));
         serve.gateway_key = Some(pki.join("gateway.key"));
         global.jwt_keys_dir = Some(self.data_dir.path().join("keys").join("jwt"));
+        // Webhook secrets sealed by one replica must open on the other.
+        serve.webhook_secret_keys = std::fs::read_to_string(
+            self.data_dir
+                .path()
+                .join("keys")
+                .join("webhook-secret-keys"),
+        )
+        .ok()
+        .map(|k| k.trim().to_owned());
     }
 }
 

@@ -625,3 +625,63 @@ pub struct EventFilter {
     /// Exact `source_name` (for webhook events, the webhook source id).
     pub source_name: Option<String>,
 }
+
+// ---------------------------------------------------------------- remediations
+// (the structs are in `crate::remediation`; the enums live here to share
+// `string_enum!`)
+
+string_enum!(
+    /// Where a remediation is in its life (see docs/REMEDIATION.md).
+    RemediationStatus, "status" {
+        Proposed => "proposed",
+        PendingApproval => "pending_approval",
+        Approved => "approved",
+        Dispatched => "dispatched",
+        Executing => "executing",
+        Verifying => "verifying",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        RollingBack => "rolling_back",
+        RolledBack => "rolled_back",
+        Rejected => "rejected",
+        Cancelled => "cancelled",
+        Expired => "expired",
+    }
+);
+
+string_enum!(
+    /// How risky a remediation is; selects the approvals required.
+    RiskLevel, "risk" {
+        Low => "low",
+        Medium => "medium",
+        High => "high",
+        Critical => "critical",
+    }
+);
+
+string_enum!(
+    /// What an execution does on the cluster.
+    DispatchOperation, "operation" {
+        Apply => "apply",
+        Rollback => "rollback",
+    }
+);
+
+string_enum!(
+    /// Delivery state of one execution in the dispatch queue.
+    DispatchState, "state" {
+        Pending => "pending",
+        Sent => "sent",
+        Acked => "acked",
+        Done => "done",
+        Dead => "dead",
+    }
+);
+
+string_enum!(
+    /// Overall result of a verification run.
+    VerificationOutcome, "result" {
+        Success => "success",
+        Failure => "failure",
+    }
+);

@@ -1,16 +1,21 @@
 //! Keyset pagination with opaque page tokens.
 //!
-//! Lists are ordered newest first on `(created_at, id)` (audit: on `seq`),
-//! and a page token names the last row returned. The next page is the rows
-//! strictly after it in that order, so rows inserted or deleted between
-//! calls never cause duplicates or misses among the rows that stay.
+//! Most lists are ordered newest first on `(created_at, id)` (audit: on
+//! `seq`); lists whose contract names another order (tenants and clusters
+//! by name, members by email) are ordered on `(text key, id)` with
+//! [`TextKeyset`]. A page token names the last row returned. The next page
+//! is the rows strictly after it in that order, so rows inserted or deleted
+//! between calls never cause duplicates or misses among the rows that stay.
 //! Tokens are hex so they survive URLs and headers unescaped; their content
 //! is not an API.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::error::StoreError;
+use crate::db::{Row, Sql};
+use crate::error::{Result, StoreError};
+use crate::repos::SqlTx;
+use crate::store::BackendKind;
 
 /// Default page size when the caller asks for 0.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -61,6 +66,21 @@ impl PageRequest {
         Ok(Some((at, id)))
     }
 
+    /// Decoded `(text key, id)` cursor, if any.
+    pub(crate) fn text_cursor(&self) -> Result<Option<(String, Uuid)>, StoreError> {
+        let Some(raw) = self.token()? else {
+            return Ok(None);
+        };
+        let bad = || StoreError::invalid("page_token", "malformed page token");
+        // The key may hold `|` (an email can); the id after the last one cannot.
+        let (key, id) = raw
+            .strip_prefix("k1|")
+            .and_then(|rest| rest.rsplit_once('|'))
+            .ok_or_else(bad)?;
+        let id = Uuid::parse_str(id).map_err(|_| bad())?;
+        Ok(Some((key.to_owned(), id)))
+    }
+
     /// Decoded `seq` cursor, if any.
     pub(crate) fn seq_cursor(&self) -> Result<Option<i64>, StoreError> {
         let Some(raw) = self.token()? else {
@@ -86,6 +106,10 @@ impl PageRequest {
 
 pub(crate) fn time_token(at: DateTime<Utc>, id: Uuid) -> String {
     hex::encode(format!("t1|{}|{}", at.timestamp_micros(), id))
+}
+
+pub(crate) fn text_token(key: &str, id: Uuid) -> String {
+    hex::encode(format!("k1|{key}|{id}"))
 }
 
 pub(crate) fn seq_token(seq: i64) -> String {
@@ -118,5 +142,79 @@ impl<T> Page<T> {
             items,
             next_page_token,
         }
+    }
+}
+
+/// The key of a list ordered by a text expression, ascending, ties broken
+/// by a UUID column. Text compares bytewise on both backends (`COLLATE "C"`
+/// on PostgreSQL, SQLite's default BINARY), so the order does not depend on
+/// the database's locale and is the same on both; UUIDs compare as their
+/// lowercase text on SQLite and as bytes on PostgreSQL, which agree.
+#[derive(Clone, Copy)]
+pub(crate) struct TextKeyset {
+    /// The key on PostgreSQL, `COLLATE "C"` included where it matters.
+    pub postgres: &'static str,
+    /// The same key on SQLite (which has no "C" collation; BINARY is it).
+    pub sqlite: &'static str,
+    /// The tiebreak column.
+    pub id: &'static str,
+}
+
+impl TextKeyset {
+    /// `column`, bytewise.
+    pub(crate) const fn column(postgres: &'static str, sqlite: &'static str) -> Self {
+        TextKeyset {
+            postgres,
+            sqlite,
+            id: "id",
+        }
+    }
+
+    fn key(&self, backend: BackendKind) -> &'static str {
+        match backend {
+            BackendKind::Postgres => self.postgres,
+            BackendKind::Sqlite => self.sqlite,
+        }
+    }
+}
+
+impl SqlTx {
+    /// Finish and run a list ordered by `keyset`: the page token's
+    /// condition, the order, and a limit one row past the page (that extra
+    /// row only says whether a next page exists). `key` gives a row's key
+    /// exactly as the SQL expression computes it, for the next token.
+    pub(crate) async fn text_page<T: Send>(
+        &mut self,
+        mut sql: Sql,
+        page: &PageRequest,
+        keyset: TextKeyset,
+        map: fn(&Row) -> Result<T>,
+        key: fn(&T) -> (String, Uuid),
+    ) -> Result<Page<T>> {
+        let limit = page.limit();
+        let expr = keyset.key(self.conn.backend());
+        if let Some((after, id)) = page.text_cursor()? {
+            sql.push(" AND (")
+                .push(expr)
+                .push(", ")
+                .push(keyset.id)
+                .push(") > (")
+                .bind(after)
+                .push(", ")
+                .bind(id)
+                .push(")");
+        }
+        sql.push(" ORDER BY ")
+            .push(expr)
+            .push(", ")
+            .push(keyset.id)
+            .push(" LIMIT ")
+            .bind(limit + 1);
+        let rows = self.conn.fetch_all(sql.text, sql.args).await?;
+        let items = rows.iter().map(map).collect::<Result<Vec<T>>>()?;
+        Ok(Page::from_overfetch(items, limit, |item| {
+            let (k, id) = key(item);
+            text_token(&k, id)
+        }))
     }
 }

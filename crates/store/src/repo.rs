@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::model::*;
 use crate::page::{Page, PageRequest};
 use crate::scope::Scope;
+use crate::webhook::*;
 
 /// One transaction, scoped to one caller.
 #[async_trait]
@@ -28,6 +29,8 @@ pub trait Tx: Send {
     fn bootstrap_tokens(&mut self) -> &mut dyn BootstrapTokenRepo;
     fn audit(&mut self) -> &mut dyn AuditRepo;
     fn events(&mut self) -> &mut dyn EventRepo;
+    fn remediations(&mut self) -> &mut dyn crate::remediation::RemediationRepo;
+    fn webhook_sources(&mut self) -> &mut dyn WebhookSourceRepo;
     async fn commit(self: Box<Self>) -> Result<()>;
     async fn rollback(self: Box<Self>) -> Result<()>;
 }
@@ -239,4 +242,51 @@ pub trait EventRepo: Send {
     async fn tail(&mut self, after_seq: i64, limit: i64) -> Result<Vec<Event>>;
     /// The highest seq of the scope's tenant (0 when none).
     async fn last_seq(&mut self) -> Result<i64>;
+}
+
+#[async_trait]
+pub trait WebhookSourceRepo: Send {
+    /// Create in the scope's active tenant with its first secret, and
+    /// publish its route. `cluster_id` must be a cluster of the tenant
+    /// (`NotFound { what: "cluster" }`); a live source with the same name is
+    /// `AlreadyExists`.
+    async fn create(
+        &mut self,
+        new: NewWebhookSource,
+        secret: NewWebhookSecret,
+    ) -> Result<WebhookSource>;
+    /// A live source of the scope's tenant.
+    async fn get(&mut self, id: Uuid) -> Result<WebhookSource>;
+    /// Live sources, newest first.
+    async fn list(
+        &mut self,
+        filter: &WebhookSourceFilter,
+        page: &PageRequest,
+    ) -> Result<Page<WebhookSource>>;
+    /// `expected_version` as for `ClusterRepo::update`. Bumps the version.
+    async fn update(
+        &mut self,
+        id: Uuid,
+        expected_version: Option<i64>,
+        update: WebhookSourceUpdate,
+    ) -> Result<WebhookSource>;
+    /// Soft delete; its secrets stop verifying at once.
+    async fn soft_delete(&mut self, id: Uuid, expected_version: Option<i64>)
+        -> Result<WebhookSource>;
+    /// Add `secret` as the current one; every earlier secret verifies until
+    /// `old_expires_at` at the latest. Bumps the version.
+    async fn rotate_secret(
+        &mut self,
+        id: Uuid,
+        expected_version: Option<i64>,
+        secret: NewWebhookSecret,
+        old_expires_at: DateTime<Utc>,
+    ) -> Result<WebhookSource>;
+    /// The secrets verifying at `at`, newest first, sealed.
+    async fn secrets(&mut self, id: Uuid, at: DateTime<Utc>) -> Result<Vec<SealedWebhookSecret>>;
+    /// Note an accepted delivery (written at most once per second per source).
+    async fn record_delivery(&mut self, id: Uuid, at: DateTime<Utc>) -> Result<()>;
+    /// The tenant owning `source_id` (live or deleted), needing no tenant
+    /// scope: how the public webhook endpoint learns whose source it is.
+    async fn route(&mut self, source_id: Uuid) -> Result<Option<Uuid>>;
 }

@@ -259,11 +259,43 @@ async fn tenant_get_update_status_and_scope(h: &Harness) {
     assert_eq!((ms[0].tenant.id, ms[0].role), (t.id, Role::Owner));
 }
 
+/// Every page of `filter`'s tenant list in `scope`, pages of `size`:
+/// `(name, id)` in list order, and the number of pages.
+async fn tenant_pages(
+    h: &Harness,
+    scope: &Scope,
+    filter: &TenantFilter,
+    size: u32,
+) -> (Vec<(String, Uuid)>, usize) {
+    let mut seen = Vec::new();
+    let mut page = PageRequest::first(size);
+    let mut pages = 0;
+    loop {
+        let mut tx = h.store.begin_read(scope).await.unwrap();
+        let p = tx.tenants().list(filter, &page).await.unwrap();
+        tx.commit().await.unwrap();
+        pages += 1;
+        assert!(p.items.len() <= size as usize);
+        seen.extend(p.items.iter().map(|t| (t.name.clone(), t.id)));
+        match p.next_page_token {
+            Some(tok) => page = PageRequest::next(size, tok),
+            None => break,
+        }
+    }
+    (seen, pages)
+}
+
 async fn tenant_pagination(h: &Harness) {
     let owner = user(h, "pager").await;
     let mut ids = HashSet::new();
-    for i in 0..7 {
-        ids.insert(tenant(h, &format!("t{i}"), owner).await.id);
+    let mut by_name = BTreeMap::new();
+    // Created out of name order, so creation order cannot pass for it;
+    // `t-9` < `t0` < `t10` < `t2` bytewise (a locale's collation would
+    // ignore the hyphen and compare numbers differently).
+    for name in ["t5", "t10", "t0", "t-9", "t3", "t2", "t1"] {
+        let id = tenant(h, name, owner).await.id;
+        ids.insert(id);
+        by_name.insert(name, id);
     }
     let loner = user(h, "loner").await;
     let other = tenant(h, "not-mine", loner).await;
@@ -276,34 +308,55 @@ async fn tenant_pagination(h: &Harness) {
             all
         }),
     ] {
-        let mut seen = Vec::new();
-        let mut page = PageRequest::first(3);
-        let mut pages = 0;
-        loop {
-            let mut tx = h.store.begin_read(&scope).await.unwrap();
-            let p = tx
-                .tenants()
-                .list(&TenantFilter::default(), &page)
-                .await
-                .unwrap();
-            tx.commit().await.unwrap();
-            pages += 1;
-            assert!(p.items.len() <= 3);
-            seen.extend(p.items.iter().map(|t| (t.created_at, t.id)));
-            match p.next_page_token {
-                Some(tok) => page = PageRequest::next(3, tok),
-                None => break,
-            }
-        }
+        let (seen, pages) = tenant_pages(h, &scope, &TenantFilter::default(), 3).await;
         let unique: HashSet<Uuid> = seen.iter().map(|s| s.1).collect();
         assert_eq!(unique.len(), seen.len(), "duplicates across pages");
         assert_eq!(unique, expect, "misses across pages");
         assert_eq!(pages, expect.len().div_ceil(3));
-        // newest first
-        let mut sorted = seen.clone();
-        sorted.sort_by(|a, b| b.cmp(a));
-        assert_eq!(seen, sorted);
+        // By name, bytewise, across the pages (the contract's order).
+        let names: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
+        let ours: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| n.starts_with('t'))
+            .collect();
+        assert_eq!(ours, ["t-9", "t0", "t1", "t10", "t2", "t3", "t5"]);
     }
+
+    // A name held by a live tenant and a deleted one: the id breaks the
+    // tie, and a page boundary between the two loses neither.
+    let t3 = by_name["t3"];
+    let mut tx = h.tx(&Scope::tenant(t3, Some(owner))).await;
+    tx.tenants().soft_delete(t3, None).await.unwrap();
+    tx.commit().await.unwrap();
+    let again = tenant(h, "t3", owner).await;
+    let admin = Scope::platform_admin(None);
+    let twins = TenantFilter {
+        name_prefix: Some("t3".into()),
+        include_deleted: true,
+        ..Default::default()
+    };
+    let (seen, pages) = tenant_pages(h, &admin, &twins, 1).await;
+    let mut expect = vec![("t3".to_owned(), t3), ("t3".to_owned(), again.id)];
+    expect.sort();
+    assert_eq!((seen, pages), (expect, 2));
+    let (seen, _) = tenant_pages(
+        h,
+        &admin,
+        &TenantFilter {
+            include_deleted: true,
+            ..Default::default()
+        },
+        2,
+    )
+    .await;
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "(name, id) order with deleted tenants");
+    assert_eq!(seen.len(), 9);
 
     let mut tx = h.tx(&Scope::user(owner)).await;
     let err = tx
@@ -953,13 +1006,34 @@ async fn members_list_pages_filters_and_names(h: &Harness) {
         Role::Viewer,
         Role::Admin,
     ];
-    for (i, role) in roles.iter().enumerate() {
+    // Joined out of email order, so join order cannot pass for it.
+    for (i, role) in [5, 2, 0, 4, 1, 3].into_iter().zip(roles) {
         let u = user(h, &format!("member{i}")).await;
         let mut tx = h.tx(&scope).await;
-        let m = tx.members().add(u, *role, None).await.unwrap();
+        let m = tx.members().add(u, role, None).await.unwrap();
         assert_eq!(m.email, Some(format!("member{i}@example.test")));
         tx.commit().await.unwrap();
     }
+    // An uppercase email sorts among the lowercase ones (case-insensitive
+    // email order), not before them all as bytewise order would put it.
+    let mut tx = h.tx(&Scope::anonymous()).await;
+    let shouty = tx
+        .users()
+        .create_local(NewLocalUser {
+            username: "shouty".into(),
+            email: Some("Member3b@Example.test".into()),
+            display_name: None,
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into(),
+        })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = h.tx(&scope).await;
+    tx.members()
+        .add(shouty.id, Role::Approver, None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     // Another tenant's members never show up.
     let (_, _, other) = setup(h, "elsewhere").await;
     let mut tx = h.tx(&other).await;
@@ -988,17 +1062,36 @@ async fn members_list_pages_filters_and_names(h: &Harness) {
     };
 
     let all = list_all(MemberFilter::default(), 3).await;
-    assert_eq!(all.len(), 8, "owner, named and six more");
+    assert_eq!(all.len(), 9, "owner, named, shouty and six more");
     assert!(all.iter().all(|m| m.tenant_id == t.id));
-    // Oldest first, ties broken by user id; no duplicates across pages.
-    let keys: Vec<_> = all.iter().map(|m| (m.joined_at, m.user_id)).collect();
-    let mut sorted = keys.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(keys, sorted);
-    assert_eq!(all[0].user_id, owner);
-    assert_eq!(all[0].email.as_deref(), Some("crowd-owner@example.test"));
-    assert_eq!(all[1].display_name.as_deref(), Some("Named Person"));
+    // By email across the pages (the contract's order), ASCII case
+    // ignored; no email first; no duplicates.
+    let emails: Vec<Option<&str>> = all.iter().map(|m| m.email.as_deref()).collect();
+    assert_eq!(
+        emails,
+        [
+            None,
+            Some("crowd-owner@example.test"),
+            Some("member0@example.test"),
+            Some("member1@example.test"),
+            Some("member2@example.test"),
+            Some("member3@example.test"),
+            Some("Member3b@Example.test"),
+            Some("member4@example.test"),
+            Some("member5@example.test"),
+        ]
+    );
+    let ids: HashSet<Uuid> = all.iter().map(|m| m.user_id).collect();
+    assert_eq!(ids.len(), all.len(), "duplicates across pages");
+    assert_eq!(all[0].display_name.as_deref(), Some("Named Person"));
+    assert_eq!(all[1].user_id, owner);
+    // Page sizes that split the list elsewhere give the same order.
+    for size in [1, 2, 4, 0] {
+        let again = list_all(MemberFilter::default(), size).await;
+        let again: Vec<Uuid> = again.iter().map(|m| m.user_id).collect();
+        let first: Vec<Uuid> = all.iter().map(|m| m.user_id).collect();
+        assert_eq!(again, first, "page size {size}");
+    }
 
     let viewers = list_all(
         MemberFilter {
@@ -1009,6 +1102,10 @@ async fn members_list_pages_filters_and_names(h: &Harness) {
     .await;
     assert_eq!(viewers.len(), 4);
     assert!(viewers.iter().all(|m| m.role == Role::Viewer));
+    let viewer_emails: Vec<_> = viewers.iter().map(|m| m.email.clone()).collect();
+    let mut sorted = viewer_emails.clone();
+    sorted.sort();
+    assert_eq!(viewer_emails, sorted, "filtered pages keep the order");
     let owners = list_all(
         MemberFilter {
             role: Some(Role::Owner),
@@ -1384,6 +1481,7 @@ async fn clusters_list_filter_update_and_pagination(h: &Harness) {
     cluster(h, &other, "prod-x").await.unwrap();
 
     let mut seen = Vec::new();
+    let mut names = Vec::new();
     let mut page = PageRequest::first(4);
     loop {
         let mut tx = h.store.begin_read(&scope).await.unwrap();
@@ -1394,6 +1492,7 @@ async fn clusters_list_filter_update_and_pagination(h: &Harness) {
             .unwrap();
         tx.commit().await.unwrap();
         seen.extend(p.items.iter().map(|c| c.id));
+        names.extend(p.items.iter().map(|c| c.name.clone()));
         match p.next_page_token {
             Some(tok) => page = PageRequest::next(4, tok),
             None => break,
@@ -1401,6 +1500,40 @@ async fn clusters_list_filter_update_and_pagination(h: &Harness) {
     }
     assert_eq!(seen.len(), 11);
     assert_eq!(seen.iter().copied().collect::<HashSet<_>>(), all);
+    // By name, bytewise, across the pages (the contract's order), not in
+    // creation order (prod-0, dev-1, prod-2, ...).
+    assert_eq!(
+        names,
+        [
+            "dev-1", "dev-3", "dev-5", "dev-7", "dev-9", "prod-0", "prod-10", "prod-2", "prod-4",
+            "prod-6", "prod-8"
+        ]
+    );
+    // A token of a time-ordered list (or a mangled one) is refused, not
+    // misread as a name.
+    let hex = |s: String| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    for foreign in [
+        hex(format!("t1|1700000000000000|{}", seen[0])),
+        hex("k1|prod-0|not-a-uuid".into()),
+        hex("k1|prod-0".into()),
+    ] {
+        let mut tx = h.store.begin_read(&scope).await.unwrap();
+        let err = tx
+            .clusters()
+            .list(&ClusterFilter::default(), &PageRequest::next(4, foreign))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Invalid {
+                    field: "page_token",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
 
     let mut tx = h.tx(&scope).await;
     let prod = tx

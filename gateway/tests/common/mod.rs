@@ -41,6 +41,8 @@ pub struct Recorded {
     pub calls: Mutex<Vec<Call>>,
     pub creates: AtomicI64,
     pub stream_cancelled: AtomicBool,
+    /// The `update_mask` paths of every UpdateThing call, as the server received them.
+    pub update_masks: Mutex<Vec<Vec<String>>>,
 }
 
 impl Recorded {
@@ -186,6 +188,13 @@ impl TestService for Svc {
         request: Request<t::UpdateThingRequest>,
     ) -> Result<Response<t::CreateThingResponse>, Status> {
         self.record("UpdateThing", &request);
+        let paths = request
+            .get_ref()
+            .update_mask
+            .as_ref()
+            .map(|m| m.paths.clone())
+            .unwrap_or_default();
+        self.state.update_masks.lock().unwrap().push(paths);
         Ok(Response::new(t::CreateThingResponse {
             thing: request.into_inner().thing,
             call_count: 0,

@@ -2,7 +2,7 @@
 //! certificate), certificate renewal, the `ConnectAgent` stream (batches acked only once
 //! committed, bounded in flight), and reading events (list, get, watch).
 //!
-//! Webhook sources and the legacy HMAC endpoint answer UNIMPLEMENTED until they land.
+//! Webhook sources and the legacy HMAC endpoint live in `webhooks.rs`; this service delegates.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,9 +26,10 @@ use zen_store::{
 };
 
 use super::support::{
-    invalid, json_to_struct, page_request, store_status, tenant_of_secret, time_field, timestamp,
-    uuid_field, Call,
+    invalid, json_to_struct, page_request, store_status, struct_to_json, tenant_of_secret,
+    time_field, timestamp, uuid_field, Call,
 };
+use super::webhooks::{WebhookSettings, Webhooks};
 use super::tenancy::BOOTSTRAP_TOKEN_PREFIX;
 use crate::authz::Caller;
 use crate::proto::zen::common::v1 as common;
@@ -69,7 +70,7 @@ impl Default for IngestSettings {
 /// not read its acks stalls here, not in memory).
 const OUTBOUND_QUEUE: usize = 16;
 /// Channel on which a committed batch wakes the tenant's watchers.
-fn events_channel(tenant_id: Uuid) -> String {
+pub(super) fn events_channel(tenant_id: Uuid) -> String {
     format!("events:{tenant_id}")
 }
 
@@ -78,6 +79,9 @@ pub struct IngestApi {
     cache: Arc<dyn Cache>,
     ca: Option<Arc<CertificateAuthority>>,
     settings: IngestSettings,
+    webhooks: Webhooks,
+    /// Remediation commands down, reports up; `None`: remediation is off.
+    remediation: Option<Arc<crate::remediation::Dispatcher>>,
 }
 
 impl IngestApi {
@@ -86,13 +90,22 @@ impl IngestApi {
         cache: Arc<dyn Cache>,
         ca: Option<Arc<CertificateAuthority>>,
         settings: IngestSettings,
+        webhooks: WebhookSettings,
     ) -> Self {
         Self {
+            webhooks: Webhooks::new(store.clone(), cache.clone(), webhooks),
             store,
             cache,
             ca,
             settings,
+            remediation: None,
         }
+    }
+
+    /// Carries remediation commands and reports on the agent streams through `dispatcher`.
+    pub fn with_dispatcher(mut self, dispatcher: Arc<crate::remediation::Dispatcher>) -> Self {
+        self.remediation = Some(dispatcher);
+        self
     }
 
     fn ca(&self) -> Result<&CertificateAuthority, Status> {
@@ -187,30 +200,6 @@ fn category_from_name(name: &str) -> pb::EventCategory {
         "performance" => pb::EventCategory::Performance,
         "cost" => pb::EventCategory::Cost,
         _ => pb::EventCategory::Unspecified,
-    }
-}
-
-fn struct_to_json(value: Option<prost_types::Struct>) -> serde_json::Value {
-    fn convert(value: prost_types::Value) -> serde_json::Value {
-        use prost_types::value::Kind;
-        match value.kind {
-            None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-            Some(Kind::BoolValue(b)) => b.into(),
-            Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(n)
-                .map(serde_json::Value::Number)
-                .unwrap_or(serde_json::Value::Null),
-            Some(Kind::StringValue(s)) => s.into(),
-            Some(Kind::ListValue(list)) => list.values.into_iter().map(convert).collect(),
-            Some(Kind::StructValue(s)) => serde_json::Value::Object(
-                s.fields.into_iter().map(|(k, v)| (k, convert(v))).collect(),
-            ),
-        }
-    }
-    match value {
-        None => serde_json::json!({}),
-        Some(s) => {
-            serde_json::Value::Object(s.fields.into_iter().map(|(k, v)| (k, convert(v))).collect())
-        }
     }
 }
 
@@ -342,6 +331,7 @@ struct AgentSession {
     settings: IngestSettings,
     tenant_id: Uuid,
     cluster_id: Uuid,
+    remediation: Option<Arc<crate::remediation::Dispatcher>>,
 }
 
 impl AgentSession {
@@ -556,6 +546,14 @@ impl AgentSession {
         }
         let mut in_flight: FuturesUnordered<tokio::task::JoinHandle<pb::BatchAck>> =
             FuturesUnordered::new();
+        // Registered only after the hello went out: remediation commands follow it.
+        let (_registration, mut commands) = match &self.remediation {
+            Some(dispatcher) => {
+                let (guard, rx) = dispatcher.register(self.tenant_id, self.cluster_id).await;
+                (Some(guard), Some(rx))
+            }
+            None => (None, None),
+        };
         let mut revocation = tokio::time::interval(self.settings.revocation_check_interval);
         loop {
             // Full window: finish a batch before reading on.
@@ -570,6 +568,12 @@ impl AgentSession {
             tokio::select! {
                 Some(Ok(ack)) = in_flight.next(), if !in_flight.is_empty() => {
                     if !Self::send(&out, pb::connect_agent_response::Payload::BatchAck(ack)).await {
+                        break;
+                    }
+                }
+                Some(command) = async { commands.as_mut()?.recv().await }, if commands.is_some() => {
+                    let command = super::remediation::command_to_proto(command);
+                    if !Self::send(&out, pb::connect_agent_response::Payload::RemediationCommand(command)).await {
                         break;
                     }
                 }
@@ -595,7 +599,21 @@ impl AgentSession {
                         });
                     }
                     Some(Ok(pb::ConnectAgentRequest { payload: Some(Payload::RemediationReport(report)) })) => {
-                        tracing::info!(remediation = %report.remediation_id, "remediation report received; remediation handling is not available yet");
+                        // Stored in its own task, like batches: the loop never waits on a
+                        // transaction. Reports of one execution are ordered by their phase, and
+                        // the state machine ignores any that arrive behind a later one.
+                        match (&self.remediation, super::remediation::report_from_proto(report)) {
+                            (Some(dispatcher), Ok(report)) => {
+                                let (dispatcher, tenant, cluster) = (dispatcher.clone(), self.tenant_id, self.cluster_id);
+                                tokio::spawn(async move {
+                                    if let Err(error) = dispatcher.handle_report(tenant, cluster, report).await {
+                                        tracing::warn!(%error, "could not record a remediation report");
+                                    }
+                                });
+                            }
+                            (None, _) => tracing::warn!("remediation report ignored: remediation is off"),
+                            (_, Err(reason)) => tracing::warn!(%reason, "malformed remediation report ignored"),
+                        }
                     }
                     Some(Ok(_)) => {
                         Self::goodbye(&out, pb::GoodbyeReason::ProtocolError, "unexpected message").await;
@@ -752,6 +770,7 @@ impl IngestService for IngestApi {
             settings: self.settings.clone(),
             tenant_id,
             cluster_id,
+            remediation: self.remediation.clone(),
         };
         tokio::spawn(session.run(request.into_inner(), out));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -931,6 +950,87 @@ impl IngestService for IngestApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn create_webhook_source(
+        &self,
+        request: Request<pb::CreateWebhookSourceRequest>,
+    ) -> Result<Response<pb::CreateWebhookSourceResponse>, Status> {
+        self.webhooks.create(request).await
+    }
+
+    async fn get_webhook_source(
+        &self,
+        request: Request<pb::GetWebhookSourceRequest>,
+    ) -> Result<Response<pb::GetWebhookSourceResponse>, Status> {
+        self.webhooks.get(request).await
+    }
+
+    async fn list_webhook_sources(
+        &self,
+        request: Request<pb::ListWebhookSourcesRequest>,
+    ) -> Result<Response<pb::ListWebhookSourcesResponse>, Status> {
+        self.webhooks.list(request).await
+    }
+
+    async fn update_webhook_source(
+        &self,
+        request: Request<pb::UpdateWebhookSourceRequest>,
+    ) -> Result<Response<pb::UpdateWebhookSourceResponse>, Status> {
+        self.webhooks.update(request).await
+    }
+
+    async fn delete_webhook_source(
+        &self,
+        request: Request<pb::DeleteWebhookSourceRequest>,
+    ) -> Result<Response<pb::DeleteWebhookSourceResponse>, Status> {
+        self.webhooks.delete(request).await
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
+        self.webhooks.rotate(request).await
+    }
+
+    async fn receive_webhook(
+        &self,
+        request: Request<pb::ReceiveWebhookRequest>,
+    ) -> Result<Response<pb::ReceiveWebhookResponse>, Status> {
+        self.webhooks.receive(request).await
+    }
+
+    /// Legacy agents' batches go through the same path as a streamed batch.
+    async fn ingest_legacy_events(
+        &self,
+        request: Request<pb::IngestLegacyEventsRequest>,
+    ) -> Result<Response<pb::IngestLegacyEventsResponse>, Status> {
+        self.webhooks
+            .ingest_legacy(request, async |tenant_id, cluster_id, batch| {
+                if let Err(status) = check_live(&self.store, tenant_id, cluster_id).await {
+                    let reason = status.message().to_owned();
+                    return pb::BatchAck {
+                        acks: batch
+                            .events
+                            .into_iter()
+                            .map(|e| rejected(e.agent_event_id, &reason))
+                            .collect(),
+                        batch_id: batch.batch_id,
+                        retry_after: None,
+                    };
+                }
+                let session = AgentSession {
+                    store: self.store.clone(),
+                    cache: self.cache.clone(),
+                    settings: self.settings.clone(),
+                    tenant_id,
+                    cluster_id,
+                    remediation: None,
+                };
+                session.store_batch(batch).await
+            })
+            .await
     }
 }
 

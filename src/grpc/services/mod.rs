@@ -7,8 +7,10 @@
 pub mod audit;
 pub mod auth;
 pub mod ingest;
+pub mod remediation;
 pub mod support;
 pub mod tenancy;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -21,7 +23,9 @@ use zen_store::Store;
 pub use audit::AuditApi;
 pub use auth::AuthApi;
 pub use ingest::{IngestApi, IngestSettings};
+pub use remediation::RemediationApi;
 pub use tenancy::TenancyApi;
+pub use webhooks::WebhookSettings;
 
 use crate::auth::Auth;
 
@@ -35,21 +39,15 @@ pub struct Dependencies {
     /// Signs agent certificates; `None` turns enrollment off.
     pub ca: Option<Arc<zen_security::CertificateAuthority>>,
     pub ingest: IngestSettings,
+    pub webhooks: WebhookSettings,
 }
 
 use crate::proto::zen;
 use zen::audit::v1::audit_service_server::AuditServiceServer;
 use zen::auth::v1::auth_service_server::AuthServiceServer;
 use zen::ingest::v1::ingest_service_server::IngestServiceServer;
-use zen::remediation::v1::remediation_service_server::{
-    RemediationService, RemediationServiceServer,
-};
+use zen::remediation::v1::remediation_service_server::RemediationServiceServer;
 use zen::tenancy::v1::tenancy_service_server::TenancyServiceServer;
-
-/// `zen.remediation.v1.RemediationService`: not implemented yet.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RemediationApi;
-impl RemediationService for RemediationApi {}
 
 /// Fully qualified names of every Zen service, as health and reflection report them.
 pub const SERVICE_NAMES: [&str; 5] = [
@@ -63,6 +61,14 @@ pub const SERVICE_NAMES: [&str; 5] = [
 /// Adds every Zen service to the router.
 pub fn register<L>(router: Router<L>, deps: Dependencies) -> Router<L> {
     let store = deps.store;
+    // One dispatcher per process: it drives queued remediations down the agent streams this
+    // replica holds (see docs/REMEDIATION.md).
+    let dispatcher = crate::remediation::Dispatcher::new(
+        store.clone(),
+        deps.cache.clone(),
+        crate::remediation::RemediationSettings::from_env(),
+    );
+    dispatcher.start();
     router
         .add_service(AuthServiceServer::new(AuthApi::new(
             deps.auth,
@@ -77,7 +83,12 @@ pub fn register<L>(router: Router<L>, deps: Dependencies) -> Router<L> {
             deps.cache,
             deps.ca,
             deps.ingest,
+            deps.webhooks,
+        )
+        .with_dispatcher(dispatcher.clone())))
+        .add_service(RemediationServiceServer::new(RemediationApi::new(
+            store.clone(),
+            dispatcher,
         )))
-        .add_service(RemediationServiceServer::new(RemediationApi))
         .add_service(AuditServiceServer::new(AuditApi::new(store)))
 }

@@ -334,7 +334,8 @@ pub fn json_to_struct(value: serde_json::Value) -> Option<prost_types::Struct> {
     })
 }
 
-fn json_to_value(value: serde_json::Value) -> prost_types::Value {
+/// JSON to `google.protobuf.Value`.
+pub fn json_to_value(value: serde_json::Value) -> prost_types::Value {
     use prost_types::value::Kind;
     let kind = match value {
         serde_json::Value::Null => Kind::NullValue(0),
@@ -352,6 +353,40 @@ fn json_to_value(value: serde_json::Value) -> prost_types::Value {
         }),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+/// `google.protobuf.Value` to JSON (non-finite numbers become null).
+pub fn value_to_json(value: prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => b.into(),
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(n)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        Some(Kind::StringValue(s)) => s.into(),
+        Some(Kind::ListValue(list)) => list.values.into_iter().map(value_to_json).collect(),
+        Some(Kind::StructValue(s)) => serde_json::Value::Object(
+            s.fields
+                .into_iter()
+                .map(|(k, v)| (k, value_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// `google.protobuf.Struct` to a JSON object (`{}` when unset).
+pub fn struct_to_json(value: Option<prost_types::Struct>) -> serde_json::Value {
+    serde_json::Value::Object(
+        value
+            .map(|s| {
+                s.fields
+                    .into_iter()
+                    .map(|(k, v)| (k, value_to_json(v)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
 }
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {

@@ -8,7 +8,7 @@ use super::{push_name_prefix, SqlTx};
 use crate::db::{args, micros, now, Row, Sql};
 use crate::error::{Result, StoreError};
 use crate::model::*;
-use crate::page::{Page, PageRequest};
+use crate::page::{Page, PageRequest, TextKeyset};
 use crate::repo::ClusterRepo;
 use crate::validate;
 
@@ -18,6 +18,9 @@ macro_rules! cluster_cols {
          last_seen_at, api_endpoint, labels, metadata, version, created_at, updated_at, deleted_at"
     };
 }
+
+/// Clusters are listed by name (the contract's order), bytewise.
+const BY_NAME: TextKeyset = TextKeyset::column(r#"name COLLATE "C""#, "name");
 
 fn cluster_from(r: &Row) -> Result<Cluster> {
     let labels = match r.json("labels")? {
@@ -155,7 +158,7 @@ impl ClusterRepo for SqlTx {
             sql.push(" AND status = ").bind(status.as_str());
         }
         push_name_prefix(&mut sql, "name", filter.name_prefix.as_deref())?;
-        self.time_page(sql, page, cluster_from, |c| (c.created_at, c.id))
+        self.text_page(sql, page, BY_NAME, cluster_from, |c| (c.name.clone(), c.id))
             .await
     }
 

@@ -2,11 +2,11 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::tenants::{tenant_cols, tenant_from};
-use super::{Keyset, SqlTx};
+use super::SqlTx;
 use crate::db::{args, now, Row, Sql};
 use crate::error::{precondition, Result, StoreError};
 use crate::model::*;
-use crate::page::{Page, PageRequest};
+use crate::page::{Page, PageRequest, TextKeyset};
 use crate::repo::MemberRepo;
 
 /// Members joined with their user (`m` and `u`); the `users` RLS policy
@@ -32,12 +32,22 @@ fn member_from(r: &Row) -> Result<Member> {
     })
 }
 
-/// Members are listed oldest first.
-const BY_JOIN_TIME: Keyset = Keyset {
-    time: "m.joined_at",
+/// Members are listed by email (the contract's order), compared without
+/// ASCII case (`lower` folds ASCII only on both backends under a bytewise
+/// collation, as `to_ascii_lowercase` does for the page token); members
+/// without an email come first. The user id breaks ties.
+const BY_EMAIL: TextKeyset = TextKeyset {
+    postgres: r#"lower(COALESCE(u.email, '') COLLATE "C")"#,
+    sqlite: "lower(COALESCE(u.email, ''))",
     id: "m.user_id",
-    descending: false,
 };
+
+fn email_key(m: &Member) -> (String, Uuid) {
+    (
+        m.email.as_deref().unwrap_or_default().to_ascii_lowercase(),
+        m.user_id,
+    )
+}
 
 fn membership_from(r: &Row) -> Result<Membership> {
     Ok(Membership {
@@ -109,10 +119,8 @@ impl MemberRepo for SqlTx {
         if let Some(role) = filter.role {
             sql.push(" AND m.role = ").bind(role.as_str());
         }
-        self.keyset_page(sql, page, BY_JOIN_TIME, member_from, |m| {
-            (m.joined_at, m.user_id)
-        })
-        .await
+        self.text_page(sql, page, BY_EMAIL, member_from, email_key)
+            .await
     }
 
     async fn memberships(&mut self, user_id: Uuid) -> Result<Vec<Membership>> {

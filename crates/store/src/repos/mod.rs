@@ -5,9 +5,11 @@ mod audit;
 mod clusters;
 pub(crate) mod events;
 mod members;
+mod remediations;
 mod tenants;
 mod tokens;
 mod users;
+mod webhooks;
 
 use std::borrow::Cow;
 
@@ -242,6 +244,12 @@ impl Tx for SqlTx {
         self
     }
     fn events(&mut self) -> &mut dyn EventRepo {
+        self
+    }
+    fn remediations(&mut self) -> &mut dyn crate::remediation::RemediationRepo {
+        self
+    }
+    fn webhook_sources(&mut self) -> &mut dyn WebhookSourceRepo {
         self
     }
     async fn commit(self: Box<Self>) -> Result<()> {

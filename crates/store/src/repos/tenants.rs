@@ -5,7 +5,7 @@ use super::{push_name_prefix, SqlTx};
 use crate::db::{args, now, Row, Sql};
 use crate::error::{precondition, Result, StoreError};
 use crate::model::*;
-use crate::page::{Page, PageRequest};
+use crate::page::{Page, PageRequest, TextKeyset};
 use crate::repo::TenantRepo;
 use crate::scope::Scope;
 use crate::validate;
@@ -38,6 +38,10 @@ pub(crate) fn tenant_from(r: &Row) -> Result<Tenant> {
         deleted_at: r.opt_ts("deleted_at")?,
     })
 }
+
+/// Tenants are listed by name (the contract's order), bytewise; the id
+/// breaks ties between a live tenant and deleted ones of the same name.
+const BY_NAME: TextKeyset = TextKeyset::column(r#"name COLLATE "C""#, "name");
 
 /// Restrict a `tenants` query to the tenants `user` is a member of.
 fn member_of(sql: &mut Sql, user: Uuid) -> &mut Sql {
@@ -199,7 +203,7 @@ impl TenantRepo for SqlTx {
                 }
             };
         }
-        self.time_page(sql, page, tenant_from, |t| (t.created_at, t.id))
+        self.text_page(sql, page, BY_NAME, tenant_from, |t| (t.name.clone(), t.id))
             .await
     }
 

@@ -1,0 +1,1594 @@
+//! `zen.ingest.v1.IngestService`, webhook side: webhook sources (CRUD and secret rotation),
+//! the public delivery endpoint (`ReceiveWebhook`) and the legacy HMAC agent endpoint
+//! (`IngestLegacyEvents`).
+//!
+//! A delivery goes: route (source id -> tenant) -> source and secrets from the store (every
+//! request, so a change made on any replica applies at once) -> rate limit (shared cache) ->
+//! verification (`zen_webhook`) -> replay memory (shared cache) -> JSON Schema -> mapping ->
+//! one transaction storing the events and the audit record. The answer is sent only after the
+//! commit, so nothing answered 2xx is lost. The gateway only relays the raw body and headers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use hmac::{KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use uuid::Uuid;
+use zen_cache::Cache;
+use zen_store::{
+    AuditOutcome, EventOutcome, NewEvent, NewWebhookSecret, NewWebhookSource, Scope, Store,
+    StoreError, TenantStatus, WebhookSource, WebhookSourceFilter, WebhookSourceUpdate,
+};
+use zen_webhook::mapping::{FieldMapping, Target};
+use zen_webhook::{
+    schema, Delivery, GenericHmac, HmacAlgorithm, MapDefaults, Mapping, Scheme, SecretSealer,
+    SignatureEncoding,
+};
+
+use super::support::{
+    audit_record, duration_field, invalid, json_to_struct, json_to_value, opt_timestamp,
+    page_request, store_status, struct_to_json, timestamp, uuid_field, value_to_json, Call,
+    Mutation, ERROR_DOMAIN,
+};
+use crate::proto::zen::ingest::v1 as pb;
+
+/// Default and largest allowed clock difference for signed timestamps.
+const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+const MAX_TOLERANCE: Duration = Duration::from_secs(3600);
+/// Default and largest delivery-id memory.
+const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
+const MAX_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default and largest overlap of a rotated-out secret.
+const DEFAULT_OLD_SECRET_TTL: Duration = Duration::from_secs(24 * 3600);
+const MAX_OLD_SECRET_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Deliveries stored at once by this process; beyond it callers get 503 + Retry-After
+/// instead of queueing without bound.
+const MAX_CONCURRENT_DELIVERIES: usize = 256;
+/// How long a delivery waits for a storage slot before it is told to retry.
+const BACKPRESSURE_WAIT: Duration = Duration::from_secs(2);
+/// The message of every verification failure: nothing about which part failed.
+const VERIFICATION_FAILED: &str = "the delivery could not be verified";
+/// Context string of the legacy agent key derivation.
+const LEGACY_KEY_CONTEXT: &str = "zen-legacy-agent";
+
+/// What the webhook side needs besides the store and the cache.
+#[derive(Clone)]
+pub struct WebhookSettings {
+    /// Seals secrets at rest.
+    pub sealer: Arc<SecretSealer>,
+    /// The platform's public base URL (source URLs are built on it).
+    pub public_url: String,
+    /// The legacy agent endpoint's master key; `None` turns the endpoint off.
+    pub legacy_agent_key: Option<String>,
+    /// Fold window of stored events.
+    pub fold_window: Duration,
+}
+
+/// The stored `spec` of a source: everything about it that is configuration.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct Spec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generic_hmac: Option<GenericSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    basic_username: Option<String>,
+    timestamp_tolerance_seconds: u64,
+    dedup_window_seconds: u64,
+    rate_limit_per_second: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json_schema: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mapping: Option<Mapping>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct GenericSpec {
+    signature_header: String,
+    /// `SHA256` or `SHA512`.
+    algorithm: String,
+    /// `HEX` or `BASE64`.
+    encoding: String,
+    signature_prefix: String,
+    signed_content: String,
+    timestamp_header: String,
+    delivery_id_header: String,
+}
+
+/// A source's configuration compiled for verification, cached per (source, version).
+struct Compiled {
+    version: i64,
+    scheme: Scheme,
+    tolerance: Duration,
+    dedup_window: Duration,
+    rate_limit: u32,
+    schema: Option<schema::Validator>,
+    mapping: Option<Mapping>,
+}
+
+pub struct Webhooks {
+    store: Arc<Store>,
+    cache: Arc<dyn Cache>,
+    settings: WebhookSettings,
+    /// Source id -> tenant: a route never changes once created, so it is cached for good.
+    routes: Mutex<HashMap<Uuid, Uuid>>,
+    compiled: Mutex<HashMap<Uuid, Arc<Compiled>>>,
+    slots: tokio::sync::Semaphore,
+}
+
+fn scheme_name(scheme: pb::WebhookScheme) -> Option<&'static str> {
+    Some(match scheme {
+        pb::WebhookScheme::Unspecified => return None,
+        pb::WebhookScheme::ZenHmac => "zen-hmac",
+        pb::WebhookScheme::StandardWebhooks => "standard-webhooks",
+        pb::WebhookScheme::Github => "github",
+        pb::WebhookScheme::Stripe => "stripe",
+        pb::WebhookScheme::Slack => "slack",
+        pb::WebhookScheme::Shopify => "shopify",
+        pb::WebhookScheme::GenericHmac => "generic-hmac",
+        pb::WebhookScheme::Bearer => "bearer",
+        pb::WebhookScheme::Basic => "basic",
+    })
+}
+
+fn scheme_from_name(name: &str) -> pb::WebhookScheme {
+    [
+        pb::WebhookScheme::ZenHmac,
+        pb::WebhookScheme::StandardWebhooks,
+        pb::WebhookScheme::Github,
+        pb::WebhookScheme::Stripe,
+        pb::WebhookScheme::Slack,
+        pb::WebhookScheme::Shopify,
+        pb::WebhookScheme::GenericHmac,
+        pb::WebhookScheme::Bearer,
+        pb::WebhookScheme::Basic,
+    ]
+    .into_iter()
+    .find(|s| scheme_name(*s) == Some(name))
+    .unwrap_or(pb::WebhookScheme::Unspecified)
+}
+
+fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: 0,
+    }
+}
+
+fn std_duration(
+    field: &str,
+    value: Option<&prost_types::Duration>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, Status> {
+    let d = duration_field(
+        field,
+        value,
+        chrono::Duration::from_std(default).unwrap_or_default(),
+        chrono::Duration::from_std(max).unwrap_or_default(),
+    )?;
+    Ok(d.to_std().unwrap_or(default))
+}
+
+/// The scheme of a verification message, with its settings checked (`prefix` names the field
+/// path of the verification in the request).
+fn scheme_of(v: &pb::WebhookVerification, prefix: &str) -> Result<(Scheme, Spec), Status> {
+    use pb::webhook_verification::Config;
+    let scheme = pb::WebhookScheme::try_from(v.scheme).unwrap_or(pb::WebhookScheme::Unspecified);
+    let mut spec = Spec::default();
+    let field = |f: &str| format!("{prefix}.{f}");
+    let parsed = match scheme {
+        pb::WebhookScheme::Unspecified => {
+            return Err(invalid(&[(
+                &field("scheme"),
+                "is required: one of ZEN_HMAC, STANDARD_WEBHOOKS, GITHUB, STRIPE, SLACK, \
+                 SHOPIFY, GENERIC_HMAC, BEARER, BASIC",
+            )]))
+        }
+        pb::WebhookScheme::ZenHmac => Scheme::ZenHmac,
+        pb::WebhookScheme::StandardWebhooks => Scheme::StandardWebhooks,
+        pb::WebhookScheme::Github => Scheme::Github,
+        pb::WebhookScheme::Stripe => Scheme::Stripe,
+        pb::WebhookScheme::Slack => Scheme::Slack,
+        pb::WebhookScheme::Shopify => Scheme::Shopify,
+        pb::WebhookScheme::Bearer => Scheme::Bearer,
+        pb::WebhookScheme::GenericHmac => {
+            let Some(Config::GenericHmac(g)) = &v.config else {
+                return Err(invalid(&[(
+                    &field("generic_hmac"),
+                    "is required with GENERIC_HMAC",
+                )]));
+            };
+            let generic = GenericSpec {
+                signature_header: g.signature_header.clone(),
+                algorithm: match pb::HmacAlgorithm::try_from(g.algorithm) {
+                    Ok(pb::HmacAlgorithm::Sha512) => "SHA512".into(),
+                    _ => "SHA256".into(),
+                },
+                encoding: match pb::SignatureEncoding::try_from(g.encoding) {
+                    Ok(pb::SignatureEncoding::Base64) => "BASE64".into(),
+                    _ => "HEX".into(),
+                },
+                signature_prefix: g.signature_prefix.clone(),
+                signed_content: g.signed_content.clone(),
+                timestamp_header: g.timestamp_header.clone(),
+                delivery_id_header: g.delivery_id_header.clone(),
+            };
+            let compiled = compile_generic(&generic).map_err(|(f, m)| {
+                invalid(&[(&format!("{prefix}.generic_hmac.{f}"), m.as_str())])
+            })?;
+            spec.generic_hmac = Some(generic);
+            compiled
+        }
+        pb::WebhookScheme::Basic => {
+            let Some(Config::Basic(b)) = &v.config else {
+                return Err(invalid(&[(&field("basic"), "is required with BASIC")]));
+            };
+            if b.username.is_empty() || b.username.contains(':') || b.username.len() > 200 {
+                return Err(invalid(&[(
+                    &format!("{prefix}.basic.username"),
+                    "is required: 1 to 200 characters, no `:`",
+                )]));
+            }
+            spec.basic_username = Some(b.username.clone());
+            Scheme::Basic {
+                username: b.username.clone(),
+            }
+        }
+    };
+    Ok((parsed, spec))
+}
+
+fn compile_generic(g: &GenericSpec) -> Result<Scheme, (String, String)> {
+    let algorithm = if g.algorithm == "SHA512" {
+        HmacAlgorithm::Sha512
+    } else {
+        HmacAlgorithm::Sha256
+    };
+    let encoding = if g.encoding == "BASE64" {
+        SignatureEncoding::Base64
+    } else {
+        SignatureEncoding::Hex
+    };
+    GenericHmac::new(
+        &g.signature_header,
+        algorithm,
+        encoding,
+        &g.signature_prefix,
+        &g.signed_content,
+        Some(g.timestamp_header.as_str()),
+        Some(g.delivery_id_header.as_str()),
+    )
+    .map(Scheme::GenericHmac)
+    .map_err(|e| (e.field.to_owned(), e.message))
+}
+
+/// The contract's mapping as the library's.
+fn mapping_of(m: &pb::EventMapping, prefix: &str) -> Result<Mapping, Status> {
+    let mut fields = Vec::with_capacity(m.fields.len());
+    for (i, f) in m.fields.iter().enumerate() {
+        let target = Target::from_number(i64::from(f.target)).ok_or_else(|| {
+            invalid(&[(
+                &format!("{prefix}.fields[{i}].target"),
+                "is required: a MAPPED_FIELD_* value",
+            )])
+        })?;
+        fields.push(FieldMapping {
+            target,
+            pointer: f.pointer.clone(),
+            default_value: f
+                .default_value
+                .clone()
+                .map(value_to_json)
+                .unwrap_or(Value::Null),
+            value_map: f.value_map.clone().into_iter().collect(),
+        });
+    }
+    let mapping = Mapping {
+        items_pointer: m.items_pointer.clone(),
+        fields,
+        fingerprint_pointers: m.fingerprint_pointers.clone(),
+    };
+    mapping.validate().map_err(|violations| {
+        let owned: Vec<(String, String)> = violations
+            .into_iter()
+            .map(|v| (format!("{prefix}.{}", v.field), v.description))
+            .collect();
+        let refs: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(f, d)| (f.as_str(), d.as_str()))
+            .collect();
+        invalid(&refs)
+    })?;
+    Ok(mapping)
+}
+
+fn mapping_to_proto(m: &Mapping) -> pb::EventMapping {
+    pb::EventMapping {
+        items_pointer: m.items_pointer.clone(),
+        fields: m
+            .fields
+            .iter()
+            .map(|f| pb::FieldMapping {
+                target: f.target.number(),
+                pointer: f.pointer.clone(),
+                default_value: Some(f.default_value.clone())
+                    .filter(|v| !v.is_null())
+                    .map(json_to_value),
+                value_map: f.value_map.clone().into_iter().collect(),
+            })
+            .collect(),
+        fingerprint_pointers: m.fingerprint_pointers.clone(),
+    }
+}
+
+fn compile_schema(schema: &Value, field: &str) -> Result<schema::Validator, Status> {
+    schema::compile(schema).map_err(|e| invalid(&[(field, e.as_str())]))
+}
+
+/// Everything but the secret, checked: what `create` stores and `update` may change.
+struct SourceConfig {
+    scheme: Scheme,
+    spec: Spec,
+}
+
+fn config_of(s: &pb::WebhookSource, prefix: &str) -> Result<SourceConfig, Status> {
+    let verification = s
+        .verification
+        .as_ref()
+        .ok_or_else(|| invalid(&[(&format!("{prefix}.verification"), "is required")]))?;
+    let (scheme, mut spec) = scheme_of(verification, &format!("{prefix}.verification"))?;
+    spec.timestamp_tolerance_seconds = std_duration(
+        &format!("{prefix}.timestamp_tolerance"),
+        s.timestamp_tolerance.as_ref(),
+        DEFAULT_TOLERANCE,
+        MAX_TOLERANCE,
+    )?
+    .as_secs();
+    spec.dedup_window_seconds = std_duration(
+        &format!("{prefix}.dedup_window"),
+        s.dedup_window.as_ref(),
+        DEFAULT_DEDUP_WINDOW,
+        MAX_DEDUP_WINDOW,
+    )?
+    .as_secs();
+    spec.rate_limit_per_second = u32::try_from(s.rate_limit_per_second).map_err(|_| {
+        invalid(&[(
+            &format!("{prefix}.rate_limit_per_second"),
+            "must not be negative",
+        )])
+    })?;
+    if let Some(schema) = &s.json_schema {
+        let value = struct_to_json(Some(schema.clone()));
+        compile_schema(&value, &format!("{prefix}.json_schema"))?;
+        spec.json_schema = Some(value);
+    }
+    if let Some(mapping) = &s.mapping {
+        spec.mapping = Some(mapping_of(mapping, &format!("{prefix}.mapping"))?);
+    }
+    Ok(SourceConfig { scheme, spec })
+}
+
+fn spec_of(source: &WebhookSource) -> Spec {
+    serde_json::from_value(source.spec.clone()).unwrap_or_default()
+}
+
+fn secret_aad(tenant: Uuid, source: Uuid, secret: Uuid) -> String {
+    format!("{tenant}/{source}/{secret}")
+}
+
+impl Webhooks {
+    pub fn new(store: Arc<Store>, cache: Arc<dyn Cache>, settings: WebhookSettings) -> Self {
+        Self {
+            store,
+            cache,
+            settings,
+            routes: Mutex::new(HashMap::new()),
+            compiled: Mutex::new(HashMap::new()),
+            slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_DELIVERIES),
+        }
+    }
+
+    fn to_proto(&self, source: WebhookSource) -> pb::WebhookSource {
+        let spec = spec_of(&source);
+        let scheme = scheme_from_name(&source.scheme);
+        let config = match (&spec.generic_hmac, &spec.basic_username) {
+            (Some(g), _) => Some(pb::webhook_verification::Config::GenericHmac(
+                pb::GenericHmacConfig {
+                    signature_header: g.signature_header.clone(),
+                    algorithm: if g.algorithm == "SHA512" {
+                        pb::HmacAlgorithm::Sha512
+                    } else {
+                        pb::HmacAlgorithm::Sha256
+                    } as i32,
+                    encoding: if g.encoding == "BASE64" {
+                        pb::SignatureEncoding::Base64
+                    } else {
+                        pb::SignatureEncoding::Hex
+                    } as i32,
+                    signature_prefix: g.signature_prefix.clone(),
+                    signed_content: g.signed_content.clone(),
+                    timestamp_header: g.timestamp_header.clone(),
+                    delivery_id_header: g.delivery_id_header.clone(),
+                },
+            )),
+            (None, Some(username)) => Some(pb::webhook_verification::Config::Basic(
+                pb::BasicAuthConfig {
+                    username: username.clone(),
+                },
+            )),
+            _ => None,
+        };
+        pb::WebhookSource {
+            url: format!("{}/webhooks/{}", self.settings.public_url, source.id),
+            source_id: source.id.to_string(),
+            tenant_id: source.tenant_id.to_string(),
+            name: source.name,
+            display_name: source.display_name,
+            description: source.description,
+            enabled: source.enabled,
+            verification: Some(pb::WebhookVerification {
+                scheme: scheme as i32,
+                config,
+            }),
+            secret: String::new(),
+            timestamp_tolerance: Some(proto_duration(Duration::from_secs(
+                spec.timestamp_tolerance_seconds,
+            ))),
+            json_schema: spec.json_schema.clone().and_then(json_to_struct),
+            mapping: spec.mapping.as_ref().map(mapping_to_proto),
+            dedup_window: Some(proto_duration(Duration::from_secs(
+                spec.dedup_window_seconds,
+            ))),
+            rate_limit_per_second: i32::try_from(spec.rate_limit_per_second).unwrap_or(i32::MAX),
+            cluster_id: source.cluster_id.map(|c| c.to_string()).unwrap_or_default(),
+            secrets: source
+                .secrets
+                .iter()
+                .map(|s| pb::WebhookSecret {
+                    secret_id: s.id.to_string(),
+                    create_time: Some(timestamp(s.created_at)),
+                    expire_time: opt_timestamp(s.expires_at),
+                })
+                .collect(),
+            last_delivery_time: opt_timestamp(source.last_delivery_at),
+            create_time: Some(timestamp(source.created_at)),
+            update_time: Some(timestamp(source.updated_at)),
+            version: source.version,
+        }
+    }
+
+    /// A secret for `scheme`: the caller's (checked) or a generated one.
+    fn secret_for(scheme: &Scheme, given: &str, field: &str) -> Result<String, Status> {
+        if given.is_empty() {
+            return Ok(zen_webhook::generate_secret(scheme));
+        }
+        zen_webhook::validate_secret(scheme, given).map_err(|e| invalid(&[(field, e.as_str())]))?;
+        Ok(given.to_owned())
+    }
+
+    // ------------------------------------------------------------------ management
+
+    pub async fn create(
+        &self,
+        request: Request<pb::CreateWebhookSourceRequest>,
+    ) -> Result<Response<pb::CreateWebhookSourceResponse>, Status> {
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
+        let source = req
+            .webhook_source
+            .ok_or_else(|| invalid(&[("webhook_source", "is required")]))?;
+        let config = config_of(&source, "webhook_source")?;
+        let secret = Self::secret_for(&config.scheme, &source.secret, "webhook_source.secret")?;
+        let cluster_id = Some(source.cluster_id.as_str())
+            .filter(|c| !c.is_empty())
+            .map(|c| uuid_field("webhook_source.cluster_id", c))
+            .transpose()?;
+        let (source_id, secret_id) = (Uuid::now_v7(), Uuid::now_v7());
+        let sealed = self.settings.sealer.seal(
+            secret.as_bytes(),
+            secret_aad(tenant_id, source_id, secret_id).as_bytes(),
+        );
+        let new = NewWebhookSource {
+            id: source_id,
+            name: source.name,
+            display_name: source.display_name,
+            description: source.description,
+            enabled: source.enabled,
+            scheme: config.scheme.name().to_owned(),
+            spec: serde_json::to_value(&config.spec).unwrap_or_default(),
+            cluster_id,
+        };
+        let scope = call.scope(Some(tenant_id));
+        let created = call
+            .mutate(
+                &self.store,
+                &scope,
+                "webhook_source.create",
+                "webhook_source",
+                move |tx| {
+                    Box::pin(async move {
+                        let created = tx
+                            .webhook_sources()
+                            .create(
+                                new,
+                                NewWebhookSecret {
+                                    id: secret_id,
+                                    sealed,
+                                },
+                            )
+                            .await
+                            .map_err(|e| store_status(e, "webhook_source"))?;
+                        let details = json!({ "name": created.name, "scheme": created.scheme });
+                        let id = created.id;
+                        Ok(Mutation::new(created, id, details))
+                    })
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::CreateWebhookSourceResponse {
+            webhook_source: Some(self.to_proto(created)),
+            secret,
+        }))
+    }
+
+    pub async fn get(
+        &self,
+        request: Request<pb::GetWebhookSourceRequest>,
+    ) -> Result<Response<pb::GetWebhookSourceResponse>, Status> {
+        let call = Call::of(&request)?;
+        let tenant_id = uuid_field("tenant_id", &request.get_ref().tenant_id)?;
+        let source_id = uuid_field("source_id", &request.get_ref().source_id)?;
+        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
+        let source = tx
+            .webhook_sources()
+            .get(source_id)
+            .await
+            .map_err(|e| store_status(e, ""))?;
+        Ok(Response::new(pb::GetWebhookSourceResponse {
+            webhook_source: Some(self.to_proto(source)),
+        }))
+    }
+
+    pub async fn list(
+        &self,
+        request: Request<pb::ListWebhookSourcesRequest>,
+    ) -> Result<Response<pb::ListWebhookSourcesResponse>, Status> {
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
+        let page = page_request(req.page_size, &req.page_token)?;
+        let scheme = match pb::WebhookScheme::try_from(req.scheme) {
+            Ok(s) => scheme_name(s).map(str::to_owned),
+            Err(_) => return Err(invalid(&[("scheme", "is not a known scheme")])),
+        };
+        let filter = WebhookSourceFilter {
+            scheme,
+            name_prefix: Some(req.name_prefix).filter(|p| !p.is_empty()),
+        };
+        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
+        let page = tx
+            .webhook_sources()
+            .list(&filter, &page)
+            .await
+            .map_err(|e| store_status(e, ""))?;
+        Ok(Response::new(pb::ListWebhookSourcesResponse {
+            webhook_sources: page.items.into_iter().map(|s| self.to_proto(s)).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    pub async fn update(
+        &self,
+        request: Request<pb::UpdateWebhookSourceRequest>,
+    ) -> Result<Response<pb::UpdateWebhookSourceResponse>, Status> {
+        const UPDATABLE: [&str; 10] = [
+            "display_name",
+            "description",
+            "enabled",
+            "verification",
+            "timestamp_tolerance",
+            "json_schema",
+            "mapping",
+            "dedup_window",
+            "rate_limit_per_second",
+            "cluster_id",
+        ];
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
+        let source_id = uuid_field("source_id", &req.source_id)?;
+        let patch = req
+            .webhook_source
+            .ok_or_else(|| invalid(&[("webhook_source", "is required")]))?;
+        let version = match patch.version {
+            v if v > 0 => v,
+            _ => {
+                return Err(invalid(&[(
+                    "webhook_source.version",
+                    "is required: send the version you last read",
+                )]))
+            }
+        };
+        let paths: Vec<String> = match &req.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
+            _ => [
+                ("display_name", !patch.display_name.is_empty()),
+                ("description", !patch.description.is_empty()),
+                ("enabled", patch.enabled),
+                ("verification", patch.verification.is_some()),
+                ("timestamp_tolerance", patch.timestamp_tolerance.is_some()),
+                ("json_schema", patch.json_schema.is_some()),
+                ("mapping", patch.mapping.is_some()),
+                ("dedup_window", patch.dedup_window.is_some()),
+                ("rate_limit_per_second", patch.rate_limit_per_second != 0),
+                ("cluster_id", !patch.cluster_id.is_empty()),
+            ]
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(p, _)| p.to_owned())
+            .collect(),
+        };
+        if let Some(bad) = paths.iter().find(|p| !UPDATABLE.contains(&p.as_str())) {
+            return Err(invalid(&[(
+                "update_mask",
+                &format!(
+                    "`{bad}` cannot be changed; updatable: {}",
+                    UPDATABLE.join(", ")
+                ),
+            )]));
+        }
+        let has = |p: &str| paths.iter().any(|x| x == p);
+
+        // Merge the patch over the stored configuration, then check the result as a whole.
+        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
+        let current = tx
+            .webhook_sources()
+            .get(source_id)
+            .await
+            .map_err(|e| store_status(e, ""))?;
+        drop(tx);
+        let mut merged = self.to_proto(current);
+        if has("verification") {
+            merged.verification = patch.verification.clone();
+        }
+        if has("timestamp_tolerance") {
+            merged.timestamp_tolerance = patch.timestamp_tolerance;
+        }
+        if has("json_schema") {
+            merged.json_schema = patch.json_schema.clone();
+        }
+        if has("mapping") {
+            merged.mapping = patch.mapping.clone();
+        }
+        if has("dedup_window") {
+            merged.dedup_window = patch.dedup_window;
+        }
+        if has("rate_limit_per_second") {
+            merged.rate_limit_per_second = patch.rate_limit_per_second;
+        }
+        let config = config_of(&merged, "webhook_source")?;
+        let update = WebhookSourceUpdate {
+            display_name: has("display_name").then(|| patch.display_name.clone()),
+            description: has("description").then(|| patch.description.clone()),
+            enabled: has("enabled").then_some(patch.enabled),
+            scheme: Some(config.scheme.name().to_owned()),
+            spec: Some(serde_json::to_value(&config.spec).unwrap_or_default()),
+            cluster_id: if has("cluster_id") {
+                Some(
+                    Some(patch.cluster_id.as_str())
+                        .filter(|c| !c.is_empty())
+                        .map(|c| uuid_field("webhook_source.cluster_id", c))
+                        .transpose()?,
+                )
+            } else {
+                None
+            },
+        };
+        let scope = call.scope(Some(tenant_id));
+        let updated = call
+            .mutate(
+                &self.store,
+                &scope,
+                "webhook_source.update",
+                "webhook_source",
+                move |tx| {
+                    Box::pin(async move {
+                        let updated = tx
+                            .webhook_sources()
+                            .update(source_id, Some(version), update)
+                            .await
+                            .map_err(|e| store_status(e, "webhook_source"))?;
+                        Ok(Mutation::new(
+                            updated,
+                            source_id,
+                            json!({ "fields": paths }),
+                        ))
+                    })
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::UpdateWebhookSourceResponse {
+            webhook_source: Some(self.to_proto(updated)),
+        }))
+    }
+
+    pub async fn delete(
+        &self,
+        request: Request<pb::DeleteWebhookSourceRequest>,
+    ) -> Result<Response<pb::DeleteWebhookSourceResponse>, Status> {
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
+        let source_id = uuid_field("source_id", &req.source_id)?;
+        let version = version_or_current(req.version)?;
+        let scope = call.scope(Some(tenant_id));
+        call.mutate(
+            &self.store,
+            &scope,
+            "webhook_source.delete",
+            "webhook_source",
+            move |tx| {
+                Box::pin(async move {
+                    let deleted = tx
+                        .webhook_sources()
+                        .soft_delete(source_id, version)
+                        .await
+                        .map_err(|e| store_status(e, ""))?;
+                    Ok(Mutation::new(
+                        (),
+                        source_id,
+                        json!({ "name": deleted.name }),
+                    ))
+                })
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::DeleteWebhookSourceResponse {}))
+    }
+
+    pub async fn rotate(
+        &self,
+        request: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
+        let source_id = uuid_field("source_id", &req.source_id)?;
+        let version = version_or_current(req.version)?;
+        // Unset: 24 hours; zero: at once (so not `duration_field`, for which zero is "unset").
+        let ttl = match &req.old_secret_ttl {
+            None => DEFAULT_OLD_SECRET_TTL,
+            Some(d) if d.seconds < 0 || d.nanos < 0 => {
+                return Err(invalid(&[("old_secret_ttl", "must not be negative")]))
+            }
+            Some(d) => {
+                let ttl = Duration::new(
+                    u64::try_from(d.seconds).unwrap_or(u64::MAX),
+                    u32::try_from(d.nanos).unwrap_or(0),
+                );
+                if ttl > MAX_OLD_SECRET_TTL {
+                    return Err(invalid(&[(
+                        "old_secret_ttl",
+                        "must be at most 7 days (604800s)",
+                    )]));
+                }
+                ttl
+            }
+        };
+        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
+        let current = tx
+            .webhook_sources()
+            .get(source_id)
+            .await
+            .map_err(|e| store_status(e, ""))?;
+        drop(tx);
+        let scheme = self.compile(&current)?.scheme.clone();
+        let secret = Self::secret_for(&scheme, &req.secret, "secret")?;
+        let secret_id = Uuid::now_v7();
+        let sealed = self.settings.sealer.seal(
+            secret.as_bytes(),
+            secret_aad(tenant_id, source_id, secret_id).as_bytes(),
+        );
+        let old_expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
+        let scope = call.scope(Some(tenant_id));
+        let rotated = call
+            .mutate(
+                &self.store,
+                &scope,
+                "webhook_source.rotate_secret",
+                "webhook_source",
+                move |tx| {
+                    Box::pin(async move {
+                        let rotated = tx
+                            .webhook_sources()
+                            .rotate_secret(
+                                source_id,
+                                version,
+                                NewWebhookSecret {
+                                    id: secret_id,
+                                    sealed,
+                                },
+                                old_expires_at,
+                            )
+                            .await
+                            .map_err(|e| store_status(e, ""))?;
+                        let details = json!({
+                            "secret_id": secret_id,
+                            "old_secret_expire_time": old_expires_at,
+                        });
+                        Ok(Mutation::new(rotated, source_id, details))
+                    })
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::RotateWebhookSecretResponse {
+            webhook_source: Some(self.to_proto(rotated)),
+            secret,
+            secret_id: secret_id.to_string(),
+            old_secret_expire_time: Some(timestamp(old_expires_at)),
+        }))
+    }
+
+    // ------------------------------------------------------------------ deliveries
+
+    /// The source's configuration compiled, from the cache when its version is unchanged.
+    fn compile(&self, source: &WebhookSource) -> Result<Arc<Compiled>, Status> {
+        if let Some(hit) = self
+            .compiled
+            .lock()
+            .expect("compiled cache")
+            .get(&source.id)
+            .filter(|c| c.version == source.version)
+        {
+            return Ok(hit.clone());
+        }
+        let spec = spec_of(source);
+        let broken = |what: &str| {
+            tracing::error!(source = %source.id, what, "a stored webhook source does not compile");
+            Status::internal("the webhook source's stored configuration is unusable")
+        };
+        let scheme = match source.scheme.as_str() {
+            "zen-hmac" => Scheme::ZenHmac,
+            "standard-webhooks" => Scheme::StandardWebhooks,
+            "github" => Scheme::Github,
+            "stripe" => Scheme::Stripe,
+            "slack" => Scheme::Slack,
+            "shopify" => Scheme::Shopify,
+            "bearer" => Scheme::Bearer,
+            "basic" => Scheme::Basic {
+                username: spec.basic_username.clone().ok_or_else(|| broken("basic"))?,
+            },
+            "generic-hmac" => spec
+                .generic_hmac
+                .as_ref()
+                .and_then(|g| compile_generic(g).ok())
+                .ok_or_else(|| broken("generic_hmac"))?,
+            _ => return Err(broken("scheme")),
+        };
+        let schema = spec
+            .json_schema
+            .as_ref()
+            .map(schema::compile)
+            .transpose()
+            .map_err(|_| broken("json_schema"))?;
+        let compiled = Arc::new(Compiled {
+            version: source.version,
+            scheme,
+            tolerance: Duration::from_secs(spec.timestamp_tolerance_seconds.max(1)),
+            dedup_window: Duration::from_secs(spec.dedup_window_seconds.max(1)),
+            rate_limit: spec.rate_limit_per_second,
+            schema,
+            mapping: spec.mapping,
+        });
+        let mut cache = self.compiled.lock().expect("compiled cache");
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(source.id, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Which tenant owns `source_id`, if any.
+    async fn route(&self, source_id: Uuid) -> Result<Option<Uuid>, Status> {
+        if let Some(tenant) = self.routes.lock().expect("routes").get(&source_id) {
+            return Ok(Some(*tenant));
+        }
+        let mut tx = self
+            .store
+            .begin_read(&Scope::anonymous())
+            .await
+            .map_err(|e| store_status(e, ""))?;
+        let tenant = tx
+            .webhook_sources()
+            .route(source_id)
+            .await
+            .map_err(|e| store_status(e, ""))?;
+        if let Some(tenant) = tenant {
+            let mut routes = self.routes.lock().expect("routes");
+            if routes.len() > 100_000 {
+                routes.clear();
+            }
+            routes.insert(source_id, tenant);
+        }
+        Ok(tenant)
+    }
+
+    pub async fn receive(
+        &self,
+        request: Request<pb::ReceiveWebhookRequest>,
+    ) -> Result<Response<pb::ReceiveWebhookResponse>, Status> {
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        let started = Instant::now();
+        let unknown = || Status::not_found("no such webhook source");
+        let Ok(source_id) = Uuid::parse_str(&req.source_id) else {
+            count("unknown", "not_found");
+            return Err(unknown());
+        };
+        let Some(tenant_id) = self.route(source_id).await? else {
+            count("unknown", "not_found");
+            return Err(unknown());
+        };
+        let label = source_id.to_string();
+        let result = self
+            .deliver(&call, tenant_id, source_id, req, started)
+            .await;
+        match &result {
+            Ok((outcome, _)) => count(&label, outcome),
+            Err(rejection) => count(&label, rejection.label),
+        }
+        let (outcome, response) = result.map_err(|r| r.status)?;
+        let mut response = Response::new(response);
+        let status = if outcome == "accepted" { "202" } else { "200" };
+        response
+            .metadata_mut()
+            .insert(zen_gateway_status_key(), MetadataValue::from_static(status));
+        Ok(response)
+    }
+
+    async fn deliver(
+        &self,
+        call: &Call,
+        tenant_id: Uuid,
+        source_id: Uuid,
+        req: pb::ReceiveWebhookRequest,
+        started: Instant,
+    ) -> Result<(&'static str, pb::ReceiveWebhookResponse), Rejection> {
+        let scope = Scope::tenant(tenant_id, None);
+        let now = Utc::now();
+        let (source, secrets, tenant_rps) = {
+            let mut tx = self
+                .store
+                .begin_read(&scope)
+                .await
+                .map_err(|e| Rejection::new("unavailable", store_status(e, "")))?;
+            let source = match tx.webhook_sources().get(source_id).await {
+                Ok(source) => source,
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(Rejection::new(
+                        "not_found",
+                        Status::not_found("no such webhook source"),
+                    ))
+                }
+                Err(e) => return Err(Rejection::new("unavailable", store_status(e, ""))),
+            };
+            let tenant = tx
+                .tenants()
+                .get(tenant_id)
+                .await
+                .map_err(|e| Rejection::new("unavailable", store_status(e, "")))?;
+            if tenant.status != TenantStatus::Active {
+                return Err(Rejection::new(
+                    "tenant_suspended",
+                    precondition(
+                        "TENANT_SUSPENDED",
+                        "the tenant owning this webhook source is suspended",
+                    ),
+                ));
+            }
+            let secrets = tx
+                .webhook_sources()
+                .secrets(source_id, now)
+                .await
+                .map_err(|e| Rejection::new("unavailable", store_status(e, "")))?;
+            (source, secrets, tenant.quotas.requests_per_second)
+        };
+        if !source.enabled {
+            return Err(Rejection::new(
+                "disabled",
+                precondition("SOURCE_DISABLED", "this webhook source is disabled"),
+            ));
+        }
+        let compiled = self
+            .compile(&source)
+            .map_err(|s| Rejection::new("unavailable", s))?;
+
+        // Rate limit before any expensive work, so a flood costs one counter each.
+        let limit = match compiled.rate_limit {
+            0 => u64::from(u32::try_from(tenant_rps).unwrap_or(0)),
+            n => u64::from(n),
+        };
+        if limit > 0 {
+            let second = now.timestamp();
+            let key = format!("wh:rate:{source_id}:{second}");
+            match self.cache.increment(&key, Duration::from_secs(2)).await {
+                Ok(n) if n > limit => {
+                    let mut details = ErrorDetails::with_retry_info(Some(Duration::from_secs(1)));
+                    details.set_error_info("RATE_LIMITED", ERROR_DOMAIN, HashMap::new());
+                    return Err(Rejection::new(
+                        "rate_limited",
+                        Status::with_error_details(
+                            Code::ResourceExhausted,
+                            format!("this source accepts {limit} deliveries per second"),
+                            details,
+                        ),
+                    ));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "rate limit counter unavailable; not limiting")
+                }
+            }
+        }
+
+        // Verification.
+        let headers: HashMap<String, String> = req
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        let body = req.body.map(|b| b.data).unwrap_or_default();
+        let opened: Vec<String> = secrets
+            .iter()
+            .filter_map(|s| {
+                let aad = secret_aad(tenant_id, source_id, s.id);
+                match self.settings.sealer.open_string(&s.sealed, aad.as_bytes()) {
+                    Ok(secret) => Some(secret),
+                    Err(error) => {
+                        tracing::error!(%error, secret = %s.id, "a webhook secret does not open");
+                        None
+                    }
+                }
+            })
+            .collect();
+        let verify_started = Instant::now();
+        let verified = zen_webhook::verify(
+            &compiled.scheme,
+            &Delivery {
+                headers: &headers,
+                body: &body,
+            },
+            &opened,
+            now.timestamp(),
+            compiled.tolerance,
+        );
+        metrics::histogram!("zen_webhook_verification_seconds", "scheme" => compiled.scheme.name())
+            .record(verify_started.elapsed().as_secs_f64());
+        let verified = match verified {
+            Ok(v) => v,
+            Err(failure) => {
+                tracing::info!(source = %source_id, reason = %failure, "webhook verification failed");
+                self.audit_refusal(call, &scope, source_id, failure.label())
+                    .await;
+                return Err(Rejection::new(
+                    failure.label(),
+                    Status::with_error_details(
+                        Code::Unauthenticated,
+                        VERIFICATION_FAILED,
+                        ErrorDetails::with_error_info(
+                            "VERIFICATION_FAILED",
+                            ERROR_DOMAIN,
+                            HashMap::new(),
+                        ),
+                    ),
+                ));
+            }
+        };
+
+        // Slack's endpoint check: answered once the request is proven to come from Slack.
+        if matches!(compiled.scheme, Scheme::Slack) {
+            if let Some(challenge) = zen_webhook::slack_url_verification(&body) {
+                return Ok((
+                    "challenge",
+                    pb::ReceiveWebhookResponse {
+                        outcome: pb::DeliveryOutcome::Challenge as i32,
+                        event_ids: Vec::new(),
+                        challenge,
+                    },
+                ));
+            }
+        }
+
+        let payload: Value = serde_json::from_slice(&body).map_err(|e| {
+            Rejection::new(
+                "invalid",
+                invalid(&[("body", &format!("is not JSON: {e}"))]),
+            )
+        })?;
+        // Schemes without a delivery id still get one: the signed content's digest, so a
+        // retry of the same request is recognised while a new payload is a new delivery.
+        let body_digest = hex::encode(Sha256::digest(&body));
+        let delivery_id = verified.delivery_id.clone().unwrap_or_else(|| {
+            let stamp = verified
+                .timestamp
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            hex::encode(Sha256::digest(format!("{stamp}.{body_digest}").as_bytes()))
+        });
+        if delivery_id.len() > 200 {
+            return Err(Rejection::new(
+                "invalid",
+                invalid(&[("headers", "the delivery id is longer than 200 characters")]),
+            ));
+        }
+        self.check_replay(
+            &format!("wh:seen:{source_id}:{delivery_id}"),
+            &body_digest,
+            compiled.dedup_window.max(compiled.tolerance),
+        )
+        .await?;
+
+        if let Some(validator) = &compiled.schema {
+            if let Err(errors) = schema::validate(validator, &payload) {
+                let violations: Vec<FieldViolation> = errors
+                    .iter()
+                    .map(|e| {
+                        FieldViolation::new(
+                            format!("body{}", e.instance_pointer),
+                            e.message.clone(),
+                        )
+                    })
+                    .collect();
+                let mut details = ErrorDetails::with_bad_request(violations);
+                details.set_error_info("SCHEMA_VALIDATION_FAILED", ERROR_DOMAIN, HashMap::new());
+                return Err(Rejection::new(
+                    "schema_invalid",
+                    Status::with_error_details(
+                        Code::InvalidArgument,
+                        format!(
+                            "the payload does not satisfy the source's JSON Schema ({} errors)",
+                            errors.len()
+                        ),
+                        details,
+                    ),
+                ));
+            }
+        }
+
+        let mapped = zen_webhook::map(
+            compiled.mapping.as_ref(),
+            &payload,
+            &MapDefaults {
+                type_name: source.name.clone(),
+                delivery_id: Some(delivery_id.clone()),
+                received: now,
+            },
+        )
+        .map_err(|e| {
+            let mut details = ErrorDetails::with_bad_request(vec![FieldViolation::new(
+                format!("body{}", e.pointer),
+                e.message.clone(),
+            )]);
+            details.set_error_info("MAPPING_FAILED", ERROR_DOMAIN, HashMap::new());
+            Rejection::new(
+                "mapping_failed",
+                Status::with_error_details(Code::InvalidArgument, e.to_string(), details),
+            )
+        })?;
+        let several = mapped.len() > 1;
+        let events: Vec<NewEvent> = mapped
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let source_event_id = match (&e.source_event_id, several) {
+                    (Some(id), _) if !id.is_empty() => id.clone(),
+                    (_, true) => format!("{delivery_id}/{i}"),
+                    _ => delivery_id.clone(),
+                };
+                let fingerprint = e
+                    .fingerprint
+                    .clone()
+                    .unwrap_or_else(|| hex::encode(Sha256::digest(source_event_id.as_bytes())));
+                NewEvent {
+                    source: "webhook".into(),
+                    source_name: Some(source_id.to_string()),
+                    category: e.category.as_str().to_ascii_lowercase(),
+                    severity: e.severity.number() as i16,
+                    event_type: e.r#type,
+                    title: e.title,
+                    resource: json!({
+                        "api_version": e.resource.api_version,
+                        "kind": e.resource.kind,
+                        "namespace": e.resource.namespace,
+                        "name": e.resource.name,
+                        "uid": e.resource.uid,
+                    }),
+                    details: Value::Object(e.details),
+                    fingerprint,
+                    detected_at: e.detect_time,
+                    source_event_id,
+                }
+            })
+            .collect();
+
+        // Store, with the audit record, in one transaction; answer only after the commit.
+        let _slot = tokio::time::timeout(BACKPRESSURE_WAIT, self.slots.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| Rejection::new("backpressure", busy()))?;
+        let outcomes = self
+            .store_events(call, &scope, &source, &delivery_id, &events)
+            .await
+            .map_err(|s| Rejection::new("unavailable", s))?;
+        let _ = self
+            .cache
+            .publish(&super::ingest::events_channel(tenant_id), b"")
+            .await;
+        metrics::histogram!("zen_webhook_delivery_seconds").record(started.elapsed().as_secs_f64());
+        let duplicate = !outcomes.is_empty()
+            && outcomes
+                .iter()
+                .all(|o| matches!(o, EventOutcome::Duplicate { .. }));
+        let (label, outcome) = if duplicate {
+            ("duplicate", pb::DeliveryOutcome::Duplicate)
+        } else {
+            ("accepted", pb::DeliveryOutcome::Accepted)
+        };
+        Ok((
+            label,
+            pb::ReceiveWebhookResponse {
+                outcome: outcome as i32,
+                event_ids: outcomes.iter().map(|o| o.event_id().to_string()).collect(),
+                challenge: String::new(),
+            },
+        ))
+    }
+
+    /// Remembers a delivery id with the digest of its body for `window`, on every replica (the
+    /// shared cache). The same id with the same body passes (a redelivery: the store's
+    /// receipts make it a DUPLICATE); with another body it is a replay and refused.
+    async fn check_replay(
+        &self,
+        key: &str,
+        digest: &str,
+        window: Duration,
+    ) -> Result<(), Rejection> {
+        match self
+            .cache
+            .set_if_absent(key, digest.as_bytes(), window)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => match self.cache.get(key).await {
+                Ok(Some(seen)) if seen == digest.as_bytes() => Ok(()),
+                Ok(None) => Ok(()),
+                Ok(Some(_)) => Err(Rejection::new(
+                    "replayed",
+                    Status::with_error_details(
+                        Code::AlreadyExists,
+                        "this delivery id was already received with another body",
+                        ErrorDetails::with_error_info(
+                            "DELIVERY_REPLAYED",
+                            ERROR_DOMAIN,
+                            HashMap::new(),
+                        ),
+                    ),
+                )),
+                Err(error) => Err(Rejection::new("unavailable", cache_down(error))),
+            },
+            Err(error) => Err(Rejection::new("unavailable", cache_down(error))),
+        }
+    }
+
+    async fn store_events(
+        &self,
+        call: &Call,
+        scope: &Scope,
+        source: &WebhookSource,
+        delivery_id: &str,
+        events: &[NewEvent],
+    ) -> Result<Vec<EventOutcome>, Status> {
+        let attempt = || async {
+            let mut tx = self.store.begin(scope).await?;
+            let now = Utc::now();
+            let outcomes = if events.is_empty() {
+                Vec::new()
+            } else {
+                tx.events()
+                    .ingest(source.cluster_id, events, self.settings.fold_window, now)
+                    .await?
+            };
+            tx.webhook_sources().record_delivery(source.id, now).await?;
+            let mut record = audit_record(
+                &call.caller,
+                Some(&call.context),
+                "webhook.receive",
+                "webhook_source",
+                source.id,
+                AuditOutcome::Success,
+                json!({ "delivery_id": delivery_id, "events": outcomes.len() }),
+            );
+            record.actor_type = "webhook_source".into();
+            record.actor_id = Some(source.id.to_string());
+            tx.audit().append(record).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(outcomes)
+        };
+        let mut result = attempt().await;
+        for _ in 0..2 {
+            match &result {
+                Err(error) if error.is_retryable() => result = attempt().await,
+                _ => break,
+            }
+        }
+        result.map_err(|e| match e {
+            StoreError::Invalid { .. } | StoreError::NotFound { .. } => store_status(e, "event"),
+            StoreError::QuotaExceeded { .. } => store_status(e, ""),
+            e => {
+                tracing::warn!(error = %e, "storing a webhook delivery failed");
+                busy()
+            }
+        })
+    }
+
+    /// A refused delivery lands in the tenant's audit chain (best effort: a refusal must not
+    /// become a 5xx because the audit log is busy).
+    async fn audit_refusal(&self, call: &Call, scope: &Scope, source_id: Uuid, reason: &str) {
+        let mut record = audit_record(
+            &call.caller,
+            Some(&call.context),
+            "webhook.receive",
+            "webhook_source",
+            source_id,
+            AuditOutcome::Denied,
+            json!({ "reason": reason }),
+        );
+        record.actor_type = "webhook_source".into();
+        record.actor_id = Some(source_id.to_string());
+        let write = async {
+            let mut tx = self.store.begin(scope).await?;
+            tx.audit().append(record).await?;
+            tx.commit().await
+        };
+        if let Err(error) = write.await {
+            tracing::warn!(%error, "could not audit a refused webhook delivery");
+        }
+    }
+
+    // ------------------------------------------------------------------ legacy agents
+
+    /// The legacy HMAC key of one cluster: hex HMAC-SHA256(master, "zen-legacy-agent/{t}/{c}").
+    pub fn legacy_cluster_key(master: &str, tenant_id: Uuid, cluster_id: Uuid) -> String {
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(master.as_bytes())
+            .expect("HMAC takes keys of any length");
+        mac.update(format!("{LEGACY_KEY_CONTEXT}/{tenant_id}/{cluster_id}").as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    pub async fn ingest_legacy(
+        &self,
+        request: Request<pb::IngestLegacyEventsRequest>,
+        agent_batch: impl AsyncFnOnce(Uuid, Uuid, pb::EventBatch) -> pb::BatchAck,
+    ) -> Result<Response<pb::IngestLegacyEventsResponse>, Status> {
+        let Some(master) = &self.settings.legacy_agent_key else {
+            return Err(precondition(
+                "LEGACY_ENDPOINT_DISABLED",
+                "the legacy agent endpoint is off on this server (ZEN_LEGACY_AGENT_KEY)",
+            ));
+        };
+        let req = request.into_inner();
+        let headers: HashMap<String, String> = req
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        let id_header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| Uuid::parse_str(v.trim()).ok())
+                .ok_or_else(|| {
+                    invalid(&[(
+                        &format!("headers.{name}"),
+                        "is required: the agent's tenant and cluster ids (UUIDs)",
+                    )])
+                })
+        };
+        let tenant_id = id_header("x-zen-tenant-id")?;
+        let cluster_id = id_header("x-zen-cluster-id")?;
+        let body = req.body.map(|b| b.data).unwrap_or_default();
+        let key = Self::legacy_cluster_key(master, tenant_id, cluster_id);
+        let verified = zen_webhook::verify(
+            &Scheme::ZenHmac,
+            &Delivery {
+                headers: &headers,
+                body: &body,
+            },
+            &[key],
+            Utc::now().timestamp(),
+            DEFAULT_TOLERANCE,
+        );
+        let verified = match verified {
+            Ok(v) => v,
+            Err(failure) => {
+                count("legacy", failure.label());
+                return Err(Status::with_error_details(
+                    Code::Unauthenticated,
+                    VERIFICATION_FAILED,
+                    ErrorDetails::with_error_info(
+                        "VERIFICATION_FAILED",
+                        ERROR_DOMAIN,
+                        HashMap::new(),
+                    ),
+                ));
+            }
+        };
+        let digest = hex::encode(Sha256::digest(&body));
+        let nonce = verified.delivery_id.unwrap_or_default();
+        self.check_replay(
+            &format!("wh:legacy:{cluster_id}:{nonce}"),
+            &digest,
+            DEFAULT_TOLERANCE * 2,
+        )
+        .await
+        .map_err(|r| {
+            count("legacy", r.label);
+            r.status
+        })?;
+        let events = legacy_events(&body)?;
+        let ack = agent_batch(
+            tenant_id,
+            cluster_id,
+            pb::EventBatch {
+                batch_id: nonce,
+                events,
+            },
+        )
+        .await;
+        if let Some(retry) = ack.retry_after {
+            count("legacy", "unavailable");
+            let retry = Duration::from_secs(u64::try_from(retry.seconds).unwrap_or(1).max(1));
+            let mut details = ErrorDetails::with_retry_info(Some(retry));
+            details.set_error_info("BACKPRESSURE", ERROR_DOMAIN, HashMap::new());
+            return Err(Status::with_error_details(
+                Code::Unavailable,
+                "the events were not stored; resend later",
+                details,
+            ));
+        }
+        count("legacy", "accepted");
+        let mut response = Response::new(pb::IngestLegacyEventsResponse { acks: ack.acks });
+        response
+            .metadata_mut()
+            .insert(zen_gateway_status_key(), MetadataValue::from_static("202"));
+        Ok(response)
+    }
+}
+
+/// Parses `{"events": [AgentEvent, ...]}` (proto3 JSON).
+fn legacy_events(body: &[u8]) -> Result<Vec<pb::AgentEvent>, Status> {
+    use prost_reflect::{DescriptorPool, DynamicMessage};
+    static POOL: std::sync::LazyLock<DescriptorPool> = std::sync::LazyLock::new(|| {
+        DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("the built descriptor set")
+    });
+    let descriptor = POOL
+        .get_message_by_name("zen.ingest.v1.AgentEvent")
+        .ok_or_else(|| Status::internal("AgentEvent is missing from the descriptor set"))?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| invalid(&[("body", &format!("is not JSON: {e}"))]))?;
+    let Some(items) = value.get("events").and_then(Value::as_array) else {
+        return Err(invalid(&[(
+            "body.events",
+            "is required: an array of events",
+        )]));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let message = DynamicMessage::deserialize(descriptor.clone(), item)
+                .map_err(|e| invalid(&[(&format!("body.events[{i}]"), &e.to_string())]))?;
+            message
+                .transcode_to::<pb::AgentEvent>()
+                .map_err(|e| invalid(&[(&format!("body.events[{i}]"), &e.to_string())]))
+        })
+        .collect()
+}
+
+/// A refused delivery: the status for the caller and the outcome label for metrics.
+struct Rejection {
+    label: &'static str,
+    status: Status,
+}
+
+impl Rejection {
+    fn new(label: &'static str, status: Status) -> Self {
+        Self { label, status }
+    }
+}
+
+fn count(source: &str, outcome: &str) {
+    metrics::counter!(
+        "zen_webhook_requests_total",
+        "source" => source.to_owned(),
+        "outcome" => outcome.to_owned()
+    )
+    .increment(1);
+}
+
+fn precondition(reason: &str, message: &str) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    details.add_precondition_failure_violation(reason, "", message);
+    Status::with_error_details(Code::FailedPrecondition, message, details)
+}
+
+fn busy() -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(Duration::from_secs(1)));
+    details.set_error_info("BACKPRESSURE", ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(
+        Code::Unavailable,
+        "the server is busy and stored nothing; retry the delivery",
+        details,
+    )
+}
+
+fn cache_down(error: impl std::fmt::Display) -> Status {
+    tracing::warn!(%error, "the shared cache is unavailable");
+    busy()
+}
+
+fn zen_gateway_status_key() -> tonic::metadata::MetadataKey<tonic::metadata::Ascii> {
+    tonic::metadata::MetadataKey::from_static(zen_gateway::HTTP_STATUS_METADATA)
+}
+
+/// A version the caller may leave at 0 (the current one).
+fn version_or_current(version: i64) -> Result<Option<i64>, Status> {
+    match version {
+        0 => Ok(None),
+        v if v > 0 => Ok(Some(v)),
+        _ => Err(invalid(&[("version", "must not be negative")])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheme_names_round_trip() {
+        for n in 1..=9 {
+            let scheme = pb::WebhookScheme::try_from(n).unwrap();
+            assert_eq!(scheme_from_name(scheme_name(scheme).unwrap()), scheme);
+        }
+        assert_eq!(scheme_from_name("nope"), pb::WebhookScheme::Unspecified);
+    }
+
+    #[test]
+    fn legacy_keys_differ_per_cluster_and_tenant() {
+        let (t, c) = (Uuid::now_v7(), Uuid::now_v7());
+        let key = Webhooks::legacy_cluster_key("master-key", t, c);
+        assert_eq!(key.len(), 64);
+        assert_ne!(key, Webhooks::legacy_cluster_key("master-key", c, t));
+        assert_ne!(key, Webhooks::legacy_cluster_key("other-key", t, c));
+    }
+
+    #[test]
+    fn legacy_bodies_parse_as_agent_events() {
+        let events = legacy_events(
+            br#"{"events":[{"agentEventId":"a1","type":"x","severity":"SEVERITY_HIGH"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(events[0].agent_event_id, "a1");
+        assert!(legacy_events(br#"{"events":[{"nope":1}]}"#).is_err());
+        assert!(legacy_events(b"[]").is_err());
+    }
+}
