@@ -52,6 +52,9 @@ pub struct MethodPolicy {
     pub min_role: Option<Role>,
     pub platform_admin: bool,
     pub mutating: bool,
+    /// The service authenticates each request itself and audits that decision with its
+    /// change (webhooks): the interceptor records no decision of its own when it allows.
+    pub audits_own_authentication: bool,
 }
 
 /// Every RPC's policy, keyed by gRPC path (`/zen.tenancy.v1.TenancyService/CreateCluster`).
@@ -134,6 +137,7 @@ fn parse_policy(message: &DynamicMessage) -> Result<MethodPolicy, String> {
         min_role,
         platform_admin: flag("platform_admin"),
         mutating: flag("mutating"),
+        audits_own_authentication: flag("audits_own_authentication"),
     })
 }
 

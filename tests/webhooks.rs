@@ -429,6 +429,35 @@ async fn deliveries_are_verified_deduplicated_and_refused_generically() {
     // Not JSON: 400 after verification.
     let not_json = deliver(&http, &zen, id, &secret, now(), "delivery-5", b"not json").await;
     assert_eq!(not_json.status(), StatusCode::BAD_REQUEST);
+
+    // Every accepted and refused delivery is in the tenant's audit chain, which verifies.
+    let audit = admin
+        .get(&zen, "/auditLogs?action=webhook.receive&pageSize=100")
+        .await;
+    let records = audit["auditRecords"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let outcome = |o: &str| records.iter().filter(|r| r["outcome"] == o).count();
+    assert_eq!(
+        outcome("AUDIT_OUTCOME_SUCCESS"),
+        2,
+        "stored and redelivered: {audit}"
+    );
+    assert_eq!(
+        outcome("AUDIT_OUTCOME_DENIED"),
+        5,
+        "replay and four failures: {audit}"
+    );
+    assert!(records
+        .iter()
+        .all(|r| r["actor"]["type"] == "ACTOR_TYPE_WEBHOOK_SOURCE" && r["actor"]["id"] == id));
+    let verified = body(
+        admin.post(&zen, "/auditLogs:verify", &json!({})).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(verified["ok"], true, "{verified}");
     zen.running.shutdown().await.unwrap();
 }
 

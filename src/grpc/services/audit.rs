@@ -36,6 +36,7 @@ fn actor_type_to_proto(actor_type: &str) -> pb::ActorType {
         "agent" => pb::ActorType::Agent,
         "service" => pb::ActorType::Service,
         "system" => pb::ActorType::System,
+        "webhook_source" => pb::ActorType::WebhookSource,
         _ => pb::ActorType::Unspecified,
     }
 }
@@ -80,6 +81,7 @@ impl AuditService for AuditApi {
             Ok(pb::ActorType::Agent) => Some("agent"),
             Ok(pb::ActorType::Service) => Some("service"),
             Ok(pb::ActorType::System) => Some("system"),
+            Ok(pb::ActorType::WebhookSource) => Some("webhook_source"),
             Err(_) => return Err(invalid(&[("actor_type", "is not a known actor type")])),
         };
         let outcome = match pb::AuditOutcome::try_from(req.outcome) {

@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod remediation;
 pub mod support;
 pub mod tenancy;
+mod webhook_commit;
 pub mod webhooks;
 
 use std::sync::Arc;

@@ -37,6 +37,7 @@ use super::support::{
     page_request, store_status, struct_to_json, timestamp, uuid_field, value_to_json, Call,
     Mutation, ERROR_DOMAIN,
 };
+use super::webhook_commit::{CommitError, CommitQueue, Delivery as CommitDelivery};
 use crate::proto::zen::ingest::v1 as pb;
 
 /// Default and largest allowed clock difference for signed timestamps.
@@ -48,11 +49,6 @@ const MAX_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default and largest overlap of a rotated-out secret.
 const DEFAULT_OLD_SECRET_TTL: Duration = Duration::from_secs(24 * 3600);
 const MAX_OLD_SECRET_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Deliveries stored at once by this process; beyond it callers get 503 + Retry-After
-/// instead of queueing without bound.
-const MAX_CONCURRENT_DELIVERIES: usize = 256;
-/// How long a delivery waits for a storage slot before it is told to retry.
-const BACKPRESSURE_WAIT: Duration = Duration::from_secs(2);
 /// The message of every verification failure: nothing about which part failed.
 const VERIFICATION_FAILED: &str = "the delivery could not be verified";
 /// Context string of the legacy agent key derivation.
@@ -120,7 +116,8 @@ pub struct Webhooks {
     /// Source id -> tenant: a route never changes once created, so it is cached for good.
     routes: Mutex<HashMap<Uuid, Uuid>>,
     compiled: Mutex<HashMap<Uuid, Arc<Compiled>>>,
-    slots: tokio::sync::Semaphore,
+    /// Deliveries are stored through per-tenant group commits; a full queue is a 503.
+    commits: CommitQueue,
 }
 
 fn scheme_name(scheme: pb::WebhookScheme) -> Option<&'static str> {
@@ -387,12 +384,12 @@ fn secret_aad(tenant: Uuid, source: Uuid, secret: Uuid) -> String {
 impl Webhooks {
     pub fn new(store: Arc<Store>, cache: Arc<dyn Cache>, settings: WebhookSettings) -> Self {
         Self {
+            commits: CommitQueue::new(store.clone(), settings.fold_window),
             store,
             cache,
             settings,
             routes: Mutex::new(HashMap::new()),
             compiled: Mutex::new(HashMap::new()),
-            slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_DELIVERIES),
         }
     }
 
@@ -1003,6 +1000,8 @@ impl Webhooks {
             (source, secrets, tenant.quotas.requests_per_second)
         };
         if !source.enabled {
+            self.audit_refusal(call, &scope, source_id, "disabled")
+                .await;
             return Err(Rejection::new(
                 "disabled",
                 precondition("SOURCE_DISABLED", "this webhook source is disabled"),
@@ -1130,12 +1129,20 @@ impl Webhooks {
                 invalid(&[("headers", "the delivery id is longer than 200 characters")]),
             ));
         }
-        self.check_replay(
-            &format!("wh:seen:{source_id}:{delivery_id}"),
-            &body_digest,
-            compiled.dedup_window.max(compiled.tolerance),
-        )
-        .await?;
+        if let Err(rejection) = self
+            .check_replay(
+                &format!("wh:seen:{source_id}:{delivery_id}"),
+                &body_digest,
+                compiled.dedup_window.max(compiled.tolerance),
+            )
+            .await
+        {
+            if rejection.label == "replayed" {
+                self.audit_refusal(call, &scope, source_id, "replayed")
+                    .await;
+            }
+            return Err(rejection);
+        }
 
         if let Some(validator) = &compiled.schema {
             if let Err(errors) = schema::validate(validator, &payload) {
@@ -1220,16 +1227,18 @@ impl Webhooks {
             })
             .collect();
 
-        // Store, with the audit record, in one transaction; answer only after the commit.
-        let _slot = tokio::time::timeout(BACKPRESSURE_WAIT, self.slots.acquire())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| Rejection::new("backpressure", busy()))?;
+        // Answered only after the commit: nothing answered 2xx is lost.
         let outcomes = self
-            .store_events(call, &scope, &source, &delivery_id, &events)
+            .store_events(call, tenant_id, &source, &delivery_id, events)
             .await
-            .map_err(|s| Rejection::new("unavailable", s))?;
+            .map_err(|s| {
+                let label = if s.code() == Code::Unavailable {
+                    "backpressure"
+                } else {
+                    "invalid"
+                };
+                Rejection::new(label, s)
+            })?;
         let _ = self
             .cache
             .publish(&super::ingest::events_channel(tenant_id), b"")
@@ -1290,55 +1299,49 @@ impl Webhooks {
         }
     }
 
+    /// Stores the delivery through the tenant's group commit, with its audit record (the
+    /// authentication decision and what it changed, in the tenant's chain).
     async fn store_events(
         &self,
         call: &Call,
-        scope: &Scope,
+        tenant_id: Uuid,
         source: &WebhookSource,
         delivery_id: &str,
-        events: &[NewEvent],
+        events: Vec<NewEvent>,
     ) -> Result<Vec<EventOutcome>, Status> {
-        let attempt = || async {
-            let mut tx = self.store.begin(scope).await?;
-            let now = Utc::now();
-            let outcomes = if events.is_empty() {
-                Vec::new()
-            } else {
-                tx.events()
-                    .ingest(source.cluster_id, events, self.settings.fold_window, now)
-                    .await?
-            };
-            tx.webhook_sources().record_delivery(source.id, now).await?;
-            let mut record = audit_record(
-                &call.caller,
-                Some(&call.context),
-                "webhook.receive",
-                "webhook_source",
-                source.id,
-                AuditOutcome::Success,
-                json!({ "delivery_id": delivery_id, "events": outcomes.len() }),
-            );
-            record.actor_type = "webhook_source".into();
-            record.actor_id = Some(source.id.to_string());
-            tx.audit().append(record).await?;
-            tx.commit().await?;
-            Ok::<_, StoreError>(outcomes)
+        let mut audit = audit_record(
+            &call.caller,
+            Some(&call.context),
+            "webhook.receive",
+            "webhook_source",
+            source.id,
+            AuditOutcome::Success,
+            json!({ "delivery_id": delivery_id, "events": events.len() }),
+        );
+        audit.actor_type = "webhook_source".into();
+        audit.actor_id = Some(source.id.to_string());
+        let delivery = CommitDelivery {
+            source_id: source.id,
+            cluster_id: source.cluster_id,
+            events,
+            audit,
         };
-        let mut result = attempt().await;
-        for _ in 0..2 {
-            match &result {
-                Err(error) if error.is_retryable() => result = attempt().await,
-                _ => break,
-            }
-        }
-        result.map_err(|e| match e {
-            StoreError::Invalid { .. } | StoreError::NotFound { .. } => store_status(e, "event"),
-            StoreError::QuotaExceeded { .. } => store_status(e, ""),
-            e => {
-                tracing::warn!(error = %e, "storing a webhook delivery failed");
-                busy()
-            }
-        })
+        self.commits
+            .store(tenant_id, delivery)
+            .await
+            .map_err(|e| match e {
+                CommitError::Store(
+                    e @ (StoreError::Invalid { .. }
+                    | StoreError::NotFound { .. }
+                    | StoreError::QuotaExceeded { .. }
+                    | StoreError::Precondition { .. }),
+                ) => store_status(e, "event"),
+                CommitError::Store(e) => {
+                    tracing::warn!(error = %e, "storing a webhook delivery failed");
+                    busy()
+                }
+                CommitError::Busy => busy(),
+            })
     }
 
     /// A refused delivery lands in the tenant's audit chain (best effort: a refusal must not

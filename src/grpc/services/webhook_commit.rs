@@ -1,0 +1,235 @@
+//! Group commit of webhook deliveries: concurrent deliveries to one tenant share one
+//! transaction (their events, the sources' last-delivery times and one audit record per
+//! delivery), and each caller is answered only after that transaction commits.
+//!
+//! A tenant's ingest transactions run one at a time anyway (they take its event sequence lock,
+//! see docs/STORAGE.md), so one transaction per delivery caps a busy tenant at one commit
+//! round trip per delivery. Batching what arrives while the previous commit runs costs an idle
+//! tenant nothing (a lone delivery commits at once) and turns a burst into a few commits.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+use zen_store::{EventOutcome, NewAuditRecord, NewEvent, Scope, Store, StoreError};
+
+/// Most deliveries one transaction carries.
+const MAX_DELIVERIES_PER_COMMIT: usize = 256;
+/// Most events one transaction carries (a delivery's events are never split).
+const MAX_EVENTS_PER_COMMIT: usize = 2000;
+/// Deliveries waiting for a tenant's committer before callers are told to retry.
+const QUEUE_PER_TENANT: usize = 4096;
+/// A committer with nothing to do for this long ends (it is restarted on demand).
+const IDLE: Duration = Duration::from_secs(60);
+
+/// One verified delivery, ready to store.
+pub struct Delivery {
+    pub source_id: Uuid,
+    pub cluster_id: Option<Uuid>,
+    pub events: Vec<NewEvent>,
+    pub audit: NewAuditRecord,
+}
+
+/// Why a delivery was not stored (nothing of it was).
+#[derive(Debug)]
+pub enum CommitError {
+    /// The tenant's queue is full: retry later.
+    Busy,
+    /// The store refused or failed.
+    Store(StoreError),
+}
+
+type Reply = oneshot::Sender<Result<Vec<EventOutcome>, CommitError>>;
+
+/// Per-tenant committers, started on first use.
+pub struct CommitQueue {
+    store: Arc<Store>,
+    fold_window: Duration,
+    tenants: Mutex<HashMap<Uuid, mpsc::Sender<(Delivery, Reply)>>>,
+}
+
+impl CommitQueue {
+    pub fn new(store: Arc<Store>, fold_window: Duration) -> Self {
+        Self {
+            store,
+            fold_window,
+            tenants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Stores `delivery` for `tenant_id`; returns its events' outcomes once committed.
+    pub async fn store(
+        &self,
+        tenant_id: Uuid,
+        delivery: Delivery,
+    ) -> Result<Vec<EventOutcome>, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        let mut item = (delivery, reply);
+        // At most twice: a committer that just ended for idleness is replaced.
+        for _ in 0..2 {
+            let sender = self.sender(tenant_id);
+            match sender.try_send(item) {
+                Ok(()) => {
+                    return answer.await.unwrap_or(Err(CommitError::Busy));
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(CommitError::Busy),
+                Err(mpsc::error::TrySendError::Closed(back)) => {
+                    item = back;
+                    let mut tenants = self.tenants.lock().expect("commit queues");
+                    if tenants.get(&tenant_id).is_some_and(|s| s.is_closed()) {
+                        tenants.remove(&tenant_id);
+                    }
+                }
+            }
+        }
+        Err(CommitError::Busy)
+    }
+
+    fn sender(&self, tenant_id: Uuid) -> mpsc::Sender<(Delivery, Reply)> {
+        let mut tenants = self.tenants.lock().expect("commit queues");
+        if let Some(sender) = tenants.get(&tenant_id).filter(|s| !s.is_closed()) {
+            return sender.clone();
+        }
+        let (sender, receiver) = mpsc::channel(QUEUE_PER_TENANT);
+        tokio::spawn(commit_loop(
+            self.store.clone(),
+            self.fold_window,
+            tenant_id,
+            receiver,
+        ));
+        tenants.insert(tenant_id, sender.clone());
+        sender
+    }
+}
+
+async fn commit_loop(
+    store: Arc<Store>,
+    fold_window: Duration,
+    tenant_id: Uuid,
+    mut receiver: mpsc::Receiver<(Delivery, Reply)>,
+) {
+    let scope = Scope::tenant(tenant_id, None);
+    loop {
+        let first = match tokio::time::timeout(IDLE, receiver.recv()).await {
+            Ok(Some(item)) => item,
+            // Idle or every sender gone: stop; the queue starts a new committer when needed.
+            _ => return,
+        };
+        let mut events = first.0.events.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_DELIVERIES_PER_COMMIT && events < MAX_EVENTS_PER_COMMIT {
+            match receiver.try_recv() {
+                Ok(item) => {
+                    events += item.0.events.len();
+                    batch.push(item);
+                }
+                Err(_) => break,
+            }
+        }
+        let deliveries: Vec<&Delivery> = batch.iter().map(|(d, _)| d).collect();
+        let mut result = commit(&store, &scope, fold_window, &deliveries).await;
+        for _ in 0..2 {
+            match &result {
+                Err(error) if error.is_retryable() => {
+                    result = commit(&store, &scope, fold_window, &deliveries).await;
+                }
+                _ => break,
+            }
+        }
+        match result {
+            Ok(mut outcomes) => {
+                for ((_, reply), outcome) in batch.into_iter().zip(outcomes.drain(..)) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(error) if batch.len() > 1 && !error.is_retryable() => {
+                // One bad delivery must not sink the others: store them one by one.
+                for (delivery, reply) in batch {
+                    let one = commit(&store, &scope, fold_window, &[&delivery])
+                        .await
+                        .map(|mut o| o.pop().unwrap_or_default())
+                        .map_err(CommitError::Store);
+                    let _ = reply.send(one);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "storing webhook deliveries failed");
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(CommitError::Store(clone_error(&error))));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for `deliveries`: their events (one ingest call per cluster), each
+/// source's last delivery time, one audit record per delivery. Outcomes per delivery, in order.
+async fn commit(
+    store: &Store,
+    scope: &Scope,
+    fold_window: Duration,
+    deliveries: &[&Delivery],
+) -> Result<Vec<Vec<EventOutcome>>, StoreError> {
+    let mut tx = store.begin(scope).await?;
+    let now = Utc::now();
+    let mut outcomes: Vec<Vec<EventOutcome>> = vec![Vec::new(); deliveries.len()];
+    let mut clusters: Vec<Option<Uuid>> = deliveries.iter().map(|d| d.cluster_id).collect();
+    clusters.sort();
+    clusters.dedup();
+    for cluster in clusters {
+        let members: Vec<usize> = (0..deliveries.len())
+            .filter(|&i| deliveries[i].cluster_id == cluster)
+            .collect();
+        let events: Vec<NewEvent> = members
+            .iter()
+            .flat_map(|&i| deliveries[i].events.iter().cloned())
+            .collect();
+        if events.is_empty() {
+            continue;
+        }
+        let mut stored = tx
+            .events()
+            .ingest(cluster, &events, fold_window, now)
+            .await?
+            .into_iter();
+        for &i in &members {
+            outcomes[i] = stored.by_ref().take(deliveries[i].events.len()).collect();
+        }
+    }
+    let mut sources: Vec<Uuid> = deliveries.iter().map(|d| d.source_id).collect();
+    sources.sort();
+    sources.dedup();
+    for source in sources {
+        tx.webhook_sources().record_delivery(source, now).await?;
+    }
+    for delivery in deliveries {
+        tx.audit().append(delivery.audit.clone()).await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Store errors are not `Clone`; every waiter of a failed batch gets an equivalent one.
+fn clone_error(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::NotFound { what } => StoreError::NotFound { what },
+        StoreError::QuotaExceeded { what, limit } => StoreError::QuotaExceeded {
+            what,
+            limit: *limit,
+        },
+        StoreError::Invalid { field, reason } => StoreError::Invalid {
+            field,
+            reason: reason.clone(),
+        },
+        StoreError::Precondition { code, reason } => StoreError::Precondition {
+            code,
+            reason: reason.clone(),
+        },
+        other => StoreError::Conflict {
+            reason: other.to_string().into(),
+        },
+    }
+}
