@@ -51,6 +51,28 @@ enum Command {
     /// Benchmarks that print figures (see docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The remediation dead-letter queue (see docs/REMEDIATION.md).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List a tenant's dead letters, newest first.
+    List {
+        #[arg(long)]
+        tenant: uuid::Uuid,
+        /// Also list dead letters already replayed.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Replay a dead letter: its remediation is queued for dispatch again.
+    Replay {
+        #[arg(long)]
+        tenant: uuid::Uuid,
+        /// The dead letter's id.
+        id: uuid::Uuid,
+    },
 }
 
 #[derive(Subcommand)]
@@ -71,6 +93,35 @@ enum BenchCommand {
         #[arg(long)]
         no_sqlite: bool,
     },
+    /// Verified-and-stored webhook deliveries per second through the gateway, per scheme,
+    /// against a no-op handler on the same server, with the stored events counted afterwards.
+    Webhooks {
+        /// Deliveries per scheme (and requests of the no-op ceiling).
+        #[arg(long, default_value_t = 20_000)]
+        deliveries: usize,
+        /// Concurrent keep-alive HTTP/1.1 connections.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, value_enum, default_value_t = BenchDatabase::Both)]
+        database: BenchDatabase,
+        /// Schemes to measure, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "zen-hmac,standard-webhooks,github,stripe,slack,shopify,generic-hmac,bearer,basic"
+        )]
+        schemes: Vec<String>,
+        /// A PostgreSQL server (superuser) on which a scratch database is created and dropped.
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        postgres_url: String,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchDatabase {
+    Sqlite,
+    Postgres,
+    Both,
 }
 
 #[derive(Subcommand)]
@@ -102,9 +153,13 @@ enum AgentCommand {
         input: Option<PathBuf>,
         #[arg(long, default_value_t = 200)]
         batch_size: usize,
-        /// Keep the stream open after the input ends, printing remediation commands.
+        /// Keep the stream open after the input ends, executing remediation commands.
         #[arg(long)]
         follow: bool,
+        /// Executable that runs remediation commands: the command as JSON on stdin, a JSON
+        /// result on stdout (see docs/REMEDIATION.md). Without it commands are reported failed.
+        #[arg(long)]
+        exec_hook: Option<PathBuf>,
     },
 }
 
@@ -113,6 +168,24 @@ enum KeysCommand {
     /// Add a new signing key; it signs from now on, and tokens signed by the previous key keep
     /// verifying until they expire. Running servers pick it up without a restart.
     RotateJwt,
+    /// Print a new key for ZEN_WEBHOOK_SECRET_KEYS (`<key-id>:<base64 32 bytes>`); to rotate,
+    /// put it first in the list and keep the old keys after it (docs/WEBHOOKS.md).
+    WebhookKey {
+        /// The key's id (1 to 32 characters of [A-Za-z0-9_-]).
+        #[arg(long, default_value = "k1")]
+        id: String,
+    },
+    /// Print the legacy HMAC key of one cluster, derived from ZEN_LEGACY_AGENT_KEY, for an agent
+    /// that posts to `POST /agent/v1/events`.
+    LegacyAgentKey {
+        #[arg(long)]
+        tenant_id: uuid::Uuid,
+        #[arg(long)]
+        cluster_id: uuid::Uuid,
+        /// The server's legacy agent key.
+        #[arg(long, env = "ZEN_LEGACY_AGENT_KEY", hide_env_values = true)]
+        legacy_agent_key: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -207,6 +280,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server::run(config, signal).await
         }
         Command::Migrate { status } => store::migrate_command(&config, status).await,
+        Command::Dlq(DlqCommand::List { tenant, all }) => {
+            zen::remediation::cli::list(&config, tenant, all).await
+        }
+        Command::Dlq(DlqCommand::Replay { tenant, id }) => {
+            zen::remediation::cli::replay(&config, tenant, id).await
+        }
         Command::Audit(AuditCommand::Verify { tenant }) => {
             store::verify_audit_command(&config, tenant).await
         }
@@ -231,6 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             input,
             batch_size,
             follow,
+            exec_hook,
         }) => {
             let files = zen::agent::AgentFiles::new(dir);
             let options = zen::agent::RunOptions {
@@ -243,9 +323,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let file = tokio::fs::File::open(&path)
                         .await
                         .with_context(|| format!("opening {}", path.display()))?;
-                    zen::agent::run(&files, file, options).await?
+                    zen::agent::run_with_hook(&files, file, options, exec_hook).await?
                 }
-                None => zen::agent::run(&files, tokio::io::stdin(), options).await?,
+                None => {
+                    zen::agent::run_with_hook(&files, tokio::io::stdin(), options, exec_hook)
+                        .await?
+                }
             };
             println!(
                 "accepted {} duplicate {} rejected {} reconnects {}",
@@ -281,6 +364,70 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?;
             }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Webhooks {
+            deliveries,
+            concurrency,
+            database,
+            schemes,
+            postgres_url,
+        }) => {
+            let load = zen::bench_webhooks::WebhookLoad {
+                deliveries: deliveries.max(1),
+                concurrency: concurrency.max(1),
+                schemes,
+            };
+            load.validate()?;
+            println!(
+                "zen bench webhooks: {} deliveries per scheme, {} connections",
+                load.deliveries, load.concurrency
+            );
+            let mut figures = Vec::new();
+            if database != BenchDatabase::Postgres {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                figures.push(zen::bench_webhooks::webhooks("SQLite", &url, &load).await?);
+            }
+            if database != BenchDatabase::Sqlite {
+                let load = load.clone();
+                figures.push(
+                    zen::bench::with_scratch_postgres(&postgres_url, |url| async move {
+                        zen::bench_webhooks::webhooks("PostgreSQL", &url, &load).await
+                    })
+                    .await?,
+                );
+            }
+            for f in &figures {
+                println!("\n{}", f.table());
+            }
+            if let Some(f) = figures.iter().find(|f| !f.durable()) {
+                anyhow::bail!(
+                    "{}: the events stored do not match the deliveries answered 202",
+                    f.database
+                );
+            }
+            Ok(())
+        }
+        Command::Keys(KeysCommand::WebhookKey { id }) => {
+            let line = format!("{id}:{}", zen_webhook::SecretSealer::generate_key());
+            zen_webhook::SecretSealer::from_config(&line)?;
+            println!("{line}");
+            Ok(())
+        }
+        Command::Keys(KeysCommand::LegacyAgentKey {
+            tenant_id,
+            cluster_id,
+            legacy_agent_key,
+        }) => {
+            println!(
+                "{}",
+                zen::grpc::services::webhooks::Webhooks::legacy_cluster_key(
+                    &legacy_agent_key,
+                    tenant_id,
+                    cluster_id
+                )
+            );
             Ok(())
         }
         Command::Keys(KeysCommand::RotateJwt) => {

@@ -62,6 +62,9 @@ Checks that make a broken release fail at render time instead of at 3 a.m.
 {{- if not (has .Values.environment (list "production" "development")) }}
 {{- fail "environment must be production or development" }}
 {{- end }}
+{{- if and (eq .Values.environment "production") (not .Values.webhooks.existingSecret) }}
+{{- fail "webhooks.existingSecret is required in production: a Secret with the webhook secret keys (zen keys webhook-key)" }}
+{{- end }}
 {{- if and .Values.redis.url .Values.redis.existingSecret }}
 {{- fail "set redis.url or redis.existingSecret, not both" }}
 {{- end }}
@@ -92,6 +95,20 @@ environment this is, how to log. Addresses and TLS files are the server's alone.
 {{- else if .Values.redis.url }}
 - name: ZEN_REDIS_URL
   value: {{ .Values.redis.url | quote }}
+{{- end }}
+{{- if .Values.webhooks.existingSecret }}
+- name: ZEN_WEBHOOK_SECRET_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.webhooks.existingSecret }}
+      key: {{ .Values.webhooks.keysKey }}
+{{- if .Values.webhooks.legacyAgentKeyKey }}
+- name: ZEN_LEGACY_AGENT_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.webhooks.existingSecret }}
+      key: {{ .Values.webhooks.legacyAgentKeyKey }}
+{{- end }}
 {{- end }}
 - name: ZEN_TLS_CA_CERT
   value: {{ printf "%s/ca.crt" .Values.pki.mountPath | quote }}
