@@ -125,6 +125,15 @@ impl Problem {
             if !info.reason.is_empty() {
                 problem = problem.with_reason(&info.reason);
             }
+            // Reasons that name an HTTP condition no gRPC code has: a service that takes raw
+            // HTTP bodies (webhooks) refuses a media type or a size with them.
+            match info.reason.as_str() {
+                "UNSUPPORTED_MEDIA_TYPE" => {
+                    problem = problem.with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+                }
+                "PAYLOAD_TOO_LARGE" => problem = problem.with_status(StatusCode::PAYLOAD_TOO_LARGE),
+                _ => {}
+            }
             if !matches!(code, Code::Internal | Code::Unknown | Code::DataLoss) {
                 problem.metadata = info.metadata.into_iter().collect();
             }

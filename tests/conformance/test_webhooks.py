@@ -29,7 +29,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -38,15 +40,14 @@ from pathlib import Path
 
 import pytest
 import requests
+import slack_sdk.signature as slack_signature
+import standardwebhooks
+import stripe
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from requests.auth import HTTPBasicAuth
 
 from support import REPO_ROOT, ZenServer, clean_env, http_session, zen_binary
-
-standardwebhooks = pytest.importorskip("standardwebhooks")
-stripe = pytest.importorskip("stripe")
-slack_signature = pytest.importorskip("slack_sdk.signature")
 
 PASSWORD = "correct horse battery staple"
 HTTP_TIMEOUT = 15
@@ -130,7 +131,7 @@ class Source:
     def __init__(self, server: ZenServer, http, tenant, body: dict, secret: str | None = None):
         self.server, self.http = server, http
         self.tenant_id, self.auth = tenant
-        body = {"enabled": True, **body}
+        body = {"enabled": True, **body}  # proto3's default (false) would create it disabled
         if secret is not None:
             body["secret"] = secret
         r = http.post(f"{server.http_base}/v1/tenants/{self.tenant_id}/webhookSources", json=body,
@@ -628,6 +629,43 @@ def test_unknown_source_is_404(server, http):
     problem(r, 404)
 
 
+def test_rate_limit_is_429_with_retry_after(server, http, tenant):
+    source = Source(server, http, tenant, {"name": "limited", "verification": scheme("BEARER"), "rateLimitPerSecond": 2})
+    auth = {"Authorization": f"Bearer {source.secret}"}
+    # Ten distinct deliveries in well under three seconds: at most 2 per second get through.
+    answers = [source.post(payload(), auth) for _ in range(10)]
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {202, 429}, codes
+    assert 2 <= codes.count(202) <= 6, codes
+    limited = [r for r in answers if r.status_code == 429]
+    doc = problem(limited[0], 429)
+    assert doc.get("reason") == "RATE_LIMITED", doc
+    assert int(limited[0].headers["Retry-After"]) >= 1
+    assert len(source.events()) == codes.count(202), "nothing refused was stored"
+
+
+def test_too_large_and_invalid_json_bodies(server, http, tenant):
+    source = Source(server, http, tenant, {"name": "limits", "verification": scheme("BEARER")})
+    auth = {"Authorization": f"Bearer {source.secret}"}
+    problem(source.post(b"{" + b" " * (2 << 20) + b"}", auth), 413)
+    problem(source.post(b"{not json", auth), 400)
+    assert source.events() == []
+
+
+def test_a_body_that_is_not_json_media_is_415(server, http, tenant):
+    source = Source(server, http, tenant, {"name": "media", "verification": scheme("BEARER")})
+    auth = {"Authorization": f"Bearer {source.secret}"}
+    problem(source.post(b"kind=test", {**auth, "Content-Type": "application/x-www-form-urlencoded"}), 415)
+    problem(source.post(b"kind=test", {**auth, "Content-Type": "text/plain"}), 415)
+    assert source.events() == []
+
+
+def test_a_disabled_source_refuses_deliveries(server, http, tenant):
+    source = Source(server, http, tenant, {"name": "disabled", "verification": scheme("BEARER"), "enabled": False})
+    doc = problem(source.post(payload(), {"Authorization": f"Bearer {source.secret}"}), 400)
+    assert doc["code"] == "FAILED_PRECONDITION" and doc.get("reason") == "SOURCE_DISABLED", doc
+
+
 def test_secrets_are_shown_once_and_sealed_at_rest(server, http, tenant):
     source = Source(server, http, tenant, {"name": "sealed", "verification": scheme("GITHUB")})
     r = http.get(f"{server.http_base}/v1/tenants/{source.tenant_id}/webhookSources/{source.id}",
@@ -639,3 +677,87 @@ def test_secrets_are_shown_once_and_sealed_at_rest(server, http, tenant):
     leaks = [p for p in Path(server.data_dir).rglob("*") if p.is_file() and needle in p.read_bytes()]
     assert not leaks, f"the secret is stored in clear in {leaks}"
     assert source.secret not in server.log(), "the secret is logged"
+
+
+# -- two replicas on one PostgreSQL and one Redis ------------------------------------------------
+
+
+def psql(url: str, sql: str) -> None:
+    subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True, capture_output=True,
+                   text=True, timeout=30)
+
+
+@pytest.fixture
+def shared_backends():
+    """(database URL, Redis URL): a fresh PostgreSQL database, dropped afterwards, and Redis."""
+    admin = os.environ.get("ZEN_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    redis_url = os.environ.get("ZEN_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+    reason = None
+    if shutil.which("psql") is None:
+        reason = "psql is not installed"
+    else:
+        try:
+            psql(admin, "SELECT 1")
+        except (subprocess.SubprocessError, OSError) as error:
+            reason = f"PostgreSQL at {admin} is not reachable: {getattr(error, 'stderr', error)}"
+    host, _, port = redis_url.removeprefix("redis://").split("/")[0].partition(":")
+    try:
+        socket.create_connection((host, int(port or 6379)), timeout=2).close()
+    except OSError as error:
+        reason = reason or f"Redis at {redis_url} is not reachable: {error}"
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    name = f"zen_webhooks_{uuid.uuid4().hex[:12]}"
+    psql(admin, f'CREATE DATABASE "{name}"')
+    base, _, _ = admin.rpartition("/")
+    try:
+        yield f"{base}/{name}", redis_url
+    finally:
+        psql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_two_replicas_share_replay_protection_and_rotation(tmp_path, http, shared_backends):
+    database_url, redis_url = shared_backends
+    shared = ["--local-login", "true", "--database-url", database_url, "--redis-url", redis_url]
+    env = {"ZEN_WEBHOOK_SECRET_KEYS": SECRET_KEYS}
+    a = ZenServer(data_dir=tmp_path / "a", extra_args=shared, env=env).start()
+    b = None
+    try:
+        b = ZenServer(data_dir=tmp_path / "b", extra_args=shared, env=env).start()
+        cmd = [str(zen_binary()), "--data-dir", str(a.data_dir), "--database-url", database_url, "user", "add",
+               "--username", "root", "--email", "root@example.test", "--password-stdin", "--admin"]
+        proc = subprocess.run(cmd, input=PASSWORD + "\n", env=clean_env(), capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        root = login(a, http, "root")
+        r = http.post(f"{a.http_base}/v1/tenants", json={"name": "replicas"}, headers=mutating(root),
+                      timeout=HTTP_TIMEOUT)
+        assert r.status_code == 200, r.text
+        source = Source(a, http, (r.json()["tenant"]["tenantId"], root),
+                        {"name": "replicated", "verification": scheme("ZEN_HMAC")})
+        on_b = f"{b.http_base}/webhooks/{source.id}"
+
+        body = payload()
+        nonce = str(uuid.uuid4())
+        headers = {"Content-Type": "application/json", **zen_headers(source.secret, body, nonce)}
+        first = assert_accepted(source.post(body, headers))
+        assert_duplicate(http.post(on_b, data=body, headers=headers, timeout=HTTP_TIMEOUT), first)
+        other = payload()
+        replay = {"Content-Type": "application/json", **zen_headers(source.secret, other, nonce)}
+        problem(http.post(on_b, data=other, headers=replay, timeout=HTTP_TIMEOUT), 409)
+        assert_stored_once(source, first)
+
+        # A rotation made through replica A applies to the next request on replica B.
+        old = source.secret
+        new = source.rotate(oldSecretTtl="0s")["secret"]
+        body = payload()
+        stale_secret = {"Content-Type": "application/json", **zen_headers(old, body, str(uuid.uuid4()))}
+        assert_refused(http.post(on_b, data=body, headers=stale_secret, timeout=HTTP_TIMEOUT))
+        fresh = {"Content-Type": "application/json", **zen_headers(new, body, str(uuid.uuid4()))}
+        assert_accepted(http.post(on_b, data=body, headers=fresh, timeout=HTTP_TIMEOUT))
+        assert len(source.events()) == 2
+    finally:
+        codes = [(s, s.stop()) for s in (b, a) if s is not None]
+    for s, code in codes:
+        assert code == 0, f"zen serve exited {code}\n{s.log()}"

@@ -81,7 +81,7 @@ impl Scheme {
     pub fn signs_timestamp(&self) -> bool {
         match self {
             Scheme::ZenHmac | Scheme::StandardWebhooks | Scheme::Stripe | Scheme::Slack => true,
-            Scheme::GenericHmac(g) => g.timestamp_header.is_some() && g.template_uses_timestamp(),
+            Scheme::GenericHmac(g) => g.template_uses_timestamp(),
             Scheme::Github | Scheme::Shopify | Scheme::Bearer | Scheme::Basic { .. } => false,
         }
     }
@@ -189,6 +189,12 @@ impl GenericHmac {
                 }
                 _ => {}
             }
+        }
+        if timestamp_header.is_some() && !template.contains(&Part::Timestamp) {
+            return Err(ConfigError::new(
+                "signed_content",
+                "must contain `{timestamp}` when timestamp_header is set: an unsigned timestamp proves nothing, so it could not be checked",
+            ));
         }
         if !template.contains(&Part::Body) {
             return Err(ConfigError::new(
@@ -518,9 +524,9 @@ fn standard_webhooks(d: &Delivery<'_>, secrets: &[&str]) -> Outcome {
     let ts_text = d.header("webhook-timestamp")?;
     let header = d.header("webhook-signature")?;
     let ts = parse_timestamp(ts_text, "webhook-timestamp")?;
-    if id.len() > 256 || id.contains('.') {
-        // The id is part of the signed content `{id}.{ts}.{body}`: a `.` would let one signed
-        // string be read as another (id, timestamp) pair.
+    // Dots are allowed, as in the reference libraries: a signed string re-read with a longer
+    // id needs a body starting with a fresh timestamp and a `.`, which JSON bodies never do.
+    if id.len() > 256 {
         return Err(Failure::Malformed("webhook-id"));
     }
     let mut v1 = Vec::new();
@@ -725,10 +731,9 @@ fn generic(g: &GenericHmac, d: &Delivery<'_>, secrets: &[&str]) -> Outcome {
             mac.verify_slice(&sig).is_ok()
         }
     });
-    // A timestamp that is not part of the signed content proves nothing, so it is not checked.
-    let signed_ts = ts.filter(|_| g.template_uses_timestamp());
     match hit {
-        Some(i) => found(i, delivery_id.map(str::to_owned), signed_ts),
+        // The timestamp is signed: `new` refuses a timestamp header without `{timestamp}`.
+        Some(i) => found(i, delivery_id.map(str::to_owned), ts),
         None => Err(Failure::BadSignature),
     }
 }

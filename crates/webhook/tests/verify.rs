@@ -620,6 +620,10 @@ fn generic_hmac_settings_are_checked() {
     assert!(new("X-Sig", "{body", None).is_err());
     assert!(new("X-Sig", "body}", None).is_err());
     assert!(new("X-Sig", "{header:X Bad}{body}", None).is_err());
+    assert!(new("X-Sig", "{body}", Some("X-Ts"))
+        .unwrap_err()
+        .message
+        .contains("{timestamp}"));
     new("X-Sig", "v1:{timestamp}:{body}", Some("X-Ts")).unwrap();
 }
 

@@ -1107,6 +1107,33 @@ impl Webhooks {
             }
         }
 
+        let media_type = headers
+            .get("content-type")
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        if !(media_type.is_empty()
+            || media_type == "application/json"
+            || media_type.ends_with("+json"))
+        {
+            return Err(Rejection::new(
+                "unsupported_media_type",
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    format!("deliveries must be JSON (application/json); got `{media_type}`"),
+                    ErrorDetails::with_error_info(
+                        "UNSUPPORTED_MEDIA_TYPE",
+                        ERROR_DOMAIN,
+                        HashMap::new(),
+                    ),
+                ),
+            ));
+        }
         let payload: Value = serde_json::from_slice(&body).map_err(|e| {
             Rejection::new(
                 "invalid",
