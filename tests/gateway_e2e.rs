@@ -369,24 +369,23 @@ async fn resources_bind_path_query_and_body_and_answer_proto3_json() {
 
     // Mask paths in snake_case (as grpc-gateway takes them), under a snake_case parameter.
     let snake = json_ok(
-        http.patch(format!("{cluster_url}?update_mask=display_name,api_endpoint"))
-            .bearer_auth(&token)
-            .header("X-Request-Id", request_id())
-            .json(&json!({
-                "displayName": "Alpha 2",
-                "apiEndpoint": "https://alpha-two.example",
-                "version": "2",
-            }))
-            .send()
-            .await
-            .unwrap(),
+        http.patch(format!(
+            "{cluster_url}?update_mask=display_name,api_endpoint"
+        ))
+        .bearer_auth(&token)
+        .header("X-Request-Id", request_id())
+        .json(&json!({
+            "displayName": "Alpha 2",
+            "apiEndpoint": "https://alpha-two.example",
+            "version": "2",
+        }))
+        .send()
+        .await
+        .unwrap(),
     )
     .await;
     assert_eq!(snake["cluster"]["displayName"], "Alpha 2");
-    assert_eq!(
-        snake["cluster"]["apiEndpoint"],
-        "https://alpha-two.example"
-    );
+    assert_eq!(snake["cluster"]["apiEndpoint"], "https://alpha-two.example");
     assert_eq!(snake["cluster"]["version"], "3");
     // A path naming no field of the resource is a 400 naming it, before any call.
     let unknown = problem(

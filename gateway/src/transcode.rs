@@ -792,3 +792,22 @@ pub(crate) fn canonical_json(value: &Json) -> String {
     write(value, &mut out);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::mask_path;
+
+    #[test]
+    fn mask_paths_without_a_target_are_only_respelled() {
+        assert_eq!(mask_path("display_name", None).unwrap(), "displayName");
+        assert_eq!(mask_path("displayName", None).unwrap(), "displayName");
+        assert_eq!(
+            mask_path("main_part.partName", None).unwrap(),
+            "mainPart.partName"
+        );
+        // Proto names the proto3 JSON mapping cannot spell are refused rather than mangled.
+        for bad in ["foo_1bar", "foo__bar", "trailing_", "a..b"] {
+            assert!(mask_path(bad, None).is_err(), "{bad}");
+        }
+    }
+}

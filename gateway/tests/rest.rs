@@ -267,7 +267,7 @@ async fn field_mask_paths_in_either_spelling() {
     let calls = masks(&h).len();
     let body = assert_problem(
         patch(
-            "updateMask=displayName,nope,main_part.bogus,labels.env,parts.name,color.x,a..b",
+            "updateMask=displayName,nope,main_part.bogus,labels.env,parts.name,color.x,display_name..x",
             "mask-bad",
         )
         .send()
@@ -285,12 +285,12 @@ async fn field_mask_paths_in_either_spelling() {
         "`labels.env`: `labels` is a map",
         "`parts.name`: `parts` is repeated",
         "`color.x`: `color` has no fields",
-        "`a..b` has an empty segment",
+        "`display_name..x` has an empty segment",
     ] {
         assert!(message.contains(expected), "{expected:?} in {message}");
     }
     assert!(
-        !message.contains("displayName"),
+        !message.contains("`displayName`"),
         "good paths are not listed"
     );
     assert_eq!(masks(&h).len(), calls, "invalid masks never reach gRPC");

@@ -299,17 +299,15 @@ pub trait RemediationRepo: Send {
     ) -> Result<Page<DeadLetter>>;
     /// Marks a dead letter replayed; one already replayed is `Precondition`
     /// `INVALID_STATE`.
-    async fn mark_replayed(
-        &mut self,
-        id: Uuid,
-        by: &str,
-        at: DateTime<Utc>,
-    ) -> Result<DeadLetter>;
+    async fn mark_replayed(&mut self, id: Uuid, by: &str, at: DateTime<Utc>) -> Result<DeadLetter>;
 
     /// Platform-wide (a platform-admin scope): `(tenant_id, remediation_id)`
     /// of remediations awaiting approval whose expiry passed at `now`.
-    async fn expired_pending(&mut self, now: DateTime<Utc>, limit: i64)
-        -> Result<Vec<(Uuid, Uuid)>>;
+    async fn expired_pending(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, Uuid)>>;
     /// Platform-wide backlog sizes, for the metrics.
     async fn depths(&mut self) -> Result<RemediationDepths>;
 }

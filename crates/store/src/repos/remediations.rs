@@ -696,12 +696,7 @@ impl RemediationRepo for SqlTx {
             .await
     }
 
-    async fn mark_replayed(
-        &mut self,
-        id: Uuid,
-        by: &str,
-        at: DateTime<Utc>,
-    ) -> Result<DeadLetter> {
+    async fn mark_replayed(&mut self, id: Uuid, by: &str, at: DateTime<Utc>) -> Result<DeadLetter> {
         let tenant = self.tenant()?;
         let changed = self
             .conn
