@@ -238,8 +238,22 @@ async fn sources_are_managed_with_checked_settings_and_secrets_shown_once() {
         !read.to_string().contains(&secret),
         "the secret never comes back"
     );
-    let listed = admin.get(&zen, "/webhookSources").await;
-    assert_eq!(listed["webhookSources"].as_array().unwrap().len(), 1);
+    admin.create_source(&zen, zen_hmac_source("alpha")).await;
+    // Ordered by name, page by page.
+    let first = admin.get(&zen, "/webhookSources?pageSize=1").await;
+    assert_eq!(first["webhookSources"][0]["name"], "alpha", "{first}");
+    let token = first["nextPageToken"].as_str().unwrap();
+    let second = admin
+        .get(
+            &zen,
+            &format!("/webhookSources?pageSize=1&pageToken={token}"),
+        )
+        .await;
+    assert_eq!(second["webhookSources"][0]["name"], "scanner", "{second}");
+    assert!(
+        second.get("nextPageToken").is_none_or(|t| t == ""),
+        "{second}"
+    );
 
     // Bad settings are field violations naming the field.
     for (payload, field) in [

@@ -160,6 +160,9 @@ pub(crate) struct TextKeyset {
     pub id: &'static str,
 }
 
+/// Lists ordered by their `name` column (tenants, clusters, webhook sources).
+pub(crate) const BY_NAME: TextKeyset = TextKeyset::column(r#"name COLLATE "C""#, "name");
+
 impl TextKeyset {
     /// `column`, bytewise.
     pub(crate) const fn column(postgres: &'static str, sqlite: &'static str) -> Self {

@@ -257,7 +257,7 @@ pub trait WebhookSourceRepo: Send {
     ) -> Result<WebhookSource>;
     /// A live source of the scope's tenant.
     async fn get(&mut self, id: Uuid) -> Result<WebhookSource>;
-    /// Live sources, newest first.
+    /// Live sources, by name.
     async fn list(
         &mut self,
         filter: &WebhookSourceFilter,

@@ -8,7 +8,7 @@ use super::{push_name_prefix, SqlTx};
 use crate::db::{args, micros, now, Row, Sql};
 use crate::error::{Result, StoreError};
 use crate::model::*;
-use crate::page::{Page, PageRequest, TextKeyset};
+use crate::page::{Page, PageRequest, BY_NAME};
 use crate::repo::ClusterRepo;
 use crate::validate;
 
@@ -20,8 +20,6 @@ macro_rules! cluster_cols {
 }
 
 /// Clusters are listed by name (the contract's order), bytewise.
-const BY_NAME: TextKeyset = TextKeyset::column(r#"name COLLATE "C""#, "name");
-
 fn cluster_from(r: &Row) -> Result<Cluster> {
     let labels = match r.json("labels")? {
         Value::Null => BTreeMap::new(),

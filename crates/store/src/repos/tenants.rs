@@ -5,7 +5,7 @@ use super::{push_name_prefix, SqlTx};
 use crate::db::{args, now, Row, Sql};
 use crate::error::{precondition, Result, StoreError};
 use crate::model::*;
-use crate::page::{Page, PageRequest, TextKeyset};
+use crate::page::{Page, PageRequest, BY_NAME};
 use crate::repo::TenantRepo;
 use crate::scope::Scope;
 use crate::validate;
@@ -41,8 +41,6 @@ pub(crate) fn tenant_from(r: &Row) -> Result<Tenant> {
 
 /// Tenants are listed by name (the contract's order), bytewise; the id
 /// breaks ties between a live tenant and deleted ones of the same name.
-const BY_NAME: TextKeyset = TextKeyset::column(r#"name COLLATE "C""#, "name");
-
 /// Restrict a `tenants` query to the tenants `user` is a member of.
 fn member_of(sql: &mut Sql, user: Uuid) -> &mut Sql {
     sql.push(

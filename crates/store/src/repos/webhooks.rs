@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{push_name_prefix, SqlTx};
 use crate::db::{args, micros, now, Row, Sql};
 use crate::error::{Result, StoreError};
-use crate::page::{Page, PageRequest};
+use crate::page::{Page, PageRequest, BY_NAME};
 use crate::repo::WebhookSourceRepo;
 use crate::validate;
 use crate::webhook::*;
@@ -235,7 +235,7 @@ impl WebhookSourceRepo for SqlTx {
         }
         push_name_prefix(&mut sql, "name", filter.name_prefix.as_deref())?;
         let page = self
-            .time_page(sql, page, source_from, |s| (s.created_at, s.id))
+            .text_page(sql, page, BY_NAME, source_from, |s| (s.name.clone(), s.id))
             .await?;
         let mut items = Vec::with_capacity(page.items.len());
         for source in page.items {
