@@ -14,12 +14,12 @@ use hmac::{KeyInit, Mac};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use support::{test_redis_url, TestDatabase, TestZen};
-use tonic::Request;
+use support::{
+    create_local_user_as_operator, http_client, request_id, test_redis_url, TestDatabase, TestZen,
+    PASSWORD,
+};
 use zen::config::{GlobalArgs, ServeArgs};
-use zen::proto::zen::auth::v1 as auth;
 
-const PASSWORD: &str = "correct horse battery staple";
 const LEGACY_KEY: &str = "legacy-agent-master-key-of-at-least-32-chars";
 
 fn serve_args() -> ServeArgs {
@@ -28,35 +28,6 @@ fn serve_args() -> ServeArgs {
         legacy_agent_key: Some(LEGACY_KEY.into()),
         ..Default::default()
     }
-}
-
-fn http() -> Client {
-    Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("http client")
-}
-
-fn request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-async fn create_user_as_operator(zen: &TestZen, username: &str) {
-    let mut request = Request::new(auth::CreateLocalUserRequest {
-        username: username.into(),
-        email: format!("{username}@example.test"),
-        password: PASSWORD.into(),
-        platform_admin: true,
-        ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("x-request-id", request_id().parse().unwrap());
-    auth::auth_service_client::AuthServiceClient::new(zen.admin().await)
-        .create_local_user(request)
-        .await
-        .expect("the operator creates a local user");
 }
 
 async fn body(response: Response, status: StatusCode) -> Value {
@@ -75,12 +46,12 @@ struct Admin {
 
 impl Admin {
     async fn new(zen: &TestZen, tenant: &str) -> Self {
-        create_user_as_operator(zen, "root").await;
+        create_local_user_as_operator(zen, "root", true).await;
         Self::login(zen, Some(tenant)).await
     }
 
     async fn login(zen: &TestZen, tenant: Option<&str>) -> Self {
-        let http = http();
+        let http = http_client();
         let login = http
             .post(zen.http_url("/auth/local/login"))
             .json(&json!({ "username": "root", "password": PASSWORD }))
@@ -239,6 +210,7 @@ async fn sources_are_managed_with_checked_settings_and_secrets_shown_once() {
         "the secret never comes back"
     );
     admin.create_source(&zen, zen_hmac_source("alpha")).await;
+    admin.create_source(&zen, zen_hmac_source("zulu")).await;
     // Ordered by name, page by page.
     let first = admin.get(&zen, "/webhookSources?pageSize=1").await;
     assert_eq!(first["webhookSources"][0]["name"], "alpha", "{first}");
@@ -250,10 +222,6 @@ async fn sources_are_managed_with_checked_settings_and_secrets_shown_once() {
         )
         .await;
     assert_eq!(second["webhookSources"][0]["name"], "scanner", "{second}");
-    assert!(
-        second.get("nextPageToken").is_none_or(|t| t == ""),
-        "{second}"
-    );
 
     // Bad settings are field violations naming the field.
     for (payload, field) in [
@@ -299,6 +267,46 @@ async fn sources_are_managed_with_checked_settings_and_secrets_shown_once() {
         );
     }
 
+    // The answer holding the secret is never kept for an idempotent replay.
+    let key = request_id();
+    let create = |name: &'static str| {
+        admin
+            .http
+            .post(zen.http_url(&format!("/v1/tenants/{}/webhookSources", admin.tenant_id)))
+            .bearer_auth(&admin.token)
+            .header("X-Request-Id", key.clone())
+            .json(&zen_hmac_source(name))
+            .send()
+    };
+    body(create("once").await.unwrap(), StatusCode::OK).await;
+    let repeat = body(create("once").await.unwrap(), StatusCode::CONFLICT).await;
+    assert_eq!(repeat["reason"], "ANSWER_NOT_REPLAYABLE", "{repeat}");
+    assert!(repeat.get("secret").is_none());
+
+    // A source of one tenant does not exist under another's path.
+    let other = Admin::login(&zen, Some("other")).await;
+    let foreign = other
+        .http
+        .get(zen.http_url(&format!(
+            "/v1/tenants/{}/webhookSources/{id}",
+            other.tenant_id
+        )))
+        .bearer_auth(&other.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), StatusCode::NOT_FOUND);
+
+    // The scheme cannot change under the source's secrets.
+    let rescheme = admin
+        .patch(
+            &zen,
+            &format!("/webhookSources/{id}?updateMask=verification"),
+            &json!({ "verification": { "scheme": "WEBHOOK_SCHEME_BEARER" }, "version": source["version"] }),
+        )
+        .await;
+    assert_eq!(rescheme.status(), StatusCode::BAD_REQUEST);
+
     // Partial update with a mask; the version is checked.
     let updated = body(
         admin
@@ -324,7 +332,7 @@ async fn sources_are_managed_with_checked_settings_and_secrets_shown_once() {
     assert_eq!(stale.status(), StatusCode::CONFLICT);
 
     // A disabled source refuses deliveries; deletion makes it unknown.
-    let http = http();
+    let http = http_client();
     let refused = deliver(&http, &zen, id, &secret, now(), "n-1", b"{}").await;
     assert_eq!(
         refused.status(),
@@ -356,7 +364,7 @@ async fn deliveries_are_verified_deduplicated_and_refused_generically() {
     let admin = Admin::new(&zen, "acme").await;
     let (source, secret) = admin.create_source(&zen, zen_hmac_source("alerts")).await;
     let id = source["sourceId"].as_str().unwrap();
-    let http = http();
+    let http = http_client();
     let payload = br#"{"alert":"port scan","severity":"high"}"#;
 
     let accepted = deliver(&http, &zen, id, &secret, now(), "delivery-1", payload).await;
@@ -440,13 +448,45 @@ async fn deliveries_are_verified_deduplicated_and_refused_generically() {
     assert_eq!(events[0]["webhookSourceId"], id);
     assert_eq!(events[0]["details"]["alert"], "port scan");
 
+    // GitHub's delivery id header is not signed: a captured request replayed with a fresh id
+    // is still the same delivery.
+    let (github, github_secret) = admin
+        .create_source(
+            &zen,
+            json!({ "name": "github", "enabled": true,
+                    "verification": { "scheme": "WEBHOOK_SCHEME_GITHUB" } }),
+        )
+        .await;
+    let github_id = github["sourceId"].as_str().unwrap();
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(github_secret.as_bytes()).unwrap();
+    mac.update(payload);
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let mut outcomes = Vec::new();
+    for delivery in ["gh-1", "gh-forged-2"] {
+        let r = http
+            .post(zen.http_url(&format!("/webhooks/{github_id}")))
+            .header("content-type", "application/json")
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", &signature)
+            .body(payload.to_vec())
+            .send()
+            .await
+            .unwrap();
+        outcomes.push(r.status());
+    }
+    assert_eq!(outcomes, [StatusCode::ACCEPTED, StatusCode::OK]);
+    assert_eq!(admin.events_of(&zen, github_id).await.len(), 1);
+
     // Not JSON: 400 after verification.
     let not_json = deliver(&http, &zen, id, &secret, now(), "delivery-5", b"not json").await;
     assert_eq!(not_json.status(), StatusCode::BAD_REQUEST);
 
     // Every accepted and refused delivery is in the tenant's audit chain, which verifies.
     let audit = admin
-        .get(&zen, "/auditLogs?action=webhook.receive&pageSize=100")
+        .get(
+            &zen,
+            &format!("/auditLogs?action=webhook.receive&resourceId={id}&pageSize=100"),
+        )
         .await;
     let records = audit["auditRecords"]
         .as_array()
@@ -481,7 +521,7 @@ async fn rotation_keeps_the_old_secret_until_it_expires() {
     let admin = Admin::new(&zen, "acme").await;
     let (source, first) = admin.create_source(&zen, zen_hmac_source("rotating")).await;
     let id = source["sourceId"].as_str().unwrap();
-    let http = http();
+    let http = http_client();
 
     let rotated = body(
         admin
@@ -563,7 +603,7 @@ async fn schema_mapping_and_rate_limit_apply_to_payloads() {
         )
         .await;
     let id = source["sourceId"].as_str().unwrap();
-    let http = http();
+    let http = http_client();
 
     let invalid = deliver(
         &http,
@@ -695,6 +735,29 @@ async fn legacy_agents_post_signed_batches_for_their_cluster() {
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     let replay = post(key, "b-1", b"{\"events\":[]}".to_vec()).await;
     assert_eq!(replay.status(), StatusCode::CONFLICT);
+    // A key for a cluster that does not exist verifies but stores nothing: 404.
+    let ghost = uuid::Uuid::new_v4();
+    let ghost_key = zen::grpc::services::webhooks::Webhooks::legacy_cluster_key(
+        LEGACY_KEY,
+        admin.tenant_id.parse().unwrap(),
+        ghost,
+    );
+    let ts = now();
+    let missing = admin
+        .http
+        .post(zen.http_url("/agent/v1/events"))
+        .header("content-type", "application/json")
+        .header("x-request-id", request_id())
+        .header("x-zen-tenant-id", &admin.tenant_id)
+        .header("x-zen-cluster-id", ghost.to_string())
+        .header("x-timestamp", ts.to_string())
+        .header("x-nonce", "g-1")
+        .header("x-signature", zen_hmac(&ghost_key, ts, "g-1", &batch))
+        .body(batch.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     zen.running.shutdown().await.unwrap();
 }
 
@@ -719,7 +782,7 @@ async fn two_replicas_share_replay_memory_and_configuration() {
     let admin = Admin::new(&a, "acme").await;
     let (source, secret) = admin.create_source(&a, zen_hmac_source("shared")).await;
     let id = source["sourceId"].as_str().unwrap();
-    let http = http();
+    let http = http_client();
     let payload = br#"{"finding":"open bucket"}"#;
     let ts = now();
     let first = deliver(&http, &a, id, &secret, ts, "shared-1", payload).await;

@@ -344,22 +344,35 @@ async fn serve(
         let rendered = unary(&gw2, &route2, message, metadata, &accept, &rid).await;
         let status = rendered.status;
         let retryable = status >= 500 || status == 429 || status == 499;
+        let kept = if route2.not_replayable && (200..300).contains(&status) {
+            // A secret shown once is not kept anywhere, not even for a replay.
+            let problem = Problem::new(
+                Code::AlreadyExists,
+                "a request with this X-Request-Id already succeeded; its answer held a secret \
+                 shown only once and is not kept: read the resource, or rotate the secret",
+            )
+            .with_reason("ANSWER_NOT_REPLAYABLE")
+            .with_instance(&rid);
+            StoredResponse {
+                status: problem.status,
+                content_type: crate::problem::PROBLEM_CONTENT_TYPE.to_owned(),
+                body: problem.body().to_vec(),
+                request_id: rid,
+                location: None,
+            }
+        } else {
+            StoredResponse {
+                status,
+                content_type: rendered.content_type.clone(),
+                body: rendered.body.to_vec(),
+                request_id: rid,
+                location: rendered.location.clone(),
+            }
+        };
         let result = if retryable {
             store.release(&key).await
         } else {
-            store
-                .complete(
-                    &key,
-                    StoredResponse {
-                        status,
-                        content_type: rendered.content_type.clone(),
-                        body: rendered.body.to_vec(),
-                        request_id: rid,
-                        location: rendered.location.clone(),
-                    },
-                    ttl,
-                )
-                .await
+            store.complete(&key, kept, ttl).await
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "recording an idempotent response failed");

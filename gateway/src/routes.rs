@@ -63,6 +63,8 @@ pub(crate) struct Route {
     pub redirect_field: Option<FieldDescriptor>,
     /// Extra 2xx statuses the service may choose (`success_statuses` of the response rule).
     pub success_statuses: Vec<u16>,
+    /// The success answer holds a secret shown once: never kept for replay.
+    pub not_replayable: bool,
     pub headers_field: Option<FieldDescriptor>,
     /// Position in descriptor order (routes are matched most specific first).
     pub index: usize,
@@ -167,6 +169,18 @@ pub(crate) fn build_routes(pool: &DescriptorPool) -> Result<Vec<Route>, GatewayE
                 }
                 _ => Vec::new(),
             };
+            let not_replayable = match &response_ext {
+                Some(ext) if options.has_extension(ext) => {
+                    match options.get_extension(ext).as_ref() {
+                        Value::Message(r) => r
+                            .get_field_by_name("not_replayable")
+                            .and_then(|v| v.as_bool())
+                            .unwrap_or(false),
+                        _ => false,
+                    }
+                }
+                _ => false,
+            };
             let headers_field = binding_ext.as_ref().and_then(|ext| {
                 method.input().fields().find(|f| {
                     let o = f.options();
@@ -199,6 +213,7 @@ pub(crate) fn build_routes(pool: &DescriptorPool) -> Result<Vec<Route>, GatewayE
                 )?;
                 let route = Route {
                     success_statuses: success_statuses.clone(),
+                    not_replayable,
                     ..route
                 };
                 routes.push(route);
@@ -304,6 +319,7 @@ fn build_route(
         response_body,
         redirect_field,
         success_statuses: Vec::new(),
+        not_replayable: false,
         headers_field,
         index,
     })

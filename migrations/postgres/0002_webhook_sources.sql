@@ -44,15 +44,23 @@ CREATE INDEX webhook_secrets_source_idx ON webhook_secrets (tenant_id, source_id
 
 -- The public endpoint knows only the source id and must learn its tenant
 -- before it can open a tenant-scoped transaction. This directory holds that
--- one fact and nothing else, so it is readable without a tenant scope
--- (no RLS); every other webhook table is isolated like the rest.
+-- one fact and nothing else: it is readable without a tenant scope, while a
+-- route can only be written by its own tenant, for one of its own sources.
 CREATE TABLE webhook_routes (
     source_id   uuid PRIMARY KEY,
-    tenant_id   uuid NOT NULL
+    tenant_id   uuid NOT NULL,
+    CONSTRAINT webhook_routes_source_fk FOREIGN KEY (tenant_id, source_id)
+        REFERENCES webhook_sources (tenant_id, id)
 );
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON webhook_sources, webhook_secrets TO zen_app;
 GRANT SELECT, INSERT ON webhook_routes TO zen_app;
+
+ALTER TABLE webhook_routes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE webhook_routes FORCE ROW LEVEL SECURITY;
+CREATE POLICY webhook_routes_lookup ON webhook_routes FOR SELECT USING (true);
+CREATE POLICY webhook_routes_insert ON webhook_routes FOR INSERT
+    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid));
 
 ALTER TABLE webhook_sources ENABLE ROW LEVEL SECURITY;
 ALTER TABLE webhook_sources FORCE ROW LEVEL SECURITY;

@@ -37,5 +37,7 @@ CREATE INDEX webhook_secrets_source_idx ON webhook_secrets (tenant_id, source_id
 
 CREATE TABLE webhook_routes (
     source_id   TEXT PRIMARY KEY NOT NULL,
-    tenant_id   TEXT NOT NULL
+    tenant_id   TEXT NOT NULL,
+    CONSTRAINT webhook_routes_source_fk FOREIGN KEY (tenant_id, source_id)
+        REFERENCES webhook_sources (tenant_id, id)
 );

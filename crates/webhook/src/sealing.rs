@@ -15,9 +15,10 @@
 //! 1. Generate a key ([`SecretSealer::generate_key`]) and add it to `ZEN_WEBHOOK_SECRET_KEYS`
 //!    *first* (the first entry is current): `new:<key>,old:<key>`. Roll the replicas; new seals
 //!    use `new`, values sealed under `old` keep opening.
-//! 2. Re-seal: lazily (whenever a secret is read and [`SecretSealer::needs_reseal`] says so) or
-//!    all at once with a maintenance command that opens and re-seals every stored secret.
-//! 3. When no stored value names `old` any more, remove it from the list and roll again.
+//! 2. Values sealed under `old` keep opening; each secret moves to `new` when the source's
+//!    secret is rotated (`RotateWebhookSecret`).
+//! 3. When no stored value names `old` any more ([`SecretSealer::needs_reseal`] tells), remove
+//!    it from the list and roll again.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -77,6 +77,23 @@ impl Scheme {
         }
     }
 
+    /// Whether [`Verified::delivery_id`] is covered by the signature. When it is not (GitHub's
+    /// and Shopify's id headers, a generic id header outside the template), anyone replaying a
+    /// captured request can change it, so it must not be what replay protection keys on.
+    pub fn signs_delivery_id(&self) -> bool {
+        match self {
+            Scheme::ZenHmac | Scheme::StandardWebhooks | Scheme::Stripe => true,
+            Scheme::GenericHmac(g) => {
+                g.delivery_id_header.is_some() && g.template_uses_delivery_id()
+            }
+            Scheme::Github
+            | Scheme::Shopify
+            | Scheme::Slack
+            | Scheme::Bearer
+            | Scheme::Basic { .. } => false,
+        }
+    }
+
     /// Whether deliveries carry a signed timestamp (so replays are bounded by the tolerance).
     pub fn signs_timestamp(&self) -> bool {
         match self {
@@ -215,6 +232,10 @@ impl GenericHmac {
 
     fn template_uses_timestamp(&self) -> bool {
         self.template.contains(&Part::Timestamp)
+    }
+
+    fn template_uses_delivery_id(&self) -> bool {
+        self.template.contains(&Part::DeliveryId)
     }
 }
 

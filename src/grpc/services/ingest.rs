@@ -29,8 +29,8 @@ use super::support::{
     invalid, json_to_struct, page_request, store_status, struct_to_json, tenant_of_secret,
     time_field, timestamp, uuid_field, Call,
 };
-use super::webhooks::{WebhookSettings, Webhooks};
 use super::tenancy::BOOTSTRAP_TOKEN_PREFIX;
+use super::webhooks::{WebhookSettings, Webhooks};
 use crate::authz::Caller;
 use crate::proto::zen::common::v1 as common;
 use crate::proto::zen::ingest::v1::{self as pb, ingest_service_server::IngestService};
@@ -1008,18 +1008,14 @@ impl IngestService for IngestApi {
     ) -> Result<Response<pb::IngestLegacyEventsResponse>, Status> {
         self.webhooks
             .ingest_legacy(request, async |tenant_id, cluster_id, batch| {
-                if let Err(status) = check_live(&self.store, tenant_id, cluster_id).await {
-                    let reason = status.message().to_owned();
-                    return pb::BatchAck {
-                        acks: batch
-                            .events
-                            .into_iter()
-                            .map(|e| rejected(e.agent_event_id, &reason))
-                            .collect(),
-                        batch_id: batch.batch_id,
-                        retry_after: None,
-                    };
-                }
+                check_live(&self.store, tenant_id, cluster_id)
+                    .await
+                    .map_err(|status| match status.code() {
+                        Code::PermissionDenied => {
+                            Status::not_found("no such cluster in this tenant (or it was deleted)")
+                        }
+                        _ => status,
+                    })?;
                 let session = AgentSession {
                     store: self.store.clone(),
                     cache: self.cache.clone(),
@@ -1028,7 +1024,7 @@ impl IngestService for IngestApi {
                     cluster_id,
                     remediation: None,
                 };
-                session.store_batch(batch).await
+                Ok(session.store_batch(batch).await)
             })
             .await
     }

@@ -373,8 +373,10 @@ fn config_of(s: &pb::WebhookSource, prefix: &str) -> Result<SourceConfig, Status
     Ok(SourceConfig { scheme, spec })
 }
 
-fn spec_of(source: &WebhookSource) -> Spec {
-    serde_json::from_value(source.spec.clone()).unwrap_or_default()
+/// The stored spec; `None` when it does not parse (deliveries then refuse rather than run
+/// without the schema or mapping it held).
+fn spec_of(source: &WebhookSource) -> Option<Spec> {
+    serde_json::from_value(source.spec.clone()).ok()
 }
 
 fn secret_aad(tenant: Uuid, source: Uuid, secret: Uuid) -> String {
@@ -394,7 +396,7 @@ impl Webhooks {
     }
 
     fn to_proto(&self, source: WebhookSource) -> pb::WebhookSource {
-        let spec = spec_of(&source);
+        let spec = spec_of(&source).unwrap_or_default();
         let scheme = scheme_from_name(&source.scheme);
         let config = match (&spec.generic_hmac, &spec.basic_username) {
             (Some(g), _) => Some(pb::webhook_verification::Config::GenericHmac(
@@ -489,7 +491,8 @@ impl Webhooks {
             .filter(|c| !c.is_empty())
             .map(|c| uuid_field("webhook_source.cluster_id", c))
             .transpose()?;
-        let (source_id, secret_id) = (Uuid::now_v7(), Uuid::now_v7());
+        // The id is the URL's only secret part: random (v4), not time-ordered.
+        let (source_id, secret_id) = (Uuid::new_v4(), Uuid::now_v7());
         let sealed = self.settings.sealer.seal(
             secret.as_bytes(),
             secret_aad(tenant_id, source_id, secret_id).as_bytes(),
@@ -655,6 +658,16 @@ impl Webhooks {
         drop(tx);
         let mut merged = self.to_proto(current);
         if has("verification") {
+            // A secret belongs to its scheme (a `whpk_` public key read as an HMAC key would
+            // let anyone who knows it sign): another scheme is another source.
+            let scheme_of = |v: &Option<pb::WebhookVerification>| v.as_ref().map(|v| v.scheme);
+            if scheme_of(&patch.verification) != scheme_of(&merged.verification) {
+                return Err(invalid(&[(
+                    "webhook_source.verification.scheme",
+                    "cannot change: the source's secrets belong to its scheme; create a new \
+                     source for another scheme",
+                )]));
+            }
             merged.verification = patch.verification.clone();
         }
         if has("timestamp_tolerance") {
@@ -848,11 +861,11 @@ impl Webhooks {
         {
             return Ok(hit.clone());
         }
-        let spec = spec_of(source);
         let broken = |what: &str| {
             tracing::error!(source = %source.id, what, "a stored webhook source does not compile");
             Status::internal("the webhook source's stored configuration is unusable")
         };
+        let spec = spec_of(source).ok_or_else(|| broken("spec"))?;
         let scheme = match source.scheme.as_str() {
             "zen-hmac" => Scheme::ZenHmac,
             "standard-webhooks" => Scheme::StandardWebhooks,
@@ -999,22 +1012,18 @@ impl Webhooks {
                 .map_err(|e| Rejection::new("unavailable", store_status(e, "")))?;
             (source, secrets, tenant.quotas.requests_per_second)
         };
-        if !source.enabled {
-            self.audit_refusal(call, &scope, source_id, "disabled")
-                .await;
-            return Err(Rejection::new(
-                "disabled",
-                precondition("SOURCE_DISABLED", "this webhook source is disabled"),
-            ));
-        }
         let compiled = self
             .compile(&source)
             .map_err(|s| Rejection::new("unavailable", s))?;
 
-        // Rate limit before any expensive work, so a flood costs one counter each.
-        let limit = match compiled.rate_limit {
-            0 => u64::from(u32::try_from(tenant_rps).unwrap_or(0)),
-            n => u64::from(n),
+        // Rate limit before any other work (and before auditing anything), so a flood costs
+        // one counter each.
+        // The source's own limit, never above the tenant's quota.
+        let tenant_limit = u64::from(u32::try_from(tenant_rps).unwrap_or(0));
+        let limit = match (u64::from(compiled.rate_limit), tenant_limit) {
+            (0, t) => t,
+            (n, 0) => n,
+            (n, t) => n.min(t),
         };
         if limit > 0 {
             let second = now.timestamp();
@@ -1037,6 +1046,15 @@ impl Webhooks {
                     tracing::warn!(%error, "rate limit counter unavailable; not limiting")
                 }
             }
+        }
+
+        if !source.enabled {
+            self.audit_refusal(call, &scope, source_id, "disabled")
+                .await;
+            return Err(Rejection::new(
+                "disabled",
+                precondition("SOURCE_DISABLED", "this webhook source is disabled"),
+            ));
         }
 
         // Verification.
@@ -1140,16 +1158,17 @@ impl Webhooks {
                 invalid(&[("body", &format!("is not JSON: {e}"))]),
             )
         })?;
-        // Schemes without a delivery id still get one: the signed content's digest, so a
-        // retry of the same request is recognised while a new payload is a new delivery.
+        // The id replay protection and deduplication key on must be covered by the signature,
+        // or a replayed request with a fresh id header would pass as new: see `delivery_key`.
         let body_digest = hex::encode(Sha256::digest(&body));
-        let delivery_id = verified.delivery_id.clone().unwrap_or_else(|| {
-            let stamp = verified
-                .timestamp
-                .map(|t| t.to_string())
-                .unwrap_or_default();
-            hex::encode(Sha256::digest(format!("{stamp}.{body_digest}").as_bytes()))
-        });
+        let delivery_id = delivery_key(
+            &compiled.scheme,
+            &verified,
+            &payload,
+            &body_digest,
+            now.timestamp(),
+            compiled.dedup_window,
+        );
         if delivery_id.len() > 200 {
             return Err(Rejection::new(
                 "invalid",
@@ -1408,7 +1427,7 @@ impl Webhooks {
     pub async fn ingest_legacy(
         &self,
         request: Request<pb::IngestLegacyEventsRequest>,
-        agent_batch: impl AsyncFnOnce(Uuid, Uuid, pb::EventBatch) -> pb::BatchAck,
+        agent_batch: impl AsyncFnOnce(Uuid, Uuid, pb::EventBatch) -> Result<pb::BatchAck, Status>,
     ) -> Result<Response<pb::IngestLegacyEventsResponse>, Status> {
         let Some(master) = &self.settings.legacy_agent_key else {
             return Err(precondition(
@@ -1475,6 +1494,7 @@ impl Webhooks {
             r.status
         })?;
         let events = legacy_events(&body)?;
+        // A cluster that is unknown, deleted or not the tenant's is NOT_FOUND, not 202.
         let ack = agent_batch(
             tenant_id,
             cluster_id,
@@ -1483,7 +1503,7 @@ impl Webhooks {
                 events,
             },
         )
-        .await;
+        .await?;
         if let Some(retry) = ack.retry_after {
             count("legacy", "unavailable");
             let retry = Duration::from_secs(u64::try_from(retry.seconds).unwrap_or(1).max(1));
@@ -1502,6 +1522,47 @@ impl Webhooks {
             .insert(zen_gateway_status_key(), MetadataValue::from_static("202"));
         Ok(response)
     }
+}
+
+/// The id a delivery is remembered by (replay memory, the store's receipts, the event's
+/// `source_event_id`), always covered by the signature:
+/// - the scheme's signed id (`zen-hmac` nonce, Standard Webhooks `webhook-id`, Stripe's payload
+///   `id`, a generic id header inside the signed template), or Slack's payload `event_id`
+///   (Slack signs the body and keeps `event_id` across its retries);
+/// - otherwise, with a signed timestamp: SHA-256 of timestamp and body (a replay inside the
+///   tolerance has both unchanged);
+/// - otherwise (GitHub and Shopify, whose id headers are unsigned; bearer; basic): SHA-256 of
+///   the body and the dedup window it arrives in, so a replayed body within the window is a
+///   duplicate while the same alert sent again later is a new occurrence (folded by
+///   fingerprint if the mapping has one).
+fn delivery_key(
+    scheme: &Scheme,
+    verified: &zen_webhook::Verified,
+    payload: &Value,
+    body_digest: &str,
+    now_unix: i64,
+    window: Duration,
+) -> String {
+    if scheme.signs_delivery_id() {
+        if let Some(id) = verified.delivery_id.as_ref().filter(|id| !id.is_empty()) {
+            return id.clone();
+        }
+    }
+    if matches!(scheme, Scheme::Slack) {
+        if let Some(id) = payload.get("event_id").and_then(Value::as_str) {
+            if !id.is_empty() {
+                return format!("slack:{id}");
+            }
+        }
+    }
+    let scope = match verified.timestamp {
+        Some(t) => format!("t{t}"),
+        None => {
+            let window = i64::try_from(window.as_secs().max(1)).unwrap_or(i64::MAX);
+            format!("w{}", now_unix.div_euclid(window))
+        }
+    };
+    hex::encode(Sha256::digest(format!("{scope}.{body_digest}").as_bytes()))
 }
 
 /// Parses `{"events": [AgentEvent, ...]}` (proto3 JSON).

@@ -20,6 +20,9 @@ macro_rules! source_cols {
     };
 }
 
+/// Secrets verifying at once per source (each is tried on every delivery).
+const MAX_VERIFYING_SECRETS: usize = 5;
+
 /// Serialized `spec` limit: schemas and mappings are configuration, not data.
 const MAX_SPEC_BYTES: usize = 256 * 1024;
 
@@ -381,6 +384,25 @@ impl WebhookSourceRepo for SqlTx {
                 )
                 .await;
         };
+        // Expired secrets are of no use to anyone: drop them.
+        self.conn
+            .execute(
+                "DELETE FROM webhook_secrets WHERE tenant_id = $1 AND source_id = $2 \
+                 AND expires_at IS NOT NULL AND expires_at <= $3",
+                args![tenant, id, at],
+            )
+            .await?;
+        let verifying = self.unexpired_secrets(tenant, id, at).await?.len();
+        if verifying >= MAX_VERIFYING_SECRETS && old_expires_at > at {
+            return Err(StoreError::precondition(
+                crate::precondition::INVALID_STATE,
+                format!(
+                    "{verifying} secrets still verify for this source (at most \
+                     {MAX_VERIFYING_SECRETS}): wait for one to expire, or rotate with a zero \
+                     overlap"
+                ),
+            ));
+        }
         // Earlier secrets verify until `old_expires_at` at the latest: a
         // rotation shortens an overlap, never lengthens it.
         let until = micros(old_expires_at.max(at));
