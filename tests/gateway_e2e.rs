@@ -8,17 +8,15 @@
 
 mod support;
 
-use std::time::Duration;
-
 use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
-use support::{test_redis_url, TestDatabase, TestZen};
-use tonic::Request;
+use support::{
+    create_local_user_as_operator, http_client, request_id, test_redis_url, TestDatabase, TestZen,
+    PASSWORD,
+};
 use zen::config::{GlobalArgs, ServeArgs};
-use zen::proto::zen::auth::v1 as auth;
 
-const PASSWORD: &str = "correct horse battery staple";
 /// The gateway's body limit in these tests (the default is 1 MiB).
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -32,36 +30,6 @@ fn serve_args() -> ServeArgs {
 
 async fn start() -> TestZen {
     TestZen::start_with(GlobalArgs::default(), serve_args()).await
-}
-
-fn http() -> Client {
-    Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("http client")
-}
-
-fn request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// The one operator call: a local user created over the admin's mTLS channel.
-async fn create_user_as_operator(zen: &TestZen, username: &str, platform_admin: bool) {
-    let mut request = Request::new(auth::CreateLocalUserRequest {
-        username: username.into(),
-        email: format!("{username}@example.test"),
-        password: PASSWORD.into(),
-        platform_admin,
-        ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("x-request-id", request_id().parse().unwrap());
-    auth::auth_service_client::AuthServiceClient::new(zen.admin().await)
-        .create_local_user(request)
-        .await
-        .expect("the operator creates a local user");
 }
 
 /// The body of a successful JSON answer.
@@ -209,8 +177,8 @@ struct Admin {
 }
 
 async fn admin_with_tenant(zen: &TestZen) -> Admin {
-    create_user_as_operator(zen, "root", true).await;
-    let http = http();
+    create_local_user_as_operator(zen, "root", true).await;
+    let http = http_client();
     let token = login(&http, zen, "root").await;
     let tenant = create_tenant(&http, zen, &token, "acme").await;
     Admin {
@@ -223,8 +191,8 @@ async fn admin_with_tenant(zen: &TestZen) -> Admin {
 #[tokio::test]
 async fn resources_bind_path_query_and_body_and_answer_proto3_json() {
     let zen = start().await;
-    create_user_as_operator(&zen, "root", true).await;
-    let http = http();
+    create_local_user_as_operator(&zen, "root", true).await;
+    let http = http_client();
     let token = login(&http, &zen, "root").await;
 
     // Create a tenant: `body: "tenant"`, lowerCamel in and out, int64 as a string.
@@ -882,7 +850,7 @@ async fn a_request_id_replays_its_first_answer() {
 #[tokio::test]
 async fn public_endpoints_answer_without_a_token() {
     let zen = start().await;
-    let http = http();
+    let http = http_client();
 
     let openapi = json_ok(
         http.get(zen.http_url("/openapi.json"))
@@ -1039,8 +1007,8 @@ async fn idempotency_holds_across_replicas_sharing_postgres_and_redis() {
     let b = TestZen::start_with(global_b, serve_b).await;
     assert_ne!(a.running.http_addr, b.running.http_addr);
 
-    create_user_as_operator(&a, "root", true).await;
-    let http = http();
+    create_local_user_as_operator(&a, "root", true).await;
+    let http = http_client();
     let token = login(&http, &a, "root").await;
     let tenant = create_tenant(&http, &b, &token, "replicated").await;
     let tenant_id = tenant["tenantId"].as_str().unwrap();

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use reqwest::Client;
 use serde_json::{json, Value};
-use support::{test_redis_url, TestDatabase, TestZen};
+use support::{
+    create_local_user_as_operator, http_client, request_id, test_redis_url, TestDatabase, TestZen,
+    PASSWORD,
+};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,14 +23,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tonic::transport::Channel;
-use tonic::Request;
 use zen::config::{GlobalArgs, ServeArgs};
-use zen::proto::zen::auth::v1 as auth;
 use zen::proto::zen::common::v1 as common;
 use zen::proto::zen::ingest::v1 as pb;
 use zen_security::{PeerIdentity, PkiFiles};
-
-const PASSWORD: &str = "correct horse battery staple";
 
 type Socket = WebSocketStream<TcpStream>;
 
@@ -36,36 +35,6 @@ fn serve_args() -> ServeArgs {
         local_login: Some(true),
         ..Default::default()
     }
-}
-
-fn http() -> Client {
-    Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("http client")
-}
-
-fn request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// The one operator call: a platform-admin local user created over the admin's mTLS channel.
-async fn create_admin(zen: &TestZen, username: &str) {
-    let mut request = Request::new(auth::CreateLocalUserRequest {
-        username: username.into(),
-        email: format!("{username}@example.test"),
-        password: PASSWORD.into(),
-        platform_admin: true,
-        ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("x-request-id", request_id().parse().unwrap());
-    auth::auth_service_client::AuthServiceClient::new(zen.admin().await)
-        .create_local_user(request)
-        .await
-        .expect("the operator creates a local user");
 }
 
 async fn json_ok(response: reqwest::Response) -> Value {
@@ -338,8 +307,8 @@ async fn an_event_ingested_on_one_replica_reaches_websockets_on_both() {
     a.share_identity(&mut global_b, &mut serve_b);
     let b = TestZen::start_with(global_b, serve_b).await;
 
-    create_admin(&a, "root").await;
-    let http = http();
+    create_local_user_as_operator(&a, "root", true).await;
+    let http = http_client();
     let token = login(&http, &a, "root").await;
     let (tenant_id, cluster_id) = tenant_and_cluster(&http, &a, &token).await;
 
@@ -373,8 +342,8 @@ async fn an_event_ingested_on_one_replica_reaches_websockets_on_both() {
 #[tokio::test]
 async fn a_slow_client_is_closed_and_resumes_after_its_last_event_exactly_once() {
     let zen = TestZen::start_with(GlobalArgs::default(), serve_args()).await;
-    create_admin(&zen, "root").await;
-    let http = http();
+    create_local_user_as_operator(&zen, "root", true).await;
+    let http = http_client();
     let token = login(&http, &zen, "root").await;
     let (tenant_id, cluster_id) = tenant_and_cluster(&http, &zen, &token).await;
     let mut agent = Agent::connect(&zen, &tenant_id, &cluster_id).await;

@@ -236,3 +236,40 @@ pub async fn test_redis_url() -> Option<String> {
         Err(_) => panic!("Redis at {url} did not answer in CI"),
     }
 }
+
+/// The password of the local users the HTTP tests create.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// An HTTP client for Zen's plain-HTTP side (no proxy, bounded waits).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .expect("http client")
+}
+
+/// A fresh `X-Request-Id`.
+pub fn request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The one operator call of HTTP tests: a local user (password [`PASSWORD`]) created over the
+/// admin's mTLS channel.
+pub async fn create_local_user_as_operator(zen: &TestZen, username: &str, platform_admin: bool) {
+    use zen::proto::zen::auth::v1 as auth;
+    let mut request = tonic::Request::new(auth::CreateLocalUserRequest {
+        username: username.into(),
+        email: format!("{username}@example.test"),
+        password: PASSWORD.into(),
+        platform_admin,
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", request_id().parse().unwrap());
+    auth::auth_service_client::AuthServiceClient::new(zen.admin().await)
+        .create_local_user(request)
+        .await
+        .expect("the operator creates a local user");
+}
