@@ -4,7 +4,8 @@
 //!   `POST /v1/agents/bootstrap` on Zen's HTTP side, and stores the identity it gets back.
 //! - `run` keeps a `ConnectAgent` stream up over mutual TLS (reconnecting with backoff), sends
 //!   events read as JSON lines, resends every batch not yet acked after a reconnect (the event
-//!   ids make that idempotent), and prints the remediation commands it receives.
+//!   ids make that idempotent), and executes the remediation commands it receives through an
+//!   operator's `--exec-hook` (see [`Executor`] and docs/REMEDIATION.md).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -226,6 +227,18 @@ pub async fn run(
     input: impl AsyncRead + Unpin + Send + 'static,
     options: RunOptions,
 ) -> anyhow::Result<RunSummary> {
+    run_with_hook(files, input, options, None).await
+}
+
+/// [`run`], executing remediation commands with `exec_hook` (none: every command is reported
+/// failed with "no executor configured").
+pub async fn run_with_hook(
+    files: &AgentFiles,
+    input: impl AsyncRead + Unpin + Send + 'static,
+    options: RunOptions,
+    exec_hook: Option<PathBuf>,
+) -> anyhow::Result<RunSummary> {
+    let (executor, mut reports) = Executor::new(exec_hook, files.dir.join("executions.json"));
     // Read and batch the input in its own task; lines that do not parse are reported and
     // skipped, never sent.
     let (batch_tx, mut batch_rx) = mpsc::channel::<pb::EventBatch>(4);
@@ -242,6 +255,8 @@ pub async fn run(
             &mut input_done,
             &mut summary,
             &options,
+            &executor,
+            &mut reports,
         )
         .await
         {
@@ -314,6 +329,8 @@ async fn read_batches(
 
 /// One connection: resend what is pending, then send new batches, until everything is acked
 /// and the input is done (`Ok`), or the stream breaks (`Err`, to reconnect).
+// The connection's state lives in the caller across reconnects; each piece is its own argument.
+#[allow(clippy::too_many_arguments)]
 async fn stream_once(
     files: &AgentFiles,
     pending: &mut BTreeMap<String, pb::EventBatch>,
@@ -321,6 +338,8 @@ async fn stream_once(
     input_done: &mut bool,
     summary: &mut RunSummary,
     options: &RunOptions,
+    executor: &Executor,
+    reports: &mut mpsc::UnboundedReceiver<pb::RemediationReport>,
 ) -> anyhow::Result<()> {
     use pb::connect_agent_request::Payload;
     use pb::connect_agent_response::Payload as Reply;
@@ -331,7 +350,7 @@ async fn stream_once(
     };
     tx.send(send(Payload::Hello(pb::AgentHello {
         agent_version: env!("CARGO_PKG_VERSION").into(),
-        capabilities: vec!["events".into()],
+        capabilities: vec!["events".into(), "remediation.exec-hook".into()],
         ..Default::default()
     })))
     .await?;
@@ -370,6 +389,9 @@ async fn stream_once(
                     None => *input_done = true,
                 }
             }
+            Some(report) = reports.recv() => {
+                tx.send(send(Payload::RemediationReport(report))).await?;
+            }
             _ = heartbeat.tick() => {
                 tx.send(send(Payload::Heartbeat(pb::Heartbeat {
                     queue_depth: pending.len() as i64,
@@ -404,7 +426,9 @@ async fn stream_once(
                         "remediation_command": command.remediation_id,
                         "execution_id": command.execution_id,
                         "version": command.version,
+                        "attempt": command.attempt,
                     }));
+                    executor.handle(command);
                 }
                 Some(Ok(pb::ConnectAgentResponse { payload: Some(Reply::Goodbye(goodbye)) })) => {
                     bail!("server said goodbye: {}", goodbye.message);
@@ -414,5 +438,271 @@ async fn stream_once(
                 None => bail!("the server closed the stream"),
             },
         }
+    }
+}
+
+// ----------------------------------------------------------------- remediation executor
+
+/// What an exec hook prints on stdout.
+#[derive(Debug, Default, Deserialize)]
+pub struct HookResult {
+    /// Whether the action was applied.
+    pub success: bool,
+    #[serde(default)]
+    pub message: String,
+    /// Verification probes the hook ran after applying.
+    #[serde(default)]
+    pub probes: Vec<HookProbe>,
+    /// proto3 JSON of a `RemediationAction` restoring the prior state (for an APPLY without
+    /// a rollback action).
+    #[serde(default)]
+    pub rollback_action: Option<serde_json::Value>,
+}
+
+/// One probe result of an exec hook.
+#[derive(Debug, Default, Deserialize)]
+pub struct HookProbe {
+    pub name: String,
+    pub success: bool,
+    #[serde(default)]
+    pub duration_ms: u64,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Runs remediation commands, once per execution id. It remembers the latest report of every
+/// execution it started, in memory and in `state_file`: a command sent again after a reconnect
+/// is answered with the latest phase instead of running twice, and an execution a previous
+/// process left unfinished is reported FAILED (its outcome is unknown) rather than run again
+/// or forgotten. Reports go out on the current stream, or the next one if it broke.
+pub struct Executor {
+    hook: Option<PathBuf>,
+    state_file: PathBuf,
+    known: std::sync::Arc<std::sync::Mutex<BTreeMap<String, pb::RemediationReport>>>,
+    reports: mpsc::UnboundedSender<pb::RemediationReport>,
+}
+
+impl Executor {
+    pub fn new(
+        hook: Option<PathBuf>,
+        state_file: PathBuf,
+    ) -> (Self, mpsc::UnboundedReceiver<pb::RemediationReport>) {
+        let (reports, rx) = mpsc::unbounded_channel();
+        let finished: BTreeMap<String, serde_json::Value> = std::fs::read_to_string(&state_file)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        let known = finished
+            .into_iter()
+            .filter_map(|(id, value)| {
+                crate::grpc::services::remediation::message_from_json::<pb::RemediationReport>(
+                    "zen.ingest.v1.RemediationReport",
+                    &value,
+                )
+                .ok()
+                .map(|report| (id, interrupted(report)))
+            })
+            .collect();
+        (
+            Self {
+                hook,
+                state_file,
+                known: std::sync::Arc::new(std::sync::Mutex::new(known)),
+                reports,
+            },
+            rx,
+        )
+    }
+
+    /// Takes a command: a known execution gets its latest report again; a new one runs.
+    pub fn handle(&self, command: pb::RemediationCommand) {
+        {
+            let mut known = self.known.lock().expect("executions lock");
+            if let Some(latest) = known.get(&command.execution_id) {
+                let _ = self.reports.send(latest.clone());
+                return;
+            }
+            let received = report(&command, pb::ExecutionPhase::Received);
+            known.insert(command.execution_id.clone(), received.clone());
+            let _ = self.reports.send(received);
+        }
+        save_known(&self.known, &self.state_file);
+        let hook = self.hook.clone();
+        let known = self.known.clone();
+        let reports = self.reports.clone();
+        let state_file = self.state_file.clone();
+        tokio::spawn(async move {
+            let update = |r: pb::RemediationReport| {
+                known
+                    .lock()
+                    .expect("executions lock")
+                    .insert(r.execution_id.clone(), r.clone());
+                save_known(&known, &state_file);
+                let _ = reports.send(r);
+            };
+            let past_deadline = command.deadline.as_ref().is_some_and(|d| {
+                chrono::DateTime::from_timestamp(d.seconds, 0)
+                    .is_some_and(|d| d < chrono::Utc::now())
+            });
+            let last = if past_deadline {
+                failed(
+                    &command,
+                    "the command's deadline passed before it could start",
+                )
+            } else if let Some(hook) = hook {
+                update(report(&command, pb::ExecutionPhase::Executing));
+                match run_hook(&hook, &command).await {
+                    Ok(result) => {
+                        if !result.probes.is_empty() {
+                            update(report(&command, pb::ExecutionPhase::Verifying));
+                        }
+                        finish(&command, result)
+                    }
+                    Err(error) => failed(&command, &format!("exec hook: {error:#}")),
+                }
+            } else {
+                failed(&command, "no executor configured")
+            };
+            update(last);
+        });
+    }
+}
+
+fn report(command: &pb::RemediationCommand, phase: pb::ExecutionPhase) -> pb::RemediationReport {
+    pb::RemediationReport {
+        remediation_id: command.remediation_id.clone(),
+        execution_id: command.execution_id.clone(),
+        phase: phase as i32,
+        report_time: Some(crate::grpc::services::support::timestamp(chrono::Utc::now())),
+        ..Default::default()
+    }
+}
+
+fn failed(command: &pb::RemediationCommand, message: &str) -> pb::RemediationReport {
+    pb::RemediationReport {
+        error_message: message.into(),
+        ..report(command, pb::ExecutionPhase::Failed)
+    }
+}
+
+/// The final report from a hook's result.
+fn finish(command: &pb::RemediationCommand, result: HookResult) -> pb::RemediationReport {
+    use crate::grpc::services::support::timestamp;
+    let passed = result.success && result.probes.iter().all(|p| p.success);
+    let ended = chrono::Utc::now();
+    let total: u64 = result.probes.iter().map(|p| p.duration_ms).sum();
+    let verification = (!result.probes.is_empty()).then(|| pb::VerificationReport {
+        probes: result
+            .probes
+            .iter()
+            .map(|p| crate::proto::zen::remediation::v1::ProbeResult {
+                name: p.name.clone(),
+                success: p.success,
+                duration: Some(prost_types::Duration {
+                    seconds: (p.duration_ms / 1000) as i64,
+                    nanos: ((p.duration_ms % 1000) * 1_000_000) as i32,
+                }),
+                message: p.message.clone(),
+            })
+            .collect(),
+        start_time: Some(timestamp(
+            ended - chrono::Duration::milliseconds(i64::try_from(total).unwrap_or(0)),
+        )),
+        end_time: Some(timestamp(ended)),
+    });
+    let mut message = result.message;
+    if !passed && message.is_empty() {
+        message = if result.success {
+            "a verification probe failed".into()
+        } else {
+            "the action was not applied".into()
+        };
+    }
+    pb::RemediationReport {
+        verification,
+        error_message: if passed { String::new() } else { message },
+        rollback_action: result.rollback_action.and_then(|v| {
+            crate::grpc::services::remediation::message_from_json(
+                "zen.remediation.v1.RemediationAction",
+                &v,
+            )
+            .ok()
+        }),
+        ..report(
+            command,
+            if passed {
+                pb::ExecutionPhase::Succeeded
+            } else {
+                pb::ExecutionPhase::Failed
+            },
+        )
+    }
+}
+
+/// Runs the hook with the command as proto3 JSON on stdin and parses its stdout.
+async fn run_hook(hook: &Path, command: &pb::RemediationCommand) -> anyhow::Result<HookResult> {
+    let input = crate::grpc::services::remediation::message_to_json(
+        "zen.ingest.v1.RemediationCommand",
+        command,
+    )
+    .to_string();
+    let hook = hook.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new(&hook)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", hook.display()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes())?;
+        }
+        let output = child.wait_with_output()?;
+        let result: HookResult = serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "{} exited with {} and printed no JSON result",
+                hook.display(),
+                output.status
+            )
+        })?;
+        Ok(result)
+    })
+    .await?
+}
+
+/// A report remembered from a previous process: unfinished means interrupted.
+fn interrupted(r: pb::RemediationReport) -> pb::RemediationReport {
+    match pb::ExecutionPhase::try_from(r.phase) {
+        Ok(pb::ExecutionPhase::Succeeded | pb::ExecutionPhase::Failed) => r,
+        _ => pb::RemediationReport {
+            phase: pb::ExecutionPhase::Failed as i32,
+            error_message: "the agent restarted during the execution; its outcome is unknown"
+                .into(),
+            report_time: Some(crate::grpc::services::support::timestamp(chrono::Utc::now())),
+            ..r
+        },
+    }
+}
+
+/// Persists the latest report of every execution (best effort: without the file a restarted
+/// agent could run an execution again).
+fn save_known(known: &std::sync::Mutex<BTreeMap<String, pb::RemediationReport>>, path: &Path) {
+    let finished: BTreeMap<String, serde_json::Value> = known
+        .lock()
+        .expect("executions lock")
+        .iter()
+        .map(|(id, r)| {
+            (
+                id.clone(),
+                crate::grpc::services::remediation::message_to_json(
+                    "zen.ingest.v1.RemediationReport",
+                    r,
+                ),
+            )
+        })
+        .collect();
+    if let Ok(text) = serde_json::to_string(&finished) {
+        let _ = std::fs::write(path, text);
     }
 }

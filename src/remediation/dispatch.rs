@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -66,6 +67,13 @@ pub struct ProbeOutcome {
     pub message: String,
 }
 
+/// Probe results, and when the probes started and ended.
+pub type Verification = (
+    Vec<ProbeOutcome>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
+
 /// An agent's report on one execution.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
@@ -74,7 +82,7 @@ pub struct Report {
     pub phase: Phase,
     pub error_message: String,
     /// Probe results with start and end, when probes ran.
-    pub verification: Option<(Vec<ProbeOutcome>, Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    pub verification: Option<Verification>,
     /// proto3 JSON of the rollback action the agent captured before applying.
     pub rollback_action: Option<Value>,
 }
@@ -178,9 +186,17 @@ impl Dispatcher {
                     return;
                 }
             };
-            while subscription.recv().await.is_some() {
-                let Some(this) = weak.upgrade() else { return };
-                this.wake.notify_one();
+            loop {
+                // Wakes up now and then to notice a dispatcher that is gone.
+                match tokio::time::timeout(Duration::from_secs(5), subscription.recv()).await {
+                    Ok(None) => return,
+                    Ok(Some(_)) => match weak.upgrade() {
+                        Some(this) => this.wake.notify_one(),
+                        None => return,
+                    },
+                    Err(_) if weak.strong_count() == 0 => return,
+                    Err(_) => {}
+                }
             }
         });
     }
@@ -287,8 +303,7 @@ impl Dispatcher {
             d.attempts += 1;
             d.state = DispatchState::Sent;
             d.next_attempt_at = now
-                + chrono::Duration::from_std(self.settings.backoff(d.attempts))
-                    .unwrap_or_default();
+                + chrono::Duration::from_std(self.settings.backoff(d.attempts)).unwrap_or_default();
             tx.remediations().save_dispatch(&d).await?;
             r.attempts = d.attempts;
             r.dispatched_at = Some(now);
@@ -482,12 +497,13 @@ impl Dispatcher {
                 }
             }
         };
-        if matches!(report.phase, Phase::Executing | Phase::Verifying | Phase::Succeeded)
-            || (report.phase == Phase::Failed && report.verification.is_some())
-        {
-            if d.operation == DispatchOperation::Apply {
-                r.executed = true;
-            }
+        // The action counts as applied once the agent got past executing it.
+        let applied = matches!(
+            report.phase,
+            Phase::Executing | Phase::Verifying | Phase::Succeeded
+        ) || (report.phase == Phase::Failed && report.verification.is_some());
+        if applied && d.operation == DispatchOperation::Apply {
+            r.executed = true;
         }
         if d.state == DispatchState::Acked {
             // Acknowledged: no more timed retries; a reconnect still re-sends it.

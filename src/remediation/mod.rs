@@ -4,6 +4,7 @@
 //! (`grpc::services::remediation`) and the agent session (`grpc::services::ingest`) call into it.
 //! See docs/REMEDIATION.md.
 
+pub mod cli;
 pub mod dispatch;
 pub mod policy;
 pub mod state;
@@ -57,7 +58,9 @@ impl RemediationSettings {
             if let Ok(text) = std::env::var(name) {
                 match text.parse::<u64>() {
                     Ok(ms) if ms > 0 => *into = Duration::from_millis(ms),
-                    _ => tracing::warn!(name, value = %text, "ignored: not a positive number of milliseconds"),
+                    _ => {
+                        tracing::warn!(name, value = %text, "ignored: not a positive number of milliseconds")
+                    }
                 }
             }
         };
@@ -100,18 +103,20 @@ pub fn transition(
     event: state::Event,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let to = state::next(r.status, event)
-        .map_err(|reason| StoreError::Precondition {
-            code: precondition::INVALID_STATE,
-            reason: reason.into(),
-        })?;
+    let to = state::next(r.status, event).map_err(|reason| StoreError::Precondition {
+        code: precondition::INVALID_STATE,
+        reason: reason.into(),
+    })?;
     r.status = to;
     if state::is_terminal(to) {
         r.completed_at = Some(now);
     } else {
         r.completed_at = None;
     }
-    if !matches!(to, RemediationStatus::Proposed | RemediationStatus::PendingApproval) {
+    if !matches!(
+        to,
+        RemediationStatus::Proposed | RemediationStatus::PendingApproval
+    ) {
         r.expires_at = None;
     }
     metrics::counter!("zen_remediations_total", "status" => to.as_str()).increment(1);
@@ -145,4 +150,42 @@ pub fn new_execution(
         created_at: now,
         updated_at: now,
     }
+}
+
+/// Replays dead letter `id`: marked replayed by `by`, its remediation back to APPROVED (or
+/// ROLLING_BACK for a rollback execution) with a fresh execution queued. Shared by the RPC and
+/// `zen dlq replay`; the caller appends the audit record (with the returned details) and
+/// commits.
+pub async fn replay(
+    tx: &mut dyn zen_store::Tx,
+    id: Uuid,
+    by: &str,
+) -> Result<(zen_store::DeadLetter, Remediation, serde_json::Value), StoreError> {
+    let now = Utc::now();
+    let letter = tx.remediations().mark_replayed(id, by, now).await?;
+    let mut r = tx.remediations().lock(letter.remediation_id).await?;
+    if r.execution_id != Some(letter.execution_id) || r.status != RemediationStatus::Failed {
+        return Err(StoreError::Precondition {
+            code: precondition::INVALID_STATE,
+            reason: "the remediation moved on since this dead letter".into(),
+        });
+    }
+    let expected = r.version;
+    let event = match letter.operation {
+        DispatchOperation::Apply => state::Event::Replay,
+        DispatchOperation::Rollback => state::Event::ReplayRollback,
+    };
+    transition(&mut r, event, now)?;
+    r.last_error.clear();
+    let policy = tx.remediations().policy().await?;
+    let dispatch = new_execution(&mut r, letter.operation, &policy, now);
+    tx.remediations().enqueue(&dispatch).await?;
+    let saved = tx.remediations().save(&r, expected).await?;
+    let details = serde_json::json!({
+        "remediation_id": saved.id,
+        "execution_id": dispatch.execution_id,
+        "operation": letter.operation.as_str(),
+        "status": saved.status.as_str(),
+    });
+    Ok((letter, saved, details))
 }

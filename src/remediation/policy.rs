@@ -119,6 +119,81 @@ mod tests {
         ));
     }
 
+    fn remediation(proposer: Uuid) -> Remediation {
+        let at = Utc::now();
+        Remediation {
+            id: Uuid::now_v7(),
+            tenant_id: Uuid::now_v7(),
+            cluster_id: Uuid::now_v7(),
+            event_id: None,
+            title: "t".into(),
+            description: String::new(),
+            action: serde_json::json!({}),
+            rollback_action: None,
+            probes: serde_json::json!([]),
+            risk: zen_store::RiskLevel::High,
+            status: zen_store::RemediationStatus::Proposed,
+            status_reason: String::new(),
+            version: 1,
+            revision: 2,
+            required_approvals: 2,
+            break_glass: false,
+            break_glass_justification: String::new(),
+            proposed_by: proposer.to_string(),
+            created_at: at,
+            updated_at: at,
+            expires_at: None,
+            dispatched_at: None,
+            completed_at: None,
+            last_error: String::new(),
+            execution_id: None,
+            attempts: 0,
+            executed: false,
+            approvals: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn approvals_follow_the_policy() {
+        let (proposer, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut policy = ApprovalPolicy::defaults(Uuid::now_v7());
+        let mut r = remediation(proposer);
+        let now = Utc::now();
+        let check = |p: &ApprovalPolicy, r: &Remediation, who: Uuid, role| {
+            check_approval(p, r, who, &who.to_string(), role, now)
+        };
+        assert_eq!(check(&policy, &r, other, Role::Approver), Ok(()));
+        assert_eq!(
+            check(&policy, &r, proposer, Role::Owner),
+            Err(Refusal::SelfApproval)
+        );
+        policy.allow_self_approval = true;
+        assert_eq!(check(&policy, &r, proposer, Role::Owner), Ok(()));
+        policy.min_approver_role = Role::Admin;
+        assert_eq!(
+            check(&policy, &r, other, Role::Approver),
+            Err(Refusal::RoleTooLow {
+                required: Role::Admin
+            })
+        );
+        // An approval of this revision counts once; one of an earlier revision is void.
+        let approval = |revision| zen_store::remediation::Approval {
+            approver_id: other,
+            approver_role: Role::Admin,
+            comment: String::new(),
+            remediation_version: 1,
+            revision,
+            created_at: now,
+        };
+        r.approvals = vec![approval(1)];
+        assert_eq!(check(&policy, &r, other, Role::Admin), Ok(()));
+        r.approvals = vec![approval(2)];
+        assert_eq!(
+            check(&policy, &r, other, Role::Admin),
+            Err(Refusal::AlreadyApproved)
+        );
+    }
+
     #[test]
     fn bad_windows_are_refused_with_the_field() {
         assert_eq!(
@@ -130,7 +205,9 @@ mod tests {
             "end_hour"
         );
         assert_eq!(
-            validate_window(&window(&[1], 9, 17, "Mars/Olympus")).unwrap_err().0,
+            validate_window(&window(&[1], 9, 17, "Mars/Olympus"))
+                .unwrap_err()
+                .0,
             "time_zone"
         );
         assert!(validate_window(&window(&[1, 7], 0, 24, "Asia/Tokyo")).is_ok());

@@ -194,9 +194,7 @@ mod tests {
             E::Succeed if running => Some(S::Succeeded),
             E::Fail if running => Some(S::Failed),
             E::AutoRollback if running => Some(S::RollingBack),
-            E::RequestRollback if matches!(from, S::Succeeded | S::Failed) => {
-                Some(S::RollingBack)
-            }
+            E::RequestRollback if matches!(from, S::Succeeded | S::Failed) => Some(S::RollingBack),
             E::RollbackSucceed if from == S::RollingBack => Some(S::RolledBack),
             E::RollbackFail if from == S::RollingBack => Some(S::Failed),
             E::DeadLetter if from == S::Approved || running || from == S::RollingBack => {
@@ -221,7 +219,10 @@ mod tests {
                     }
                     None => {
                         let reason = got.expect_err(&format!("{from:?} --{event:?}--> allowed"));
-                        assert!(reason.contains(&from.as_str().replace('_', " ")), "{reason}");
+                        assert!(
+                            reason.contains(&from.as_str().replace('_', " ")),
+                            "{reason}"
+                        );
                     }
                 }
             }

@@ -17,8 +17,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 use uuid::Uuid;
 use zen_store::{
     ApprovalPolicy, ApprovalWindow, DeadLetter, DeadLetterFilter, DispatchOperation,
-    NewRemediation, Remediation, RemediationFilter, RemediationStatus, RiskLevel, Role, Scope,
-    Store, StoreError, TenantStatus, Tx, VerificationRun,
+    NewRemediation, Remediation, RemediationFilter, RemediationStatus, RiskLevel, Role, Store,
+    StoreError, TenantStatus, Tx, VerificationRun,
 };
 
 use super::support::{
@@ -321,7 +321,7 @@ fn validate_action(field: &str, action: Option<&pb::RemediationAction>) -> Resul
             .collect();
         return Err(invalid(&refs));
     }
-    Ok(message_to_json(ACTION, action))
+    storable_json(field, message_to_json(ACTION, action))
 }
 
 fn validate_probes(probes: &[pb::VerificationProbe]) -> Result<Value, Status> {
@@ -342,7 +342,45 @@ fn validate_probes(probes: &[pb::VerificationProbe]) -> Result<Value, Status> {
             return Err(invalid(&[(&format!("probes[{i}]"), "must name a check")]));
         }
     }
-    Ok(probes_to_json(probes))
+    let json = probes_to_json(probes);
+    if json
+        .as_array()
+        .is_some_and(|a| a.iter().any(Value::is_null))
+    {
+        return Err(invalid(&[(
+            "probes",
+            "cannot be represented as JSON (e.g. NaN)",
+        )]));
+    }
+    storable_json("probes", json)
+}
+
+/// Free text the store keeps: bounded, and without NUL (which PostgreSQL text refuses).
+fn text_field(field: &str, value: &str, max: usize) -> Result<(), Status> {
+    if value.chars().count() > max {
+        return Err(invalid(&[(
+            field,
+            &format!("must be at most {max} characters"),
+        )]));
+    }
+    if value.contains('\0') {
+        return Err(invalid(&[(field, "must not contain NUL characters")]));
+    }
+    Ok(())
+}
+
+/// JSON the store keeps: representable (no NaN), and without `\u0000` (which jsonb refuses).
+fn storable_json(field: &str, value: Value) -> Result<Value, Status> {
+    if value.is_null() {
+        return Err(invalid(&[(
+            field,
+            "cannot be represented as JSON (e.g. NaN)",
+        )]));
+    }
+    if value.to_string().contains("\\u0000") {
+        return Err(invalid(&[(field, "must not contain NUL characters")]));
+    }
+    Ok(value)
 }
 
 /// ABORTED VERSION_MISMATCH unless the caller states the current version.
@@ -434,7 +472,13 @@ fn caller_role(call: &Call) -> Role {
     match (&call.caller, call.role) {
         (_, Some(role)) => role,
         (Caller::Operator { .. }, None) => Role::Owner,
-        (Caller::User { platform_admin: true, .. }, None) => Role::Owner,
+        (
+            Caller::User {
+                platform_admin: true,
+                ..
+            },
+            None,
+        ) => Role::Owner,
         _ => Role::Viewer,
     }
 }
@@ -538,6 +582,8 @@ impl remediation_service_server::RemediationService for RemediationApi {
         if r.title.trim().is_empty() {
             return Err(invalid(&[("remediation.title", "is required")]));
         }
+        text_field("remediation.title", &r.title, 200)?;
+        text_field("remediation.description", &r.description, 10_000)?;
         let action = validate_action("remediation.action", r.action.as_ref())?;
         let rollback_action = match &r.rollback_action {
             Some(a) => Some(validate_action("remediation.rollback_action", Some(a))?),
@@ -561,97 +607,103 @@ impl remediation_service_server::RemediationService for RemediationApi {
         let scope = call.scope(Some(tenant_id));
         let (title, description) = (r.title, r.description);
         let created = call
-            .mutate(&self.store, &scope, "remediation.propose", "remediation", move |tx| {
-                Box::pin(async move {
-                    let err = |e| store_status(e, "remediation");
-                    let tenant = tx.tenants().get(tenant_id).await.map_err(err)?;
-                    if tenant.status != TenantStatus::Active {
-                        return Err(store_status(
-                            StoreError::Precondition {
-                                code: zen_store::precondition::TENANT_SUSPENDED,
-                                reason: "the tenant is not active".into(),
-                            },
-                            "",
-                        ));
-                    }
-                    let mut cluster_id = cluster_id;
-                    if let Some(event_id) = event_id {
-                        let event = tx.events().get(event_id).await.map_err(err)?;
-                        match (cluster_id, event.cluster_id) {
-                            (None, Some(c)) => cluster_id = Some(c),
-                            (None, None) => {
-                                return Err(invalid(&[(
-                                    "remediation.cluster_id",
-                                    "is required: the event came from no cluster",
-                                )]))
-                            }
-                            _ => {}
+            .mutate(
+                &self.store,
+                &scope,
+                "remediation.propose",
+                "remediation",
+                move |tx| {
+                    Box::pin(async move {
+                        let err = |e| store_status(e, "remediation");
+                        let tenant = tx.tenants().get(tenant_id).await.map_err(err)?;
+                        if tenant.status != TenantStatus::Active {
+                            return Err(store_status(
+                                StoreError::Precondition {
+                                    code: zen_store::precondition::TENANT_SUSPENDED,
+                                    reason: "the tenant is not active".into(),
+                                },
+                                "",
+                            ));
                         }
-                    }
-                    let cluster_id = cluster_id.expect("set above");
-                    let cluster = tx.clusters().get(cluster_id).await.map_err(err)?;
-                    if cluster.deleted_at.is_some() {
-                        return Err(store_status(
-                            StoreError::Precondition {
-                                code: zen_store::precondition::INVALID_STATE,
-                                reason: "the cluster is being deleted".into(),
-                            },
-                            "",
-                        ));
-                    }
-                    let policy = tx.remediations().policy().await.map_err(err)?;
-                    let required = policy.required_for(risk);
-                    let now = Utc::now();
-                    let status = if required == 0 {
-                        RemediationStatus::Approved
-                    } else {
-                        RemediationStatus::Proposed
-                    };
-                    let mut created = tx
-                        .remediations()
-                        .create(NewRemediation {
-                            cluster_id,
-                            event_id,
-                            title,
-                            description,
-                            action,
-                            rollback_action,
-                            probes,
-                            risk,
-                            status,
-                            required_approvals: required,
-                            proposed_by,
-                            expires_at: (required > 0).then(|| {
-                                now + chrono::Duration::seconds(policy.pending_expiry_seconds)
-                            }),
-                        })
-                        .await
-                        .map_err(err)?;
-                    metrics::counter!("zen_remediations_total", "status" => status.as_str())
-                        .increment(1);
-                    let mut queued = false;
-                    if status == RemediationStatus::Approved {
-                        // No approval needed: queue it with the proposal.
-                        let expected = created.version;
-                        enqueue(tx, &mut created, DispatchOperation::Apply, &policy).await?;
-                        created = tx
+                        let mut cluster_id = cluster_id;
+                        if let Some(event_id) = event_id {
+                            let event = tx.events().get(event_id).await.map_err(err)?;
+                            match (cluster_id, event.cluster_id) {
+                                (None, Some(c)) => cluster_id = Some(c),
+                                (None, None) => {
+                                    return Err(invalid(&[(
+                                        "remediation.cluster_id",
+                                        "is required: the event came from no cluster",
+                                    )]))
+                                }
+                                _ => {}
+                            }
+                        }
+                        let cluster_id = cluster_id.expect("set above");
+                        let cluster = tx.clusters().get(cluster_id).await.map_err(err)?;
+                        if cluster.deleted_at.is_some() {
+                            return Err(store_status(
+                                StoreError::Precondition {
+                                    code: zen_store::precondition::INVALID_STATE,
+                                    reason: "the cluster is being deleted".into(),
+                                },
+                                "",
+                            ));
+                        }
+                        let policy = tx.remediations().policy().await.map_err(err)?;
+                        let required = policy.required_for(risk);
+                        let now = Utc::now();
+                        let status = if required == 0 {
+                            RemediationStatus::Approved
+                        } else {
+                            RemediationStatus::Proposed
+                        };
+                        let mut created = tx
                             .remediations()
-                            .save(&created, expected)
+                            .create(NewRemediation {
+                                cluster_id,
+                                event_id,
+                                title,
+                                description,
+                                action,
+                                rollback_action,
+                                probes,
+                                risk,
+                                status,
+                                required_approvals: required,
+                                proposed_by,
+                                expires_at: (required > 0).then(|| {
+                                    now + chrono::Duration::seconds(policy.pending_expiry_seconds)
+                                }),
+                            })
                             .await
                             .map_err(err)?;
-                        queued = true;
-                    }
-                    let details = json!({
-                        "cluster_id": created.cluster_id,
-                        "event_id": created.event_id,
-                        "risk": risk.as_str(),
-                        "required_approvals": required,
-                        "status": created.status.as_str(),
-                    });
-                    let id = created.id;
-                    Ok(Mutation::new((created, queued), id, details))
-                })
-            })
+                        metrics::counter!("zen_remediations_total", "status" => status.as_str())
+                            .increment(1);
+                        let mut queued = false;
+                        if status == RemediationStatus::Approved {
+                            // No approval needed: queue it with the proposal.
+                            let expected = created.version;
+                            enqueue(tx, &mut created, DispatchOperation::Apply, &policy).await?;
+                            created = tx
+                                .remediations()
+                                .save(&created, expected)
+                                .await
+                                .map_err(err)?;
+                            queued = true;
+                        }
+                        let details = json!({
+                            "cluster_id": created.cluster_id,
+                            "event_id": created.event_id,
+                            "risk": risk.as_str(),
+                            "required_approvals": required,
+                            "status": created.status.as_str(),
+                        });
+                        let id = created.id;
+                        Ok(Mutation::new((created, queued), id, details))
+                    })
+                },
+            )
             .await?;
         if created.1 {
             self.dispatcher.notify().await;
@@ -723,6 +775,7 @@ impl remediation_service_server::RemediationService for RemediationApi {
         };
         let probes = validate_probes(&req.probes)?;
         let risk = risk_field("risk", req.risk, false)?;
+        text_field("comment", &req.comment, 2000)?;
         let comment = req.comment;
         let remediation = self
             .change(
@@ -786,6 +839,7 @@ impl remediation_service_server::RemediationService for RemediationApi {
         let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
         let (approver_id, approver_key) = actor_identity(&call.caller);
         let role = caller_role(&call);
+        text_field("comment", &req.comment, 2000)?;
         let comment = req.comment;
         let remediation = self
             .change(
@@ -872,6 +926,7 @@ impl remediation_service_server::RemediationService for RemediationApi {
         if req.reason.trim().is_empty() {
             return Err(invalid(&[("reason", "is required")]));
         }
+        text_field("reason", &req.reason, 2000)?;
         let reason = req.reason;
         let remediation = self
             .change(
@@ -903,6 +958,7 @@ impl remediation_service_server::RemediationService for RemediationApi {
         let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
         let (_, me) = actor_identity(&call.caller);
         let role = caller_role(&call);
+        text_field("reason", &req.reason, 2000)?;
         let reason = req.reason;
         let remediation = self
             .change(
@@ -941,8 +997,12 @@ impl remediation_service_server::RemediationService for RemediationApi {
         let req = request.into_inner();
         let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
         if req.justification.trim().chars().count() < 10 {
-            return Err(invalid(&[("justification", "must be at least 10 characters")]));
+            return Err(invalid(&[(
+                "justification",
+                "must be at least 10 characters",
+            )]));
         }
+        text_field("justification", &req.justification, 2000)?;
         if caller_role(&call) != Role::Owner {
             return Err(denied("ROLE_TOO_LOW", "break-glass needs the owner role"));
         }
@@ -992,6 +1052,7 @@ impl remediation_service_server::RemediationService for RemediationApi {
         if req.reason.trim().is_empty() {
             return Err(invalid(&[("reason", "is required")]));
         }
+        text_field("reason", &req.reason, 2000)?;
         let reason = req.reason;
         let remediation = self
             .change(
@@ -1012,7 +1073,9 @@ impl remediation_service_server::RemediationService for RemediationApi {
                             )
                         };
                         if !r.executed {
-                            return Err(precondition("the remediation never ran: nothing to roll back"));
+                            return Err(precondition(
+                                "the remediation never ran: nothing to roll back",
+                            ));
                         }
                         if r.rollback_action.is_none() {
                             return Err(precondition("no rollback action is known"));
@@ -1147,7 +1210,10 @@ impl remediation_service_server::RemediationService for RemediationApi {
                 },
             };
             policy::validate_window(&window).map_err(|(field, reason)| {
-                invalid(&[(&format!("approval_policy.approval_windows[{i}].{field}"), &reason)])
+                invalid(&[(
+                    &format!("approval_policy.approval_windows[{i}].{field}"),
+                    &reason,
+                )])
             })?;
             windows.push(window);
         }
@@ -1174,23 +1240,63 @@ impl remediation_service_server::RemediationService for RemediationApi {
                         for path in &paths {
                             match path.as_str() {
                                 "required_approvals" => {
-                                    p.required_low = count("approval_policy.required_approvals.low", requirements.low)?;
-                                    p.required_medium = count("approval_policy.required_approvals.medium", requirements.medium)?;
-                                    p.required_high = count("approval_policy.required_approvals.high", requirements.high)?;
-                                    p.required_critical = count("approval_policy.required_approvals.critical", requirements.critical)?;
+                                    p.required_low = count(
+                                        "approval_policy.required_approvals.low",
+                                        requirements.low,
+                                    )?;
+                                    p.required_medium = count(
+                                        "approval_policy.required_approvals.medium",
+                                        requirements.medium,
+                                    )?;
+                                    p.required_high = count(
+                                        "approval_policy.required_approvals.high",
+                                        requirements.high,
+                                    )?;
+                                    p.required_critical = count(
+                                        "approval_policy.required_approvals.critical",
+                                        requirements.critical,
+                                    )?;
                                 }
-                                "required_approvals.low" => p.required_low = count("approval_policy.required_approvals.low", requirements.low)?,
-                                "required_approvals.medium" => p.required_medium = count("approval_policy.required_approvals.medium", requirements.medium)?,
-                                "required_approvals.high" => p.required_high = count("approval_policy.required_approvals.high", requirements.high)?,
-                                "required_approvals.critical" => p.required_critical = count("approval_policy.required_approvals.critical", requirements.critical)?,
+                                "required_approvals.low" => {
+                                    p.required_low = count(
+                                        "approval_policy.required_approvals.low",
+                                        requirements.low,
+                                    )?
+                                }
+                                "required_approvals.medium" => {
+                                    p.required_medium = count(
+                                        "approval_policy.required_approvals.medium",
+                                        requirements.medium,
+                                    )?
+                                }
+                                "required_approvals.high" => {
+                                    p.required_high = count(
+                                        "approval_policy.required_approvals.high",
+                                        requirements.high,
+                                    )?
+                                }
+                                "required_approvals.critical" => {
+                                    p.required_critical = count(
+                                        "approval_policy.required_approvals.critical",
+                                        requirements.critical,
+                                    )?
+                                }
                                 "min_approver_role" => {
-                                    let role = role_field("approval_policy.min_approver_role", new.min_approver_role)?;
+                                    let role = role_field(
+                                        "approval_policy.min_approver_role",
+                                        new.min_approver_role,
+                                    )?;
                                     if role == Role::Viewer {
-                                        return Err(invalid(&[("approval_policy.min_approver_role", "must be APPROVER or above")]));
+                                        return Err(invalid(&[(
+                                            "approval_policy.min_approver_role",
+                                            "must be APPROVER or above",
+                                        )]));
                                     }
                                     p.min_approver_role = role;
                                 }
-                                "allow_self_approval" => p.allow_self_approval = new.allow_self_approval,
+                                "allow_self_approval" => {
+                                    p.allow_self_approval = new.allow_self_approval
+                                }
                                 "approval_windows" => p.approval_windows = windows.clone(),
                                 "pending_expiry" => {
                                     let expiry = duration_field(
@@ -1201,10 +1307,15 @@ impl remediation_service_server::RemediationService for RemediationApi {
                                     )?;
                                     p.pending_expiry_seconds = expiry.num_seconds().max(1);
                                 }
-                                "auto_rollback_on_failure" => p.auto_rollback_on_failure = new.auto_rollback_on_failure,
+                                "auto_rollback_on_failure" => {
+                                    p.auto_rollback_on_failure = new.auto_rollback_on_failure
+                                }
                                 "max_dispatch_attempts" => {
                                     if !(1..=20).contains(&new.max_dispatch_attempts) {
-                                        return Err(invalid(&[("approval_policy.max_dispatch_attempts", "must be 1 to 20")]));
+                                        return Err(invalid(&[(
+                                            "approval_policy.max_dispatch_attempts",
+                                            "must be 1 to 20",
+                                        )]));
                                     }
                                     p.max_dispatch_attempts = new.max_dispatch_attempts;
                                 }
@@ -1273,9 +1384,21 @@ impl remediation_service_server::RemediationService for RemediationApi {
         let (_, by) = actor_identity(&call.caller);
         let scope = call.scope(Some(tenant_id));
         let (letter, remediation) = call
-            .mutate(&self.store, &scope, "dead_letter.replay", "dead_letter", move |tx| {
-                Box::pin(async move { replay(tx, id, &by).await.map_err(|e| store_status(e, "")) })
-            })
+            .mutate(
+                &self.store,
+                &scope,
+                "dead_letter.replay",
+                "dead_letter",
+                move |tx| {
+                    Box::pin(async move {
+                        let (letter, remediation, details) =
+                            crate::remediation::replay(tx, id, &by)
+                                .await
+                                .map_err(|e| store_status(e, ""))?;
+                        Ok(Mutation::new((letter, remediation), id, details))
+                    })
+                },
+            )
             .await?;
         self.dispatcher.notify().await;
         Ok(Response::new(pb::ReplayDeadLetterResponse {
@@ -1283,47 +1406,6 @@ impl remediation_service_server::RemediationService for RemediationApi {
             remediation: Some(remediation_to_proto(remediation)),
         }))
     }
-}
-
-/// Replays dead letter `id`: marked replayed, its remediation back to APPROVED (or
-/// ROLLING_BACK for a rollback) with a fresh execution queued. Shared by the RPC and
-/// `zen dlq replay`; the caller appends the audit record and commits.
-pub async fn replay(
-    tx: &mut dyn Tx,
-    id: Uuid,
-    by: &str,
-) -> Result<Mutation<(DeadLetter, Remediation)>, StoreError> {
-    let now = Utc::now();
-    let letter = tx.remediations().mark_replayed(id, by, now).await?;
-    let mut r = tx.remediations().lock(letter.remediation_id).await?;
-    if r.execution_id != Some(letter.execution_id) {
-        return Err(StoreError::Precondition {
-            code: zen_store::precondition::INVALID_STATE,
-            reason: "the remediation moved on since this dead letter".into(),
-        });
-    }
-    let expected = r.version;
-    let (event, operation) = match letter.operation {
-        DispatchOperation::Apply => (Event::Replay, DispatchOperation::Apply),
-        DispatchOperation::Rollback => (Event::ReplayRollback, DispatchOperation::Rollback),
-    };
-    transition(&mut r, event, now)?;
-    r.last_error.clear();
-    let policy = tx.remediations().policy().await?;
-    let dispatch = new_execution(&mut r, operation, &policy, now);
-    tx.remediations().enqueue(&dispatch).await?;
-    let saved = tx.remediations().save(&r, expected).await?;
-    let details = json!({
-        "remediation_id": saved.id,
-        "execution_id": dispatch.execution_id,
-        "operation": operation.as_str(),
-    });
-    Ok(Mutation::new((letter, saved), id, details))
-}
-
-/// The scope the `zen dlq` commands act in: the tenant, as the platform operator.
-pub fn operator_scope(tenant_id: Uuid) -> Scope {
-    Scope::platform_admin(None).with_tenant(tenant_id)
 }
 
 // ----------------------------------------------------------------- the agent stream's messages
