@@ -62,7 +62,7 @@ impl std::fmt::Display for Figures {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -93,7 +93,7 @@ fn events(agent: usize, batch: usize, size: usize, run: Uuid) -> Vec<pb::AgentEv
 
 /// Starts a Zen on `database_url` with the given ingest tuning; returns it and the tenant and
 /// cluster ids of `agents` clusters.
-async fn start_zen(
+pub(crate) async fn start_zen(
     data_dir: &std::path::Path,
     database_url: &str,
     discard: bool,

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod auth;
 pub mod authz;
 pub mod bench;
+pub mod bench_webhooks;
 pub mod config;
 pub mod grpc;
 pub mod http;

@@ -1,0 +1,742 @@
+//! `zen bench webhooks`: verified-and-stored webhook deliveries per second through the gateway,
+//! per verification scheme, against a no-op HTTP handler on the same server, in one run.
+//!
+//! For each database it starts a Zen in-process (real sockets; the gateway calls the ingest
+//! service over mTLS as in production), creates a tenant and one source per scheme (the operator's
+//! admin identity over gRPC), and posts N unique, correctly signed deliveries per scheme from C
+//! keep-alive HTTP/1.1 connections. Only 202 (verified and committed) counts as stored; every
+//! other answer is reported. The ceiling is the same load against `GET /health`, a handler that
+//! only answers. After the run Zen is stopped and the events of each source are counted in the
+//! database with a fresh connection: that count must equal the 202s. Then the delivery's own
+//! database work is run straight through the store (no HTTP, no gRPC), to show which part of a
+//! delivery the rate is spent on.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use chrono::Utc;
+use hmac::{KeyInit, Mac};
+use sha2::Sha256;
+use uuid::Uuid;
+use zen_security::PkiFiles;
+use zen_store::{AuditOutcome, EventFilter, NewAuditRecord, NewEvent, PageRequest, Scope, Store};
+
+use crate::bench::{percentile, start_zen};
+use crate::proto::zen::ingest::v1 as pb;
+use crate::server;
+
+/// The verification schemes a run can cover, in the order they are measured by default.
+pub const ALL_SCHEMES: [&str; 9] = [
+    "zen-hmac",
+    "standard-webhooks",
+    "github",
+    "stripe",
+    "slack",
+    "shopify",
+    "generic-hmac",
+    "bearer",
+    "basic",
+];
+
+/// Load shape.
+#[derive(Clone, Debug)]
+pub struct WebhookLoad {
+    /// Deliveries per scheme (and requests of the ceiling).
+    pub deliveries: usize,
+    /// Concurrent keep-alive connections, each with one request in flight.
+    pub concurrency: usize,
+    /// Scheme names from [`ALL_SCHEMES`].
+    pub schemes: Vec<String>,
+}
+
+impl WebhookLoad {
+    /// Checks the scheme names (each known, none twice).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (i, scheme) in self.schemes.iter().enumerate() {
+            if !ALL_SCHEMES.contains(&scheme.as_str()) {
+                anyhow::bail!(
+                    "unknown scheme `{scheme}`; known: {}",
+                    ALL_SCHEMES.join(", ")
+                );
+            }
+            if self.schemes[..i].contains(scheme) {
+                anyhow::bail!("scheme `{scheme}` is listed twice");
+            }
+        }
+        if self.schemes.is_empty() {
+            anyhow::bail!("no scheme to measure");
+        }
+        Ok(())
+    }
+}
+
+/// One measured line of the table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub label: String,
+    pub requests: usize,
+    /// The status that counts as success (202 for deliveries, 200 for the ceiling).
+    pub success_status: u16,
+    pub successes: usize,
+    /// Every other status, and `0` for requests that got no answer at all.
+    pub others: BTreeMap<u16, usize>,
+    /// Events found in the database afterwards (deliveries only).
+    pub stored: Option<usize>,
+    pub seconds: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Row {
+    /// Successful requests per second.
+    pub fn rate(&self) -> f64 {
+        self.successes as f64 / self.seconds
+    }
+
+    fn others_text(&self) -> String {
+        if self.others.is_empty() {
+            return "-".into();
+        }
+        self.others
+            .iter()
+            .map(|(status, n)| match status {
+                0 => format!("no answer x{n}"),
+                s => format!("{s} x{n}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The figures of one database.
+#[derive(Debug)]
+pub struct DatabaseFigures {
+    pub database: String,
+    pub ceiling: Row,
+    pub schemes: Vec<Row>,
+    pub store: Vec<Row>,
+}
+
+impl DatabaseFigures {
+    /// Whether every 202 has its event in the database, and nothing more.
+    pub fn durable(&self) -> bool {
+        self.schemes.iter().all(|r| r.stored == Some(r.successes))
+    }
+
+    /// The table, as Markdown (also readable as plain text).
+    pub fn table(&self) -> String {
+        let ceiling = self.ceiling.rate();
+        let mut out = format!(
+            "{}\n\n| run | requests | ok | other answers | stored | per s | of ceiling | p50 ms | p99 ms |\n\
+             |---|---:|---:|---|---:|---:|---:|---:|---:|\n",
+            self.database
+        );
+        let mut line = |r: &Row, share: bool| {
+            out.push_str(&format!(
+                "| {} | {} | {} ({}) | {} | {} | {:.0} | {} | {:.2} | {:.2} |\n",
+                r.label,
+                r.requests,
+                r.successes,
+                r.success_status,
+                r.others_text(),
+                r.stored.map_or("-".into(), |n| n.to_string()),
+                r.rate(),
+                if share {
+                    format!("{:.0} %", 100.0 * r.rate() / ceiling)
+                } else {
+                    "-".into()
+                },
+                r.p50_ms,
+                r.p99_ms,
+            ));
+        };
+        line(&self.ceiling, true);
+        for r in &self.schemes {
+            line(r, true);
+        }
+        for r in &self.store {
+            line(r, false);
+        }
+        out
+    }
+}
+
+/// A source created for the run, with what a sender needs to sign for it.
+struct BenchSource {
+    scheme: &'static str,
+    id: String,
+    secret: String,
+}
+
+const BASIC_USERNAME: &str = "bench";
+
+fn verification(scheme: &str) -> pb::WebhookVerification {
+    use pb::webhook_verification::Config;
+    let (scheme, config) = match scheme {
+        "zen-hmac" => (pb::WebhookScheme::ZenHmac, None),
+        "standard-webhooks" => (pb::WebhookScheme::StandardWebhooks, None),
+        "github" => (pb::WebhookScheme::Github, None),
+        "stripe" => (pb::WebhookScheme::Stripe, None),
+        "slack" => (pb::WebhookScheme::Slack, None),
+        "shopify" => (pb::WebhookScheme::Shopify, None),
+        "bearer" => (pb::WebhookScheme::Bearer, None),
+        "basic" => (
+            pb::WebhookScheme::Basic,
+            Some(Config::Basic(pb::BasicAuthConfig {
+                username: BASIC_USERNAME.into(),
+            })),
+        ),
+        // A generic scheme shaped like most in-house ones: signed timestamp and delivery id.
+        _ => (
+            pb::WebhookScheme::GenericHmac,
+            Some(Config::GenericHmac(pb::GenericHmacConfig {
+                signature_header: "x-bench-signature".into(),
+                algorithm: pb::HmacAlgorithm::Sha256 as i32,
+                encoding: pb::SignatureEncoding::Hex as i32,
+                signature_prefix: "sha256=".into(),
+                signed_content: "{timestamp}.{delivery_id}.{body}".into(),
+                timestamp_header: "x-bench-timestamp".into(),
+                delivery_id_header: "x-bench-delivery".into(),
+            })),
+        ),
+    };
+    pb::WebhookVerification {
+        scheme: scheme as i32,
+        config,
+    }
+}
+
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Delivery `index` of `run` for `source`: its headers and body, signed as the provider would.
+/// Every delivery has its own id (or, for schemes without one, its own body), so none is a
+/// duplicate and each stores one new event.
+fn signed_delivery(
+    source: &BenchSource,
+    run: &str,
+    index: usize,
+) -> (Vec<(&'static str, String)>, Vec<u8>) {
+    let id = format!("{run}-{index}");
+    let body = format!(
+        r#"{{"id":"evt_{id}","type":"bench.delivery","title":"bench delivery {index}","severity":"high"}}"#
+    )
+    .into_bytes();
+    let ts = Utc::now().timestamp().to_string();
+    let secret = source.secret.as_bytes();
+    let headers = match source.scheme {
+        "zen-hmac" => {
+            let sig = hmac_sha256(secret, &[ts.as_bytes(), b".", id.as_bytes(), b".", &body]);
+            vec![
+                ("x-timestamp", ts),
+                ("x-nonce", id),
+                ("x-signature", hex::encode(sig)),
+            ]
+        }
+        "standard-webhooks" => {
+            let key = STANDARD
+                .decode(source.secret.trim_start_matches("whsec_"))
+                .expect("a generated whsec_ secret is base64");
+            let msg_id = format!("msg_{id}");
+            let sig = hmac_sha256(&key, &[msg_id.as_bytes(), b".", ts.as_bytes(), b".", &body]);
+            vec![
+                ("webhook-id", msg_id),
+                ("webhook-timestamp", ts),
+                ("webhook-signature", format!("v1,{}", STANDARD.encode(sig))),
+            ]
+        }
+        "github" => vec![
+            (
+                "x-hub-signature-256",
+                format!("sha256={}", hex::encode(hmac_sha256(secret, &[&body]))),
+            ),
+            ("x-github-delivery", id),
+            ("x-github-event", "ping".into()),
+        ],
+        // The delivery id is the payload's `id`.
+        "stripe" => {
+            let sig = hmac_sha256(secret, &[ts.as_bytes(), b".", &body]);
+            vec![(
+                "stripe-signature",
+                format!("t={ts},v1={}", hex::encode(sig)),
+            )]
+        }
+        "slack" => {
+            let sig = hmac_sha256(secret, &[b"v0:", ts.as_bytes(), b":", &body]);
+            vec![
+                ("x-slack-request-timestamp", ts),
+                ("x-slack-signature", format!("v0={}", hex::encode(sig))),
+            ]
+        }
+        "shopify" => vec![
+            (
+                "x-shopify-hmac-sha256",
+                STANDARD.encode(hmac_sha256(secret, &[&body])),
+            ),
+            ("x-shopify-webhook-id", id),
+        ],
+        "generic-hmac" => {
+            let sig = hmac_sha256(secret, &[ts.as_bytes(), b".", id.as_bytes(), b".", &body]);
+            vec![
+                ("x-bench-signature", format!("sha256={}", hex::encode(sig))),
+                ("x-bench-timestamp", ts),
+                ("x-bench-delivery", id),
+            ]
+        }
+        "bearer" => vec![("authorization", format!("Bearer {}", source.secret))],
+        _ => vec![(
+            "authorization",
+            format!(
+                "Basic {}",
+                STANDARD.encode(format!("{BASIC_USERNAME}:{}", source.secret))
+            ),
+        )],
+    };
+    (headers, body)
+}
+
+/// A gRPC channel with the operator's admin identity (`pki/admin.crt`).
+async fn admin_channel(
+    running: &server::Running,
+    pki: &PkiFiles,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
+            pki.ca_cert(),
+        )?))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(pki.cert("admin"))?,
+            std::fs::read(pki.key("admin"))?,
+        ))
+        .domain_name("localhost");
+    Ok(
+        tonic::transport::Channel::from_shared(format!("https://{}", running.grpc_addr))?
+            .tls_config(tls)?
+            .connect()
+            .await?,
+    )
+}
+
+/// One source per scheme, each with a rate limit far above what the run can send (so the
+/// limiter counts every delivery, as in production, but never refuses one).
+async fn create_sources(
+    channel: tonic::transport::Channel,
+    tenant: Uuid,
+    schemes: &[String],
+) -> anyhow::Result<Vec<BenchSource>> {
+    let mut client = pb::ingest_service_client::IngestServiceClient::new(channel);
+    let mut sources = Vec::new();
+    for name in schemes {
+        let scheme = ALL_SCHEMES
+            .iter()
+            .copied()
+            .find(|s| s == name)
+            .context("unknown scheme")?;
+        let created = client
+            .create_webhook_source(pb::CreateWebhookSourceRequest {
+                tenant_id: tenant.to_string(),
+                webhook_source: Some(pb::WebhookSource {
+                    name: format!("bench-{scheme}"),
+                    enabled: true,
+                    verification: Some(verification(scheme)),
+                    rate_limit_per_second: 1_000_000,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .with_context(|| format!("creating the {scheme} source"))?
+            .into_inner();
+        sources.push(BenchSource {
+            scheme,
+            id: created
+                .webhook_source
+                .context("no source in the answer")?
+                .source_id,
+            secret: created.secret,
+        });
+    }
+    Ok(sources)
+}
+
+/// Builds request `index` on a worker's own client.
+type MakeRequest = dyn Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Send + Sync;
+
+/// `requests` requests from `concurrency` workers, each on its own keep-alive HTTP/1.1
+/// connection with one request in flight. Connections are opened (with a `GET /health`) before
+/// the clock starts. Latency is from sending to the last byte of the answer.
+async fn drive(
+    base: &str,
+    label: String,
+    requests: usize,
+    concurrency: usize,
+    success_status: u16,
+    make: Arc<MakeRequest>,
+) -> anyhow::Result<Row> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let ready = Arc::new(tokio::sync::Barrier::new(concurrency + 1));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .http1_only()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(1)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let (next, ready, make, health) = (
+            next.clone(),
+            ready.clone(),
+            make.clone(),
+            format!("{base}/health"),
+        );
+        workers.push(tokio::spawn(async move {
+            let warm = client.get(&health).send().await;
+            ready.wait().await;
+            warm?.bytes().await?;
+            let mut latencies = Vec::new();
+            let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= requests {
+                    break;
+                }
+                let request = make(&client, index);
+                let at = Instant::now();
+                let status = match request.send().await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        match response.bytes().await {
+                            Ok(_) => status,
+                            Err(_) => 0,
+                        }
+                    }
+                    Err(_) => 0,
+                };
+                latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+                *statuses.entry(status).or_default() += 1;
+            }
+            anyhow::Ok((latencies, statuses))
+        }));
+    }
+    ready.wait().await;
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(requests);
+    let mut others = BTreeMap::new();
+    for worker in workers {
+        let (l, s) = worker.await??;
+        latencies.extend(l);
+        for (status, n) in s {
+            *others.entry(status).or_default() += n;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let successes = others.remove(&success_status).unwrap_or(0);
+    Ok(Row {
+        label,
+        requests,
+        success_status,
+        successes,
+        others,
+        stored: None,
+        seconds,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+    })
+}
+
+/// Events stored for each source, counted page by page with a fresh connection.
+async fn count_events(
+    database_url: &str,
+    tenant: Uuid,
+    sources: &[BenchSource],
+) -> anyhow::Result<Vec<usize>> {
+    let store = Store::connect(database_url).await?;
+    let mut counts = Vec::new();
+    for source in sources {
+        let mut tx = store.begin_read(&Scope::tenant(tenant, None)).await?;
+        let filter = EventFilter {
+            source_name: Some(source.id.clone()),
+            ..Default::default()
+        };
+        let mut page = PageRequest::first(zen_store::MAX_PAGE_SIZE);
+        let mut count = 0;
+        loop {
+            let found = tx.events().list(&filter, &page).await?;
+            count += found.items.len();
+            match found.next_page_token {
+                Some(token) => page.page_token = Some(token),
+                None => break,
+            }
+        }
+        counts.push(count);
+    }
+    store.close().await;
+    Ok(counts)
+}
+
+/// What one delivery does in the database, straight through the store.
+#[derive(Clone, Copy)]
+enum StoreWork {
+    /// The reads before verification: source, tenant, secrets (one read-only transaction).
+    Reads,
+    /// The write transaction: the event, the source's last delivery time, the audit record.
+    Write { audit: bool },
+}
+
+/// `requests` deliveries' worth of `work` from `concurrency` writers, no HTTP and no gRPC.
+async fn store_ceiling(
+    database_url: &str,
+    tenant: Uuid,
+    source: Uuid,
+    requests: usize,
+    concurrency: usize,
+    work: StoreWork,
+    label: String,
+) -> anyhow::Result<Row> {
+    let store = Arc::new(Store::connect(database_url).await?);
+    let next = Arc::new(AtomicUsize::new(0));
+    let run = Uuid::new_v4().simple().to_string();
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (store, next, run) = (store.clone(), next.clone(), run.clone());
+        workers.push(tokio::spawn(async move {
+            let scope = Scope::tenant(tenant, None);
+            let mut latencies = Vec::new();
+            let mut failures = 0;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= requests {
+                    break;
+                }
+                let at = Instant::now();
+                let done = match work {
+                    StoreWork::Reads => reads(&store, &scope, tenant, source).await,
+                    StoreWork::Write { audit } => {
+                        write(&store, &scope, source, &run, index, audit).await
+                    }
+                };
+                latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+                if done.is_err() {
+                    failures += 1;
+                }
+            }
+            (latencies, failures)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(requests);
+    let mut failures = 0;
+    for worker in workers {
+        let (l, f) = worker.await?;
+        latencies.extend(l);
+        failures += f;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    store.close().await;
+    Ok(Row {
+        label,
+        requests,
+        success_status: 0,
+        successes: requests - failures,
+        others: if failures > 0 {
+            BTreeMap::from([(1, failures)])
+        } else {
+            BTreeMap::new()
+        },
+        stored: None,
+        seconds,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+    })
+}
+
+async fn reads(store: &Store, scope: &Scope, tenant: Uuid, source: Uuid) -> zen_store::Result<()> {
+    let mut tx = store.begin_read(scope).await?;
+    tx.webhook_sources().get(source).await?;
+    tx.tenants().get(tenant).await?;
+    tx.webhook_sources().secrets(source, Utc::now()).await?;
+    Ok(())
+}
+
+async fn write(
+    store: &Store,
+    scope: &Scope,
+    source: Uuid,
+    run: &str,
+    index: usize,
+    audit: bool,
+) -> zen_store::Result<()> {
+    let now = Utc::now();
+    let id = format!("store-{run}-{index}");
+    let event = NewEvent {
+        source: "webhook".into(),
+        source_name: Some(format!("store-ceiling-{run}")),
+        category: "security".into(),
+        severity: 4,
+        event_type: "bench.delivery".into(),
+        title: format!("bench delivery {index}"),
+        resource: serde_json::json!({}),
+        details: serde_json::json!({ "id": id }),
+        fingerprint: id.clone(),
+        detected_at: now,
+        source_event_id: id.clone(),
+    };
+    let mut tx = store.begin(scope).await?;
+    tx.events()
+        .ingest(None, &[event], Duration::from_secs(3600), now)
+        .await?;
+    tx.webhook_sources().record_delivery(source, now).await?;
+    if audit {
+        let mut record = NewAuditRecord::new(
+            "webhook_source",
+            "webhook.receive",
+            "webhook_source",
+            AuditOutcome::Success,
+        );
+        record.actor_id = Some(source.to_string());
+        record.resource_id = Some(source.to_string());
+        record.request_id = Some(Uuid::new_v4().to_string());
+        record.details = serde_json::json!({ "delivery_id": id, "events": 1 });
+        tx.audit().append(record).await?;
+    }
+    tx.commit().await
+}
+
+/// `zen bench webhooks` on one database: every measurement, printed as it completes, then the
+/// table.
+pub async fn webhooks(
+    database: &str,
+    database_url: &str,
+    load: &WebhookLoad,
+) -> anyhow::Result<DatabaseFigures> {
+    load.validate()?;
+    let dir = tempfile::tempdir()?;
+    let (running, config, tenant, _) = start_zen(dir.path(), database_url, false, 0)
+        .await
+        .context("starting Zen")?;
+    let pki = PkiFiles::new(config.pki_dir());
+    let sources =
+        create_sources(admin_channel(&running, &pki).await?, tenant, &load.schemes).await?;
+    let base = format!("http://{}", running.http_addr);
+
+    let health = format!("{base}/health");
+    let ceiling = drive(
+        &base,
+        "no-op ceiling: GET /health".into(),
+        load.deliveries,
+        load.concurrency,
+        200,
+        Arc::new(move |client: &reqwest::Client, _| client.get(&health)),
+    )
+    .await
+    .context("ceiling run")?;
+    println!(
+        "{database}: {:<36} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+        ceiling.label,
+        ceiling.rate(),
+        ceiling.p50_ms,
+        ceiling.p99_ms
+    );
+
+    let run = Uuid::new_v4().simple().to_string();
+    let mut schemes = Vec::new();
+    for (k, source) in sources.iter().enumerate() {
+        let url = format!("{base}/webhooks/{}", source.id);
+        let label = format!("{}: POST /webhooks/{{id}}", source.scheme);
+        let source = Arc::new(BenchSource {
+            scheme: source.scheme,
+            id: source.id.clone(),
+            secret: source.secret.clone(),
+        });
+        // Delivery ids differ across sources too, so no two events share a source event id.
+        let run = format!("{run}-{k}");
+        let make = Arc::new(move |client: &reqwest::Client, index: usize| {
+            let (headers, body) = signed_delivery(&source, &run, index);
+            let mut request = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            request
+        });
+        let row = drive(&base, label, load.deliveries, load.concurrency, 202, make).await?;
+        println!(
+            "{database}: {:<36} {:>8.0} stored/s ({:.0} % of the ceiling)  p50 {:>7.2} ms  p99 {:>7.2} ms  other answers: {}",
+            row.label,
+            row.rate(),
+            100.0 * row.rate() / ceiling.rate(),
+            row.p50_ms,
+            row.p99_ms,
+            row.others_text()
+        );
+        schemes.push(row);
+    }
+    running.shutdown().await?;
+
+    // Durability: what the database holds after Zen is gone.
+    let counts = count_events(database_url, tenant, &sources)
+        .await
+        .context("counting stored events")?;
+    for (row, count) in schemes.iter_mut().zip(counts) {
+        row.stored = Some(count);
+    }
+
+    // The delivery's database work alone, with as many writers as the server's store pool.
+    let source = Uuid::parse_str(&sources[0].id)?;
+    let mut store = Vec::new();
+    for (work, label) in [
+        (StoreWork::Reads, "store only: the delivery's reads"),
+        (
+            StoreWork::Write { audit: false },
+            "store only: event + last delivery, no audit",
+        ),
+        (
+            StoreWork::Write { audit: true },
+            "store only: the delivery's write transaction",
+        ),
+    ] {
+        let row = store_ceiling(
+            database_url,
+            tenant,
+            source,
+            load.deliveries,
+            STORE_WRITERS,
+            work,
+            format!("{label} ({STORE_WRITERS} writers)"),
+        )
+        .await
+        .with_context(|| label.to_owned())?;
+        println!(
+            "{database}: {:<36} {:>8.0} per s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+            row.label,
+            row.rate(),
+            row.p50_ms,
+            row.p99_ms
+        );
+        store.push(row);
+    }
+    Ok(DatabaseFigures {
+        database: database.to_owned(),
+        ceiling,
+        schemes,
+        store,
+    })
+}
+
+/// Writers of the store-only runs: the size of Zen's default store pool, which is what bounds
+/// the server's own concurrency in the database.
+const STORE_WRITERS: usize = 10;
