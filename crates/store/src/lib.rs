@@ -41,19 +41,19 @@ pub use audit::{canonical_encoding, record_hash, redact, GENESIS_HASH};
 pub use error::{precondition, Result, StoreError};
 pub use migrate::{MigrationInfo, MigrationStatus};
 pub use model::*;
+pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use remediation::{
     ApprovalPolicy, ApprovalWindow, DeadLetter, DeadLetterFilter, Dispatch, NewRemediation,
     Remediation, RemediationDepths, RemediationFilter, RemediationRepo, VerificationRun,
 };
-pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use repo::{
     AuditRepo, BootstrapTokenRepo, ClusterRepo, EventRepo, InviteRepo, MemberRepo, TenantRepo, Tx,
     UserRepo, WebhookSourceRepo,
 };
 pub use repos::events::{MAX_INGEST_BATCH, MAX_TAIL_LIMIT};
 pub use scope::{Scope, PLATFORM_TENANT};
-pub use webhook::*;
 pub use store::{BackendKind, Store, StoreOptions, DEFAULT_APP_ROLE};
+pub use webhook::*;
 
 /// The stored form of a bootstrap or invite token: lowercase hex SHA-256.
 /// Tokens are high-entropy random strings, so no salt is needed, and the

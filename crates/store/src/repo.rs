@@ -271,8 +271,11 @@ pub trait WebhookSourceRepo: Send {
         update: WebhookSourceUpdate,
     ) -> Result<WebhookSource>;
     /// Soft delete; its secrets stop verifying at once.
-    async fn soft_delete(&mut self, id: Uuid, expected_version: Option<i64>)
-        -> Result<WebhookSource>;
+    async fn soft_delete(
+        &mut self,
+        id: Uuid,
+        expected_version: Option<i64>,
+    ) -> Result<WebhookSource>;
     /// Add `secret` as the current one; every earlier secret verifies until
     /// `old_expires_at` at the latest. Bumps the version.
     async fn rotate_secret(

@@ -79,14 +79,16 @@ pub fn register<L>(router: Router<L>, deps: Dependencies) -> Router<L> {
             deps.local_login,
         )))
         .add_service(TenancyServiceServer::new(TenancyApi::new(store.clone())))
-        .add_service(IngestServiceServer::new(IngestApi::new(
-            store.clone(),
-            deps.cache,
-            deps.ca,
-            deps.ingest,
-            deps.webhooks,
-        )
-        .with_dispatcher(dispatcher.clone())))
+        .add_service(IngestServiceServer::new(
+            IngestApi::new(
+                store.clone(),
+                deps.cache,
+                deps.ca,
+                deps.ingest,
+                deps.webhooks,
+            )
+            .with_dispatcher(dispatcher.clone()),
+        ))
         .add_service(RemediationServiceServer::new(RemediationApi::new(
             store.clone(),
             dispatcher,
