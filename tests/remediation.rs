@@ -1233,3 +1233,450 @@ async fn an_agent_restarted_mid_execution_neither_reruns_nor_loses_it() {
     agent.abort();
     f.zen.stop().await;
 }
+
+// ----------------------------------------------------------------- WatchEvents
+
+/// A cluster's agent stream (a certificate issued by the test CA), for ingesting events.
+struct EventSender {
+    tx: tokio::sync::mpsc::Sender<ingest::ConnectAgentRequest>,
+    replies: tonic::Streaming<ingest::ConnectAgentResponse>,
+    batches: usize,
+}
+
+impl EventSender {
+    async fn connect(zen: &support::TestZen, tenant_id: &str, cluster_id: &str) -> Self {
+        let files = zen_security::PkiFiles::new(zen.pki());
+        let name = format!("events-{cluster_id}");
+        let identity = zen_security::PeerIdentity::Agent {
+            tenant_id: tenant_id.parse().unwrap(),
+            cluster_id: cluster_id.parse().unwrap(),
+        };
+        let issued = files
+            .load_ca()
+            .unwrap()
+            .issue_client(&identity, Duration::from_secs(600))
+            .unwrap();
+        files.write_identity(&name, &issued).unwrap();
+        let channel = support::connect(
+            zen.running.grpc_addr,
+            &zen.pki().join("ca.crt"),
+            Some((&files.cert(&name), &files.key(&name))),
+        )
+        .await
+        .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(ingest::ConnectAgentRequest {
+            payload: Some(ingest::connect_agent_request::Payload::Hello(
+                ingest::AgentHello {
+                    agent_version: "test".into(),
+                    ..Default::default()
+                },
+            )),
+        })
+        .await
+        .unwrap();
+        let mut replies = ingest::ingest_service_client::IngestServiceClient::new(channel)
+            .connect_agent(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        match replies.next().await {
+            Some(Ok(ingest::ConnectAgentResponse {
+                payload: Some(ingest::connect_agent_response::Payload::Hello(_)),
+            })) => {}
+            other => panic!("expected the server hello, got {other:?}"),
+        }
+        EventSender {
+            tx,
+            replies,
+            batches: 0,
+        }
+    }
+
+    /// Ingests one HIGH event titled `title` and waits for its ack (committed).
+    async fn send(&mut self, title: &str) {
+        self.batches += 1;
+        let batch_id = format!("batch-{}", self.batches);
+        let event = ingest::AgentEvent {
+            agent_event_id: format!("ev-{title}"),
+            source: ingest::EventSource::Falco as i32,
+            severity: zen::proto::zen::common::v1::Severity::High as i32,
+            r#type: "runtime".into(),
+            title: title.into(),
+            fingerprint: format!("fp-{title}"),
+            ..Default::default()
+        };
+        self.tx
+            .send(ingest::ConnectAgentRequest {
+                payload: Some(ingest::connect_agent_request::Payload::EventBatch(
+                    ingest::EventBatch {
+                        batch_id: batch_id.clone(),
+                        events: vec![event],
+                    },
+                )),
+            })
+            .await
+            .unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), self.replies.next()).await {
+                Ok(Some(Ok(ingest::ConnectAgentResponse {
+                    payload: Some(ingest::connect_agent_response::Payload::BatchAck(ack)),
+                }))) => {
+                    assert_eq!(ack.batch_id, batch_id);
+                    assert_eq!(
+                        ack.acks.iter().map(|a| a.outcome).collect::<Vec<_>>(),
+                        vec![ingest::EventOutcome::Accepted as i32]
+                    );
+                    return;
+                }
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("expected an ack, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// What a watch message carried: `E <title>` or `R <remediation_id> <status> v<version>`,
+/// with its resume token.
+type Heard = (String, i64);
+
+fn heard(message: ingest::WatchEventsResponse) -> Option<Heard> {
+    use ingest::watch_events_response::Change;
+    let token = message
+        .resume_token
+        .parse::<i64>()
+        .expect("a numeric token");
+    match message.change? {
+        Change::Event(e) => Some((format!("E {}", e.title), token)),
+        Change::Remediation(r) => Some((
+            format!(
+                "R {} {:?} v{}",
+                r.remediation_id,
+                pb::RemediationStatus::try_from(r.status).unwrap(),
+                r.version
+            ),
+            token,
+        )),
+        Change::Heartbeat(_) => None,
+    }
+}
+
+async fn watch(
+    f: &Fixture,
+    request: ingest::WatchEventsRequest,
+) -> tonic::Streaming<ingest::WatchEventsResponse> {
+    ingest::ingest_service_client::IngestServiceClient::new(f.zen.admin().await)
+        .watch_events(with_id(request))
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+/// The next change (heartbeats skipped), waiting at most `wait`.
+async fn next_change(
+    stream: &mut tonic::Streaming<ingest::WatchEventsResponse>,
+    wait: Duration,
+) -> Option<Heard> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => return None,
+            Ok(Some(Ok(message))) => match heard(message) {
+                Some(h) => return Some(h),
+                None => continue,
+            },
+            Ok(other) => panic!("the watch ended: {other:?}"),
+        }
+    }
+}
+
+/// Reads `n` changes, then asserts nothing more arrives for a while.
+async fn exactly(
+    stream: &mut tonic::Streaming<ingest::WatchEventsResponse>,
+    n: usize,
+) -> Vec<Heard> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match next_change(stream, Duration::from_secs(15)).await {
+            Some(h) => got.push(h),
+            None => panic!("only {got:?} of {n} changes arrived"),
+        }
+    }
+    if let Some(extra) = next_change(stream, Duration::from_millis(2500)).await {
+        panic!("after {got:?}, an unexpected {extra:?}");
+    }
+    got
+}
+
+/// `WatchEvents` streams remediation changes with the events, in one order on one resume
+/// token: each step is waited for on the live watch (a later change of the same remediation
+/// would otherwise supersede it), a resume from the middle receives exactly what followed
+/// (each remediation once, at its latest state), `cluster_id` filters remediations too and
+/// `min_severity` does not.
+async fn watch_interleaves_remediations(f: &Fixture) {
+    // Events come from a second cluster with no agent of the first one online, so nothing
+    // dispatches the remediation and its approvals are its last changes.
+    let events_cluster = TenancyServiceClient::new(f.zen.admin().await)
+        .create_cluster(with_id(tenancy::CreateClusterRequest {
+            tenant_id: f.tenant.clone(),
+            cluster: Some(tenancy::Cluster {
+                name: "staging".into(),
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster
+        .unwrap()
+        .cluster_id;
+    let mut sender = EventSender::connect(&f.zen, &f.tenant, &events_cluster).await;
+    let request =
+        |cluster_id: &str, min_severity: i32, resume_token: &str| ingest::WatchEventsRequest {
+            tenant_id: f.tenant.clone(),
+            cluster_id: cluster_id.into(),
+            min_severity,
+            resume_token: resume_token.into(),
+            ..Default::default()
+        };
+    let mut all = watch(f, request("", 0, "")).await;
+    let critical = zen::proto::zen::common::v1::Severity::Critical as i32;
+    let mut severe = watch(f, request("", critical, "")).await;
+    let mut remediation_cluster = watch(f, request(&f.cluster, 0, "")).await;
+    let mut events_only = watch(f, request(&events_cluster, 0, "")).await;
+
+    let mut live = Vec::new();
+    let expect = |got: Option<Heard>, want: String, live: &mut Vec<Heard>| {
+        let got = got.unwrap_or_else(|| panic!("no change after {live:?}; wanted {want}"));
+        assert_eq!(got.0, want, "after {live:?}");
+        live.push(got);
+    };
+    let wait = Duration::from_secs(15);
+
+    sender.send("first").await;
+    expect(
+        next_change(&mut all, wait).await,
+        "E first".into(),
+        &mut live,
+    );
+    let r = f
+        .propose(
+            &f.alice,
+            f.proposal("watch me", pb::RiskLevel::Critical, false),
+        )
+        .await;
+    let id = r.remediation_id.clone();
+    expect(
+        next_change(&mut all, wait).await,
+        format!("R {id} Proposed v1"),
+        &mut live,
+    );
+    sender.send("second").await;
+    expect(
+        next_change(&mut all, wait).await,
+        "E second".into(),
+        &mut live,
+    );
+    let once = f.bob.approve(&f.tenant, &r).await.unwrap();
+    expect(
+        next_change(&mut all, wait).await,
+        format!("R {id} PendingApproval v2"),
+        &mut live,
+    );
+    sender.send("third").await;
+    expect(
+        next_change(&mut all, wait).await,
+        "E third".into(),
+        &mut live,
+    );
+    let done = f.carol.approve(&f.tenant, &once).await.unwrap();
+    assert_eq!(done.status, pb::RemediationStatus::Approved as i32);
+    expect(
+        next_change(&mut all, wait).await,
+        format!("R {id} Approved v3"),
+        &mut live,
+    );
+    assert!(
+        live.windows(2).all(|w| w[0].1 < w[1].1),
+        "tokens increase: {live:?}"
+    );
+    assert!(next_change(&mut all, Duration::from_millis(1500))
+        .await
+        .is_none());
+
+    // The approvals travel with the change (the remediation service's own conversion).
+    let mut approved = watch(f, request(&f.cluster, 0, &live[4].1.to_string())).await;
+    let message = tokio::time::timeout(wait, approved.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match message.change {
+        Some(ingest::watch_events_response::Change::Remediation(m)) => {
+            assert_eq!(m.approvals.len(), 2);
+            assert_eq!(m.cluster_id, f.cluster);
+            assert_eq!(m.required_approvals, 2);
+        }
+        other => panic!("expected the remediation, got {other:?}"),
+    }
+
+    // Resuming after the proposal: the events that followed, and the remediation once, at
+    // its latest state and seq; then nothing, until something new happens.
+    let mut resumed = watch(f, request("", 0, &live[1].1.to_string())).await;
+    let got = exactly(&mut resumed, 3).await;
+    assert_eq!(
+        got,
+        vec![live[2].clone(), live[4].clone(), live[5].clone()],
+        "resumed after {:?}",
+        live[1]
+    );
+    sender.send("fourth").await;
+    let fourth = next_change(&mut resumed, wait)
+        .await
+        .expect("the new event");
+    assert_eq!(fourth.0, "E fourth");
+    assert!(fourth.1 > live[5].1);
+    // Resuming after the last change: only what is new.
+    let mut tail = watch(f, request("", 0, &live[5].1.to_string())).await;
+    assert_eq!(exactly(&mut tail, 1).await, vec![fourth.clone()]);
+
+    // Filters. Remediations are not filtered by severity (the events here are HIGH), but by
+    // cluster, like events. (These watches were not waited for step by step, so one may have
+    // read two changes of the remediation at once and received only the later.)
+    let every = [
+        format!("R {id} Proposed v1"),
+        format!("R {id} PendingApproval v2"),
+        format!("R {id} Approved v3"),
+    ];
+    for stream in [&mut severe, &mut remediation_cluster] {
+        let got: Vec<String> = drain(stream).await;
+        let mut rest = every.iter();
+        assert!(
+            got.last() == every.last() && got.iter().all(|h| rest.any(|e| e == h)),
+            "{got:?}"
+        );
+    }
+    let theirs: Vec<String> = drain(&mut events_only).await;
+    assert_eq!(theirs, ["E first", "E second", "E third", "E fourth"]);
+}
+
+/// Everything a watch received until it stayed quiet for a while, without tokens.
+async fn drain(stream: &mut tonic::Streaming<ingest::WatchEventsResponse>) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Some((what, _)) = next_change(stream, Duration::from_millis(2500)).await {
+        got.push(what);
+    }
+    got
+}
+
+#[tokio::test]
+async fn watch_events_carries_remediation_changes_on_sqlite() {
+    let f = setup(None).await;
+    watch_interleaves_remediations(&f).await;
+    f.zen.stop().await;
+}
+
+#[tokio::test]
+async fn watch_events_carries_remediation_changes_on_postgres() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let f = setup(Some(db.url.clone())).await;
+    watch_interleaves_remediations(&f).await;
+    f.zen.stop().await;
+    db.drop_database().await;
+}
+
+/// Ingest batches and remediation changes committed concurrently: a live watch misses
+/// neither kind (the two tables are read at one committed high-water mark), tokens only grow,
+/// and a resume from the start gets each event once and each remediation once, approved.
+#[tokio::test]
+async fn watch_misses_nothing_under_concurrent_changes_on_postgres() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let f = setup(Some(db.url.clone())).await;
+    let events_cluster = TenancyServiceClient::new(f.zen.admin().await)
+        .create_cluster(with_id(tenancy::CreateClusterRequest {
+            tenant_id: f.tenant.clone(),
+            cluster: Some(tenancy::Cluster {
+                name: "busy".into(),
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster
+        .unwrap()
+        .cluster_id;
+    let request = |token: &str| ingest::WatchEventsRequest {
+        tenant_id: f.tenant.clone(),
+        resume_token: token.into(),
+        ..Default::default()
+    };
+    let mut live = watch(&f, request("")).await;
+    let mut sender = EventSender::connect(&f.zen, &f.tenant, &events_cluster).await;
+    const EVENTS: usize = 40;
+    const REMEDIATIONS: usize = 6;
+    let ingesting = async {
+        for i in 0..EVENTS {
+            sender.send(&format!("busy-{i:02}")).await;
+        }
+    };
+    let remediating = async {
+        let mut ids = Vec::new();
+        for i in 0..REMEDIATIONS {
+            let r = f
+                .propose(
+                    &f.alice,
+                    f.proposal(&format!("busy {i}"), pb::RiskLevel::Medium, false),
+                )
+                .await;
+            let approved = f.bob.approve(&f.tenant, &r).await.unwrap();
+            assert_eq!(approved.status, pb::RemediationStatus::Approved as i32);
+            ids.push(r.remediation_id);
+        }
+        ids
+    };
+    let ((), ids) = tokio::join!(ingesting, remediating);
+    let want_events: Vec<String> = (0..EVENTS).map(|i| format!("E busy-{i:02}")).collect();
+    let mut want_final: Vec<String> = ids.iter().map(|id| format!("R {id} Approved v2")).collect();
+    want_final.sort();
+
+    // Live: until every event and every approved state arrived.
+    let mut got: Vec<Heard> = Vec::new();
+    let done = |got: &[Heard]| {
+        want_events
+            .iter()
+            .chain(&want_final)
+            .all(|w| got.iter().any(|(h, _)| h == w))
+    };
+    while !done(&got) {
+        match next_change(&mut live, Duration::from_secs(15)).await {
+            Some(h) => got.push(h),
+            None => panic!("the live watch stalled after {got:?}"),
+        }
+    }
+    assert!(got.windows(2).all(|w| w[0].1 < w[1].1), "{got:?}");
+    let events: Vec<&String> = got
+        .iter()
+        .map(|(h, _)| h)
+        .filter(|h| h.starts_with("E "))
+        .collect();
+    assert_eq!(events, want_events.iter().collect::<Vec<_>>());
+
+    // Resumed from the start: each once, in its latest state.
+    let mut replay = watch(&f, request("0")).await;
+    let again = exactly(&mut replay, EVENTS + REMEDIATIONS).await;
+    assert!(again.windows(2).all(|w| w[0].1 < w[1].1), "{again:?}");
+    let (mut remediations, events): (Vec<String>, Vec<String>) = again
+        .into_iter()
+        .map(|(h, _)| h)
+        .partition(|h| h.starts_with("R "));
+    assert_eq!(events, want_events);
+    remediations.sort();
+    assert_eq!(remediations, want_final);
+    f.zen.stop().await;
+    db.drop_database().await;
+}

@@ -35,7 +35,12 @@ ALTER TABLE remediations
     ADD COLUMN execution_id              uuid,
     ADD COLUMN attempts                  integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     -- whether the action was ever applied (a rollback needs something to undo)
-    ADD COLUMN executed                  boolean NOT NULL DEFAULT false;
+    ADD COLUMN executed                  boolean NOT NULL DEFAULT false,
+    -- the remediation's latest place in the tenant's change sequence (the one
+    -- events take theirs from, event_seq_heads): every create and change takes
+    -- the next seq, so WatchEvents orders remediation changes and events on
+    -- one resume token. NULL only for rows written before this migration.
+    ADD COLUMN seq                       bigint CHECK (seq >= 1);
 ALTER TABLE remediations ADD CONSTRAINT remediations_status_check CHECK (status IN (
     'proposed', 'pending_approval', 'approved', 'dispatched', 'executing', 'verifying',
     'succeeded', 'failed', 'rolling_back', 'rolled_back', 'rejected', 'cancelled', 'expired'));
@@ -44,6 +49,9 @@ ALTER TABLE remediations ADD CONSTRAINT remediations_version_check CHECK (versio
 CREATE INDEX remediations_list_idx ON remediations (tenant_id, created_at DESC, id DESC);
 CREATE INDEX remediations_expiry_idx ON remediations (expires_at)
     WHERE status IN ('proposed', 'pending_approval');
+-- the watchers' tail: a tenant's remediations changed after a seq, in seq order
+-- (unique: a seq names one change, whichever table holds it)
+CREATE UNIQUE INDEX remediations_seq_idx ON remediations (tenant_id, seq) WHERE seq IS NOT NULL;
 
 -- ------------------------------------------------------------------ approvals
 -- One row per approver per revision: the primary key makes approvers

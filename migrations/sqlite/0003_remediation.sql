@@ -33,6 +33,8 @@ CREATE TABLE remediations_v3 (
     execution_id               TEXT,
     attempts                   INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     executed                   INTEGER NOT NULL DEFAULT 0,
+    -- latest place in the tenant's change sequence (see the PostgreSQL twin)
+    seq                        INTEGER CHECK (seq >= 1),
     CONSTRAINT remediations_tenant_id_uq UNIQUE (tenant_id, id),
     CONSTRAINT remediations_event_fk FOREIGN KEY (tenant_id, event_id)
         REFERENCES events (tenant_id, id),
@@ -49,6 +51,7 @@ CREATE INDEX remediations_event_idx ON remediations (tenant_id, event_id);
 CREATE INDEX remediations_list_idx ON remediations (tenant_id, created_at DESC, id DESC);
 CREATE INDEX remediations_expiry_idx ON remediations (expires_at)
     WHERE status IN ('proposed', 'pending_approval');
+CREATE UNIQUE INDEX remediations_seq_idx ON remediations (tenant_id, seq) WHERE seq IS NOT NULL;
 
 CREATE TABLE remediation_approvals (
     tenant_id            TEXT NOT NULL,

@@ -281,9 +281,16 @@ impl Dispatcher {
         let now = Utc::now();
         let mut tx = self.store.begin(&Scope::tenant(tenant_id, None)).await?;
         let due = tx.remediations().claim_due(cluster_id, now, 20).await?;
+        // Every remediation row is locked before the first save takes the tenant's change
+        // sequence (the documented lock order: rows, sequence head, audit chain head).
+        let mut locked = Vec::with_capacity(due.len());
+        for d in due {
+            let r = tx.remediations().lock(d.remediation_id).await?;
+            locked.push((d, r));
+        }
         let mut commands = Vec::new();
-        for mut d in due {
-            let mut r = tx.remediations().lock(d.remediation_id).await?;
+        let mut changed = false;
+        for (mut d, mut r) in locked {
             if r.execution_id != Some(d.execution_id) {
                 // Superseded (revised or cancelled before it went out).
                 d.state = DispatchState::Done;
@@ -296,8 +303,10 @@ impl Dispatcher {
             }
             let expected = r.version;
             if d.attempts >= d.max_attempts {
-                self.dead_letter(tx.as_mut(), &mut r, &mut d, now).await?;
+                let record = self.dead_letter(tx.as_mut(), &mut r, &mut d, now).await?;
                 tx.remediations().save(&r, expected).await?;
+                tx.audit().append(record).await?;
+                changed = true;
                 continue;
             }
             d.attempts += 1;
@@ -307,8 +316,13 @@ impl Dispatcher {
             tx.remediations().save_dispatch(&d).await?;
             r.attempts = d.attempts;
             r.dispatched_at = Some(now);
-            if r.status == RemediationStatus::Approved {
+            let dispatched = r.status == RemediationStatus::Approved;
+            if dispatched {
                 transition(&mut r, Event::Dispatch, now)?;
+            }
+            let saved = tx.remediations().save(&r, expected).await?;
+            changed = true;
+            if dispatched {
                 tx.audit()
                     .append(system_record(
                         dispatcher_actor(),
@@ -318,7 +332,6 @@ impl Dispatcher {
                     ))
                     .await?;
             }
-            let saved = tx.remediations().save(&r, expected).await?;
             let (action, probes) = match d.operation {
                 DispatchOperation::Apply => (saved.action.clone(), saved.probes.clone()),
                 DispatchOperation::Rollback => (
@@ -341,7 +354,18 @@ impl Dispatcher {
             });
         }
         tx.commit().await?;
+        if changed {
+            self.publish_change(tenant_id).await;
+        }
         Ok(commands)
+    }
+
+    /// Wakes the tenant's watchers (WatchEvents) after a committed remediation change.
+    async fn publish_change(&self, tenant_id: Uuid) {
+        let channel = crate::grpc::services::ingest::events_channel(tenant_id);
+        if let Err(error) = self.cache.publish(&channel, b"").await {
+            tracing::debug!(%error, "could not wake the tenant's watchers");
+        }
     }
 
     async fn dead_letter(
@@ -350,7 +374,7 @@ impl Dispatcher {
         r: &mut Remediation,
         d: &mut Dispatch,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<NewAuditRecord, StoreError> {
         d.state = DispatchState::Dead;
         if d.last_error.is_empty() {
             d.last_error = "attempts exhausted".into();
@@ -375,20 +399,18 @@ impl Dispatcher {
             "dispatch failed after {} attempts: {}",
             d.attempts, d.last_error
         );
-        tx.audit()
-            .append(system_record(
-                dispatcher_actor(),
-                "remediation.dead_lettered",
-                r,
-                json!({
-                    "dead_letter_id": letter.id,
-                    "execution_id": d.execution_id,
-                    "attempts": d.attempts,
-                    "last_error": d.last_error,
-                }),
-            ))
-            .await?;
-        Ok(())
+        // The caller appends it after saving the remediation (lock order).
+        Ok(system_record(
+            dispatcher_actor(),
+            "remediation.dead_lettered",
+            r,
+            json!({
+                "dead_letter_id": letter.id,
+                "execution_id": d.execution_id,
+                "attempts": d.attempts,
+                "last_error": d.last_error,
+            }),
+        ))
     }
 
     /// Folds an agent's report into the execution and its remediation. Reports of unknown,
@@ -415,6 +437,9 @@ impl Dispatcher {
         }
         let mut r = tx.remediations().lock(d.remediation_id).await?;
         let before = r.clone();
+        // Appended after the remediation is saved: the documented lock order is the
+        // remediation row, the tenant's change sequence, then the audit chain head.
+        let mut audits = Vec::new();
         let agent = ("agent", cluster_id.to_string());
         d.state = DispatchState::Acked;
         d.last_phase = format!("{:?}", report.phase).to_lowercase();
@@ -513,19 +538,17 @@ impl Dispatcher {
         if let Some(event) = event {
             match transition(&mut r, event, now) {
                 Ok(()) => {
-                    tx.audit()
-                        .append(system_record(
-                            agent.clone(),
-                            &format!("remediation.{}", audit_verb(event)),
-                            &r,
-                            json!({
-                                "execution_id": d.execution_id,
-                                "operation": d.operation.as_str(),
-                                "phase": d.last_phase,
-                                "error": report.error_message,
-                            }),
-                        ))
-                        .await?;
+                    audits.push(system_record(
+                        agent.clone(),
+                        &format!("remediation.{}", audit_verb(event)),
+                        &r,
+                        json!({
+                            "execution_id": d.execution_id,
+                            "operation": d.operation.as_str(),
+                            "phase": d.last_phase,
+                            "error": report.error_message,
+                        }),
+                    ));
                 }
                 Err(_) => {
                     // Already past this phase (a resent report): nothing to change.
@@ -539,7 +562,13 @@ impl Dispatcher {
         if r != before {
             tx.remediations().save(&r, before.version).await?;
         }
+        for record in audits {
+            tx.audit().append(record).await?;
+        }
         tx.commit().await?;
+        if r != before {
+            self.publish_change(tenant_id).await;
+        }
         if queued.is_some() {
             self.notify().await;
         }
@@ -574,6 +603,7 @@ impl Dispatcher {
                     ))
                     .await?;
                 tx.commit().await?;
+                self.publish_change(tenant_id).await;
             }
             Ok::<(), StoreError>(())
         };

@@ -579,6 +579,29 @@ pub struct Event {
     pub last_seen_at: DateTime<Utc>,
 }
 
+/// One entry of a tenant's change sequence, as [`crate::EventRepo::changes`]
+/// returns it: the current state of what changed at `seq()`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// An event stored or folded into; its place is `event.seq`.
+    Event(Event),
+    /// A remediation created or changed (with its current approvals).
+    Remediation {
+        seq: i64,
+        remediation: crate::remediation::Remediation,
+    },
+}
+
+impl Change {
+    /// Its place in the tenant's change sequence (the watchers' resume point).
+    pub fn seq(&self) -> i64 {
+        match self {
+            Change::Event(e) => e.seq,
+            Change::Remediation { seq, .. } => *seq,
+        }
+    }
+}
+
 /// What [`crate::EventRepo::ingest`] did with one input event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]

@@ -240,6 +240,12 @@ pub trait EventRepo: Send {
     /// `seq` and `count`. Seqs become visible in increasing order, so a
     /// watcher that resumes after the last seq it saw misses nothing.
     async fn tail(&mut self, after_seq: i64, limit: i64) -> Result<Vec<Event>>;
+    /// [`EventRepo::tail`] with the tenant's remediation changes merged in:
+    /// every change with `seq > after_seq`, events and remediations in one
+    /// seq order, oldest first, at most `limit` (clamped like `tail`). Each
+    /// comes as its current state at its latest seq (a remediation changed
+    /// twice comes once, at its second seq). What `WatchEvents` follows.
+    async fn changes(&mut self, after_seq: i64, limit: i64) -> Result<Vec<Change>>;
     /// The highest seq of the scope's tenant (0 when none).
     async fn last_seq(&mut self) -> Result<i64>;
 }

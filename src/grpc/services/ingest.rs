@@ -70,7 +70,7 @@ impl Default for IngestSettings {
 /// not read its acks stalls here, not in memory).
 const OUTBOUND_QUEUE: usize = 16;
 /// Channel on which a committed batch wakes the tenant's watchers.
-pub(super) fn events_channel(tenant_id: Uuid) -> String {
+pub(crate) fn events_channel(tenant_id: Uuid) -> String {
     format!("events:{tenant_id}")
 }
 
@@ -833,9 +833,12 @@ impl IngestService for IngestApi {
         }))
     }
 
-    /// Follows the tenant's events table from a resume point (the `resume_token` is the
-    /// event sequence), woken by the pub/sub message each committed batch publishes, polling
-    /// as a fallback, with heartbeats on idle streams.
+    /// Follows the tenant's change sequence from a resume point (the `resume_token` is the
+    /// seq): events and remediation changes, which take their seqs from the same per-tenant
+    /// sequence, so one token orders both and a resume misses neither. Woken by the pub/sub
+    /// message each committed ingest batch or remediation change publishes, polling as a
+    /// fallback, with heartbeats on idle streams. `cluster_id` filters both kinds;
+    /// `min_severity` only events (the contract's rule).
     async fn watch_events(
         &self,
         request: Request<pb::WatchEventsRequest>,
@@ -896,29 +899,41 @@ impl IngestService for IngestApi {
             loop {
                 let batch = async {
                     let mut tx = store.begin_read(&scope).await?;
-                    tx.events().tail(after, 500).await
+                    tx.events().changes(after, 500).await
                 }
                 .await;
-                let events = match batch {
-                    Ok(events) => events,
+                let changes = match batch {
+                    Ok(changes) => changes,
                     Err(error) => {
                         let _ = out.send(Err(store_status(error, ""))).await;
                         return;
                     }
                 };
-                let caught_up = events.len() < 500;
-                for event in events {
-                    after = event.seq;
-                    if cluster.is_some_and(|c| event.cluster_id != Some(c))
-                        || event.severity < min_severity
-                    {
-                        continue;
-                    }
+                let caught_up = changes.len() < 500;
+                for change in changes {
+                    let seq = change.seq();
+                    after = seq;
+                    let change = match change {
+                        zen_store::Change::Event(event) => {
+                            if cluster.is_some_and(|c| event.cluster_id != Some(c))
+                                || event.severity < min_severity
+                            {
+                                continue;
+                            }
+                            pb::watch_events_response::Change::Event(event_to_proto(event))
+                        }
+                        zen_store::Change::Remediation { remediation, .. } => {
+                            if cluster.is_some_and(|c| remediation.cluster_id != c) {
+                                continue;
+                            }
+                            pb::watch_events_response::Change::Remediation(
+                                super::remediation::remediation_to_proto(remediation),
+                            )
+                        }
+                    };
                     let message = pb::WatchEventsResponse {
-                        resume_token: event.seq.to_string(),
-                        change: Some(pb::watch_events_response::Change::Event(event_to_proto(
-                            event,
-                        ))),
+                        resume_token: seq.to_string(),
+                        change: Some(change),
                     };
                     if out.send(Ok(message)).await.is_err() {
                         return;

@@ -82,16 +82,15 @@ pub fn register<L>(router: Router<L>, deps: Dependencies) -> Router<L> {
         .add_service(IngestServiceServer::new(
             IngestApi::new(
                 store.clone(),
-                deps.cache,
+                deps.cache.clone(),
                 deps.ca,
                 deps.ingest,
                 deps.webhooks,
             )
             .with_dispatcher(dispatcher.clone()),
         ))
-        .add_service(RemediationServiceServer::new(RemediationApi::new(
-            store.clone(),
-            dispatcher,
-        )))
+        .add_service(RemediationServiceServer::new(
+            RemediationApi::new(store.clone(), dispatcher).with_cache(deps.cache),
+        ))
         .add_service(AuditServiceServer::new(AuditApi::new(store)))
 }

@@ -15,12 +15,14 @@ use serde_json::{json, Value};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use uuid::Uuid;
+use zen_cache::Cache;
 use zen_store::{
     ApprovalPolicy, ApprovalWindow, DeadLetter, DeadLetterFilter, DispatchOperation,
     NewRemediation, Remediation, RemediationFilter, RemediationStatus, RiskLevel, Role, Store,
     StoreError, TenantStatus, Tx, VerificationRun,
 };
 
+use super::ingest::events_channel;
 use super::support::{
     denied, duration_field, invalid, opt_timestamp, page_request, role_field, role_to_proto,
     store_status, timestamp, uuid_field, Call, Mutation, ERROR_DOMAIN,
@@ -488,11 +490,35 @@ fn caller_role(call: &Call) -> Role {
 pub struct RemediationApi {
     store: Arc<Store>,
     dispatcher: Arc<Dispatcher>,
+    /// Where committed changes wake the tenant's `WatchEvents` streams; without it they
+    /// notice within their poll interval.
+    cache: Option<Arc<dyn Cache>>,
 }
 
 impl RemediationApi {
     pub fn new(store: Arc<Store>, dispatcher: Arc<Dispatcher>) -> Self {
-        Self { store, dispatcher }
+        Self {
+            store,
+            dispatcher,
+            cache: None,
+        }
+    }
+
+    /// Publishes every committed remediation change on the tenant's events channel, which
+    /// `WatchEvents` streams listen on (the change itself is in the tenant's change sequence).
+    pub fn with_cache(mut self, cache: Arc<dyn Cache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Wakes the tenant's watchers after a commit that changed a remediation. Best effort:
+    /// a lost message only delays them to their next poll.
+    async fn changed(&self, tenant_id: Uuid) {
+        if let Some(cache) = &self.cache {
+            if let Err(error) = cache.publish(&events_channel(tenant_id), b"").await {
+                tracing::warn!(%error, "could not wake the tenant's event watchers");
+            }
+        }
     }
 
     /// Locks the remediation, checks the version, applies `change` (which may queue an
@@ -543,6 +569,7 @@ impl RemediationApi {
                 })
             })
             .await?;
+        self.changed(tenant_id).await;
         if queued {
             self.dispatcher.notify().await;
         }
@@ -705,6 +732,7 @@ impl remediation_service_server::RemediationService for RemediationApi {
                 },
             )
             .await?;
+        self.changed(tenant_id).await;
         if created.1 {
             self.dispatcher.notify().await;
         }
@@ -1400,6 +1428,7 @@ impl remediation_service_server::RemediationService for RemediationApi {
                 },
             )
             .await?;
+        self.changed(tenant_id).await;
         self.dispatcher.notify().await;
         Ok(Response::new(pb::ReplayDeadLetterResponse {
             dead_letter: Some(dead_letter_to_proto(letter)),

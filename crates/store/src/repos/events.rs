@@ -1,5 +1,6 @@
 //! Security events: batched, idempotent, folding ingestion; lists; the tail
-//! watchers follow.
+//! watchers follow (with the tenant's remediation changes merged in, which
+//! take their seqs from the same sequence head).
 //!
 //! One `ingest` call is a fixed number of statements whatever the batch size
 //! (each binds whole columns, see [`Rows`]):
@@ -360,6 +361,31 @@ fn write_rows(backend: BackendKind, b: &Batch<'_>, rows: &[(usize, Uuid)], fold:
         );
     }
     sql
+}
+
+impl SqlTx {
+    /// Takes the next seq of the scope's tenant's change sequence for one
+    /// change that is not an event (a remediation's create or change). Like
+    /// `ingest`, it row-locks the tenant's sequence head until the
+    /// transaction ends, so the change becomes visible only after every
+    /// smaller seq: it waits for the tenant's running ingest transaction, and
+    /// ingestion waits for it. Call it after every other row lock the
+    /// transaction takes on remediations, and before appending audit
+    /// records (docs/STORAGE.md, "Lock order").
+    pub(crate) async fn next_change_seq(&mut self, now: DateTime<Utc>) -> Result<i64> {
+        let tenant = self.tenant()?;
+        self.conn
+            .fetch_one(
+                "INSERT INTO event_seq_heads (tenant_id, last_seq, updated_at) VALUES ($1, 1, $2) \
+                 ON CONFLICT (tenant_id) DO UPDATE \
+                 SET last_seq = event_seq_heads.last_seq + 1, updated_at = excluded.updated_at \
+                 RETURNING last_seq",
+                args![tenant, micros(now)],
+            )
+            .await
+            .map_err(|e| e.on_foreign_key("tenant"))?
+            .get("last_seq")
+    }
 }
 
 #[async_trait]
@@ -734,10 +760,79 @@ impl EventRepo for SqlTx {
         .await
     }
 
+    async fn changes(&mut self, after_seq: i64, limit: i64) -> Result<Vec<Change>> {
+        let tenant = self.tenant()?;
+        if limit < 1 {
+            return Err(StoreError::invalid("limit", "must be at least 1"));
+        }
+        let limit = limit.min(MAX_TAIL_LIMIT);
+        // Two tables are read by two statements, which on PostgreSQL see two
+        // snapshots: a change committed between them could show up in the
+        // second read while a smaller seq committed just before it is missing
+        // from the first, and a watcher moving past it would never see it.
+        // So both reads stop at the head's committed `last_seq`: seqs are
+        // handed out under the head's row lock, so every seq up to the
+        // committed head belongs to a transaction that has committed, and both
+        // statements (started later) see it.
+        let upto: i64 = match self
+            .conn
+            .fetch_optional(
+                "SELECT last_seq FROM event_seq_heads WHERE tenant_id = $1",
+                args![tenant],
+            )
+            .await?
+        {
+            Some(row) => row.get("last_seq")?,
+            None => 0,
+        };
+        if upto <= after_seq {
+            return Ok(Vec::new());
+        }
+        let events = self
+            .all(
+                concat!(
+                    "SELECT ",
+                    event_cols!(e),
+                    " FROM event_changes c CROSS JOIN events e \
+                     WHERE c.tenant_id = $1 AND c.seq > $2 AND c.seq <= $3 \
+                     AND e.tenant_id = c.tenant_id AND e.id = c.event_id AND e.seq = c.seq \
+                     ORDER BY c.seq LIMIT $4"
+                ),
+                args![tenant, after_seq, upto, limit],
+                event_from,
+            )
+            .await?;
+        let remediations = self.remediations_changed(after_seq, upto, limit).await?;
+        // Merge the two seq-ordered lists; the first `limit` of the merge are
+        // within the first `limit` of each.
+        let mut merged = Vec::with_capacity(events.len() + remediations.len());
+        let mut events = events.into_iter().peekable();
+        let mut remediations = remediations.into_iter().peekable();
+        while (merged.len() as i64) < limit {
+            let next = match (events.peek(), remediations.peek()) {
+                (Some(e), Some((seq, _))) if e.seq < *seq => events.next().map(Change::Event),
+                (_, Some(_)) => remediations.next().map(|(seq, r)| Change::Remediation {
+                    seq,
+                    remediation: r,
+                }),
+                (Some(_), None) => events.next().map(Change::Event),
+                (None, None) => None,
+            };
+            match next {
+                Some(change) => merged.push(change),
+                None => break,
+            }
+        }
+        Ok(merged)
+    }
+
     async fn last_seq(&mut self) -> Result<i64> {
         let tenant = self.tenant()?;
         self.one(
-            "SELECT COALESCE(MAX(seq), 0) AS n FROM event_changes WHERE tenant_id = $1",
+            "SELECT COALESCE(MAX(m.seq), 0) AS n FROM ( \
+             SELECT MAX(seq) AS seq FROM event_changes WHERE tenant_id = $1 \
+             UNION ALL SELECT MAX(seq) AS seq FROM remediations \
+             WHERE tenant_id = $1 AND seq IS NOT NULL) m",
             args![tenant],
             "tenant",
             |r| r.get("n"),

@@ -194,6 +194,36 @@ impl SqlTx {
         Ok(())
     }
 
+    /// The scope's tenant's remediations whose latest change has a seq in
+    /// `(after, upto]`, in seq order, at most `limit`, with their approvals:
+    /// the remediation half of [`crate::EventRepo::changes`].
+    pub(crate) async fn remediations_changed(
+        &mut self,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Remediation)>> {
+        let tenant = self.tenant()?;
+        let rows = self
+            .all(
+                concat!(
+                    "SELECT ",
+                    remediation_cols!(),
+                    ", seq FROM remediations WHERE tenant_id = $1 AND seq > $2 AND seq <= $3 \
+                     ORDER BY seq LIMIT $4"
+                ),
+                args![tenant, after, upto, limit],
+                |r| Ok((r.get::<i64>("seq")?, remediation_from(r)?)),
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, mut r) in rows {
+            self.load_approvals(&mut r).await?;
+            out.push((seq, r));
+        }
+        Ok(out)
+    }
+
     async fn fetch_remediation(&mut self, id: Uuid, lock: bool) -> Result<Remediation> {
         let tenant = self.tenant()?;
         let sql = if lock {
@@ -229,13 +259,17 @@ impl RemediationRepo for SqlTx {
         check_json("probes", &new.probes)?;
         let at = now();
         let id = Uuid::now_v7();
+        // Its place in the tenant's change sequence, for watchers (locks the
+        // sequence head to the commit; the new row has no lock to wait for).
+        let seq = self.next_change_seq(at).await?;
         let inserted = self
             .conn
             .execute(
                 "INSERT INTO remediations (id, tenant_id, cluster_id, event_id, status, version, \
                  created_at, updated_at, title, description, action, rollback_action, probes, \
-                 risk, required_approvals, proposed_by, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, 1, $6, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                 risk, required_approvals, proposed_by, expires_at, seq) \
+                 VALUES ($1, $2, $3, $4, $5, 1, $6, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                 $16)",
                 args![
                     id,
                     tenant,
@@ -252,6 +286,7 @@ impl RemediationRepo for SqlTx {
                     new.required_approvals,
                     new.proposed_by,
                     new.expires_at.map(micros),
+                    seq,
                 ],
             )
             .await;
@@ -360,6 +395,16 @@ impl RemediationRepo for SqlTx {
                 )
                 .await;
         }
+        // Only now, with the row locked by the update, the next seq of the
+        // change sequence: taking the sequence head first could wait on the
+        // row while holding the head that the row's holder waits for.
+        let seq = self.next_change_seq(now()).await?;
+        self.conn
+            .execute(
+                "UPDATE remediations SET seq = $3 WHERE tenant_id = $1 AND id = $2",
+                args![tenant, r.id, seq],
+            )
+            .await?;
         self.fetch_remediation(r.id, false).await
     }
 
