@@ -125,6 +125,22 @@ pub struct ServeArgs {
     /// Enables `POST /agent/v1/events`: the key every cluster's legacy HMAC key derives from.
     #[arg(long, env = "ZEN_LEGACY_AGENT_KEY", hide_env_values = true)]
     pub legacy_agent_key: Option<String>,
+    /// How often the remediation dispatcher looks for due work, in ms (default 1000).
+    #[arg(long, env = "ZEN_REMEDIATION_POLL_MS")]
+    pub remediation_poll_ms: Option<u64>,
+    /// First retry delay of an unacknowledged remediation command, in ms; doubles per attempt
+    /// (default 2000).
+    #[arg(long, env = "ZEN_REMEDIATION_BACKOFF_BASE_MS")]
+    pub remediation_backoff_base_ms: Option<u64>,
+    /// Cap of the retry delay, in ms (default 300000).
+    #[arg(long, env = "ZEN_REMEDIATION_BACKOFF_MAX_MS")]
+    pub remediation_backoff_max_ms: Option<u64>,
+    /// How often expired proposals are swept and backlog gauges refreshed, in ms (default 10000).
+    #[arg(long, env = "ZEN_REMEDIATION_SWEEP_MS")]
+    pub remediation_sweep_ms: Option<u64>,
+    /// Time an agent has to start executing a command it received, in ms (default 600000).
+    #[arg(long, env = "ZEN_REMEDIATION_COMMAND_DEADLINE_MS")]
+    pub remediation_command_deadline_ms: Option<u64>,
 }
 
 /// The TOML file: every key optional, named as the flags with `_` for `-`.
@@ -160,6 +176,11 @@ struct FileConfig {
     oidc_providers: Vec<OidcProvider>,
     webhook_secret_keys: Option<String>,
     legacy_agent_key: Option<String>,
+    remediation_poll_ms: Option<u64>,
+    remediation_backoff_base_ms: Option<u64>,
+    remediation_backoff_max_ms: Option<u64>,
+    remediation_sweep_ms: Option<u64>,
+    remediation_command_deadline_ms: Option<u64>,
 }
 
 /// One OIDC provider (Google, Okta, Azure AD, Keycloak … are all just issuers). The redirect
@@ -216,6 +237,8 @@ pub struct Config {
     pub webhook_secret_keys: Option<String>,
     /// `ZEN_LEGACY_AGENT_KEY`; `None` turns the legacy agent endpoint off.
     pub legacy_agent_key: Option<String>,
+    /// Remediation dispatch and expiry timings.
+    pub remediation: crate::remediation::RemediationSettings,
 }
 
 /// How the built-in gateway reaches the gRPC front, and what it accepts.
@@ -390,6 +413,43 @@ impl Config {
                 .clone()
                 .or(file.webhook_secret_keys)
                 .filter(|k| !k.trim().is_empty()),
+            remediation: {
+                // Flags > environment (read by clap into the flags, or directly when the
+                // arguments were built in code) > file > defaults.
+                let env = crate::remediation::RemediationSettings::from_env();
+                let pick = |flag: Option<u64>, file: Option<u64>, fallback: Duration| {
+                    flag.or(file)
+                        .filter(|ms| *ms > 0)
+                        .map_or(fallback, Duration::from_millis)
+                };
+                crate::remediation::RemediationSettings {
+                    poll_interval: pick(
+                        serve.remediation_poll_ms,
+                        file.remediation_poll_ms,
+                        env.poll_interval,
+                    ),
+                    backoff_base: pick(
+                        serve.remediation_backoff_base_ms,
+                        file.remediation_backoff_base_ms,
+                        env.backoff_base,
+                    ),
+                    backoff_max: pick(
+                        serve.remediation_backoff_max_ms,
+                        file.remediation_backoff_max_ms,
+                        env.backoff_max,
+                    ),
+                    sweep_interval: pick(
+                        serve.remediation_sweep_ms,
+                        file.remediation_sweep_ms,
+                        env.sweep_interval,
+                    ),
+                    command_deadline: pick(
+                        serve.remediation_command_deadline_ms,
+                        file.remediation_command_deadline_ms,
+                        env.command_deadline,
+                    ),
+                }
+            },
             legacy_agent_key: serve
                 .legacy_agent_key
                 .clone()

@@ -206,6 +206,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 legacy_agent_key: config.legacy_agent_key.clone(),
                 fold_window: config.event_fold_window,
             },
+            remediation: config.remediation.clone(),
         },
     );
     // Small messages must not wait for Nagle's algorithm (40 ms with delayed ACKs).

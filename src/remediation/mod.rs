@@ -20,8 +20,9 @@ use zen_store::{
 
 pub use dispatch::{Command, Dispatcher, Phase, ProbeOutcome, Report};
 
-/// Tuning of dispatch and expiry. Read from `ZEN_REMEDIATION_*` environment variables (see
-/// docs/REMEDIATION.md); attempts per execution come from the tenant's approval policy.
+/// Tuning of dispatch and expiry, part of the configuration (`--remediation-*-ms` flags,
+/// `ZEN_REMEDIATION_*_MS`, the TOML file; see docs/DEPLOYMENT.md); attempts per execution come
+/// from the tenant's approval policy.
 #[derive(Clone, Debug)]
 pub struct RemediationSettings {
     /// How often the dispatcher looks for due work when nothing wakes it.

@@ -41,6 +41,7 @@ pub struct Dependencies {
     pub ca: Option<Arc<zen_security::CertificateAuthority>>,
     pub ingest: IngestSettings,
     pub webhooks: WebhookSettings,
+    pub remediation: crate::remediation::RemediationSettings,
 }
 
 use crate::proto::zen;
@@ -64,11 +65,8 @@ pub fn register<L>(router: Router<L>, deps: Dependencies) -> Router<L> {
     let store = deps.store;
     // One dispatcher per process: it drives queued remediations down the agent streams this
     // replica holds (see docs/REMEDIATION.md).
-    let dispatcher = crate::remediation::Dispatcher::new(
-        store.clone(),
-        deps.cache.clone(),
-        crate::remediation::RemediationSettings::from_env(),
-    );
+    let dispatcher =
+        crate::remediation::Dispatcher::new(store.clone(), deps.cache.clone(), deps.remediation);
     dispatcher.start();
     router
         .add_service(AuthServiceServer::new(AuthApi::new(
