@@ -24,7 +24,9 @@ use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
 use zen_security::PkiFiles;
-use zen_store::{AuditOutcome, EventFilter, NewAuditRecord, NewEvent, PageRequest, Scope, Store};
+use zen_store::{
+    AuditOutcome, EventFilter, NewAuditRecord, NewEvent, PageRequest, Scope, Store, TenantUpdate,
+};
 
 use crate::bench::{percentile, start_zen};
 use crate::proto::zen::ingest::v1 as pb;
@@ -83,7 +85,8 @@ pub struct Row {
     /// The status that counts as success (202 for deliveries, 200 for the ceiling).
     pub success_status: u16,
     pub successes: usize,
-    /// Every other status, and `0` for requests that got no answer at all.
+    /// Every other status; `0` counts requests that got no answer at all, `1` store-only
+    /// operations that failed.
     pub others: BTreeMap<u16, usize>,
     /// Events found in the database afterwards (deliveries only).
     pub stored: Option<usize>,
@@ -106,6 +109,7 @@ impl Row {
             .iter()
             .map(|(status, n)| match status {
                 0 => format!("no answer x{n}"),
+                1 => format!("failed x{n}"),
                 s => format!("{s} x{n}"),
             })
             .collect::<Vec<_>>()
@@ -138,11 +142,14 @@ impl DatabaseFigures {
         );
         let mut line = |r: &Row, share: bool| {
             out.push_str(&format!(
-                "| {} | {} | {} ({}) | {} | {} | {:.0} | {} | {:.2} | {:.2} |\n",
+                "| {} | {} | {}{} | {} | {} | {:.0} | {} | {:.2} | {:.2} |\n",
                 r.label,
                 r.requests,
                 r.successes,
-                r.success_status,
+                match r.success_status {
+                    0 => String::new(),
+                    s => format!(" ({s})"),
+                },
                 r.others_text(),
                 r.stored.map_or("-".into(), |n| n.to_string()),
                 r.rate(),
@@ -303,6 +310,28 @@ fn signed_delivery(
         )],
     };
     (headers, body)
+}
+
+/// A source's rate limit is capped by its tenant's `requests_per_second` quota (100 by
+/// default): raised here so neither limit refuses a delivery, while both are still checked on
+/// every delivery as in production.
+async fn raise_quotas(database_url: &str, tenant: Uuid) -> anyhow::Result<()> {
+    let store = Store::connect(database_url).await?;
+    let mut tx = store.begin(&Scope::platform_admin(None)).await?;
+    tx.tenants()
+        .update(
+            tenant,
+            None,
+            TenantUpdate {
+                requests_per_second: Some(1_000_000),
+                max_events_per_day: Some(1_000_000_000),
+                ..Default::default()
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    store.close().await;
+    Ok(())
 }
 
 /// A gRPC channel with the operator's admin identity (`pki/admin.crt`).
@@ -490,8 +519,9 @@ async fn count_events(
 enum StoreWork {
     /// The reads before verification: source, tenant, secrets (one read-only transaction).
     Reads,
-    /// The write transaction: the event, the source's last delivery time, the audit record.
-    Write { audit: bool },
+    /// The write transaction of `batch` deliveries: their events, the source's last delivery
+    /// time, one audit record per delivery (when `audit`).
+    Write { audit: bool, batch: usize },
 }
 
 /// `requests` deliveries' worth of `work` from `concurrency` writers, no HTTP and no gRPC.
@@ -516,20 +546,26 @@ async fn store_ceiling(
             let mut latencies = Vec::new();
             let mut failures = 0;
             loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= requests {
+                let step = match work {
+                    StoreWork::Reads => 1,
+                    StoreWork::Write { batch, .. } => batch,
+                };
+                let first = next.fetch_add(step, Ordering::Relaxed);
+                if first >= requests {
                     break;
                 }
+                let indexes = first..(first + step).min(requests);
+                let count = indexes.len();
                 let at = Instant::now();
                 let done = match work {
                     StoreWork::Reads => reads(&store, &scope, tenant, source).await,
-                    StoreWork::Write { audit } => {
-                        write(&store, &scope, source, &run, index, audit).await
+                    StoreWork::Write { audit, .. } => {
+                        write(&store, &scope, source, &run, indexes, audit).await
                     }
                 };
                 latencies.push(at.elapsed().as_secs_f64() * 1000.0);
                 if done.is_err() {
-                    failures += 1;
+                    failures += count;
                 }
             }
             (latencies, failures)
@@ -575,30 +611,33 @@ async fn write(
     scope: &Scope,
     source: Uuid,
     run: &str,
-    index: usize,
+    indexes: std::ops::Range<usize>,
     audit: bool,
 ) -> zen_store::Result<()> {
     let now = Utc::now();
-    let id = format!("store-{run}-{index}");
-    let event = NewEvent {
-        source: "webhook".into(),
-        source_name: Some(format!("store-ceiling-{run}")),
-        category: "security".into(),
-        severity: 4,
-        event_type: "bench.delivery".into(),
-        title: format!("bench delivery {index}"),
-        resource: serde_json::json!({}),
-        details: serde_json::json!({ "id": id }),
-        fingerprint: id.clone(),
-        detected_at: now,
-        source_event_id: id.clone(),
-    };
+    let ids: Vec<String> = indexes.map(|i| format!("store-{run}-{i}")).collect();
+    let events: Vec<NewEvent> = ids
+        .iter()
+        .map(|id| NewEvent {
+            source: "webhook".into(),
+            source_name: Some(format!("store-ceiling-{run}")),
+            category: "security".into(),
+            severity: 4,
+            event_type: "bench.delivery".into(),
+            title: format!("bench delivery {id}"),
+            resource: serde_json::json!({}),
+            details: serde_json::json!({ "id": id }),
+            fingerprint: id.clone(),
+            detected_at: now,
+            source_event_id: id.clone(),
+        })
+        .collect();
     let mut tx = store.begin(scope).await?;
     tx.events()
-        .ingest(None, &[event], Duration::from_secs(3600), now)
+        .ingest(None, &events, Duration::from_secs(3600), now)
         .await?;
     tx.webhook_sources().record_delivery(source, now).await?;
-    if audit {
+    for id in ids.iter().filter(|_| audit) {
         let mut record = NewAuditRecord::new(
             "webhook_source",
             "webhook.receive",
@@ -626,6 +665,7 @@ pub async fn webhooks(
     let (running, config, tenant, _) = start_zen(dir.path(), database_url, false, 0)
         .await
         .context("starting Zen")?;
+    raise_quotas(database_url, tenant).await?;
     let pki = PkiFiles::new(config.pki_dir());
     let sources =
         create_sources(admin_channel(&running, &pki).await?, tenant, &load.schemes).await?;
@@ -695,33 +735,56 @@ pub async fn webhooks(
         row.stored = Some(count);
     }
 
-    // The delivery's database work alone, with as many writers as the server's store pool.
+    // The delivery's database work alone, with as many writers as the server's store pool:
+    // one transaction per delivery with and without the audit append, and batches of
+    // STORE_BATCH deliveries per transaction (what a group commit does).
     let source = Uuid::parse_str(&sources[0].id)?;
+    let requests = load.deliveries.min(STORE_REQUESTS);
     let mut store = Vec::new();
-    for (work, label) in [
-        (StoreWork::Reads, "store only: the delivery's reads"),
+    for (work, writers, label) in [
         (
-            StoreWork::Write { audit: false },
-            "store only: event + last delivery, no audit",
+            StoreWork::Reads,
+            STORE_WRITERS,
+            "store only: the delivery's reads".to_owned(),
         ),
         (
-            StoreWork::Write { audit: true },
-            "store only: the delivery's write transaction",
+            StoreWork::Write {
+                audit: false,
+                batch: 1,
+            },
+            STORE_WRITERS,
+            "store only: 1 delivery per tx, no audit".to_owned(),
+        ),
+        (
+            StoreWork::Write {
+                audit: true,
+                batch: 1,
+            },
+            STORE_WRITERS,
+            "store only: 1 delivery per tx".to_owned(),
+        ),
+        (
+            StoreWork::Write {
+                audit: true,
+                batch: STORE_BATCH,
+            },
+            1,
+            format!("store only: {STORE_BATCH} deliveries per tx"),
         ),
     ] {
         let row = store_ceiling(
             database_url,
             tenant,
             source,
-            load.deliveries,
-            STORE_WRITERS,
+            requests,
+            writers,
             work,
-            format!("{label} ({STORE_WRITERS} writers)"),
+            format!("{label} ({writers} writers)"),
         )
         .await
-        .with_context(|| label.to_owned())?;
+        .with_context(|| label.clone())?;
         println!(
-            "{database}: {:<36} {:>8.0} per s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+            "{database}: {:<48} {:>8.0} per s  p50 {:>7.2} ms  p99 {:>7.2} ms",
             row.label,
             row.rate(),
             row.p50_ms,
@@ -740,3 +803,8 @@ pub async fn webhooks(
 /// Writers of the store-only runs: the size of Zen's default store pool, which is what bounds
 /// the server's own concurrency in the database.
 const STORE_WRITERS: usize = 10;
+/// Deliveries per transaction of the batched store-only run (one writer, as one committer per
+/// tenant would).
+const STORE_BATCH: usize = 64;
+/// At most this many operations per store-only run: enough for a steady rate.
+const STORE_REQUESTS: usize = 5000;
