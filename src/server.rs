@@ -33,7 +33,6 @@ const CACHE_PREFIX: &str = "zen:";
 /// `aud` of Zen's access tokens.
 pub const TOKEN_AUDIENCE: &str = "zen";
 
-/// The OIDC client of the configured providers, redirecting to `<public-url>/auth/callback/<name>`.
 /// The key ring sealing webhook secrets: `ZEN_WEBHOOK_SECRET_KEYS`, or in development a key
 /// file created under the data dir on first start (production refuses to start without the
 /// setting, see `Config::validate_for_serve`).
@@ -64,6 +63,7 @@ fn webhook_sealer(config: &Config) -> anyhow::Result<zen_webhook::SecretSealer> 
         .with_context(|| format!("the webhook secret keys in {}", path.display()))
 }
 
+/// The OIDC client of the configured providers, redirecting to `<public-url>/auth/callback/<name>`.
 fn oidc_providers(
     config: &Config,
     cache: Arc<dyn zen_cache::Cache>,
