@@ -330,6 +330,25 @@ async fn sources_are_managed_with_checked_settings_and_secrets_shown_once() {
         )
         .await;
     assert_eq!(stale.status(), StatusCode::CONFLICT);
+    // Without a mask, the fields the body names change, proto3 defaults included; a field
+    // that cannot change (the name) sent back with the resource is left out of the mask.
+    let cleared = body(
+        admin
+            .patch(
+                &zen,
+                &format!("/webhookSources/{id}"),
+                &json!({ "rateLimitPerSecond": 0, "name": "scanner", "version": updated["version"] }),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await["webhookSource"]
+        .clone();
+    assert!(
+        cleared.get("rateLimitPerSecond").is_none_or(|v| v == 0),
+        "{cleared}"
+    );
+    assert_ne!(cleared["enabled"], true, "untouched: {cleared}");
 
     // A disabled source refuses deliveries; deletion makes it unknown.
     let http = http_client();

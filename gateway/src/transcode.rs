@@ -19,12 +19,14 @@ use crate::template::Captures;
 /// `google.api.FieldBehavior` values the gateway acts on.
 const REQUIRED: i32 = 2;
 const OUTPUT_ONLY: i32 = 3;
+const IMMUTABLE: i32 = 5;
 
 /// Field behaviours of every field of the pool, by field full name.
 #[derive(Debug, Default)]
 pub(crate) struct Behaviors {
     required: HashSet<String>,
     output_only: HashSet<String>,
+    immutable: HashSet<String>,
 }
 
 impl Behaviors {
@@ -50,6 +52,9 @@ impl Behaviors {
                 if values.contains(&OUTPUT_ONLY) {
                     out.output_only.insert(field.full_name().to_owned());
                 }
+                if values.contains(&IMMUTABLE) {
+                    out.immutable.insert(field.full_name().to_owned());
+                }
             }
         }
         out
@@ -61,6 +66,10 @@ impl Behaviors {
 
     pub fn is_output_only(&self, field: &FieldDescriptor) -> bool {
         self.output_only.contains(field.full_name())
+    }
+
+    pub fn is_immutable(&self, field: &FieldDescriptor) -> bool {
+        self.immutable.contains(field.full_name())
     }
 }
 
@@ -202,6 +211,7 @@ pub(crate) fn build_request(
     if !errors.is_empty() {
         return Err(invalid(errors));
     }
+    mask_from_body(&mut msg, route, &input.body, behaviors);
     clear_output_only(&mut msg, behaviors);
     // AIP-134: an update with a field mask is partial, so the resource's own REQUIRED fields
     // (often IMMUTABLE too) are not demanded again; the request's top-level ones still are.
@@ -214,6 +224,57 @@ pub(crate) fn build_request(
         return Err(invalid(errors));
     }
     Ok(msg)
+}
+
+/// A PATCH that names no `update_mask` changes the fields its JSON body names, as
+/// grpc-gateway does: the mask is built from the body object's top-level keys, so a value
+/// that is also proto3's default (`false`, `0`, `""`) is still applied. Fields that cannot be
+/// updated (OUTPUT_ONLY, IMMUTABLE) and the optimistic-concurrency `version`/`etag` are left
+/// out, so sending back a whole resource read earlier works.
+fn mask_from_body(msg: &mut DynamicMessage, route: &Route, body: &[u8], behaviors: &Behaviors) {
+    if route.info.http_method != "PATCH" {
+        return;
+    }
+    let BodyBinding::Field(resource_field) = &route.body else {
+        return;
+    };
+    let Kind::Message(resource) = resource_field.kind() else {
+        return;
+    };
+    let Some(mask_field) = msg.descriptor().get_field_by_name("update_mask") else {
+        return;
+    };
+    if !matches!(mask_field.kind(), Kind::Message(m) if m.full_name() == FIELD_MASK)
+        || msg.has_field(&mask_field)
+    {
+        return;
+    }
+    let Ok(Json::Object(object)) = serde_json::from_slice::<Json>(body) else {
+        return;
+    };
+    let paths: Vec<Value> = object
+        .keys()
+        .filter_map(|key| {
+            resource
+                .fields()
+                .find(|f| f.json_name() == key || f.name() == key)
+        })
+        .filter(|f| {
+            !behaviors.is_output_only(f)
+                && !behaviors.is_immutable(f)
+                && !matches!(f.name(), "version" | "etag")
+        })
+        .map(|f| Value::String(f.name().to_owned()))
+        .collect();
+    if paths.is_empty() {
+        return;
+    }
+    let Kind::Message(mask_desc) = mask_field.kind() else {
+        return;
+    };
+    let mut mask = DynamicMessage::new(mask_desc);
+    mask.set_field_by_name("paths", Value::List(paths));
+    msg.set_field(&mask_field, Value::Message(mask));
 }
 
 fn http_body(desc: &MessageDescriptor, content_type: &str, data: Bytes) -> DynamicMessage {
