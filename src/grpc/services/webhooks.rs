@@ -464,6 +464,28 @@ impl Webhooks {
         }
     }
 
+    /// A live source of the tenant, read in the caller's scope.
+    async fn read_source(
+        &self,
+        call: &Call,
+        tenant_id: Uuid,
+        source_id: Uuid,
+    ) -> Result<WebhookSource, Status> {
+        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
+        tx.webhook_sources()
+            .get(source_id)
+            .await
+            .map_err(|e| store_status(e, ""))
+    }
+
+    /// A secret sealed for its row (see `secret_aad`).
+    fn seal(&self, tenant_id: Uuid, source_id: Uuid, secret_id: Uuid, secret: &str) -> String {
+        self.settings.sealer.seal(
+            secret.as_bytes(),
+            secret_aad(tenant_id, source_id, secret_id).as_bytes(),
+        )
+    }
+
     /// A secret for `scheme`: the caller's (checked) or a generated one.
     fn secret_for(scheme: &Scheme, given: &str, field: &str) -> Result<String, Status> {
         if given.is_empty() {
@@ -493,10 +515,7 @@ impl Webhooks {
             .transpose()?;
         // The id is the URL's only secret part: random (v4), not time-ordered.
         let (source_id, secret_id) = (Uuid::new_v4(), Uuid::now_v7());
-        let sealed = self.settings.sealer.seal(
-            secret.as_bytes(),
-            secret_aad(tenant_id, source_id, secret_id).as_bytes(),
-        );
+        let sealed = self.seal(tenant_id, source_id, secret_id, &secret);
         let new = NewWebhookSource {
             id: source_id,
             name: source.name,
@@ -547,12 +566,7 @@ impl Webhooks {
         let call = Call::of(&request)?;
         let tenant_id = uuid_field("tenant_id", &request.get_ref().tenant_id)?;
         let source_id = uuid_field("source_id", &request.get_ref().source_id)?;
-        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
-        let source = tx
-            .webhook_sources()
-            .get(source_id)
-            .await
-            .map_err(|e| store_status(e, ""))?;
+        let source = self.read_source(&call, tenant_id, source_id).await?;
         Ok(Response::new(pb::GetWebhookSourceResponse {
             webhook_source: Some(self.to_proto(source)),
         }))
@@ -649,13 +663,7 @@ impl Webhooks {
         let has = |p: &str| paths.iter().any(|x| x == p);
 
         // Merge the patch over the stored configuration, then check the result as a whole.
-        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
-        let current = tx
-            .webhook_sources()
-            .get(source_id)
-            .await
-            .map_err(|e| store_status(e, ""))?;
-        drop(tx);
+        let current = self.read_source(&call, tenant_id, source_id).await?;
         let mut merged = self.to_proto(current);
         if has("verification") {
             // A secret belongs to its scheme (a `whpk_` public key read as an HMAC key would
@@ -794,20 +802,11 @@ impl Webhooks {
                 ttl
             }
         };
-        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
-        let current = tx
-            .webhook_sources()
-            .get(source_id)
-            .await
-            .map_err(|e| store_status(e, ""))?;
-        drop(tx);
+        let current = self.read_source(&call, tenant_id, source_id).await?;
         let scheme = self.compile(&current)?.scheme.clone();
         let secret = Self::secret_for(&scheme, &req.secret, "secret")?;
         let secret_id = Uuid::now_v7();
-        let sealed = self.settings.sealer.seal(
-            secret.as_bytes(),
-            secret_aad(tenant_id, source_id, secret_id).as_bytes(),
-        );
+        let sealed = self.seal(tenant_id, source_id, secret_id, &secret);
         let old_expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
         let scope = call.scope(Some(tenant_id));
         let rotated = call
