@@ -650,7 +650,7 @@ def test_too_large_and_invalid_json_bodies(server, http, tenant):
     auth = {"Authorization": f"Bearer {source.secret}"}
     # Just past the default 1 MiB limit: the gateway answers 413 from Content-Length before
     # reading the body and closes, so a much larger upload can still be in flight and see a
-    # reset instead of the answer (see the closing note); this size is sent in full first.
+    # reset instead of the answer (docs/GATEWAY.md, "Limits"); this size is sent in full first.
     problem(source.post(b"{" + b" " * ((1 << 20) + 1024) + b"}", auth), 413)
     problem(source.post(b"{not json", auth), 400)
     assert source.events() == []
