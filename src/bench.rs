@@ -107,6 +107,7 @@ pub(crate) async fn start_zen(
     let serve = ServeArgs {
         grpc_addr: Some("127.0.0.1:0".parse()?),
         http_addr: Some("127.0.0.1:0".parse()?),
+        admin_addr: Some("127.0.0.1:0".parse()?),
         bench_discard_events: Some(discard),
         ..Default::default()
     };

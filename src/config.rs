@@ -56,9 +56,19 @@ pub struct ServeArgs {
     /// Address of the mutual-TLS gRPC front.
     #[arg(long, env = "ZEN_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
-    /// Address of the HTTP side (health, metrics, REST gateway).
+    /// Address of the public HTTP side (REST gateway, WebSocket, webhooks, `/health`,
+    /// `/ready`).
     #[arg(long, env = "ZEN_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// Address of the admin listener: `/metrics` and deep health (`/health/database`), never
+    /// served on the public listener (default 127.0.0.1:9464).
+    #[arg(long, env = "ZEN_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose `Forwarded` /
+    /// `X-Forwarded-For` headers name the client; from any other peer they are ignored
+    /// (default none: the direct peer is the client).
+    #[arg(long, env = "ZEN_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
     /// Apply pending migrations at start (default true).
     #[arg(long, env = "ZEN_AUTO_MIGRATE")]
     pub auto_migrate: Option<bool>,
@@ -153,6 +163,8 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     grpc_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    trusted_proxies: Option<String>,
     auto_migrate: Option<bool>,
     tls_ca_cert: Option<PathBuf>,
     tls_server_cert: Option<PathBuf>,
@@ -218,6 +230,8 @@ pub struct Config {
     pub database_url: String,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The admin listener (metrics, deep health).
+    pub admin_addr: SocketAddr,
     pub auto_migrate: bool,
     pub tls: TlsFiles,
     pub shutdown_grace: Duration,
@@ -251,6 +265,8 @@ pub struct GatewaySettings {
     pub server_name: String,
     pub allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
+    /// Proxies whose forwarding headers name the client address.
+    pub trusted_proxies: zen_gateway::TrustedProxies,
 }
 
 /// A configuration problem, worded for the person who has to fix it.
@@ -269,6 +285,7 @@ pub enum ConfigError {
 
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7443";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
 const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 20;
 
 impl Config {
@@ -323,6 +340,10 @@ impl Config {
                 .or(file.grpc_addr)
                 .unwrap_or_else(|| DEFAULT_GRPC_ADDR.parse().expect("valid default")),
             http_addr,
+            admin_addr: serve
+                .admin_addr
+                .or(file.admin_addr)
+                .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.parse().expect("valid default")),
             auto_migrate: serve.auto_migrate.or(file.auto_migrate).unwrap_or(true),
             tls: TlsFiles {
                 ca_key: serve
@@ -393,6 +414,18 @@ impl Config {
                         .max_body_bytes
                         .or(file.max_body_bytes)
                         .unwrap_or(1024 * 1024),
+                    trusted_proxies: zen_gateway::TrustedProxies::parse(
+                        serve
+                            .trusted_proxies
+                            .as_deref()
+                            .or(file.trusted_proxies.as_deref())
+                            .unwrap_or_default(),
+                    )
+                    .map_err(|e| {
+                        ConfigError::Invalid(format!(
+                            "ZEN_TRUSTED_PROXIES / --trusted-proxies: {e}"
+                        ))
+                    })?,
                 }
             },
             agent_cert_validity: Duration::from_secs(
@@ -472,12 +505,18 @@ impl Config {
                 redact_url(url)
             )));
         }
-        if self.grpc_addr == self.http_addr && self.grpc_addr.port() != 0 {
-            return Err(ConfigError::Invalid(format!(
-                "the gRPC and HTTP addresses are both {}; give them different ports \
-                 (--grpc-addr / ZEN_GRPC_ADDR, --http-addr / ZEN_HTTP_ADDR)",
-                self.grpc_addr
-            )));
+        for (a, b, a_name, b_name) in [
+            (self.grpc_addr, self.http_addr, "gRPC", "HTTP"),
+            (self.admin_addr, self.http_addr, "admin", "HTTP"),
+            (self.admin_addr, self.grpc_addr, "admin", "gRPC"),
+        ] {
+            if a == b && a.port() != 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "the {a_name} and {b_name} addresses are both {a}; give them different \
+                     ports (--grpc-addr / ZEN_GRPC_ADDR, --http-addr / ZEN_HTTP_ADDR, \
+                     --admin-addr / ZEN_ADMIN_ADDR)"
+                )));
+            }
         }
         if self.shutdown_grace > Duration::from_secs(3600) {
             return Err(ConfigError::Invalid(

@@ -1,4 +1,7 @@
-//! The HTTP side: liveness, readiness, metrics. The REST gateway mounts on this same server.
+//! The operational HTTP routes. The public listener (which the REST gateway and webhooks
+//! share) answers liveness and readiness; the admin listener (`--admin-addr`, loopback by
+//! default) adds metrics and deep health, which must not face the internet: metric labels
+//! name webhook sources, whose ids are the secret part of their URLs.
 
 use std::sync::Arc;
 
@@ -18,15 +21,23 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
 }
 
-/// Routes that answer without authentication; the gateway adds its own after these.
-pub fn router(state: HttpState) -> Router {
+/// The public listener's own routes (no authentication); the gateway adds its own after these.
+pub fn public_router(state: HttpState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/readyz", get(ready))
-        .route("/health/database", get(database))
-        .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// The admin listener: the public probes, deep health and the Prometheus scrape.
+pub fn admin_router(state: HttpState) -> Router {
+    public_router(state.clone()).merge(
+        Router::new()
+            .route("/health/database", get(database))
+            .route("/metrics", get(metrics))
+            .with_state(state),
+    )
 }
 
 /// Liveness: 200 while the process runs.

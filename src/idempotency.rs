@@ -1,5 +1,6 @@
 //! The gateway's idempotency keys in the shared cache (Redis when configured), so a replayed
-//! `X-Request-Id` is recognized by every replica.
+//! `X-Request-Id` is recognized by every replica; and who a bearer token names, so a stored
+//! answer is replayed only to its principal after the token is checked ([`TokenPrincipal`]).
 //!
 //! A key holds `{fingerprint, response?}`: claimed with set-if-absent (an in-flight marker with
 //! a lease), completed by compare-and-swap from that marker to the stored response.
@@ -10,7 +11,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use zen_cache::Cache;
-use zen_gateway::{Claim, IdempotencyStore, StoreError as IdempotencyStoreError, StoredResponse};
+use zen_gateway::{
+    Authenticator, Claim, IdempotencyStore, Principal, StoreError as IdempotencyStoreError,
+    StoredResponse,
+};
+
+use crate::auth::Auth;
 
 const PREFIX: &str = "idempotency:";
 
@@ -113,5 +119,34 @@ impl IdempotencyStore for CacheIdempotency {
             .await
             .map(|_| ())
             .map_err(failed)
+    }
+}
+
+/// The gateway's [`Authenticator`]: a person's access token, checked like the gRPC front checks
+/// it (signature, expiry, live session), names the person. A refreshed token of the same
+/// person is the same principal; a logged-out or forged one is [`Principal::Unverified`].
+pub struct TokenPrincipal {
+    auth: Arc<Auth>,
+}
+
+impl TokenPrincipal {
+    pub fn new(auth: Arc<Auth>) -> Self {
+        Self { auth }
+    }
+}
+
+#[async_trait]
+impl Authenticator for TokenPrincipal {
+    async fn principal(&self, authorization: &str) -> Principal {
+        let Some((scheme, token)) = authorization.split_once(' ') else {
+            return Principal::Unverified;
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Principal::Unverified;
+        }
+        match self.auth.authenticate(token.trim()).await {
+            Ok(principal) => Principal::Known(format!("user:{}", principal.user_id)),
+            Err(_) => Principal::Unverified,
+        }
     }
 }

@@ -24,7 +24,7 @@ use crate::grpc::contract::ContractVersions;
 use crate::grpc::edge::GrpcEdgeLayer;
 use crate::grpc::services;
 use crate::http::{self, HttpState};
-use crate::idempotency::CacheIdempotency;
+use crate::idempotency::{CacheIdempotency, TokenPrincipal};
 use crate::readiness::{self, Readiness};
 use crate::{proto, store, telemetry, tls};
 
@@ -90,15 +90,21 @@ fn oidc_providers(
 
 /// How often the gRPC health status follows the dependency checks.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// The largest header list the gRPC front takes (h2 `SETTINGS_MAX_HEADER_LIST_SIZE`): well
+/// above what the gateway forwards (`zen_gateway::MAX_HEADER_BYTES`).
+const MAX_GRPC_HEADER_LIST_BYTES: u32 = 256 * 1024;
 
 /// A started Zen: both servers accept connections until [`Running::shutdown`].
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The admin listener (metrics, deep health).
+    pub admin_addr: SocketAddr,
     grace: Duration,
     draining: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
+    admin: JoinHandle<std::io::Result<()>>,
     health_driver: JoinHandle<()>,
     health_reporter: HealthReporter,
     store: Arc<Store>,
@@ -108,8 +114,8 @@ pub struct Running {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     let running = start(config).await?;
     eprintln!(
-        "zen serving gRPC (mTLS) on {} and HTTP on {}",
-        running.grpc_addr, running.http_addr
+        "zen serving gRPC (mTLS) on {}, HTTP on {} and admin (metrics) on {}",
+        running.grpc_addr, running.http_addr, running.admin_addr
     );
     shutdown.await;
     running.shutdown().await
@@ -169,8 +175,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let http_listener = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding the HTTP address {}", config.http_addr))?;
+    let admin_listener = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
 
     let (draining, _) = watch::channel(false);
     let drained = |mut rx: watch::Receiver<bool>| async move {
@@ -178,6 +188,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
 
     let router = Server::builder()
+        // Room for the metadata the gateway forwards (it refuses larger headers with 431
+        // before calling), so no HTTP request can fail on the gRPC hop for its headers alone.
+        .http2_max_header_list_size(MAX_GRPC_HEADER_LIST_BYTES)
         .tls_config(tls_config)
         .context("configuring TLS")?
         .layer(GrpcEdgeLayer::new(versions))
@@ -190,7 +203,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         services::Dependencies {
             store: store.clone(),
             cache: cache.clone(),
-            auth,
+            auth: auth.clone(),
             oidc,
             local_login: config.local_login,
             ca: tls::agent_ca(&config)?.map(Arc::new),
@@ -222,17 +235,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_body_bytes: config.gateway.max_body_bytes,
             allowed_origins: config.gateway.allowed_origins.clone(),
             idempotency: Some(Arc::new(CacheIdempotency::new(cache.clone()))),
+            authenticator: Some(Arc::new(TokenPrincipal::new(auth.clone()))),
+            trusted_proxies: config.gateway.trusted_proxies.clone(),
             ..Default::default()
         },
     )
     .context("building the REST gateway from the contracts")?;
-    // The operational routes first; everything else is the gateway's (it answers unknown
-    // paths with a 404 problem).
-    let app = http::router(HttpState {
+    // The public listener: liveness and readiness first, everything else is the gateway's
+    // (it answers unknown paths with a 404 problem). Metrics and deep health live on the
+    // admin listener only: the public one faces the internet for webhooks, and metric labels
+    // name webhook sources.
+    let state = HttpState {
         readiness: readiness.clone(),
         metrics: telemetry::metrics_handle(),
-    })
-    .fallback_service(gateway.router());
+    };
+    let app = http::public_router(state.clone()).fallback_service(gateway.router());
+    let admin = tokio::spawn(
+        axum::serve(admin_listener, http::admin_router(state))
+            .with_graceful_shutdown(drained(draining.subscribe()))
+            .into_future(),
+    );
     let http = tokio::spawn(
         axum::serve(
             http_listener.tap_io(|tcp| {
@@ -248,14 +270,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         health_reporter.clone(),
         HEALTH_INTERVAL,
     ));
-    tracing::info!(%grpc_addr, %http_addr, database = ?store.kind(), "zen is serving");
+    tracing::info!(%grpc_addr, %http_addr, %admin_addr, database = ?store.kind(), "zen is serving");
     Ok(Running {
         grpc_addr,
         http_addr,
+        admin_addr,
         grace: config.shutdown_grace,
         draining,
         grpc,
         http,
+        admin,
         health_driver,
         health_reporter,
         store,
@@ -272,6 +296,8 @@ impl Running {
         let _ = self.draining.send(true);
         let grpc_abort = self.grpc.abort_handle();
         let http_abort = self.http.abort_handle();
+        // Nothing long-lived runs on the admin listener: it stops with the rest.
+        self.admin.abort();
         let drained = tokio::time::timeout(self.grace, async {
             let (grpc, http) = tokio::join!(self.grpc, self.http);
             grpc?.context("serving gRPC")?;

@@ -242,7 +242,7 @@ async fn http_side_reports_health_readiness_and_metrics() {
         }
     }
     let database: serde_json::Value = http
-        .get(zen.http_url("/health/database"))
+        .get(zen.admin_url("/health/database"))
         .send()
         .await
         .unwrap()
@@ -252,7 +252,7 @@ async fn http_side_reports_health_readiness_and_metrics() {
     assert_eq!(database["status"], "healthy");
 
     let metrics = http
-        .get(zen.http_url("/metrics"))
+        .get(zen.admin_url("/metrics"))
         .send()
         .await
         .unwrap()

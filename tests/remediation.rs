@@ -874,7 +874,7 @@ async fn remediation_loop(f: &Fixture, replay_with_cli: bool) {
         );
     }
     // The outcome and backlog metrics are exported.
-    let metrics = reqwest::get(f.zen.http_url("/metrics"))
+    let metrics = reqwest::get(f.zen.admin_url("/metrics"))
         .await
         .unwrap()
         .text()

@@ -16,7 +16,7 @@ fn free_port() -> u16 {
 #[test]
 fn serve_on_an_empty_data_dir_comes_up_and_drains_on_sigterm() {
     let data_dir = tempfile::tempdir().unwrap();
-    let (grpc_port, http_port) = (free_port(), free_port());
+    let (grpc_port, http_port, admin_port) = (free_port(), free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_zen"))
         .arg("serve")
         .arg("--data-dir")
@@ -25,6 +25,8 @@ fn serve_on_an_empty_data_dir_comes_up_and_drains_on_sigterm() {
         .arg(format!("127.0.0.1:{grpc_port}"))
         .arg("--http-addr")
         .arg(format!("127.0.0.1:{http_port}"))
+        .arg("--admin-addr")
+        .arg(format!("127.0.0.1:{admin_port}"))
         .env_remove("ZEN_DATABASE_URL")
         .env_remove("ZEN_ENV")
         .stdout(Stdio::null())

@@ -34,6 +34,35 @@ const REPLAYED: &str = "idempotent-replayed";
 /// Response metadata by which a service chooses the HTTP success status.
 pub const HTTP_STATUS_METADATA: &str = "x-http-code";
 
+/// The largest request header section accepted (names and values of every line), and the
+/// largest single forwarded header: above either the request is refused with 431 before
+/// anything else happens, so no header can be too large for the gRPC hop behind the gateway.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+pub const MAX_FORWARDED_HEADER_BYTES: usize = 8 * 1024;
+
+/// Who a bearer token names, as far as the gateway needs to know: enough to replay a stored
+/// answer only to the principal that caused it, and only once the token is checked.
+#[async_trait::async_trait]
+pub trait Authenticator: Send + Sync {
+    /// The principal behind `authorization` (the header's whole value).
+    async fn principal(&self, authorization: &str) -> Principal;
+}
+
+/// What an [`Authenticator`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A valid token of this principal (a stable id: the same person with a fresh token is
+    /// the same principal).
+    Known(String),
+    /// Not a valid token (expired, revoked, forged) or the check could not be made: no stored
+    /// answer is served; the call goes to the gRPC front, which refuses (and audits) it.
+    Unverified,
+}
+
+/// The client address computed for a request (see `client_address`), in its extensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddress(pub std::net::IpAddr);
+
 /// Headers copied verbatim into gRPC metadata.
 const FORWARDED: [&str; 6] = [
     "authorization",
@@ -110,9 +139,48 @@ fn with_request_id(mut response: Response, request_id: &str) -> Response {
     response
 }
 
+/// A 431 problem when the header section, or one forwarded header, is larger than allowed.
+fn oversized_headers(headers: &HeaderMap) -> Option<Problem> {
+    let total: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let message = if total > MAX_HEADER_BYTES {
+        format!("the request headers take {total} bytes; at most {MAX_HEADER_BYTES} are accepted")
+    } else {
+        let (name, value) = headers.iter().find(|(name, value)| {
+            FORWARDED.contains(&name.as_str()) && value.len() > MAX_FORWARDED_HEADER_BYTES
+        })?;
+        format!(
+            "the {name} header takes {} bytes; at most {MAX_FORWARDED_HEADER_BYTES} are accepted",
+            value.len()
+        )
+    };
+    Some(
+        Problem::new(Code::InvalidArgument, message)
+            .with_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            .with_type("request-header-fields-too-large")
+            .with_reason("HEADERS_TOO_LARGE"),
+    )
+}
+
 /// The gateway's fallback handler: every REST route.
 pub(crate) async fn handle(State(gw): State<Arc<Inner>>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    if let Some(problem) = oversized_headers(&parts.headers) {
+        let generated = uuid::Uuid::new_v4().to_string();
+        return with_request_id(
+            problem.with_instance(&generated).into_response(),
+            &generated,
+        );
+    }
+    if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>().copied() {
+        let address = gw
+            .config
+            .trusted_proxies
+            .client_address(peer.ip(), &parts.headers);
+        parts.extensions.insert(ClientAddress(address));
+    }
     let incoming_id = header_str(&parts.headers, REQUEST_ID).map(str::to_owned);
     if parts.headers.contains_key(REQUEST_ID) {
         match &incoming_id {
@@ -282,10 +350,23 @@ async fn serve(
             .into_response());
     };
 
-    // Idempotent path: claim the key atomically before calling.
+    // Idempotent path: claim the key atomically before calling. The key is the principal's:
+    // a stored answer goes back only to whoever caused it, and only after their token checks
+    // out (a logged-out token gets no replay). A token that does not check out skips the
+    // idempotency store and goes to the gRPC front, which refuses and audits it.
     let subject = match header_str(&parts.headers, "authorization") {
-        Some(auth) => hex::encode(Sha256::digest(auth.as_bytes())),
         None => "anon".to_owned(),
+        Some(auth) => match &gw.config.authenticator {
+            None => format!("token:{}", hex::encode(Sha256::digest(auth.as_bytes()))),
+            Some(authenticator) => match authenticator.principal(auth).await {
+                Principal::Known(id) => format!("principal:{id}"),
+                Principal::Unverified => {
+                    return Ok(unary(gw, route, message, metadata, &accept, request_id)
+                        .await
+                        .into_response())
+                }
+            },
+        },
     };
     let key = format!(
         "zen:gw:idem:{}",
@@ -427,25 +508,11 @@ pub(crate) fn metadata(parts: &Parts, request_id: &str) -> MetadataMap {
     if let Ok(v) = MetadataValue::try_from(request_id) {
         md.insert(REQUEST_ID, v);
     }
-    let incoming = parts
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let client = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string());
-    let forwarded = match (incoming.is_empty(), client) {
-        (true, Some(ip)) => ip,
-        (false, Some(ip)) => format!("{incoming}, {ip}"),
-        (_, None) => incoming,
-    };
-    if !forwarded.is_empty() {
-        if let Ok(v) = MetadataValue::try_from(forwarded.as_str()) {
-            md.insert("x-forwarded-for", v);
+    // The gateway attests who the client is (its service identity makes the front believe
+    // it); forwarding headers themselves never travel further.
+    if let Some(ClientAddress(address)) = parts.extensions.get::<ClientAddress>() {
+        if let Ok(v) = MetadataValue::try_from(address.to_string()) {
+            md.insert(crate::client_address::CLIENT_ADDRESS_METADATA, v);
         }
     }
     md

@@ -6,7 +6,7 @@
 //! # async fn demo(descriptor_set: &[u8], channel: tonic::transport::Channel) -> Result<(), zen_gateway::GatewayError> {
 //! use zen_gateway::{Gateway, GatewayConfig};
 //! let gateway = Gateway::new(descriptor_set, channel, GatewayConfig::default())?;
-//! let app: axum::Router = gateway.router(); // serve with connect info for X-Forwarded-For
+//! let app: axum::Router = gateway.router(); // serve with connect info (the client address)
 //! # Ok(()) }
 //! ```
 //!
@@ -16,6 +16,7 @@
 // size (a few strings) is not worth a box on every `?`.
 #![allow(clippy::result_large_err)]
 
+mod client_address;
 mod codec;
 mod handler;
 mod idempotency;
@@ -36,7 +37,10 @@ use prost_reflect::DescriptorPool;
 use tonic::transport::Channel;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use handler::HTTP_STATUS_METADATA;
+pub use client_address::{TrustedProxies, CLIENT_ADDRESS_METADATA};
+pub use handler::{
+    Authenticator, Principal, HTTP_STATUS_METADATA, MAX_FORWARDED_HEADER_BYTES, MAX_HEADER_BYTES,
+};
 pub use idempotency::{
     Claim, IdempotencyStore, MemoryIdempotencyStore, StoreError, StoredResponse,
 };
@@ -106,6 +110,14 @@ pub struct GatewayConfig {
     pub idempotency: Option<Arc<dyn IdempotencyStore>>,
     /// How long a completed mutating call's response is replayed (24 h).
     pub idempotency_ttl: Duration,
+    /// Who a bearer token names, for idempotency: a stored answer is replayed only after the
+    /// caller authenticated, and only to the principal that caused it. `None`: every caller
+    /// with the same `Authorization` header value is one principal (tokens are then checked
+    /// only by the gRPC front, and a replay does not wait for it).
+    pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` are believed when computing the client
+    /// address; empty: the direct peer is the client.
+    pub trusted_proxies: TrustedProxies,
     /// Deadline of a unary call (sent as `grpc-timeout`); 30 s by default.
     pub request_timeout: Duration,
     /// WebSocket settings.
@@ -124,6 +136,8 @@ impl Default for GatewayConfig {
             supported_contract_versions: Vec::new(),
             idempotency: None,
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            authenticator: None,
+            trusted_proxies: TrustedProxies::default(),
             request_timeout: Duration::from_secs(30),
             websocket: WebSocketConfig::default(),
             api_title: "Zen API".to_owned(),
@@ -143,6 +157,8 @@ impl std::fmt::Debug for GatewayConfig {
             )
             .field("idempotency", &self.idempotency.is_some())
             .field("idempotency_ttl", &self.idempotency_ttl)
+            .field("authenticator", &self.authenticator.is_some())
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("request_timeout", &self.request_timeout)
             .field("websocket", &self.websocket)
             .finish()

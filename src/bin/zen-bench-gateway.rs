@@ -298,6 +298,7 @@ async fn bench(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()> {
     let serve = ServeArgs {
         grpc_addr: Some("127.0.0.1:0".parse()?),
         http_addr: Some("127.0.0.1:0".parse()?),
+        admin_addr: Some("127.0.0.1:0".parse()?),
         local_login: Some(true),
         shutdown_grace_seconds: Some(5),
         ..Default::default()

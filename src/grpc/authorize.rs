@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Full, Limited};
-use prost_reflect::{DynamicMessage, MethodDescriptor};
+use prost_reflect::{DynamicMessage, MapKey, MethodDescriptor, ReflectMessage, Value};
 use tonic::body::Body;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -29,7 +29,7 @@ use zen_security::PeerIdentity;
 use zen_store::{AuditOutcome, Role, Scope, Store};
 
 use super::edge::RequestContext;
-use super::services::support::audit_record;
+use super::services::support::{append_audit, audit_record};
 use crate::auth::Auth;
 use crate::authz::{decide, Caller, CallerKind, Denial, PolicyTable};
 
@@ -114,67 +114,89 @@ where
     }
 }
 
+/// A call refused before the policy was applied (a bad token, a tenant header that does not
+/// match): who it was refused to, for the audit record, and the answer.
+struct Refused {
+    caller: Caller,
+    reason: &'static str,
+    status: Status,
+}
+
+impl Refused {
+    fn new(caller: &Caller, reason: &'static str, status: Status) -> Self {
+        Self {
+            caller: caller.clone(),
+            reason,
+            status,
+        }
+    }
+}
+
+/// What identification and tenant resolution established.
+struct Resolved {
+    request: http::Request<Body>,
+    caller: Caller,
+    session_id: Option<String>,
+    role: Option<Role>,
+    tenant: Option<Uuid>,
+}
+
 impl Shared {
-    /// The whole decision for one call: identity, tenant role, policy, audit.
-    async fn authorize(
-        &self,
-        mut request: http::Request<Body>,
-    ) -> Result<http::Request<Body>, Status> {
+    /// The whole decision for one call: identity, tenant role, policy, audit. Every refusal is
+    /// audited, whatever step refused it; an allowed call is served only once its decision is
+    /// recorded.
+    async fn authorize(&self, request: http::Request<Body>) -> Result<http::Request<Body>, Status> {
         let method = request.uri().path().to_owned();
         let context = request.extensions().get::<RequestContext>().cloned();
         let policy = self.table.get(&method).cloned();
-        let public = policy
-            .as_ref()
-            .is_some_and(|p| p.callers.contains(&CallerKind::Public));
-        let (caller, session_id) = self
-            .identify(context.as_ref(), request.headers(), public)
-            .await?;
-
-        let mut role = None;
-        let mut tenant = None;
-        if let (
-            Caller::User {
-                user_id,
-                platform_admin,
-            },
-            Some(policy),
-        ) = (&caller, &policy)
+        let (request, message) = match self.table.method(&method) {
+            Some(descriptor) if !descriptor.is_client_streaming() => {
+                read_request(request, descriptor).await?
+            }
+            _ => (request, None),
+        };
+        let Resolved {
+            mut request,
+            caller,
+            session_id,
+            role,
+            tenant,
+        } = match self
+            .resolve(
+                request,
+                message.as_ref(),
+                &method,
+                context.as_ref(),
+                policy.as_ref(),
+            )
+            .await
         {
-            let stated = stated_tenant(request.headers())?;
-            if let Some(descriptor) = self.table.method(&method) {
-                let (rebuilt, from_message) = tenant_of_request(request, descriptor).await?;
-                request = rebuilt;
-                if let (Some(stated), Some(addressed)) = (stated, from_message) {
-                    if stated != addressed {
-                        return Err(error(
-                            Code::PermissionDenied,
-                            "TENANT_MISMATCH",
-                            "X-Tenant-Id does not match the tenant the request addresses",
-                        ));
-                    }
-                }
-                tenant = from_message.or(stated);
+            Ok(resolved) => resolved,
+            Err(Ok(refused)) => {
+                let details = serde_json::json!({
+                    "reason": refused.reason,
+                    "message": refused.status.message(),
+                });
+                let record = audit_record(
+                    &refused.caller,
+                    context.as_ref(),
+                    "authz.decide",
+                    "method",
+                    &method,
+                    AuditOutcome::Denied,
+                    details,
+                );
+                let scope = Scope {
+                    tenant_id: None,
+                    user_id: refused.caller.user_id(),
+                    platform_admin: refused.caller.is_platform_admin(),
+                };
+                append_audit(&self.store, &scope, record, "authz_refusal").await;
+                return Err(refused.status);
             }
-            if let Some(tenant_id) = tenant {
-                let scope = Scope::tenant(tenant_id, Some(*user_id));
-                let mut tx = self.store.begin_read(&scope).await.map_err(unavailable)?;
-                role = tx.members().role_of(*user_id).await.map_err(unavailable)?;
-                // A header naming a tenant the person does not belong to is refused even on
-                // methods that need no role there.
-                if stated.is_some() && role.is_none() && !platform_admin {
-                    return Err(error(
-                        Code::PermissionDenied,
-                        "TENANT_MISMATCH",
-                        "X-Tenant-Id names a tenant the caller is not a member of",
-                    ));
-                }
-            } else if policy.min_role.is_some() {
-                return Err(super::services::support::invalid(&[(
-                    "tenant_id",
-                    "is required",
-                )]));
-            }
-        }
+            // A dependency failed: nothing was decided.
+            Err(Err(status)) => return Err(status),
+        };
 
         let decision = decide(policy.as_ref(), &caller, role);
         let audit_tenant = match &caller {
@@ -192,11 +214,16 @@ impl Shared {
                 .audit_decision(context.as_ref(), &caller, audit_tenant, &method, &decision)
                 .await
             {
-                // No decision goes unrecorded: without the audit log, nothing is served.
                 tracing::error!(%error, method, "could not audit an authorization decision");
-                return Err(Status::unavailable(
-                    "the audit log is unavailable; retry later",
-                ));
+                if decision.is_ok() {
+                    // No allowed call goes unrecorded: without the audit log, nothing is served.
+                    return Err(Status::unavailable(
+                        "the audit log is unavailable; retry later",
+                    ));
+                }
+                // A refusal stays a refusal, counted as lost evidence.
+                metrics::counter!("zen_audit_records_lost_total", "kind" => "authz_decision")
+                    .increment(1);
             }
         }
         match decision {
@@ -229,6 +256,98 @@ impl Shared {
         }
     }
 
+    /// Identifies the caller and, for a person, the addressed tenant and their role in it.
+    /// `Err(Ok(_))` is a refusal (audited by the caller); `Err(Err(_))` a dependency failure.
+    async fn resolve(
+        &self,
+        request: http::Request<Body>,
+        message: Option<&DynamicMessage>,
+        method: &str,
+        context: Option<&RequestContext>,
+        policy: Option<&crate::authz::MethodPolicy>,
+    ) -> Result<Resolved, Result<Refused, Status>> {
+        let public = policy.is_some_and(|p| p.callers.contains(&CallerKind::Public));
+        let (caller, session_id) = self.identify(context, request.headers(), public).await?;
+        let mut role = None;
+        let mut tenant = None;
+        if let (
+            Caller::User {
+                user_id,
+                platform_admin,
+            },
+            Some(policy),
+        ) = (&caller, policy)
+        {
+            let refuse = |reason, status| Err(Ok(Refused::new(&caller, reason, status)));
+            let stated = match stated_tenant(request.headers()) {
+                Ok(stated) => stated,
+                Err(status) => return refuse("TENANT_HEADER_INVALID", status),
+            };
+            if let Some(descriptor) = self.table.method(method) {
+                if descriptor.is_client_streaming() {
+                    // Client-streaming methods carry no single tenant.
+                    return refuse(
+                        "CALLER_NOT_ALLOWED",
+                        error(
+                            Code::PermissionDenied,
+                            "CALLER_NOT_ALLOWED",
+                            "streaming methods are not open to people",
+                        ),
+                    );
+                }
+                let from_message = match tenant_of_message(message) {
+                    Ok(found) => found,
+                    Err(status) => return refuse("TENANT_ID_INVALID", status),
+                };
+                if let (Some(stated), Some(addressed)) = (stated, from_message) {
+                    if stated != addressed {
+                        return refuse(
+                            "TENANT_MISMATCH",
+                            error(
+                                Code::PermissionDenied,
+                                "TENANT_MISMATCH",
+                                "X-Tenant-Id does not match the tenant the request addresses",
+                            ),
+                        );
+                    }
+                }
+                tenant = from_message.or(stated);
+            }
+            if let Some(tenant_id) = tenant {
+                let scope = Scope::tenant(tenant_id, Some(*user_id));
+                let read = async {
+                    let mut tx = self.store.begin_read(&scope).await?;
+                    tx.members().role_of(*user_id).await
+                };
+                role = read.await.map_err(|e| Err(unavailable(e)))?;
+                // A header naming a tenant the person does not belong to is refused even on
+                // methods that need no role there.
+                if stated.is_some() && role.is_none() && !platform_admin {
+                    return refuse(
+                        "TENANT_MISMATCH",
+                        error(
+                            Code::PermissionDenied,
+                            "TENANT_MISMATCH",
+                            "X-Tenant-Id names a tenant the caller is not a member of",
+                        ),
+                    );
+                }
+            } else if policy.min_role.is_some() {
+                return refuse(
+                    "TENANT_ID_MISSING",
+                    super::services::support::invalid(&[("tenant_id", "is required")]),
+                );
+            }
+        }
+        Ok(Resolved {
+            request,
+            caller,
+            session_id,
+            role,
+            tenant,
+        })
+    }
+
     /// The certificate's identity, or the person behind a bearer token relayed by a trusted
     /// peer. A bad token is refused (UNAUTHENTICATED, no detail), except on public methods,
     /// which then run as the relay.
@@ -237,47 +356,50 @@ impl Shared {
         context: Option<&RequestContext>,
         headers: &http::HeaderMap,
         public: bool,
-    ) -> Result<(Caller, Option<String>), Status> {
+    ) -> Result<(Caller, Option<String>), Result<Refused, Status>> {
         let peer_caller = context
             .map(Caller::from_context)
             .unwrap_or(Caller::Anonymous);
         let Some(token) = bearer_token(headers) else {
             return Ok((peer_caller, None));
         };
+        let token_invalid = |message: &str| {
+            Err(Ok(Refused::new(
+                &peer_caller,
+                "TOKEN_INVALID",
+                error(Code::Unauthenticated, "TOKEN_INVALID", message),
+            )))
+        };
         let relay_trusted = matches!(
             context.and_then(|c| c.peer.as_ref()),
             Some(PeerIdentity::Service { .. } | PeerIdentity::Admin { .. })
         );
         if !relay_trusted {
-            return Err(error(
-                Code::Unauthenticated,
-                "TOKEN_INVALID",
-                "bearer tokens are accepted only through the gateway",
-            ));
+            return token_invalid("bearer tokens are accepted only through the gateway");
         }
         let principal = match self.auth.authenticate(token).await {
             Ok(principal) => principal,
-            Err(_) if public => return Ok((peer_caller, None)),
-            Err(_) => {
-                return Err(error(
-                    Code::Unauthenticated,
-                    "TOKEN_INVALID",
-                    "invalid or expired token",
-                ))
+            Err(crate::auth::AuthError::Cache(e)) => {
+                tracing::error!(error = %e, "cache unavailable during authentication");
+                return Err(Err(Status::unavailable(
+                    "the session store is unavailable; retry later",
+                )));
             }
+            Err(_) if public => return Ok((peer_caller, None)),
+            Err(_) => return token_invalid("invalid or expired token"),
         };
         let mut tx = self
             .store
             .begin_read(&Scope::user(principal.user_id))
             .await
-            .map_err(unavailable)?;
-        let user = tx.users().get(principal.user_id).await.map_err(|_| {
-            error(
-                Code::Unauthenticated,
-                "TOKEN_INVALID",
-                "invalid or expired token",
-            )
-        })?;
+            .map_err(|e| Err(unavailable(e)))?;
+        let user = match tx.users().get(principal.user_id).await {
+            Ok(user) => user,
+            Err(zen_store::StoreError::NotFound { .. }) => {
+                return token_invalid("invalid or expired token")
+            }
+            Err(e) => return Err(Err(unavailable(e))),
+        };
         Ok((
             Caller::User {
                 user_id: user.id,
@@ -357,42 +479,105 @@ fn stated_tenant(headers: &http::HeaderMap) -> Result<Option<Uuid>, Status> {
     }
 }
 
-/// Reads the request's `tenant_id` field (unary requests only) and hands back an equivalent
-/// request. Client-streaming methods carry no single tenant and are refused for people.
-async fn tenant_of_request(
+/// Reads a unary request's message once, checks every text in it (see [`check_texts`]) and
+/// hands back an equivalent request with the decoded message. A frame that does not decode is
+/// left to the service's own decoding (which refuses it); client-streaming requests are not
+/// read here (their messages are checked where the stream is consumed).
+async fn read_request(
     request: http::Request<Body>,
     method: &MethodDescriptor,
-) -> Result<(http::Request<Body>, Option<Uuid>), Status> {
-    if method.is_client_streaming() {
-        return Err(error(
-            Code::PermissionDenied,
-            "CALLER_NOT_ALLOWED",
-            "streaming methods are not open to people",
-        ));
-    }
-    let Some(field) = method.input().get_field_by_name("tenant_id") else {
-        return Ok((request, None));
-    };
+) -> Result<(http::Request<Body>, Option<DynamicMessage>), Status> {
     let (parts, body) = request.into_parts();
     let bytes = Limited::new(body, MAX_MESSAGE_BYTES + 5)
         .collect()
         .await
         .map_err(|_| Status::resource_exhausted("request message too large"))?
         .to_bytes();
-    let tenant = read_frame(&bytes)
-        .and_then(|message| DynamicMessage::decode(method.input(), message).ok())
-        .and_then(|message| message.get_field(&field).as_str().map(str::to_owned));
-    let tenant =
-        match tenant.as_deref() {
-            None | Some("") => None,
-            Some(text) => Some(Uuid::parse_str(text).map_err(|_| {
-                super::services::support::invalid(&[("tenant_id", "must be a UUID")])
-            })?),
-        };
+    let message =
+        read_frame(&bytes).and_then(|frame| DynamicMessage::decode(method.input(), frame).ok());
+    if let Some(message) = &message {
+        check_texts(message)?;
+    }
     Ok((
         http::Request::from_parts(parts, Body::new(Full::new(bytes))),
-        tenant,
+        message,
     ))
+}
+
+/// The longest text any request field may carry (a PEM CSR, a description, a filter); the
+/// store bounds each stored field more tightly.
+const MAX_TEXT_CHARS: usize = 64 * 1024;
+
+/// Refuses a request with a string field (at any depth: nested messages, lists, maps, JSON
+/// values) that holds a NUL character, which PostgreSQL cannot store or compare, or that is
+/// longer than [`MAX_TEXT_CHARS`]: INVALID_ARGUMENT naming the field, before any handler or
+/// store sees it, the same on every backend.
+fn check_texts(message: &DynamicMessage) -> Result<(), Status> {
+    fn walk(message: &DynamicMessage, path: &str, out: &mut Vec<(String, &'static str)>) {
+        for (field, value) in message.fields() {
+            let name = if path.is_empty() {
+                field.name().to_owned()
+            } else {
+                format!("{path}.{}", field.name())
+            };
+            value_texts(value, &name, out);
+        }
+    }
+    fn value_texts(value: &Value, path: &str, out: &mut Vec<(String, &'static str)>) {
+        match value {
+            Value::String(text) => {
+                if text.contains('\0') {
+                    out.push((path.to_owned(), "must not contain NUL characters"));
+                } else if text.len() > MAX_TEXT_CHARS && text.chars().count() > MAX_TEXT_CHARS {
+                    out.push((path.to_owned(), "must be at most 65536 characters"));
+                }
+            }
+            Value::Message(inner) => walk(inner, path, out),
+            Value::List(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    value_texts(item, &format!("{path}[{i}]"), out);
+                }
+            }
+            Value::Map(entries) => {
+                for (key, item) in entries {
+                    let key = match key {
+                        MapKey::String(k) => {
+                            if k.contains('\0') {
+                                out.push((path.to_owned(), "keys must not contain NUL characters"));
+                            }
+                            k.clone()
+                        }
+                        other => format!("{other:?}"),
+                    };
+                    value_texts(item, &format!("{path}[{key}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut violations = Vec::new();
+    walk(message, "", &mut violations);
+    if violations.is_empty() {
+        return Ok(());
+    }
+    let pairs: Vec<(&str, &str)> = violations.iter().map(|(f, d)| (f.as_str(), *d)).collect();
+    Err(super::services::support::invalid(&pairs))
+}
+
+/// The request's `tenant_id` field, when its method has one.
+fn tenant_of_message(message: Option<&DynamicMessage>) -> Result<Option<Uuid>, Status> {
+    let Some(message) = message else {
+        return Ok(None);
+    };
+    let Some(field) = message.descriptor().get_field_by_name("tenant_id") else {
+        return Ok(None);
+    };
+    match message.get_field(&field).as_str() {
+        None | Some("") => Ok(None),
+        Some(text) => Uuid::parse_str(text)
+            .map(Some)
+            .map_err(|_| super::services::support::invalid(&[("tenant_id", "must be a UUID")])),
+    }
 }
 
 /// The message of one uncompressed gRPC frame: flag (0), 4-byte big-endian length, bytes.

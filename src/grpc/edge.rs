@@ -7,7 +7,7 @@
 //! What it learns travels to the services as a [`RequestContext`] in the request extensions.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -22,6 +22,9 @@ use zen_security::PeerIdentity;
 use super::contract::{ContractVersions, CONTRACT_VERSION_HEADER};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The client address a trusted relay (the gateway) attests for the person or tool behind it;
+/// the same name as the gateway's `zen_gateway::CLIENT_ADDRESS_METADATA`.
+pub const CLIENT_ADDRESS_HEADER: &str = "x-zen-client-address";
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// What the edge knows about a call; services read it from the request extensions.
@@ -29,7 +32,10 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 pub struct RequestContext {
     pub request_id: String,
     pub contract_version: String,
-    pub client_address: Option<SocketAddr>,
+    /// Who is calling, as one address: the direct peer's, or, for calls relayed by a service
+    /// identity (the gateway), the address that relay attests. Every per-address limit and
+    /// every audit record uses this.
+    pub client_address: Option<IpAddr>,
     pub user_agent: Option<String>,
     /// The verified client certificate's identity; `None` if it names no Zen identity.
     pub peer: Option<PeerIdentity>,
@@ -109,11 +115,14 @@ where
         };
 
         let tls = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-        let client_address = tls.and_then(|info| info.get_ref().remote_addr());
         let peer = tls
             .and_then(|info| info.peer_certs())
             .and_then(|certs| certs.first().cloned())
             .and_then(|leaf| PeerIdentity::from_certificate_der(&leaf).ok());
+        let direct = tls
+            .and_then(|info| info.get_ref().remote_addr())
+            .map(|a| a.ip());
+        let client_address = client_address(peer.as_ref(), request.headers(), direct);
         let version_used = contract_version.clone();
         let context = RequestContext {
             request_id: request_id.clone(),
@@ -150,6 +159,23 @@ where
             .instrument(span),
         )
     }
+}
+
+/// The call's client address: what a relaying service (the gateway) attests in
+/// [`CLIENT_ADDRESS_HEADER`], else the direct peer. Only a service identity may attest: from
+/// an agent, an operator or an unknown certificate the header is ignored, so no caller can
+/// choose the address its limits and audit records are keyed on.
+fn client_address(
+    peer: Option<&PeerIdentity>,
+    headers: &HeaderMap,
+    direct: Option<IpAddr>,
+) -> Option<IpAddr> {
+    let attested = matches!(peer, Some(PeerIdentity::Service { .. }))
+        .then(|| headers.get(CLIENT_ADDRESS_HEADER))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<IpAddr>().ok());
+    attested.or(direct)
 }
 
 /// The caller's request id if it gave a usable one, a fresh one if it gave none.
@@ -208,6 +234,37 @@ fn record(method: &str, headers: &HeaderMap, started: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_service_may_attest_the_client_address() {
+        let direct: IpAddr = "10.0.0.9".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CLIENT_ADDRESS_HEADER,
+            HeaderValue::from_static("203.0.113.7"),
+        );
+        let gateway = PeerIdentity::Service {
+            name: "gateway".into(),
+        };
+        let agent = PeerIdentity::Agent {
+            tenant_id: uuid::Uuid::now_v7(),
+            cluster_id: uuid::Uuid::now_v7(),
+        };
+        assert_eq!(
+            client_address(Some(&gateway), &headers, Some(direct)),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        assert_eq!(
+            client_address(Some(&agent), &headers, Some(direct)),
+            Some(direct)
+        );
+        assert_eq!(client_address(None, &headers, Some(direct)), Some(direct));
+        headers.insert(CLIENT_ADDRESS_HEADER, HeaderValue::from_static("not-an-ip"));
+        assert_eq!(
+            client_address(Some(&gateway), &headers, Some(direct)),
+            Some(direct)
+        );
+    }
 
     #[test]
     fn request_ids_are_taken_generated_or_refused() {

@@ -19,8 +19,8 @@ pub enum Refusal {
     AlreadyApproved,
 }
 
-/// Checks one approval by `approver` (holding `role`; `approver_key` is how `proposed_by`
-/// names the same actor) of `remediation` at `now`.
+/// Checks one approval by `approver` (holding `role`; `approver_key` is how `proposed_by` and
+/// `revised_by` name the same actor) of `remediation` at `now`.
 pub fn check_approval(
     policy: &ApprovalPolicy,
     remediation: &Remediation,
@@ -34,7 +34,11 @@ pub fn check_approval(
             required: policy.min_approver_role,
         });
     }
-    if !policy.allow_self_approval && remediation.proposed_by == approver_key {
+    // The author of the current revision counts as a proposer: otherwise anyone allowed to
+    // revise could rewrite the action and then approve their own version alone.
+    let authored =
+        remediation.proposed_by == approver_key || remediation.revised_by == approver_key;
+    if !policy.allow_self_approval && authored {
         return Err(Refusal::SelfApproval);
     }
     if !in_window(&policy.approval_windows, now) {
@@ -140,6 +144,7 @@ mod tests {
             break_glass: false,
             break_glass_justification: String::new(),
             proposed_by: proposer.to_string(),
+            revised_by: String::new(),
             created_at: at,
             updated_at: at,
             expires_at: None,
@@ -185,6 +190,18 @@ mod tests {
             revision,
             created_at: now,
         };
+        // Whoever authored the current revision is a proposer too.
+        policy.min_approver_role = Role::Approver;
+        policy.allow_self_approval = false;
+        r.revised_by = other.to_string();
+        assert_eq!(
+            check(&policy, &r, other, Role::Admin),
+            Err(Refusal::SelfApproval)
+        );
+        let third = Uuid::now_v7();
+        assert_eq!(check(&policy, &r, third, Role::Approver), Ok(()));
+        r.revised_by.clear();
+        policy.min_approver_role = Role::Admin;
         r.approvals = vec![approval(1)];
         assert_eq!(check(&policy, &r, other, Role::Admin), Ok(()));
         r.approvals = vec![approval(2)];

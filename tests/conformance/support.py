@@ -121,6 +121,11 @@ class ZenServer:
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
+    def admin_base(self) -> str:
+        """The admin listener: metrics and deep health."""
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
     def pki(self) -> Path:
         return self.data_dir / "pki"
 
@@ -138,9 +143,9 @@ class ZenServer:
             )
         last_log = ""
         for attempt in range(attempts):
-            self.grpc_port, self.http_port = free_port(), free_port()
-            while self.http_port == self.grpc_port:
-                self.http_port = free_port()
+            self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
+            while len({self.grpc_port, self.http_port, self.admin_port}) < 3:
+                self.http_port, self.admin_port = free_port(), free_port()
             self.log_path = self.data_dir.parent / f"{self.data_dir.name}-serve-{attempt}.log"
             cmd = [
                 str(binary),
@@ -148,6 +153,7 @@ class ZenServer:
                 "--data-dir", str(self.data_dir),
                 "--grpc-addr", self.grpc_target,
                 "--http-addr", f"127.0.0.1:{self.http_port}",
+                "--admin-addr", f"127.0.0.1:{self.admin_port}",
                 "--log-format", "text",
                 *self.extra_args,
             ]

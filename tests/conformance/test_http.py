@@ -28,16 +28,24 @@ def test_readyz_reports_its_checks(zen):
 
 
 def test_database_health(zen):
-    response = http_session().get(f"{zen.http_base}/health/database", timeout=HTTP_TIMEOUT)
+    response = http_session().get(f"{zen.admin_base}/health/database", timeout=HTTP_TIMEOUT)
     assert response.status_code == 200, response.text
     assert response.json()["status"] in ("healthy", "degraded")
+
+
+def test_operational_endpoints_are_not_on_the_public_listener(zen):
+    """The public listener faces the internet for webhooks: metrics (whose labels name webhook
+    sources) and deep health answer only on the admin listener."""
+    for path in ("/metrics", "/health/database"):
+        response = http_session().get(f"{zen.http_base}{path}", timeout=HTTP_TIMEOUT)
+        assert response.status_code == 404, f"{path}: {response.status_code} {response.text[:200]}"
 
 
 def test_metrics_count_grpc_requests(zen, admin_channel):
     health_pb2_grpc.HealthStub(admin_channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT)
     deadline = time.monotonic() + 10
     while True:
-        response = http_session().get(f"{zen.http_base}/metrics", timeout=HTTP_TIMEOUT)
+        response = http_session().get(f"{zen.admin_base}/metrics", timeout=HTTP_TIMEOUT)
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")
         if "zen_grpc_requests_total" in response.text or time.monotonic() > deadline:

@@ -38,6 +38,7 @@ impl TestZen {
         global.data_dir = Some(data_dir.path().to_owned());
         serve.grpc_addr = Some("127.0.0.1:0".parse().unwrap());
         serve.http_addr = Some("127.0.0.1:0".parse().unwrap());
+        serve.admin_addr = Some("127.0.0.1:0".parse().unwrap());
         serve.shutdown_grace_seconds = Some(5);
         let config = Config::resolve(&global, &serve).expect("valid config");
         let running = server::start(config).await.expect("zen starts");
@@ -50,6 +51,11 @@ impl TestZen {
 
     pub fn http_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.running.http_addr)
+    }
+
+    /// A URL on the admin listener (metrics, deep health).
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.admin_addr)
     }
 
     /// A channel authenticated as the given identity files under the PKI dir (e.g. "admin").

@@ -170,6 +170,15 @@ impl From<sqlx::Error> for StoreError {
                             reason: format!("concurrent transaction: {}", db.message()).into(),
                         }
                     }
+                    // character_not_in_repertoire / untranslatable_character: a NUL (or
+                    // bytes that are not UTF-8) in a text value. The gRPC front refuses such
+                    // input first; this keeps any path it misses a 400 rather than a 503.
+                    "22021" | "22P05" => {
+                        return StoreError::Invalid {
+                            field: "text",
+                            reason: "must not contain NUL characters".into(),
+                        }
+                    }
                     // insufficient_privilege: missing GRANT, or a row-level
                     // security policy refused a new row.
                     "42501" => {

@@ -95,9 +95,12 @@ impl PageRequest {
     fn token(&self) -> Result<Option<String>, StoreError> {
         match self.page_token.as_deref() {
             None | Some("") => Ok(None),
+            // A token is ours only if it decodes to the printable text we encoded: a NUL or
+            // other control character (which PostgreSQL cannot even compare) is malformed.
             Some(t) => hex::decode(t)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
+                .filter(|text| !text.chars().any(char::is_control))
                 .map(Some)
                 .ok_or_else(|| StoreError::invalid("page_token", "malformed page token")),
         }

@@ -43,6 +43,9 @@ pub struct Remediation {
     pub break_glass: bool,
     pub break_glass_justification: String,
     pub proposed_by: String,
+    /// Who authored the current revision (same form as `proposed_by`); empty until the first
+    /// revision. Approval policies count this author as a proposer.
+    pub revised_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,

@@ -102,7 +102,8 @@ pub trait MemberRepo: Send {
     async fn list(&mut self, filter: &MemberFilter, page: &PageRequest) -> Result<Page<Member>>;
     /// The tenants the scope's user belongs to (no tenant scope needed).
     async fn memberships(&mut self, user_id: Uuid) -> Result<Vec<Membership>>;
-    /// The user's role in the scope's tenant, `None` if not a member.
+    /// The user's role in the scope's tenant, `None` if not a member or if the tenant is
+    /// deleted.
     async fn role_of(&mut self, user_id: Uuid) -> Result<Option<Role>>;
     async fn add(&mut self, user_id: Uuid, role: Role, invited_by: Option<Uuid>) -> Result<Member>;
     /// Refuses to demote the last owner (`Precondition` `LAST_OWNER`).

@@ -13,17 +13,23 @@ use zen_security::password::{hash_password, verify_password};
 use zen_store::{AuditOutcome, ExternalIdentity, NewLocalUser, Scope, Store, User, LOCAL_ISSUER};
 
 use super::support::{
-    invalid, opt_timestamp, role_to_proto, store_status, timestamp, Call, Mutation,
+    append_audit, invalid, opt_timestamp, role_to_proto, store_status, timestamp, Call, Mutation,
 };
 use crate::auth::{Auth, AuthError, Tokens};
 use crate::grpc::authorize::Authorized;
 use crate::proto::zen::auth::v1::{self as pb, auth_service_server::AuthService};
 
-/// Local login attempts allowed per account (reset by a success) and per client address in
-/// [`ATTEMPT_WINDOW`].
-const MAX_ATTEMPTS_PER_ACCOUNT: u64 = 5;
-const MAX_ATTEMPTS_PER_ADDRESS: u64 = 100;
-const ATTEMPT_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Failed local logins allowed in [`ATTEMPT_WINDOW`]: per account from one client address
+/// (reset by a success there), per client address over all accounts, and per account over all
+/// addresses. Successes never count, so a person who knows their password is refused only
+/// when their own address or account is under attack; locking someone else's account out
+/// takes [`MAX_FAILURES_PER_ACCOUNT`] failures from at least
+/// `MAX_FAILURES_PER_ACCOUNT / MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS` addresses.
+/// docs/SECURITY.md states the same numbers.
+pub const MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS: u64 = 5;
+pub const MAX_FAILURES_PER_ADDRESS: u64 = 30;
+pub const MAX_FAILURES_PER_ACCOUNT: u64 = 100;
+pub const ATTEMPT_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 pub struct AuthApi {
     auth: Arc<Auth>,
@@ -78,48 +84,72 @@ impl AuthApi {
     }
 
     async fn append_platform_audit(&self, record: zen_store::NewAuditRecord) {
-        let write = async {
-            let mut tx = self.store.begin(&Scope::anonymous()).await?;
-            tx.audit().append(record).await?;
-            tx.commit().await
-        };
-        if let Err(error) = write.await {
-            tracing::warn!(%error, "could not audit an authentication event");
-        }
+        append_audit(&self.store, &Scope::anonymous(), record, "authentication").await;
     }
 
-    /// Counts a login attempt (atomically, before the password is checked, so concurrent
-    /// guesses cannot slip past the limit) and refuses once an account or an address has made
-    /// too many in the window. A successful login clears the account's count.
-    async fn count_attempt(&self, username: &str, address: &str) -> Result<(), Status> {
-        for (key, limit) in [
-            (account_key(username), MAX_ATTEMPTS_PER_ACCOUNT),
+    /// The attempt counters of one login: (key, limit) per scope of [`ATTEMPT_WINDOW`].
+    fn attempt_keys(username: &str, address: &str) -> [(String, u64); 3] {
+        [
+            (
+                format!("login-attempts:user:{username}:addr:{address}"),
+                MAX_FAILURES_PER_ACCOUNT_AND_ADDRESS,
+            ),
             (
                 format!("login-attempts:addr:{address}"),
-                MAX_ATTEMPTS_PER_ADDRESS,
+                MAX_FAILURES_PER_ADDRESS,
             ),
-        ] {
-            let count = self
+            (
+                format!("login-attempts:user:{username}"),
+                MAX_FAILURES_PER_ACCOUNT,
+            ),
+        ]
+    }
+
+    /// Counts an attempt before the password is checked (atomically, so concurrent guesses
+    /// cannot slip past a limit) and refuses once a scope has too many attempts that did not
+    /// succeed. A success is counted separately ([`Self::count_success`]) and subtracted, so
+    /// only failures use up a limit.
+    async fn count_attempt(&self, username: &str, address: &str) -> Result<(), Status> {
+        for (key, limit) in Self::attempt_keys(username, address) {
+            let attempts = self
                 .cache
                 .increment(&key, ATTEMPT_WINDOW)
                 .await
                 .map_err(cache_status)?;
-            if count > limit {
+            let successes = self
+                .cache
+                .get(&format!("{key}:ok"))
+                .await
+                .map_err(cache_status)?
+                .and_then(|raw| String::from_utf8(raw).ok())
+                .and_then(|text| text.parse::<u64>().ok())
+                .unwrap_or(0);
+            if attempts.saturating_sub(successes) > limit {
                 let mut details = ErrorDetails::with_retry_info(Some(ATTEMPT_WINDOW));
                 details.set_error_info("RATE_LIMITED", "zen", std::collections::HashMap::new());
                 return Err(Status::with_error_details(
                     Code::ResourceExhausted,
-                    "too many login attempts; try again later",
+                    "too many failed login attempts; try again later",
                     details,
                 ));
             }
         }
         Ok(())
     }
-}
 
-fn account_key(username: &str) -> String {
-    format!("login-attempts:user:{username}")
+    /// A successful login: clears this account's count at this address and takes the attempt
+    /// back from the address's and the account's counts.
+    async fn count_success(&self, username: &str, address: &str) {
+        let [own, by_address, by_account] = Self::attempt_keys(username, address);
+        let _ = self.cache.delete(&own.0).await;
+        let _ = self.cache.delete(&format!("{}:ok", own.0)).await;
+        for (key, _) in [by_address, by_account] {
+            let _ = self
+                .cache
+                .increment(&format!("{key}:ok"), ATTEMPT_WINDOW)
+                .await;
+        }
+    }
 }
 
 fn user_to_proto(user: &User) -> pb::User {
@@ -303,9 +333,20 @@ impl AuthService for AuthApi {
         let address = call
             .context
             .client_address
-            .map(|a| a.ip().to_string())
+            .map(|a| a.to_string())
             .unwrap_or_default();
-        self.count_attempt(&req.username, &address).await?;
+        if let Err(refused) = self.count_attempt(&req.username, &address).await {
+            let mut record = call.audit(
+                "auth.login",
+                "user",
+                "",
+                AuditOutcome::Denied,
+                json!({ "method": "local", "username": req.username, "reason": "RATE_LIMITED" }),
+            );
+            record.actor_type = "user".into();
+            self.append_platform_audit(record).await;
+            return Err(refused);
+        }
         let user = {
             let mut tx = self
                 .store
@@ -336,7 +377,7 @@ impl AuthService for AuthApi {
                 "invalid username or password",
             ));
         };
-        let _ = self.cache.delete(&account_key(&req.username)).await;
+        self.count_success(&req.username, &address).await;
         let token = self.login(&call, &user, "local").await?;
         Ok(Response::new(pb::LocalLoginResponse {
             token: Some(token),

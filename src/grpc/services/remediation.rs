@@ -184,6 +184,7 @@ pub fn remediation_to_proto(r: Remediation) -> pb::Remediation {
         break_glass: r.break_glass,
         break_glass_justification: r.break_glass_justification,
         proposed_by: r.proposed_by,
+        revised_by: r.revised_by,
         create_time: Some(timestamp(r.created_at)),
         update_time: Some(timestamp(r.updated_at)),
         expire_time: opt_timestamp(r.expires_at),
@@ -805,6 +806,7 @@ impl remediation_service_server::RemediationService for RemediationApi {
         let risk = risk_field("risk", req.risk, false)?;
         text_field("comment", &req.comment, 2000)?;
         let comment = req.comment;
+        let (_, reviser) = actor_identity(&call.caller);
         let remediation = self
             .change(
                 &call,
@@ -825,8 +827,10 @@ impl remediation_service_server::RemediationService for RemediationApi {
                         if let Some(risk) = risk {
                             r.risk = risk;
                         }
-                        // A new revision: earlier approvals no longer count.
+                        // A new revision: earlier approvals no longer count, and its author
+                        // may not approve it (see policy::check_approval).
                         r.revision += 1;
+                        r.revised_by = reviser;
                         r.approvals.clear();
                         r.break_glass = false;
                         r.break_glass_justification.clear();

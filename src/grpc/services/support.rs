@@ -109,16 +109,42 @@ impl Call {
                 AuditOutcome::Failure,
                 serde_json::json!({ "code": format!("{:?}", status.code()), "message": status.message() }),
             );
-            let write = async {
-                let mut tx = store.begin(scope).await?;
-                tx.audit().append(record).await?;
-                tx.commit().await
-            };
-            if let Err(error) = write.await {
-                tracing::warn!(%error, action, "could not audit a failed mutation");
-            }
+            append_audit(store, scope, record, "failed_mutation").await;
         }
         result
+    }
+}
+
+/// Appends a record of something refused or failed, outside the work's own transaction: the
+/// answer is already decided (a refusal stays a refusal), so this never fails the call. A
+/// concurrent-append conflict is retried; a record that still cannot be written is logged and
+/// counted in `zen_audit_records_lost_total{kind}` so an operator can alert on it.
+pub async fn append_audit(
+    store: &Store,
+    scope: &Scope,
+    record: NewAuditRecord,
+    kind: &'static str,
+) -> bool {
+    const ATTEMPTS: u32 = 4;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let write = async {
+            let mut tx = store.begin(scope).await?;
+            tx.audit().append(record.clone()).await?;
+            tx.commit().await
+        };
+        match write.await {
+            Ok(()) => return true,
+            Err(error) if error.is_retryable() && attempt < ATTEMPTS => {
+                tokio::time::sleep(std::time::Duration::from_millis(10 << attempt)).await;
+            }
+            Err(error) => {
+                tracing::error!(%error, kind, action = %record.action, "an audit record was lost");
+                metrics::counter!("zen_audit_records_lost_total", "kind" => kind).increment(1);
+                return false;
+            }
+        }
     }
 }
 

@@ -213,6 +213,20 @@ fn api_endpoint(value: &str) -> Result<Option<String>, Status> {
     }
 }
 
+fn quotas_denied() -> Status {
+    denied(
+        "PLATFORM_ADMIN_REQUIRED",
+        "only a platform admin may set a tenant's quotas; leave `quotas` out (the defaults apply)",
+    )
+}
+
+/// Whether an invite sent to `invited` may be accepted by a person whose address is `own`:
+/// e-mail addresses compare without regard to case (RFC 5321 leaves the local part's case to
+/// the receiving server; every mainstream provider ignores it). No address never matches.
+fn same_email(invited: &str, own: Option<&str>) -> bool {
+    own.is_some_and(|own| own.trim().eq_ignore_ascii_case(invited.trim()))
+}
+
 /// What the caller may grant, copied out of the call so units of work can own it.
 #[derive(Clone, Copy)]
 struct Grantor {
@@ -251,10 +265,14 @@ impl TenancyService for TenancyApi {
             .into_inner()
             .tenant
             .ok_or_else(|| invalid(&[("tenant", "is required")]))?;
+        let quotas = tenant.quotas.unwrap_or_default();
+        if quotas != pb::TenantQuotas::default() && !call.caller.is_platform_admin() {
+            return Err(quotas_denied());
+        }
         let new = NewTenant {
             name: tenant.name,
             display_name: tenant.display_name,
-            quotas: quotas_from_proto(&tenant.quotas.unwrap_or_default())?,
+            quotas: quotas_from_proto(&quotas)?,
         };
         let owner = call.caller.user_id();
         let scope = call.scope(None);
@@ -343,6 +361,14 @@ impl TenancyService for TenancyApi {
                 ("quotas", tenant.quotas.is_some()),
             ],
         );
+        // Quotas bound what a tenant may cost the platform: only platform admins set them.
+        if paths
+            .iter()
+            .any(|p| p == "quotas" || p.starts_with("quotas."))
+            && !call.caller.is_platform_admin()
+        {
+            return Err(quotas_denied());
+        }
         let mut update = TenantUpdate::default();
         for path in &paths {
             match path.as_str() {
@@ -553,11 +579,23 @@ impl TenancyService for TenancyApi {
         let member = call
             .mutate(&self.store, &scope, "member.accept", "invite", move |tx| {
                 Box::pin(async move {
+                    // Accepting proves the token (and one use); the e-mail check follows in
+                    // the same transaction, so a mismatch undoes the membership. Checking after
+                    // the token means only the token's holder learns that the address differs.
                     let member = tx
                         .invites()
                         .accept(invite_id, &token, user_id, Utc::now())
                         .await
                         .map_err(store_err(""))?;
+                    let invite = tx.invites().get(invite_id).await.map_err(store_err(""))?;
+                    let user = tx.users().get(user_id).await.map_err(store_err(""))?;
+                    if !same_email(&invite.email, user.email.as_deref()) {
+                        return Err(denied(
+                            "INVITE_EMAIL_MISMATCH",
+                            "this invite was sent to another e-mail address: sign in as the \
+                             person it was sent to, or ask for an invite to your own address",
+                        ));
+                    }
                     let details = json!({ "user_id": user_id, "role": member.role });
                     Ok(Mutation::new(member_to_proto(member), invite_id, details))
                 })

@@ -33,9 +33,9 @@ use zen_webhook::{
 };
 
 use super::support::{
-    audit_record, duration_field, invalid, json_to_struct, json_to_value, opt_timestamp,
-    page_request, store_status, struct_to_json, timestamp, uuid_field, value_to_json, Call,
-    Mutation, ERROR_DOMAIN,
+    append_audit, audit_record, duration_field, invalid, json_to_struct, json_to_value,
+    opt_timestamp, page_request, store_status, struct_to_json, timestamp, uuid_field,
+    value_to_json, Call, Mutation, ERROR_DOMAIN,
 };
 use super::webhook_commit::{CommitError, CommitQueue, Delivery as CommitDelivery};
 use crate::proto::zen::ingest::v1 as pb;
@@ -1389,8 +1389,9 @@ impl Webhooks {
             })
     }
 
-    /// A refused delivery lands in the tenant's audit chain (best effort: a refusal must not
-    /// become a 5xx because the audit log is busy).
+    /// A refused delivery lands in the tenant's audit chain (retried; a refusal must not
+    /// become a 5xx because the audit log is busy, so one that cannot be written is counted
+    /// in `zen_audit_records_lost_total`).
     async fn audit_refusal(&self, call: &Call, scope: &Scope, source_id: Uuid, reason: &str) {
         let mut record = audit_record(
             &call.caller,
@@ -1403,14 +1404,7 @@ impl Webhooks {
         );
         record.actor_type = "webhook_source".into();
         record.actor_id = Some(source_id.to_string());
-        let write = async {
-            let mut tx = self.store.begin(scope).await?;
-            tx.audit().append(record).await?;
-            tx.commit().await
-        };
-        if let Err(error) = write.await {
-            tracing::warn!(%error, "could not audit a refused webhook delivery");
-        }
+        append_audit(&self.store, scope, record, "webhook_refusal").await;
     }
 
     // ------------------------------------------------------------------ legacy agents

@@ -52,21 +52,67 @@ fn head_from(r: &Row) -> Result<ChainHead> {
     })
 }
 
-fn check_new(r: &NewAuditRecord) -> Result<()> {
+/// Bounds of the free-text fields of a record (characters). What a caller sent (a user agent,
+/// a request id, an address) is evidence, not input to refuse: a longer value is cut at its
+/// bound and control characters are replaced, the record says which fields were cut
+/// (`details.truncated`), and the record is written. Refusing it would turn a hostile header
+/// into a refused request that leaves no trace.
+const FREE_TEXT_BOUNDS: [(&str, usize); 5] = [
+    ("actor_id", 256),
+    ("resource_id", 256),
+    ("request_id", 256),
+    ("client_address", 256),
+    ("user_agent", 1024),
+];
+
+/// Checks the fields Zen itself names and bounds the ones callers supply (see
+/// [`FREE_TEXT_BOUNDS`]).
+fn bound_new(r: &mut NewAuditRecord) -> Result<()> {
     validate::text("actor_type", &r.actor_type, 64, false)?;
-    validate::opt_text("actor_id", r.actor_id.as_deref(), 256)?;
     validate::text("action", &r.action, 128, false)?;
     validate::text("resource_type", &r.resource_type, 128, false)?;
-    validate::opt_text("resource_id", r.resource_id.as_deref(), 256)?;
-    validate::opt_text("request_id", r.request_id.as_deref(), 256)?;
-    validate::opt_text("client_address", r.client_address.as_deref(), 256)?;
-    validate::opt_text("user_agent", r.user_agent.as_deref(), 1024)
+    let mut truncated = Vec::new();
+    for (field, max) in FREE_TEXT_BOUNDS {
+        let value = match field {
+            "actor_id" => &mut r.actor_id,
+            "resource_id" => &mut r.resource_id,
+            "request_id" => &mut r.request_id,
+            "client_address" => &mut r.client_address,
+            _ => &mut r.user_agent,
+        };
+        if let Some(text) = value.as_mut() {
+            if bound_text(text, max) {
+                truncated.push(field);
+            }
+        }
+    }
+    if !truncated.is_empty() {
+        if !r.details.is_object() {
+            r.details = Value::Object(Default::default());
+        }
+        r.details["truncated"] = Value::from(truncated);
+    }
+    Ok(())
+}
+
+/// Cuts `text` to `max` characters and replaces control characters (NUL included, which
+/// PostgreSQL cannot store) with U+FFFD; true when it was cut.
+pub(crate) fn bound_text(text: &mut String, max: usize) -> bool {
+    let cut = text.chars().count() > max;
+    if cut || text.chars().any(char::is_control) {
+        *text = text
+            .chars()
+            .take(max)
+            .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+            .collect();
+    }
+    cut
 }
 
 #[async_trait]
 impl AuditRepo for SqlTx {
-    async fn append(&mut self, new: NewAuditRecord) -> Result<AuditRecord> {
-        check_new(&new)?;
+    async fn append(&mut self, mut new: NewAuditRecord) -> Result<AuditRecord> {
+        bound_new(&mut new)?;
         let tenant = self.scope.chain_tenant();
         let details = match canonical_json(redact(new.details)) {
             Value::Null => Value::Object(Default::default()),

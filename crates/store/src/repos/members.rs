@@ -148,7 +148,10 @@ impl MemberRepo for SqlTx {
         let tenant = self.tenant()?;
         self.conn
             .fetch_optional(
-                "SELECT role FROM tenant_members WHERE tenant_id = $1 AND user_id = $2",
+                // Members of a deleted tenant hold no role in it: everything they could
+                // reach there (members, audit, clusters) closes with the tenant.
+                "SELECT m.role FROM tenant_members m JOIN tenants t ON t.id = m.tenant_id \
+                 WHERE m.tenant_id = $1 AND m.user_id = $2 AND t.deleted_at IS NULL",
                 args![tenant, user_id],
             )
             .await?

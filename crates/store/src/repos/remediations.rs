@@ -18,7 +18,7 @@ macro_rules! remediation_cols {
         "id, tenant_id, cluster_id, event_id, status, version, created_at, title, description, \
          action, rollback_action, probes, risk, status_reason, revision, required_approvals, \
          break_glass, break_glass_justification, proposed_by, updated_at, expires_at, \
-         dispatched_at, completed_at, last_error, execution_id, attempts, executed"
+         dispatched_at, completed_at, last_error, execution_id, attempts, executed, revised_by"
     };
 }
 
@@ -58,6 +58,7 @@ fn remediation_from(r: &Row) -> Result<Remediation> {
         break_glass: r.get("break_glass")?,
         break_glass_justification: r.text("break_glass_justification")?,
         proposed_by: r.text("proposed_by")?,
+        revised_by: r.text("revised_by")?,
         created_at,
         updated_at: r.opt_ts("updated_at")?.unwrap_or(created_at),
         expires_at: r.opt_ts("expires_at")?,
@@ -358,7 +359,7 @@ impl RemediationRepo for SqlTx {
                  revision = $11, required_approvals = $12, break_glass = $13, \
                  break_glass_justification = $14, expires_at = $15, dispatched_at = $16, \
                  completed_at = $17, last_error = $18, execution_id = $19, attempts = $20, \
-                 executed = $21 \
+                 executed = $21, revised_by = $22 \
                  WHERE tenant_id = $1 AND id = $2 AND version = $3",
                 args![
                     tenant,
@@ -382,6 +383,7 @@ impl RemediationRepo for SqlTx {
                     r.execution_id,
                     r.attempts,
                     r.executed,
+                    r.revised_by.clone(),
                 ],
             )
             .await?;
