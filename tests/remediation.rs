@@ -1680,3 +1680,54 @@ async fn watch_misses_nothing_under_concurrent_changes_on_postgres() {
     f.zen.stop().await;
     db.drop_database().await;
 }
+
+/// Whoever authored the current revision counts as a proposer: an approver who rewrites the
+/// action cannot then approve it alone, and the original proposer cannot approve either; a
+/// third person can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_author_of_a_revision_cannot_approve_it() {
+    let f = setup(None).await;
+    let proposed = f
+        .propose(
+            &f.alice,
+            f.proposal("tighten api", pb::RiskLevel::Medium, false),
+        )
+        .await;
+    assert_eq!(proposed.required_approvals, 1, "{proposed:?}");
+    let action = f
+        .proposal("escalate", pb::RiskLevel::Medium, false)
+        .remediation
+        .unwrap()
+        .action;
+    let revised = f
+        .bob
+        .client
+        .clone()
+        .revise_remediation(f.bob.req(pb::ReviseRemediationRequest {
+            tenant_id: f.tenant.clone(),
+            remediation_id: proposed.remediation_id.clone(),
+            version: proposed.version,
+            action,
+            comment: "a different action".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("an approver may revise")
+        .into_inner()
+        .remediation
+        .unwrap();
+    assert_eq!(revised.revised_by, f.bob.id);
+    assert_eq!(revised.revision, proposed.revision + 1);
+    for author in [&f.bob, &f.alice] {
+        let refused = author.approve(&f.tenant, &revised).await.unwrap_err();
+        assert_eq!(
+            (refused.code(), reason(&refused)),
+            (Code::PermissionDenied, "SELF_APPROVAL_FORBIDDEN".into()),
+            "{} approved a revision they had a hand in",
+            author.id
+        );
+    }
+    let approved = f.carol.approve(&f.tenant, &revised).await.unwrap();
+    assert_eq!(approved.status, pb::RemediationStatus::Approved as i32);
+    f.zen.stop().await;
+}
