@@ -83,12 +83,20 @@ async fn login(
         .map(|r| r.into_inner().token.unwrap())
 }
 
-/// An operator creates the tenant and invites `username` with `role`; the person accepts.
-async fn join(zen: &TestZen, gateway: &Channel, tenant_id: &str, token: &str, role: Role) {
+/// An operator invites `username` (at the address [`create_user`] gave them) with `role`; the
+/// person accepts.
+async fn join(
+    zen: &TestZen,
+    gateway: &Channel,
+    tenant_id: &str,
+    username: &str,
+    token: &str,
+    role: Role,
+) {
     let invite = TenancyServiceClient::new(zen.admin().await)
         .create_invite(with_id(tenancy::CreateInviteRequest {
             tenant_id: tenant_id.into(),
-            email: "someone@example.test".into(),
+            email: format!("{username}@example.test"),
             role: role as i32,
             ttl: None,
         }))
@@ -140,9 +148,25 @@ async fn people_log_in_and_roles_come_from_the_store() {
 
     let alice = login(&gateway, "alice", PASSWORD).await.unwrap();
     assert_eq!(alice.token_type, "Bearer");
-    join(&zen, &gateway, &tenant_id, &alice.access_token, Role::Owner).await;
+    join(
+        &zen,
+        &gateway,
+        &tenant_id,
+        "alice",
+        &alice.access_token,
+        Role::Owner,
+    )
+    .await;
     let bob = login(&gateway, "bob", PASSWORD).await.unwrap();
-    join(&zen, &gateway, &tenant_id, &bob.access_token, Role::Viewer).await;
+    join(
+        &zen,
+        &gateway,
+        &tenant_id,
+        "bob",
+        &bob.access_token,
+        Role::Viewer,
+    )
+    .await;
     let mallory = login(&gateway, "mallory", PASSWORD).await.unwrap();
 
     let mut tenancy = TenancyServiceClient::new(gateway.clone());

@@ -841,3 +841,59 @@ async fn two_replicas_share_replay_memory_and_configuration() {
     a.running.shutdown().await.unwrap();
     database.drop_database().await;
 }
+
+/// Signature brute-forcing leaves a trace whatever the headers: every badly signed delivery,
+/// sent with a 2,000-character User-Agent, is refused and has its own denied record, the
+/// User-Agent cut at 1,024 characters.
+#[tokio::test]
+async fn badly_signed_deliveries_with_hostile_headers_are_each_audited() {
+    let zen = TestZen::start_with(GlobalArgs::default(), serve_args()).await;
+    let admin = Admin::new(&zen, "acme").await;
+    let (source, _secret) = admin.create_source(&zen, zen_hmac_source("alerts")).await;
+    let id = source["sourceId"].as_str().unwrap();
+    let http = http_client();
+    let agent = "B".repeat(2000);
+    for attempt in 0..5 {
+        let body = br#"{"alert":"guess"}"#;
+        let response = http
+            .post(zen.http_url(&format!("/webhooks/{id}")))
+            .header("content-type", "application/json")
+            .header("user-agent", agent.as_str())
+            .header("x-timestamp", now().to_string())
+            .header("x-nonce", format!("guess-{attempt}"))
+            .header("x-signature", zen_hmac("not-the-secret", now(), "x", body))
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "attempt {attempt}"
+        );
+    }
+    let audit = admin
+        .get(
+            &zen,
+            &format!("/auditLogs?action=webhook.receive&resourceId={id}&pageSize=100"),
+        )
+        .await;
+    let denied: Vec<&Value> = audit["auditRecords"]
+        .as_array()
+        .map(|records| {
+            records
+                .iter()
+                .filter(|r| r["outcome"] == "AUDIT_OUTCOME_DENIED")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(denied.len(), 5, "{audit}");
+    for record in denied {
+        assert_eq!(
+            record["userAgent"].as_str().unwrap().len(),
+            1024,
+            "{record}"
+        );
+    }
+    zen.running.shutdown().await.unwrap();
+}

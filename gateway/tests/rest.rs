@@ -664,9 +664,11 @@ async fn headers_are_checked_and_forwarded_as_metadata() {
     );
     assert_eq!(md["tracestate"], "zen=1");
     assert_eq!(md["user-agent"].split(' ').next().unwrap(), "zen-test/1.0");
-    assert_eq!(md["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    // From an untrusted peer the client's own X-Forwarded-For is ignored: the peer is the
+    // client, attested as such; forwarding headers never travel further.
+    assert_eq!(md["x-zen-client-address"], "127.0.0.1");
     assert!(
-        !md.contains_key("cookie"),
+        !md.contains_key("cookie") && !md.contains_key("x-forwarded-for"),
         "only the listed headers are forwarded"
     );
 
@@ -1060,7 +1062,7 @@ async fn unreachable_upstream_is_503_without_internals() {
 }
 
 #[tokio::test]
-async fn client_address_starts_x_forwarded_for() {
+async fn the_client_address_is_attested() {
     let h = start(config()).await;
     h.client
         .get(h.url("/v1/tenants/t1/things/a"))
@@ -1068,6 +1070,40 @@ async fn client_address_starts_x_forwarded_for() {
         .await
         .unwrap();
     let md = h.state.last("GetThing").unwrap().metadata;
-    assert_eq!(md["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(md["x-zen-client-address"], "127.0.0.1");
     assert!(!md.contains_key("authorization"));
+
+    // Behind a trusted proxy (here: loopback), the first untrusted hop from the right.
+    let mut trusting = config();
+    trusting.trusted_proxies = zen_gateway::TrustedProxies::parse("127.0.0.1, 10.0.0.0/8").unwrap();
+    let h = start(trusting).await;
+    h.client
+        .get(h.url("/v1/tenants/t1/things/a"))
+        .header("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.1.1.1")
+        .send()
+        .await
+        .unwrap();
+    let md = h.state.last("GetThing").unwrap().metadata;
+    assert_eq!(md["x-zen-client-address"], "203.0.113.7");
+}
+
+#[tokio::test]
+async fn oversized_headers_are_431_before_anything_is_called() {
+    let h = start(config()).await;
+    for (name, size) in [
+        ("authorization", zen_gateway::MAX_FORWARDED_HEADER_BYTES + 1),
+        ("user-agent", 16 * 1024),
+        ("x-something-else", zen_gateway::MAX_HEADER_BYTES + 1),
+    ] {
+        let r = h
+            .client
+            .get(h.url("/v1/tenants/t1/things/a"))
+            .header(name, "a".repeat(size))
+            .send()
+            .await
+            .unwrap();
+        let body = assert_problem(r, 431).await;
+        assert_eq!(body["reason"], "HEADERS_TOO_LARGE", "{name}: {body}");
+    }
+    assert!(h.state.last("GetThing").is_none(), "nothing reached gRPC");
 }
