@@ -226,7 +226,11 @@ pub async fn login(url: &str, username: &str, password: &str) -> anyhow::Result<
         return Err(Failure::new(1, "the login answer holds no access token").into());
     }
     let path = save_session(&session)?;
-    eprintln!("logged in as {username} at {}; session in {}", session.url, path.display());
+    eprintln!(
+        "logged in as {username} at {}; session in {}",
+        session.url,
+        path.display()
+    );
     Ok(session)
 }
 
@@ -268,10 +272,50 @@ fn scalar(value: &Value) -> Option<String> {
     }
 }
 
-/// A plain text table of the scalar members (columns in first-seen order).
+/// The columns worth a terminal's width, per kind of object (named by its id field).
+fn preferred_columns(items: &[Value]) -> Option<&'static [&'static str]> {
+    const KINDS: &[(&str, &[&str])] = &[
+        (
+            "remediationId",
+            &["remediationId", "status", "risk", "title", "version"],
+        ),
+        ("sourceId", &["sourceId", "name", "enabled", "url"]),
+        ("eventId", &["eventId", "severity", "type", "title", "count"]),
+        (
+            "recordId",
+            &[
+                "sequence",
+                "action",
+                "outcome",
+                "resourceType",
+                "createTime",
+            ],
+        ),
+        (
+            "clusterId",
+            &["clusterId", "name", "status", "connectionState"],
+        ),
+        ("inviteId", &["inviteId", "email", "role", "expireTime"]),
+        ("tenantId", &["tenantId", "name", "status"]),
+    ];
+    let first = items.first()?;
+    KINDS
+        .iter()
+        .find(|(id, _)| {
+            first.get(*id).is_some() && (*id != "tenantId" || first.get("role").is_none())
+        })
+        .map(|(_, columns)| *columns)
+        .or_else(|| first.get("role").map(|_| &["userId", "email", "role"][..]))
+}
+
+/// A plain text table: the kind's preferred columns, else every scalar member (in first-seen
+/// order).
 pub fn table(items: &[Value]) -> String {
-    let mut columns: Vec<String> = Vec::new();
-    for item in items {
+    let mut columns: Vec<String> = preferred_columns(items)
+        .map(|c| c.iter().map(|s| s.to_string()).collect())
+        .unwrap_or_default();
+    let curated = !columns.is_empty();
+    for item in items.iter().filter(|_| !curated) {
         if let Value::Object(map) = item {
             for (key, value) in map {
                 if scalar(value).is_some() && !columns.contains(key) {
@@ -447,11 +491,9 @@ pub async fn watch(
             continue;
         }
         if let Some(error) = message.get("error") {
-            return Err(Failure::new(
-                4,
-                format!("the watch was refused: {}", error["detail"]),
-            )
-            .into());
+            return Err(
+                Failure::new(4, format!("the watch was refused: {}", error["detail"])).into(),
+            );
         }
         match output {
             Output::Yaml => print!("---\n{}", to_yaml(&message)),
@@ -490,13 +532,12 @@ mod tests {
     #[test]
     fn tables_show_scalars_in_aligned_columns() {
         let text = table(&[
-            json!({"tenantId": "t1", "name": "acme", "labels": {"a": "b"}}),
-            json!({"tenantId": "t22", "name": "b", "enabled": true}),
+            json!({"a": "t1", "name": "acme", "labels": {"a": "b"}}),
+            json!({"a": "t22", "name": "b", "enabled": true}),
         ]);
-        assert_eq!(
-            text,
-            "TENANTID  NAME  ENABLED\nt1        acme\nt22       b     true\n"
-        );
+        assert_eq!(text, "A    NAME  ENABLED\nt1   acme\nt22  b     true\n");
+        let text = table(&[json!({"tenantId": "t1", "name": "acme", "status": "ACTIVE", "x": 1})]);
+        assert_eq!(text, "TENANTID  NAME  STATUS\nt1        acme  ACTIVE\n");
     }
 
     #[test]
@@ -749,7 +790,9 @@ pub mod commands {
                 print(&answer, output, "tenants", "tenantId")
             }
             TenantCommand::Get { tenant_id } => {
-                let answer = client.get(&format!("/v1/tenants/{}", enc(&tenant_id))).await?;
+                let answer = client
+                    .get(&format!("/v1/tenants/{}", enc(&tenant_id)))
+                    .await?;
                 print(&answer, output, "tenant", "tenantId")
             }
         }
