@@ -280,7 +280,10 @@ fn preferred_columns(items: &[Value]) -> Option<&'static [&'static str]> {
             &["remediationId", "status", "risk", "title", "version"],
         ),
         ("sourceId", &["sourceId", "name", "enabled", "url"]),
-        ("eventId", &["eventId", "severity", "type", "title", "count"]),
+        (
+            "eventId",
+            &["eventId", "severity", "type", "title", "count"],
+        ),
         (
             "recordId",
             &[
