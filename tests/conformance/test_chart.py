@@ -276,3 +276,33 @@ def _get(session, url: str) -> bool:
         return session.get(url, timeout=3).status_code == 200
     except Exception:  # noqa: BLE001
         return False
+
+
+@pytest.mark.parametrize("bad", ["replicaCount=0", "environment=prod", "containerPorts.admin=70000",
+                                 "redis.url=redis://:secret@cache:6379", "unknownKey=1"])
+def test_the_values_schema_refuses_wrong_values(bad):
+    proc = subprocess.run([helm(), "template", "zen", str(CHART), "--set", bad],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "schema" in proc.stderr, (bad, proc.stderr)
+
+
+def test_exposure_options_route_only_public_ports_and_helm_test_checks_mtls():
+    docs = render("values-prod.yaml", "ingress.enabled=true", "ingress.hosts[0]=zen.example.com",
+                  "gatewayApi.httpRoute.enabled=true", "gatewayApi.tlsRoute.enabled=true",
+                  "gatewayApi.parentRefs[0].name=public")
+    by_kind = {d["kind"]: d for d in docs}
+    ingress = by_kind["Ingress"]["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert ingress == {"name": "zen", "port": {"name": "http"}}
+    assert by_kind["HTTPRoute"]["spec"]["rules"][0]["backendRefs"][0]["port"] == 8080
+    assert by_kind["TLSRoute"]["spec"]["rules"][0]["backendRefs"][0]["port"] == 7443
+    monitor = by_kind["ServiceMonitor"]["spec"]
+    assert monitor["endpoints"][0]["port"] == "admin"
+    assert monitor["selector"]["matchLabels"]["app.kubernetes.io/component"] == "admin"
+    smoke = by_kind["Pod"]
+    assert smoke["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    args = " ".join(smoke["spec"]["containers"][0]["args"])
+    assert "-tls-client-cert=/pki/gateway/tls.crt" in args
+    secrets = {v["name"]: v["secret"]["secretName"] for v in smoke["spec"]["volumes"]}
+    assert secrets == {"pki-server": "zen-server-tls", "pki-gateway": "zen-gateway-tls"}
+    checks = [c["args"][-1] for c in smoke["spec"]["initContainers"]]
+    assert checks == ["http://zen:8080/health", "http://zen:8080/readyz"]
