@@ -670,10 +670,15 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 /// Hides the credentials of a URL (database, cache, any other) for messages and logs: the
 /// password of the user-info part (`user:***@`, or `***@` when the user-info is a bare
 /// token) and the value of any `password`/`secret`/`token`-like query parameter. A string
-/// that is not `scheme://…` is not shown at all, since where its secret sits is unknown.
+/// that is not `scheme://…` but holds an `@` is not shown at all, since where its secret
+/// sits is unknown.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
-        return "<not a URL: hidden>".into();
+        return if url.contains('@') || url.contains('?') {
+            "<not a URL: hidden>".into()
+        } else {
+            url.to_owned()
+        };
     };
     let (head, query) = match url.find('?') {
         Some(q) if q > scheme_end => (&url[..q], Some(&url[q + 1..])),
