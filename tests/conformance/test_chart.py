@@ -14,6 +14,9 @@ that absolute paths in the environment are resolved under that root, since the t
 chroot. PostgreSQL (a fresh database) and Redis come from the test machine. The migration
 Job must exit 0; the server must start, answer /readyz 200, enroll an agent with a bootstrap
 token (the CA key comes from the chart's CA Secret) and accept a signed webhook.
+
+ZEN_CHART_TEST_SET (`key=value;key=value`) adds `--set`s to that render, to see the test fail
+on a broken configuration (e.g. `pki.caKey.enabled=false`: enrollment is refused).
 """
 
 from __future__ import annotations
@@ -141,6 +144,8 @@ def command(container: dict) -> list[str]:
 @pytest.fixture
 def database():
     if not shutil.which("createdb"):
+        if os.environ.get("CI"):
+            raise AssertionError("createdb (postgresql-client) is required in CI")
         pytest.skip("createdb is not installed")
     name = f"zen_chart_{uuid.uuid4().hex[:10]}"
     subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", name], check=True, timeout=30)
