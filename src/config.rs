@@ -34,7 +34,7 @@ pub struct GlobalArgs {
     #[arg(long, env = "ZEN_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// `postgres://…` or `sqlite://…`; default `sqlite://<data-dir>/zen.db`.
-    #[arg(long, env = "ZEN_DATABASE_URL", global = true)]
+    #[arg(long, env = "ZEN_DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
     /// `development` (default) or `production`.
     #[arg(long = "env", env = "ZEN_ENV", global = true, value_enum)]
@@ -46,7 +46,7 @@ pub struct GlobalArgs {
     #[arg(long, env = "ZEN_JWT_KEYS_DIR", global = true)]
     pub jwt_keys_dir: Option<PathBuf>,
     /// Shared cache, `redis://host:port/db`; unset means an in-process memory cache.
-    #[arg(long, env = "ZEN_REDIS_URL", global = true)]
+    #[arg(long, env = "ZEN_REDIS_URL", global = true, hide_env_values = true)]
     pub redis_url: Option<String>,
 }
 
@@ -126,7 +126,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ZEN_LOCAL_LOGIN")]
     pub local_login: Option<bool>,
     /// OIDC providers as a JSON array of {name, issuer_url, client_id, client_secret, scopes}.
-    #[arg(long, env = "ZEN_OIDC_PROVIDERS")]
+    #[arg(long, env = "ZEN_OIDC_PROVIDERS", hide_env_values = true)]
     pub oidc_providers: Option<String>,
     /// Keys sealing webhook secrets at rest: comma-separated `<key-id>:<base64 32 bytes>`, the
     /// first seals, all open (default: a key file under the data dir, development only).
@@ -526,7 +526,7 @@ impl Config {
         if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
             return Err(ConfigError::Invalid(format!(
                 "ZEN_PUBLIC_URL `{}` must start with http:// or https://",
-                self.public_url
+                redact_url(&self.public_url)
             )));
         }
         if self.access_token_ttl < Duration::from_secs(60)
@@ -706,18 +706,54 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
-/// Hides the password of a database URL for messages and logs.
+/// Hides the credentials of a URL (database, cache, any other) for messages and logs: the
+/// password of the user-info part (`user:***@`, or `***@` when the user-info is a bare
+/// token) and the value of any `password`/`secret`/`token`-like query parameter. A string
+/// that is not `scheme://…` but holds an `@` is not shown at all, since where its secret
+/// sits is unknown.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
+    let Some(scheme_end) = url.find("://") else {
+        return if url.contains('@') || url.contains('?') {
+            "<not a URL: hidden>".into()
+        } else {
+            url.to_owned()
+        };
+    };
+    let (head, query) = match url.find('?') {
+        Some(q) if q > scheme_end => (&url[..q], Some(&url[q + 1..])),
+        _ => (url, None),
+    };
+    let mut out = match head.rfind('@') {
+        Some(at) if at > scheme_end => {
+            let userinfo = &head[scheme_end + 3..at];
+            let user = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_owned(),
+            };
+            format!("{}{user}{}", &head[..scheme_end + 3], &head[at..])
         }
-        _ => url.to_owned(),
+        _ => head.to_owned(),
+    };
+    if let Some(query) = query {
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if is_secret_name(key) => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&masked.join("&"));
     }
+    out
+}
+
+/// Whether a setting or parameter named `name` carries a secret.
+pub fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "secret", "token", "key", "credential", "auth"]
+        .iter()
+        .any(|word| name.contains(word))
 }
 
 #[cfg(test)]
@@ -788,5 +824,23 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("mysql://root:***@db/zen"), "{message}");
         assert!(!message.contains("hunter2"));
+    }
+
+    #[test]
+    fn urls_lose_every_credential() {
+        for (url, secret) in [
+            ("postgres://zen:hunter2@db/zen?sslmode=require", "hunter2"),
+            ("redis://:hunter2@cache:6379/0", "hunter2"),
+            ("rediss://hunter2@cache:6380", "hunter2"),
+            ("postgres://db/zen?user=zen&password=hunter2", "hunter2"),
+            ("postgres:hunter2@db", "hunter2"),
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains(secret), "{url} -> {shown}");
+        }
+        assert_eq!(
+            redact_url("postgres://zen:x@db:5432/zen?sslmode=require"),
+            "postgres://zen:***@db:5432/zen?sslmode=require"
+        );
     }
 }

@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand};
 use zen_security::{PeerIdentity, PkiFiles};
 
 use zen::config::{Config, GlobalArgs, ServeArgs};
+use zen::ops::commands::{
+    ClusterCommand, EventCommand, InviteCommand, MemberCommand, RemediationCommand, SourceCommand,
+    TenantCommand, TokenCommand,
+};
+use zen::ops::Output;
 use zen::{server, store, telemetry};
 
 #[derive(Parser)]
@@ -19,6 +24,9 @@ use zen::{server, store, telemetry};
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
+    /// How the operator commands print results (`id`: only the object's id, for scripts).
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,6 +62,47 @@ enum Command {
     /// The remediation dead-letter queue (see docs/REMEDIATION.md).
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Log in to a Zen (local login) and keep the session for the commands below.
+    Login {
+        /// Zen's HTTP side.
+        #[arg(long, env = "ZEN_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long)]
+        username: String,
+        /// Read the password from the first line of standard input (otherwise
+        /// ZEN_USER_PASSWORD).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Tenants (over the API, as the logged-in person).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// A tenant's members.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Invitations into a tenant.
+    #[command(subcommand)]
+    Invite(InviteCommand),
+    /// A tenant's clusters.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Bootstrap tokens that enroll agents.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Webhook sources.
+    #[command(subcommand)]
+    Source(SourceCommand),
+    /// Remediations: propose, approve, follow.
+    #[command(subcommand)]
+    Remediation(RemediationCommand),
+    /// Stored and live events.
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -214,6 +263,13 @@ enum AuditCommand {
         #[arg(long)]
         tenant: Option<uuid::Uuid>,
     },
+    /// List a tenant's audit records over the API, as the logged-in person.
+    List {
+        #[arg(long, env = "ZEN_TENANT")]
+        tenant: String,
+        #[arg(long, default_value_t = 50)]
+        page_size: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -259,12 +315,83 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            match error.downcast_ref::<zen::ops::Failure>() {
+                Some(failure) => ExitCode::from(failure.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
 
+/// The operator commands: they talk to a running Zen over its API and need no server
+/// configuration. `None` when `command` is not one of them.
+fn is_operator(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Login { .. }
+            | Command::Tenant(_)
+            | Command::Member(_)
+            | Command::Invite(_)
+            | Command::Cluster(_)
+            | Command::Token(_)
+            | Command::Source(_)
+            | Command::Remediation(_)
+            | Command::Event(_)
+            | Command::Audit(AuditCommand::List { .. })
+            | Command::Completions { .. }
+    )
+}
+
+async fn run_operator(command: Command, output: Output) -> anyhow::Result<()> {
+    use zen::ops::commands as ops;
+    match command {
+        Command::Login {
+            url,
+            username,
+            password_stdin,
+        } => {
+            let password = if password_stdin {
+                let mut line = String::new();
+                match std::io::stdin().read_line(&mut line) {
+                    Ok(_) => Ok(line.trim_end_matches(['\r', '\n']).to_owned()),
+                    Err(e) => Err(anyhow::Error::from(e)),
+                }
+            } else {
+                std::env::var("ZEN_USER_PASSWORD").context(
+                    "give the password on stdin (--password-stdin) or in ZEN_USER_PASSWORD",
+                )
+            };
+            match password {
+                Ok(password) => zen::ops::login(&url, &username, &password)
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            }
+        }
+        Command::Tenant(c) => ops::tenant(c, output).await,
+        Command::Member(c) => ops::member(c, output).await,
+        Command::Invite(c) => ops::invite(c, output).await,
+        Command::Cluster(c) => ops::cluster(c, output).await,
+        Command::Token(c) => ops::token(c, output).await,
+        Command::Source(c) => ops::source(c, output).await,
+        Command::Remediation(c) => ops::remediation(c, output).await,
+        Command::Event(c) => ops::event(c, output).await,
+        Command::Audit(AuditCommand::List { tenant, page_size }) => {
+            ops::audit_list(&tenant, page_size, output).await
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "zen", &mut std::io::stdout());
+            Ok(())
+        }
+        _ => anyhow::bail!("not an operator command"),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if is_operator(&cli.command) {
+        return run_operator(cli.command, cli.output).await;
+    }
     let serve_args = match &cli.command {
         Command::Serve(args) => (**args).clone(),
         _ => ServeArgs::default(),
@@ -289,6 +416,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(AuditCommand::Verify { tenant }) => {
             store::verify_audit_command(&config, tenant).await
         }
+        operator @ (Command::Audit(AuditCommand::List { .. })
+        | Command::Login { .. }
+        | Command::Tenant(_)
+        | Command::Member(_)
+        | Command::Invite(_)
+        | Command::Cluster(_)
+        | Command::Token(_)
+        | Command::Source(_)
+        | Command::Remediation(_)
+        | Command::Event(_)
+        | Command::Completions { .. }) => run_operator(operator, cli.output).await,
         Command::Agent(AgentCommand::Bootstrap {
             url,
             grpc_url,

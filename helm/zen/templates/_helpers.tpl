@@ -53,8 +53,8 @@ Checks that make a broken release fail at render time instead of at 3 a.m.
 {{- if not .Values.database.existingSecret }}
 {{- fail "database.existingSecret is required: a Secret holding the PostgreSQL URL (ZEN_DATABASE_URL)" }}
 {{- end }}
-{{- if not .Values.pki.existingSecret }}
-{{- fail "pki.existingSecret is required: a Secret with ca.crt, server.crt and server.key" }}
+{{- if and (not .Values.certManager.enabled) (not .Values.pki.existingSecret) }}
+{{- fail "pki.existingSecret is required: a Secret with ca.crt, tls.crt and tls.key (or certManager.enabled)" }}
 {{- end }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (add (int .Values.shutdownGraceSeconds) (int .Values.preStopSleepSeconds)) }}
 {{- fail (printf "terminationGracePeriodSeconds (%v) must exceed shutdownGraceSeconds (%v) + preStopSleepSeconds (%v), or Kubernetes kills pods mid-drain" .Values.terminationGracePeriodSeconds .Values.shutdownGraceSeconds .Values.preStopSleepSeconds) }}
@@ -111,29 +111,69 @@ environment this is, how to log. Addresses and TLS files are the server's alone.
 {{- end }}
 {{- end }}
 - name: ZEN_TLS_CA_CERT
-  value: {{ printf "%s/ca.crt" .Values.pki.mountPath | quote }}
+  value: {{ printf "%s/server/ca.crt" .Values.pki.mountPath | quote }}
 - name: ZEN_TLS_SERVER_CERT
-  value: {{ printf "%s/server.crt" .Values.pki.mountPath | quote }}
+  value: {{ printf "%s/server/tls.crt" .Values.pki.mountPath | quote }}
 - name: ZEN_TLS_SERVER_KEY
-  value: {{ printf "%s/server.key" .Values.pki.mountPath | quote }}
+  value: {{ printf "%s/server/tls.key" .Values.pki.mountPath | quote }}
+- name: ZEN_GATEWAY_CERT
+  value: {{ printf "%s/gateway/tls.crt" .Values.pki.mountPath | quote }}
+- name: ZEN_GATEWAY_KEY
+  value: {{ printf "%s/gateway/tls.key" .Values.pki.mountPath | quote }}
+- name: ZEN_GATEWAY_SERVER_NAME
+  value: {{ .Values.pki.gatewayServerName | default (include "zen.fullname" .) | quote }}
+{{- if .Values.pki.caKey.enabled }}
+- name: ZEN_TLS_CA_KEY
+  value: {{ printf "%s/ca/tls.key" .Values.pki.mountPath | quote }}
+{{- end }}
+- name: ZEN_JWT_KEYS_DIR
+  value: /etc/zen/jwt
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
 
 {{/* Volumes shared by the server and the migration Job. */}}
+{{- define "zen.pkiSecret" -}}
+{{- $ctx := index . 0 -}}{{- $which := index . 1 -}}
+{{- if $ctx.Values.certManager.enabled -}}
+{{- printf "%s-%s-tls" (include "zen.fullname" $ctx) $which -}}
+{{- else if eq $which "server" -}}{{- $ctx.Values.pki.existingSecret -}}
+{{- else if eq $which "gateway" -}}{{- $ctx.Values.pki.gatewaySecret -}}
+{{- else -}}{{- $ctx.Values.pki.caKey.existingSecret -}}
+{{- end -}}
+{{- end }}
+
+{{/* Volumes shared by the server and the migration Job. Secrets use cert-manager's layout
+     (ca.crt, tls.crt, tls.key) whether cert-manager made them or you did. */}}
 {{- define "zen.volumes" -}}
-- name: pki
+- name: pki-server
   secret:
-    secretName: {{ .Values.pki.existingSecret }}
+    secretName: {{ include "zen.pkiSecret" (list . "server") }}
     defaultMode: {{ .Values.pki.defaultMode }}
     items:
-      - key: ca.crt
-        path: ca.crt
-      - key: server.crt
-        path: server.crt
-      - key: server.key
-        path: server.key
+      - {key: ca.crt, path: ca.crt}
+      - {key: tls.crt, path: tls.crt}
+      - {key: tls.key, path: tls.key}
+- name: pki-gateway
+  secret:
+    secretName: {{ include "zen.pkiSecret" (list . "gateway") }}
+    defaultMode: {{ .Values.pki.defaultMode }}
+    items:
+      - {key: tls.crt, path: tls.crt}
+      - {key: tls.key, path: tls.key}
+{{- if .Values.pki.caKey.enabled }}
+- name: pki-ca
+  secret:
+    secretName: {{ include "zen.pkiSecret" (list . "ca") }}
+    defaultMode: {{ .Values.pki.defaultMode }}
+    items:
+      - {key: tls.key, path: tls.key}
+{{- end }}
+- name: jwt
+  secret:
+    secretName: {{ .Values.jwt.existingSecret }}
+    defaultMode: {{ .Values.pki.defaultMode }}
 - name: data
   emptyDir:
     sizeLimit: 64Mi
@@ -143,8 +183,19 @@ environment this is, how to log. Addresses and TLS files are the server's alone.
 {{- end }}
 
 {{- define "zen.volumeMounts" -}}
-- name: pki
-  mountPath: {{ .Values.pki.mountPath }}
+- name: pki-server
+  mountPath: {{ .Values.pki.mountPath }}/server
+  readOnly: true
+- name: pki-gateway
+  mountPath: {{ .Values.pki.mountPath }}/gateway
+  readOnly: true
+{{- if .Values.pki.caKey.enabled }}
+- name: pki-ca
+  mountPath: {{ .Values.pki.mountPath }}/ca
+  readOnly: true
+{{- end }}
+- name: jwt
+  mountPath: /etc/zen/jwt
   readOnly: true
 - name: data
   mountPath: /var/lib/zen
