@@ -10,6 +10,7 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod idempotency;
+pub mod outage;
 pub mod proto;
 pub mod readiness;
 pub mod remediation;

@@ -89,7 +89,7 @@ fn oidc_providers(
 }
 
 /// How often the gRPC health status follows the dependency checks.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A started Zen: both servers accept connections until [`Running::shutdown`].
 pub struct Running {
@@ -127,9 +127,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .map_err(anyhow::Error::msg)
         .context("reading the authorization policies")?;
     let store = Arc::new(store::open(&config).await?);
-    let cache = zen_cache::connect(config.redis_url.as_deref(), CACHE_PREFIX)
-        .await
-        .context("connecting to the cache (ZEN_REDIS_URL)")?;
+    let cache = zen_cache::connect_with(
+        config.redis_url.as_deref(),
+        CACHE_PREFIX,
+        zen_cache::RedisOptions {
+            command_timeout: config.limits.dependency_timeout,
+            ..Default::default()
+        },
+    )
+    .await
+    .context("connecting to the cache (ZEN_REDIS_URL)")?;
     let keys = KeyRing::open(
         &config.jwt_keys_dir,
         config.access_token_ttl + CLOCK_SKEW,
@@ -198,6 +205,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 fold_window: config.event_fold_window,
                 discard: config.bench_discard_events,
                 agent_certificate_validity: config.agent_cert_validity,
+                watch: services::watch::WatchLimits {
+                    per_caller: config.limits.watch_max_per_caller,
+                    per_tenant: config.limits.watch_max_per_tenant,
+                    slow_consumer_grace: config.limits.slow_consumer_grace,
+                },
                 ..Default::default()
             },
             webhooks: services::WebhookSettings {
@@ -222,6 +234,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_body_bytes: config.gateway.max_body_bytes,
             allowed_origins: config.gateway.allowed_origins.clone(),
             idempotency: Some(Arc::new(CacheIdempotency::new(cache.clone()))),
+            websocket: zen_gateway::WebSocketConfig {
+                slow_consumer_grace: config.limits.slow_consumer_grace,
+                write_timeout: config.limits.stream_write_timeout,
+                ..Default::default()
+            },
             ..Default::default()
         },
     )
@@ -233,10 +250,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: telemetry::metrics_handle(),
     })
     .fallback_service(gateway.router());
+    let send_buffer = config.limits.http_send_buffer;
     let http = tokio::spawn(
         axum::serve(
-            http_listener.tap_io(|tcp| {
+            http_listener.tap_io(move |tcp| {
                 let _ = tcp.set_nodelay(true);
+                // Bounds what a client that stops reading holds in the kernel.
+                if send_buffer > 0 {
+                    let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer);
+                }
             }),
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )

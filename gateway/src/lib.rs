@@ -77,6 +77,9 @@ pub struct WebSocketConfig {
     pub auth_timeout: Duration,
     /// How long one frame may take to be written before the client is dropped.
     pub write_timeout: Duration,
+    /// How long the last frames (a close, an error) may take to be written; a client that has
+    /// not read them by then is dropped without them.
+    pub close_timeout: Duration,
 }
 
 impl Default for WebSocketConfig {
@@ -87,6 +90,7 @@ impl Default for WebSocketConfig {
             ping_interval: Duration::from_secs(20),
             auth_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
         }
     }
 }

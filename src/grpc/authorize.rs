@@ -193,9 +193,15 @@ impl Shared {
                 .await
             {
                 // No decision goes unrecorded: without the audit log, nothing is served.
-                tracing::error!(%error, method, "could not audit an authorization decision");
-                return Err(Status::unavailable(
+                if error.is_unavailable() {
+                    crate::outage::DATABASE.failed(&error);
+                } else {
+                    tracing::error!(%error, method, "could not audit an authorization decision");
+                }
+                return Err(Status::with_error_details(
+                    Code::Unavailable,
                     "the audit log is unavailable; retry later",
+                    ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
                 ));
             }
         }
@@ -332,8 +338,7 @@ fn error(code: Code, reason: &str, message: impl Into<String>) -> Status {
 }
 
 fn unavailable(error: zen_store::StoreError) -> Status {
-    tracing::error!(%error, "store unavailable during authorization");
-    Status::unavailable("the database is unavailable; retry later")
+    crate::grpc::services::support::database_down(&error)
 }
 
 fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {

@@ -258,8 +258,9 @@ impl RedisCache {
                 conn.internal_command_timeout = options.connect_timeout;
                 conn.max_command_attempts = 1;
             })
-            // Reconnect forever, backing off from 100 ms to 5 s.
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+            // Reconnect forever, backing off from 100 ms to 1 s: a Redis that comes back is
+            // used again within about a second.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 1_000, 2));
 
         let pool = builder
             .build_pool(options.pool_size.max(1))
