@@ -68,6 +68,8 @@ pub struct WebSocketConfig {
     /// Messages buffered for one client; when the buffer stays full for `slow_consumer_grace`
     /// the client is closed as too slow (1008).
     pub send_buffer: usize,
+    /// The same buffer's bound in bytes (JSON text), whichever is reached first.
+    pub send_buffer_bytes: usize,
     /// How long a full send buffer is tolerated (absorbs bursts, e.g. a resumed watch).
     pub slow_consumer_grace: Duration,
     /// Interval between server pings.
@@ -86,6 +88,7 @@ impl Default for WebSocketConfig {
     fn default() -> Self {
         Self {
             send_buffer: 256,
+            send_buffer_bytes: 256 * 1024,
             slow_consumer_grace: Duration::from_secs(2),
             ping_interval: Duration::from_secs(20),
             auth_timeout: Duration::from_secs(10),

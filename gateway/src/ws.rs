@@ -117,7 +117,8 @@ pub(crate) async fn upgrade(
 }
 
 enum Out {
-    Message(String),
+    /// A message and its share of the byte budget, returned once it is written.
+    Message(String, tokio::sync::OwnedSemaphorePermit),
     End(Option<Box<Problem>>),
 }
 
@@ -259,6 +260,11 @@ async fn session(
     // Fired by the reader when the buffer stayed full for the grace period.
     let overflow = Arc::new(Notify::new());
     let grace = settings.slow_consumer_grace;
+    let budget_bytes = settings.send_buffer_bytes.clamp(
+        1,
+        tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
+    );
+    let budget = Arc::new(tokio::sync::Semaphore::new(budget_bytes));
     let reader = {
         let overflow = overflow.clone();
         tokio::spawn(async move {
@@ -266,13 +272,22 @@ async fn session(
                 match streaming.message().await {
                     Ok(Some(msg)) => {
                         let text = transcode::to_json(&msg).to_string();
-                        match tx.send_timeout(Out::Message(text), grace).await {
-                            Ok(()) => {}
-                            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                        // Room in the buffer by count and by bytes (a message larger than
+                        // the whole budget takes all of it), within the grace period.
+                        let cost =
+                            u32::try_from(text.len().clamp(1, budget_bytes)).unwrap_or(u32::MAX);
+                        let queued = tokio::time::timeout(grace, async {
+                            let permit = budget.clone().acquire_many_owned(cost).await.ok()?;
+                            tx.send(Out::Message(text, permit)).await.ok()
+                        })
+                        .await;
+                        match queued {
+                            Ok(Some(())) => {}
+                            Ok(None) => return,
+                            Err(_) => {
                                 overflow.notify_one();
                                 return; // drops the gRPC stream: the call is cancelled
                             }
-                            Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
                         }
                     }
                     Ok(None) => {
@@ -292,13 +307,18 @@ async fn session(
     let slow = || close_frame(CLOSE_SLOW_CONSUMER, "client too slow: send buffer full");
     let mut ping = tokio::time::interval(settings.ping_interval);
     ping.tick().await;
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     // What ends the session: the frames still worth a try (within `close_timeout`), and why.
     let (last, why): (Vec<Message>, &'static str) = loop {
         let frame = tokio::select! {
             biased;
             _ = overflow.notified() => break (vec![slow()], "slow_consumer"),
             out = rx.recv() => match out {
-                Some(Out::Message(text)) => Message::Text(text.into()),
+                Some(Out::Message(text, permit)) => {
+                    // The bytes count against the budget until written.
+                    held = Some(permit);
+                    Message::Text(text.into())
+                }
                 Some(Out::End(None)) => break (vec![close_frame(1000, "stream ended")], "stream_ended"),
                 Some(Out::End(Some(problem))) => {
                     break (vec![error_frame(&problem), problem_close(&problem)], "stream_error")
@@ -317,7 +337,7 @@ async fn session(
             biased;
             _ = overflow.notified() => break (vec![slow()], "slow_consumer"),
             written = tokio::time::timeout(write_timeout, sink.send(frame)) => match written {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => drop(held.take()),
                 Ok(Err(_)) => break (Vec::new(), "write_failed"),
                 Err(_) => break (Vec::new(), "write_timeout"),
             },
