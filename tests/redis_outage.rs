@@ -145,7 +145,8 @@ async fn a_redis_outage_under_load_is_answered_fast_and_loses_nothing() {
         .unwrap()
         .to_owned();
 
-    // Load: 8 senders, each waiting for its answer (at most 3 s) before the next delivery.
+    // Load: 8 senders, each waiting for its answer (at most 3 s) and 100 ms before the next
+    // delivery (under the tenant's default rate limit).
     let started = Instant::now();
     let total = Duration::from_secs(2) + OUTAGE + Duration::from_secs(5);
     let answers = Arc::new(Mutex::new(Vec::<Answer>::new()));
@@ -193,7 +194,7 @@ async fn a_redis_outage_under_load_is_answered_fast_and_loses_nothing() {
                         took: started.elapsed() - sent,
                         event_id,
                     });
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             })
         })
