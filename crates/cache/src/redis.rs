@@ -310,10 +310,15 @@ impl RedisCache {
     fn connected(&self) -> Result<&fred::clients::Client> {
         let client = self.shared.pool.next();
         if client.is_connected() {
-            Ok(client)
-        } else {
-            Err(CacheError::Unavailable("not connected to Redis".into()))
+            return Ok(client);
         }
+        // Some connections may be back before others.
+        self.shared
+            .pool
+            .clients()
+            .iter()
+            .find(|c| c.is_connected())
+            .ok_or_else(|| CacheError::Unavailable("not connected to Redis".into()))
     }
 
     /// Another view of the same connections under a different key prefix.
