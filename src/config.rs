@@ -151,6 +151,30 @@ pub struct ServeArgs {
     /// Time an agent has to start executing a command it received, in ms (default 600000).
     #[arg(long, env = "ZEN_REMEDIATION_COMMAND_DEADLINE_MS")]
     pub remediation_command_deadline_ms: Option<u64>,
+    // --- Slow consumers and dependency outages (see docs/RELIABILITY.md) ---
+    /// Longest wait for a PostgreSQL connection from the pool and for a Redis reply, in ms;
+    /// past it the request is answered 503 with Retry-After (default 2000).
+    #[arg(long, env = "ZEN_DEPENDENCY_TIMEOUT_MS")]
+    pub dependency_timeout_ms: Option<u64>,
+    /// Event watches (WebSocket or WatchEvents) one caller may hold open on one replica
+    /// (default 64).
+    #[arg(long, env = "ZEN_WATCH_MAX_PER_CALLER")]
+    pub watch_max_per_caller: Option<usize>,
+    /// Event watches of one tenant on one replica, all callers together (default 1024).
+    #[arg(long, env = "ZEN_WATCH_MAX_PER_TENANT")]
+    pub watch_max_per_tenant: Option<usize>,
+    /// How long a stream's bounded send buffer may stay full before its consumer is closed as
+    /// too slow, in ms (default 2000).
+    #[arg(long, env = "ZEN_SLOW_CONSUMER_GRACE_MS")]
+    pub slow_consumer_grace_ms: Option<u64>,
+    /// How long one WebSocket frame may take to be written before the client is dropped, in
+    /// ms (default 10000).
+    #[arg(long, env = "ZEN_STREAM_WRITE_TIMEOUT_MS")]
+    pub stream_write_timeout_ms: Option<u64>,
+    /// Kernel send buffer of each HTTP connection, in bytes, bounding what a client that does
+    /// not read can hold in the kernel (default 262144; 0 leaves the kernel's autotuning).
+    #[arg(long, env = "ZEN_HTTP_SEND_BUFFER_BYTES")]
+    pub http_send_buffer_bytes: Option<usize>,
 }
 
 /// The TOML file: every key optional, named as the flags with `_` for `-`.
@@ -193,6 +217,12 @@ struct FileConfig {
     remediation_backoff_max_ms: Option<u64>,
     remediation_sweep_ms: Option<u64>,
     remediation_command_deadline_ms: Option<u64>,
+    dependency_timeout_ms: Option<u64>,
+    watch_max_per_caller: Option<usize>,
+    watch_max_per_tenant: Option<usize>,
+    slow_consumer_grace_ms: Option<u64>,
+    stream_write_timeout_ms: Option<u64>,
+    http_send_buffer_bytes: Option<usize>,
 }
 
 /// One OIDC provider (Google, Okta, Azure AD, Keycloak … are all just issuers). The redirect
@@ -253,6 +283,21 @@ pub struct Config {
     pub legacy_agent_key: Option<String>,
     /// Remediation dispatch and expiry timings.
     pub remediation: crate::remediation::RemediationSettings,
+    /// Slow consumers and dependency outages.
+    pub limits: LimitSettings,
+}
+
+/// What a slow consumer or a dependency outage may cost (docs/RELIABILITY.md).
+#[derive(Clone, Debug)]
+pub struct LimitSettings {
+    /// PostgreSQL pool acquire and Redis command timeout.
+    pub dependency_timeout: Duration,
+    pub watch_max_per_caller: usize,
+    pub watch_max_per_tenant: usize,
+    pub slow_consumer_grace: Duration,
+    pub stream_write_timeout: Duration,
+    /// `SO_SNDBUF` of HTTP connections; 0: the kernel's default.
+    pub http_send_buffer: usize,
 }
 
 /// How the built-in gateway reaches the gRPC front, and what it accepts.
@@ -483,6 +528,38 @@ impl Config {
                     ),
                 }
             },
+            limits: LimitSettings {
+                dependency_timeout: Duration::from_millis(
+                    serve
+                        .dependency_timeout_ms
+                        .or(file.dependency_timeout_ms)
+                        .unwrap_or(2000),
+                ),
+                watch_max_per_caller: serve
+                    .watch_max_per_caller
+                    .or(file.watch_max_per_caller)
+                    .unwrap_or(64),
+                watch_max_per_tenant: serve
+                    .watch_max_per_tenant
+                    .or(file.watch_max_per_tenant)
+                    .unwrap_or(1024),
+                slow_consumer_grace: Duration::from_millis(
+                    serve
+                        .slow_consumer_grace_ms
+                        .or(file.slow_consumer_grace_ms)
+                        .unwrap_or(2000),
+                ),
+                stream_write_timeout: Duration::from_millis(
+                    serve
+                        .stream_write_timeout_ms
+                        .or(file.stream_write_timeout_ms)
+                        .unwrap_or(10_000),
+                ),
+                http_send_buffer: serve
+                    .http_send_buffer_bytes
+                    .or(file.http_send_buffer_bytes)
+                    .unwrap_or(256 * 1024),
+            },
             legacy_agent_key: serve
                 .legacy_agent_key
                 .clone()
@@ -517,6 +594,33 @@ impl Config {
                      --admin-addr / ZEN_ADMIN_ADDR)"
                 )));
             }
+        }
+        let limits = &self.limits;
+        if limits.dependency_timeout < Duration::from_millis(100)
+            || limits.dependency_timeout > Duration::from_secs(60)
+        {
+            return Err(ConfigError::Invalid(
+                "ZEN_DEPENDENCY_TIMEOUT_MS must be between 100 and 60000".into(),
+            ));
+        }
+        if limits.watch_max_per_caller == 0 || limits.watch_max_per_tenant == 0 {
+            return Err(ConfigError::Invalid(
+                "ZEN_WATCH_MAX_PER_CALLER and ZEN_WATCH_MAX_PER_TENANT must be at least 1".into(),
+            ));
+        }
+        if limits.slow_consumer_grace < Duration::from_millis(100)
+            || limits.slow_consumer_grace > Duration::from_secs(600)
+            || limits.stream_write_timeout < Duration::from_millis(100)
+            || limits.stream_write_timeout > Duration::from_secs(600)
+        {
+            return Err(ConfigError::Invalid(
+                "ZEN_SLOW_CONSUMER_GRACE_MS and ZEN_STREAM_WRITE_TIMEOUT_MS must be between 100 and 600000".into(),
+            ));
+        }
+        if limits.http_send_buffer != 0 && limits.http_send_buffer < 4096 {
+            return Err(ConfigError::Invalid(
+                "ZEN_HTTP_SEND_BUFFER_BYTES must be 0 (kernel default) or at least 4096".into(),
+            ));
         }
         if self.shutdown_grace > Duration::from_secs(3600) {
             return Err(ConfigError::Invalid(

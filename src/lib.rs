@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod http;
 pub mod idempotency;
 pub mod ops;
+pub mod outage;
 pub mod proto;
 pub mod readiness;
 pub mod remediation;

@@ -66,6 +66,19 @@ impl Readiness {
         });
         let (database, migrations, cache) =
             tokio::join!(self.check_database(), self.check_migrations(), cache);
+        // The checks open and close outages too, so the end of one is noticed even when no
+        // request comes.
+        for (dependency, check) in [
+            (&crate::outage::DATABASE, &database),
+            (&crate::outage::CACHE, &cache),
+        ] {
+            match check.status {
+                Health::Unhealthy => {
+                    dependency.failed(&check.detail.as_deref().unwrap_or("no answer"))
+                }
+                _ => dependency.reached(),
+            }
+        }
         let mut checks = BTreeMap::new();
         checks.insert("database", database);
         checks.insert("migrations", migrations);

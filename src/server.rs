@@ -89,7 +89,7 @@ fn oidc_providers(
 }
 
 /// How often the gRPC health status follows the dependency checks.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// The largest header list the gRPC front takes (h2 `SETTINGS_MAX_HEADER_LIST_SIZE`): well
 /// above what the gateway forwards (`zen_gateway::MAX_HEADER_BYTES`).
 const MAX_GRPC_HEADER_LIST_BYTES: u32 = 256 * 1024;
@@ -133,9 +133,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .map_err(anyhow::Error::msg)
         .context("reading the authorization policies")?;
     let store = Arc::new(store::open(&config).await?);
-    let cache = zen_cache::connect(config.redis_url.as_deref(), CACHE_PREFIX)
-        .await
-        .context("connecting to the cache (ZEN_REDIS_URL)")?;
+    let cache = zen_cache::connect_with(
+        config.redis_url.as_deref(),
+        CACHE_PREFIX,
+        zen_cache::RedisOptions {
+            command_timeout: config.limits.dependency_timeout,
+            ..Default::default()
+        },
+    )
+    .await
+    .context("connecting to the cache (ZEN_REDIS_URL)")?;
     let keys = KeyRing::open(
         &config.jwt_keys_dir,
         config.access_token_ttl + CLOCK_SKEW,
@@ -211,6 +218,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 fold_window: config.event_fold_window,
                 discard: config.bench_discard_events,
                 agent_certificate_validity: config.agent_cert_validity,
+                watch: services::watch::WatchLimits {
+                    per_caller: config.limits.watch_max_per_caller,
+                    per_tenant: config.limits.watch_max_per_tenant,
+                    slow_consumer_grace: config.limits.slow_consumer_grace,
+                },
                 ..Default::default()
             },
             webhooks: services::WebhookSettings {
@@ -237,6 +249,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             idempotency: Some(Arc::new(CacheIdempotency::new(cache.clone()))),
             authenticator: Some(Arc::new(TokenPrincipal::new(auth.clone()))),
             trusted_proxies: config.gateway.trusted_proxies.clone(),
+            websocket: zen_gateway::WebSocketConfig {
+                slow_consumer_grace: config.limits.slow_consumer_grace,
+                write_timeout: config.limits.stream_write_timeout,
+                ..Default::default()
+            },
             ..Default::default()
         },
     )
@@ -255,10 +272,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .with_graceful_shutdown(drained(draining.subscribe()))
             .into_future(),
     );
+    let send_buffer = config.limits.http_send_buffer;
     let http = tokio::spawn(
         axum::serve(
-            http_listener.tap_io(|tcp| {
+            http_listener.tap_io(move |tcp| {
                 let _ = tcp.set_nodelay(true);
+                // Bounds what a client that stops reading holds in the kernel.
+                if send_buffer > 0 {
+                    let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer);
+                }
             }),
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )

@@ -15,7 +15,13 @@ async fn connect(config: &Config) -> anyhow::Result<Store> {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
     }
-    Store::connect(&config.database_url)
+    // A PostgreSQL that cannot be reached fails a request within the dependency timeout
+    // (503) instead of holding it; SQLite is in-process and keeps its own lock timeouts.
+    let mut options = zen_store::StoreOptions::default();
+    if !config.database_url.starts_with("sqlite:") {
+        options.acquire_timeout = config.limits.dependency_timeout;
+    }
+    Store::connect_with(&config.database_url, options)
         .await
         .with_context(|| format!("connecting to {}", redact_url(&config.database_url)))
 }

@@ -20,11 +20,16 @@ async fn health(channel: tonic::transport::Channel, service: &str) -> Result<i32
         .map(|r| r.into_inner().status)
 }
 
-/// Waits until the health driver has published SERVING for the server as a whole.
+/// Waits until the health driver has published SERVING for every service. (The server as a
+/// whole, `""`, is SERVING from the start, before the driver's first check has registered the
+/// services, so it cannot tell that the driver ran.)
 async fn wait_serving(zen: &TestZen) {
     for _ in 0..100 {
-        if matches!(health(zen.admin().await, "").await, Ok(s) if s == ServingStatus::Serving as i32)
-        {
+        let mut serving = true;
+        for service in SERVICE_NAMES.iter().copied().chain([""]) {
+            serving &= matches!(health(zen.admin().await, service).await, Ok(s) if s == ServingStatus::Serving as i32);
+        }
+        if serving {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

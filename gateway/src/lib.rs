@@ -72,6 +72,8 @@ pub struct WebSocketConfig {
     /// Messages buffered for one client; when the buffer stays full for `slow_consumer_grace`
     /// the client is closed as too slow (1008).
     pub send_buffer: usize,
+    /// The same buffer's bound in bytes (JSON text), whichever is reached first.
+    pub send_buffer_bytes: usize,
     /// How long a full send buffer is tolerated (absorbs bursts, e.g. a resumed watch).
     pub slow_consumer_grace: Duration,
     /// Interval between server pings.
@@ -81,16 +83,21 @@ pub struct WebSocketConfig {
     pub auth_timeout: Duration,
     /// How long one frame may take to be written before the client is dropped.
     pub write_timeout: Duration,
+    /// How long the last frames (a close, an error) may take to be written; a client that has
+    /// not read them by then is dropped without them.
+    pub close_timeout: Duration,
 }
 
 impl Default for WebSocketConfig {
     fn default() -> Self {
         Self {
             send_buffer: 256,
+            send_buffer_bytes: 256 * 1024,
             slow_consumer_grace: Duration::from_secs(2),
             ping_interval: Duration::from_secs(20),
             auth_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
         }
     }
 }

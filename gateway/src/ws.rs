@@ -10,7 +10,6 @@
 //! 1000; a gRPC error sends `{"error": <problem>}` and closes with 4000 + the HTTP status and
 //! the problem JSON (cut to 123 bytes) as the reason.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -97,14 +96,29 @@ pub(crate) async fn upgrade(
     } else {
         upgrade
     };
+    // With the credentials in hand, the call is opened before the upgrade, so a refusal to
+    // retry later (a watcher limit: 429, a dependency down: 503) is an ordinary HTTP answer
+    // with `Retry-After` and costs no socket. Other refusals follow the upgrade as frames, which
+    // is all a browser can read.
+    let opened = if needs_auth {
+        None
+    } else {
+        match open_stream(&gw, &route, message.clone(), md.clone()).await {
+            Err(status) if matches!(status.code(), Code::ResourceExhausted | Code::Unavailable) => {
+                return Err(Problem::from_status(&status, Some(&route.method.input())));
+            }
+            opened => Some(opened),
+        }
+    };
     Ok(upgrade
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| session(gw, route, message, md, needs_auth, socket))
+        .on_upgrade(move |socket| session(gw, route, message, md, opened, socket))
         .into_response())
 }
 
 enum Out {
-    Message(String),
+    /// A message and its share of the byte budget, returned once it is written.
+    Message(String, tokio::sync::OwnedSemaphorePermit),
     End(Option<Box<Problem>>),
 }
 
@@ -142,73 +156,138 @@ fn problem_close(problem: &Problem) -> Message {
     close_frame(code, &reason)
 }
 
+/// Why a session ended, as counted in `zen_gateway_websocket_closed_total{reason}`.
+fn count_close(reason: &'static str) {
+    metrics::counter!("zen_gateway_websocket_closed_total", "reason" => reason).increment(1);
+}
+
+/// Counts the socket in `zen_gateway_websockets_open` while it lives.
+struct OpenSocket;
+
+impl OpenSocket {
+    fn new() -> Self {
+        metrics::gauge!("zen_gateway_websockets_open").increment(1.0);
+        OpenSocket
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        metrics::gauge!("zen_gateway_websockets_open").decrement(1.0);
+    }
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+/// The session's last frame: written within `timeout` or not at all. Never waits longer, so a
+/// client that does not read cannot hold the socket (the caller drops it right after).
+async fn last_frames(sink: &mut Sink, frames: Vec<Message>, timeout: std::time::Duration) {
+    let _ = tokio::time::timeout(timeout, async {
+        for frame in frames {
+            sink.send(frame).await?;
+        }
+        sink.flush().await
+    })
+    .await;
+}
+
 async fn session(
     gw: Arc<Inner>,
     route: Route,
     message: DynamicMessage,
     mut md: MetadataMap,
-    needs_auth: bool,
+    opened: Option<Result<tonic::Streaming<DynamicMessage>, tonic::Status>>,
     socket: WebSocket,
 ) {
+    let _open = OpenSocket::new();
     let settings = gw.config.websocket.clone();
     let (mut sink, mut incoming) = socket.split();
     let write_timeout = settings.write_timeout;
-    if needs_auth {
-        let first = tokio::time::timeout(settings.auth_timeout, incoming.next()).await;
-        let token = match first {
-            Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("authorization")?.as_str().map(str::to_owned)),
-            _ => None,
-        };
-        match token.and_then(|t| MetadataValue::try_from(t.as_str()).ok()) {
-            Some(v) => {
-                md.insert("authorization", v);
+    let close_timeout = settings.close_timeout;
+    let opened = match opened {
+        Some(opened) => opened,
+        None => {
+            let first = tokio::time::timeout(settings.auth_timeout, incoming.next()).await;
+            let token = match first {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .ok()
+                        .and_then(|v| v.get("authorization")?.as_str().map(str::to_owned))
+                }
+                _ => None,
+            };
+            match token.and_then(|t| MetadataValue::try_from(t.as_str()).ok()) {
+                Some(v) => {
+                    md.insert("authorization", v);
+                }
+                None => {
+                    let problem = Problem::new(
+                        Code::Unauthenticated,
+                        "send {\"authorization\": \"Bearer <token>\"} first",
+                    )
+                    .with_reason("AUTHENTICATION_REQUIRED");
+                    last_frames(
+                        &mut sink,
+                        vec![error_frame(&problem), problem_close(&problem)],
+                        close_timeout,
+                    )
+                    .await;
+                    count_close("unauthenticated");
+                    return;
+                }
             }
-            None => {
-                let problem = Problem::new(
-                    Code::Unauthenticated,
-                    "send {\"authorization\": \"Bearer <token>\"} first",
-                )
-                .with_reason("AUTHENTICATION_REQUIRED");
-                let _ = write(&mut sink, error_frame(&problem), write_timeout).await;
-                let _ = write(&mut sink, problem_close(&problem), write_timeout).await;
-                return;
-            }
+            open_stream(&gw, &route, message, md).await
         }
-    }
+    };
 
     let request_desc = route.method.input();
-    let mut streaming = match open_stream(&gw, &route, message, md).await {
+    let mut streaming = match opened {
         Ok(s) => s,
         Err(status) => {
             let problem = Problem::from_status(&status, Some(&request_desc));
-            let _ = write(&mut sink, error_frame(&problem), write_timeout).await;
-            let _ = write(&mut sink, problem_close(&problem), write_timeout).await;
+            last_frames(
+                &mut sink,
+                vec![error_frame(&problem), problem_close(&problem)],
+                close_timeout,
+            )
+            .await;
+            count_close("refused");
             return;
         }
     };
 
     let (tx, mut rx) = mpsc::channel::<Out>(settings.send_buffer.max(1));
+    // Fired by the reader when the buffer stayed full for the grace period.
     let overflow = Arc::new(Notify::new());
-    let overflowed = Arc::new(AtomicBool::new(false));
     let grace = settings.slow_consumer_grace;
+    let budget_bytes = settings.send_buffer_bytes.clamp(
+        1,
+        tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
+    );
+    let budget = Arc::new(tokio::sync::Semaphore::new(budget_bytes));
     let reader = {
         let overflow = overflow.clone();
-        let overflowed = overflowed.clone();
         tokio::spawn(async move {
             loop {
                 match streaming.message().await {
                     Ok(Some(msg)) => {
                         let text = transcode::to_json(&msg).to_string();
-                        match tx.send_timeout(Out::Message(text), grace).await {
-                            Ok(()) => {}
-                            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                                overflowed.store(true, Ordering::SeqCst);
+                        // Room in the buffer by count and by bytes (a message larger than
+                        // the whole budget takes all of it), within the grace period.
+                        let cost =
+                            u32::try_from(text.len().clamp(1, budget_bytes)).unwrap_or(u32::MAX);
+                        let queued = tokio::time::timeout(grace, async {
+                            let permit = budget.clone().acquire_many_owned(cost).await.ok()?;
+                            tx.send(Out::Message(text, permit)).await.ok()
+                        })
+                        .await;
+                        match queued {
+                            Ok(Some(())) => {}
+                            Ok(None) => return,
+                            Err(_) => {
                                 overflow.notify_one();
                                 return; // drops the gRPC stream: the call is cancelled
                             }
-                            Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
                         }
                     }
                     Ok(None) => {
@@ -225,66 +304,54 @@ async fn session(
         })
     };
 
+    let slow = || close_frame(CLOSE_SLOW_CONSUMER, "client too slow: send buffer full");
     let mut ping = tokio::time::interval(settings.ping_interval);
     ping.tick().await;
-    loop {
-        tokio::select! {
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    // What ends the session: the frames still worth a try (within `close_timeout`), and why.
+    let (last, why): (Vec<Message>, &'static str) = loop {
+        let frame = tokio::select! {
             biased;
-            _ = overflow.notified() => {
-                let _ = write(&mut sink, close_frame(CLOSE_SLOW_CONSUMER, "client too slow: send buffer full"), write_timeout).await;
-                break;
-            }
+            _ = overflow.notified() => break (vec![slow()], "slow_consumer"),
             out = rx.recv() => match out {
-                Some(Out::Message(text)) => {
-                    if overflowed.load(Ordering::SeqCst) {
-                        continue;
-                    }
-                    if !write(&mut sink, Message::Text(text.into()), write_timeout).await {
-                        break;
-                    }
+                Some(Out::Message(text, permit)) => {
+                    // The bytes count against the budget until written.
+                    held = Some(permit);
+                    Message::Text(text.into())
                 }
-                Some(Out::End(None)) => {
-                    let _ = write(&mut sink, close_frame(1000, "stream ended"), write_timeout).await;
-                    break;
-                }
+                Some(Out::End(None)) => break (vec![close_frame(1000, "stream ended")], "stream_ended"),
                 Some(Out::End(Some(problem))) => {
-                    let _ = write(&mut sink, error_frame(&problem), write_timeout).await;
-                    let _ = write(&mut sink, problem_close(&problem), write_timeout).await;
-                    break;
+                    break (vec![error_frame(&problem), problem_close(&problem)], "stream_error")
                 }
-                None => {
-                    // The reader stopped because the buffer overflowed.
-                    if overflowed.load(Ordering::SeqCst) {
-                        let _ = write(&mut sink, close_frame(CLOSE_SLOW_CONSUMER, "client too slow: send buffer full"), write_timeout).await;
-                    }
-                    break;
-                }
+                None => break (vec![slow()], "slow_consumer"),
             },
             frame = incoming.next() => match frame {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                Some(Ok(_)) => {}
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break (Vec::new(), "client_closed"),
+                Some(Ok(_)) => continue,
             },
-            _ = ping.tick() => {
-                if !write(&mut sink, Message::Ping(Bytes::new()), write_timeout).await {
-                    break;
-                }
-            }
+            _ = ping.tick() => Message::Ping(Bytes::new()),
+        };
+        // A frame that cannot be written within the write timeout drops the client; one that
+        // is still blocked when the buffer behind it overflows closes it as too slow.
+        tokio::select! {
+            biased;
+            _ = overflow.notified() => break (vec![slow()], "slow_consumer"),
+            written = tokio::time::timeout(write_timeout, sink.send(frame)) => match written {
+                Ok(Ok(())) => drop(held.take()),
+                Ok(Err(_)) => break (Vec::new(), "write_failed"),
+                Err(_) => break (Vec::new(), "write_timeout"),
+            },
         }
-    }
+    };
+    // The gRPC stream and everything buffered for this client are released now, not when the
+    // last frame is out.
     reader.abort();
-    let _ = sink.close().await;
-}
-
-/// Sends one frame; false if it failed or took longer than `timeout` (the client is dropped).
-async fn write(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    msg: Message,
-    timeout: std::time::Duration,
-) -> bool {
-    matches!(
-        tokio::time::timeout(timeout, sink.send(msg)).await,
-        Ok(Ok(()))
-    )
+    drop(rx);
+    if !last.is_empty() {
+        last_frames(&mut sink, last, close_timeout).await;
+    }
+    count_close(why);
+    // Dropping both halves closes the TCP connection, whatever the client still has unread.
 }
 
 fn error_frame(problem: &Problem) -> Message {

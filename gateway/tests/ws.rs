@@ -166,6 +166,8 @@ async fn slow_clients_are_closed_instead_of_buffered() {
     let mut cfg = config();
     cfg.websocket.send_buffer = 8;
     cfg.websocket.slow_consumer_grace = Duration::from_millis(200);
+    // The close frame waits for the client to read again (below, after 2 s).
+    cfg.websocket.close_timeout = Duration::from_secs(10);
     let h = start(cfg).await;
     let total = 20_000;
     let (mut socket, _) = connect(

@@ -214,11 +214,17 @@ impl Shared {
                 .audit_decision(context.as_ref(), &caller, audit_tenant, &method, &decision)
                 .await
             {
-                tracing::error!(%error, method, "could not audit an authorization decision");
+                if error.is_unavailable() {
+                    crate::outage::DATABASE.failed(&error);
+                } else {
+                    tracing::error!(%error, method, "could not audit an authorization decision");
+                }
                 if decision.is_ok() {
                     // No allowed call goes unrecorded: without the audit log, nothing is served.
-                    return Err(Status::unavailable(
+                    return Err(Status::with_error_details(
+                        Code::Unavailable,
                         "the audit log is unavailable; retry later",
+                        ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
                     ));
                 }
                 // A refusal stays a refusal, counted as lost evidence.
@@ -454,8 +460,7 @@ fn error(code: Code, reason: &str, message: impl Into<String>) -> Status {
 }
 
 fn unavailable(error: zen_store::StoreError) -> Status {
-    tracing::error!(%error, "store unavailable during authorization");
-    Status::unavailable("the database is unavailable; retry later")
+    crate::grpc::services::support::database_down(&error)
 }
 
 fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {

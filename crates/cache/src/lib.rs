@@ -113,13 +113,22 @@ pub trait Cache: Send + Sync {
 /// [`CacheError::Unavailable`]. Error messages never contain the URL (it may
 /// hold a password).
 pub async fn connect(url: Option<&str>, key_prefix: &str) -> Result<Arc<dyn Cache>> {
+    connect_with(url, key_prefix, RedisOptions::default()).await
+}
+
+/// [`connect`] with explicit Redis settings (ignored for the memory cache).
+pub async fn connect_with(
+    url: Option<&str>,
+    key_prefix: &str,
+    options: RedisOptions,
+) -> Result<Arc<dyn Cache>> {
     match url.map(str::trim) {
         None => Ok(Arc::new(MemoryCache::new(key_prefix))),
         Some(url) if url == "memory://" || url == "memory:" => {
             Ok(Arc::new(MemoryCache::new(key_prefix)))
         }
         Some(url) => {
-            let cache = RedisCache::connect(url, key_prefix, RedisOptions::default()).await?;
+            let cache = RedisCache::connect(url, key_prefix, options).await?;
             Ok(Arc::new(cache))
         }
     }

@@ -258,8 +258,9 @@ impl RedisCache {
                 conn.internal_command_timeout = options.connect_timeout;
                 conn.max_command_attempts = 1;
             })
-            // Reconnect forever, backing off from 100 ms to 5 s.
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+            // Reconnect forever, backing off from 100 ms to 1 s: a Redis that comes back is
+            // used again within about a second.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 1_000, 2));
 
         let pool = builder
             .build_pool(options.pool_size.max(1))
@@ -302,6 +303,24 @@ impl RedisCache {
         })
     }
 
+    /// A connection for the next command, or `Unavailable` at once while the client is not
+    /// connected (Redis down, reconnecting): commands fail fast instead of each waiting out the
+    /// command timeout, so a request that makes several is still answered promptly. The client
+    /// keeps reconnecting in the background.
+    fn connected(&self) -> Result<&fred::clients::Client> {
+        let client = self.shared.pool.next();
+        if client.is_connected() {
+            return Ok(client);
+        }
+        // Some connections may be back before others.
+        self.shared
+            .pool
+            .clients()
+            .iter()
+            .find(|c| c.is_connected())
+            .ok_or_else(|| CacheError::Unavailable("not connected to Redis".into()))
+    }
+
     /// Another view of the same connections under a different key prefix.
     pub fn with_prefix(&self, key_prefix: &str) -> RedisCache {
         RedisCache {
@@ -326,7 +345,7 @@ impl RedisCache {
             ));
         }
         let pattern = format!("{}*", glob_escape(&self.prefix));
-        let client = self.shared.pool.next();
+        let client = self.connected()?;
         let mut keys = client.scan_buffered(pattern, Some(500), None);
         let mut batch = Vec::new();
         let mut deleted = 0u64;
@@ -355,7 +374,7 @@ impl RedisCache {
     /// `EVALSHA`, falling back to `EVAL` (which also caches the script on
     /// the server) when the server does not know the script yet.
     async fn eval(&self, script: &Script, key: String, args: Vec<Value>) -> Result<i64> {
-        let client = self.shared.pool.next();
+        let client = self.connected()?;
         let result = match client
             .evalsha::<i64, _, _, _>(script.sha1().clone(), key.clone(), args.clone())
             .await
@@ -414,9 +433,7 @@ impl Cache for RedisCache {
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let value: Value = self
-            .shared
-            .pool
-            .next()
+            .connected()?
             .get(self.full(key))
             .await
             .map_err(CacheError::from_fred)?;
@@ -425,9 +442,7 @@ impl Cache for RedisCache {
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
         let ttl = px(ttl)?;
-        self.shared
-            .pool
-            .next()
+        self.connected()?
             .set::<Value, _, _>(
                 self.full(key),
                 bytes(value),
@@ -443,9 +458,7 @@ impl Cache for RedisCache {
     async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
         let ttl = px(ttl)?;
         let reply: Value = self
-            .shared
-            .pool
-            .next()
+            .connected()?
             .set(
                 self.full(key),
                 bytes(value),
@@ -460,9 +473,7 @@ impl Cache for RedisCache {
 
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let value: Value = self
-            .shared
-            .pool
-            .next()
+            .connected()?
             .getdel(self.full(key))
             .await
             .map_err(CacheError::from_fred)?;
@@ -471,9 +482,7 @@ impl Cache for RedisCache {
 
     async fn delete(&self, key: &str) -> Result<bool> {
         let deleted: u64 = self
-            .shared
-            .pool
-            .next()
+            .connected()?
             .del(self.full(key))
             .await
             .map_err(CacheError::from_fred)?;
@@ -507,9 +516,7 @@ impl Cache for RedisCache {
     }
 
     async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {
-        self.shared
-            .pool
-            .next()
+        self.connected()?
             .publish::<Value, _, _>(self.full(channel), bytes(message))
             .await
             .map_err(CacheError::from_fred)?;

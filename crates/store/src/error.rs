@@ -129,6 +129,28 @@ impl StoreError {
         }
     }
 
+    /// True when the database could not be reached (no connection within the pool's acquire
+    /// timeout, a connection lost or refused, the server shutting down): nothing was
+    /// committed, and the same request may succeed once the database is back.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(error) => match error {
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_) => true,
+                // admin_shutdown, crash_shutdown, cannot_connect_now, connection exceptions
+                sqlx::Error::Database(db) => db
+                    .code()
+                    .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// True when retrying the whole transaction may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Conflict { .. })

@@ -50,6 +50,8 @@ pub struct IngestSettings {
     pub revocation_check_interval: Duration,
     /// Benchmarks only: ack valid events without storing them.
     pub discard: bool,
+    /// Limits of `WatchEvents` watchers.
+    pub watch: super::watch::WatchLimits,
 }
 
 impl Default for IngestSettings {
@@ -62,6 +64,7 @@ impl Default for IngestSettings {
             agent_certificate_validity: Duration::from_secs(7 * 24 * 3600),
             revocation_check_interval: Duration::from_secs(2),
             discard: false,
+            watch: super::watch::WatchLimits::default(),
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct IngestApi {
     webhooks: Webhooks,
     /// Remediation commands down, reports up; `None`: remediation is off.
     remediation: Option<Arc<crate::remediation::Dispatcher>>,
+    /// The `WatchEvents` watchers of this replica and their per-tenant tails.
+    watchers: super::watch::WatchHub,
 }
 
 impl IngestApi {
@@ -94,6 +99,11 @@ impl IngestApi {
     ) -> Self {
         Self {
             webhooks: Webhooks::new(store.clone(), cache.clone(), webhooks),
+            watchers: super::watch::WatchHub::new(
+                store.clone(),
+                cache.clone(),
+                settings.watch.clone(),
+            ),
             store,
             cache,
             ca,
@@ -857,7 +867,7 @@ impl IngestService for IngestApi {
             .begin_read(&scope)
             .await
             .map_err(|e| store_status(e, ""))?;
-        let mut after = match (
+        let after = match (
             req.resume_token.as_str(),
             req.resume_after_event_id.as_str(),
         ) {
@@ -887,84 +897,20 @@ impl IngestService for IngestApi {
             }
         };
         drop(tx);
-        let mut wakeups = self
-            .cache
-            .subscribe(&events_channel(tenant_id))
-            .await
-            .map_err(|_| Status::unavailable("the cache is unavailable; retry later"))?;
-        let store = self.store.clone();
-        let (out, rx) = mpsc::channel::<Result<pb::WatchEventsResponse, Status>>(32);
-        tokio::spawn(async move {
-            let mut last_sent = Instant::now();
-            loop {
-                let batch = async {
-                    let mut tx = store.begin_read(&scope).await?;
-                    tx.events().changes(after, 500).await
-                }
-                .await;
-                let changes = match batch {
-                    Ok(changes) => changes,
-                    Err(error) => {
-                        let _ = out.send(Err(store_status(error, ""))).await;
-                        return;
-                    }
-                };
-                let caught_up = changes.len() < 500;
-                for change in changes {
-                    let seq = change.seq();
-                    after = seq;
-                    let change = match change {
-                        zen_store::Change::Event(event) => {
-                            if cluster.is_some_and(|c| event.cluster_id != Some(c))
-                                || event.severity < min_severity
-                            {
-                                continue;
-                            }
-                            pb::watch_events_response::Change::Event(event_to_proto(event))
-                        }
-                        zen_store::Change::Remediation { remediation, .. } => {
-                            if cluster.is_some_and(|c| remediation.cluster_id != c) {
-                                continue;
-                            }
-                            pb::watch_events_response::Change::Remediation(
-                                super::remediation::remediation_to_proto(remediation),
-                            )
-                        }
-                    };
-                    let message = pb::WatchEventsResponse {
-                        resume_token: seq.to_string(),
-                        change: Some(change),
-                    };
-                    if out.send(Ok(message)).await.is_err() {
-                        return;
-                    }
-                    last_sent = Instant::now();
-                }
-                if !caught_up {
-                    continue;
-                }
-                if last_sent.elapsed() >= Duration::from_secs(15) {
-                    let heartbeat = pb::WatchEventsResponse {
-                        resume_token: after.to_string(),
-                        change: Some(pb::watch_events_response::Change::Heartbeat(
-                            pb::WatchHeartbeat {
-                                server_time: Some(timestamp(Utc::now())),
-                            },
-                        )),
-                    };
-                    if out.send(Ok(heartbeat)).await.is_err() {
-                        return;
-                    }
-                    last_sent = Instant::now();
-                }
-                tokio::select! {
-                    _ = wakeups.next() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = out.closed() => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let stream = self
+            .watchers
+            .watch(
+                &call.caller,
+                super::watch::WatchRequest {
+                    tenant_id,
+                    scope,
+                    after,
+                    cluster,
+                    min_severity,
+                },
+            )
+            .await?;
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn create_webhook_source(

@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod remediation;
 pub mod support;
 pub mod tenancy;
+pub mod watch;
 mod webhook_commit;
 pub mod webhooks;
 

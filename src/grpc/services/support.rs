@@ -294,11 +294,23 @@ pub fn store_status(error: StoreError, field_prefix: &str) -> Status {
             tracing::error!(%reason, "schema not current");
             Status::unavailable("the database schema is not current; retry later")
         }
-        StoreError::Database(error) => {
-            tracing::error!(%error, "database error");
-            Status::unavailable("the database is unavailable; retry later")
-        }
+        error @ StoreError::Database(_) => database_down(&error),
     }
+}
+
+/// UNAVAILABLE with a one-second `RetryInfo` (503 + `Retry-After: 1` at the gateway) for a
+/// database that cannot be reached; the outage is logged once, not per request.
+pub fn database_down(error: &StoreError) -> Status {
+    if error.is_unavailable() {
+        crate::outage::DATABASE.failed(error);
+    } else {
+        tracing::error!(%error, "database error");
+    }
+    Status::with_error_details(
+        Code::Unavailable,
+        "the database is unavailable; retry later",
+        ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
+    )
 }
 
 /// INVALID_ARGUMENT with one field violation per `(field path, description)`.

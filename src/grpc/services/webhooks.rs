@@ -1626,7 +1626,7 @@ fn busy() -> Status {
 }
 
 fn cache_down(error: impl std::fmt::Display) -> Status {
-    tracing::warn!(%error, "the shared cache is unavailable");
+    crate::outage::CACHE.failed(&error);
     busy()
 }
 

@@ -1,0 +1,253 @@
+//! Watchers that never read, under webhook load, through Zen's gateway (real sockets, real
+//! mTLS to the gRPC front): every one of them is closed within a few seconds of its buffers
+//! filling, a watcher that reads receives every accepted event, and the per-caller watcher cap
+//! refuses the next watch before the upgrade with a 429 problem naming the limit.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hmac::{KeyInit, Mac};
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use support::{create_local_user_as_operator, http_client, request_id, TestZen, PASSWORD};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_stream::StreamExt;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use zen::config::{GlobalArgs, ServeArgs};
+
+type Socket = WebSocketStream<TcpStream>;
+
+const CAP: usize = 200;
+
+async fn ok(response: reqwest::Response) -> Value {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{status}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn sign(secret: &str, timestamp: i64, nonce: &str, body: &[u8]) -> String {
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.{nonce}.").as_bytes());
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn watch_request(
+    zen: &TestZen,
+    tenant_id: &str,
+    token: &str,
+) -> tokio_tungstenite::tungstenite::http::Request<()> {
+    let url = format!(
+        "ws://{}/v1/tenants/{tenant_id}/events:watch",
+        zen.running.http_addr
+    );
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("bearer, {token}").parse().unwrap(),
+    );
+    request
+}
+
+/// A watch whose TCP receive buffer is 4 KiB, so that not reading fills the server's side.
+async fn stuck_watch(zen: &TestZen, tenant_id: &str, token: &str) -> Socket {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(zen.running.http_addr).await.unwrap();
+    let (socket, _) = tokio_tungstenite::client_async(watch_request(zen, tenant_id, token), stream)
+        .await
+        .expect("the watch upgrades");
+    socket
+}
+
+/// Reads what is left; true when the server ended the connection (a close frame, EOF or a
+/// reset) rather than leaving it open and quiet for `quiet`.
+async fn was_closed(mut socket: Socket, quiet: Duration) -> bool {
+    loop {
+        match tokio::time::timeout(quiet, socket.next()).await {
+            Err(_) => return false,
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watchers_that_never_read_are_closed_and_the_cap_refuses_the_next_one() {
+    let zen = TestZen::start_with(
+        GlobalArgs::default(),
+        ServeArgs {
+            local_login: Some(true),
+            watch_max_per_caller: Some(CAP),
+            http_send_buffer_bytes: Some(64 * 1024),
+            ..Default::default()
+        },
+    )
+    .await;
+    create_local_user_as_operator(&zen, "root", true).await;
+    let http = http_client();
+    let login = ok(http
+        .post(zen.http_url("/auth/local/login"))
+        .json(&json!({ "username": "root", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap())
+    .await;
+    let token = login["token"]["accessToken"].as_str().unwrap().to_owned();
+    let tenant = ok(http
+        .post(zen.http_url("/v1/tenants"))
+        .bearer_auth(&token)
+        .header("X-Request-Id", request_id())
+        .json(&json!({ "name": "stuck" }))
+        .send()
+        .await
+        .unwrap())
+    .await;
+    let tenant_id = tenant["tenant"]["tenantId"].as_str().unwrap().to_owned();
+    let source = ok(http
+        .post(zen.http_url(&format!("/v1/tenants/{tenant_id}/webhookSources")))
+        .bearer_auth(&token)
+        .header("X-Request-Id", request_id())
+        .json(&json!({ "name": "load", "enabled": true,
+                       "verification": { "scheme": "WEBHOOK_SCHEME_ZEN_HMAC" } }))
+        .send()
+        .await
+        .unwrap())
+    .await;
+    let secret = source["secret"].as_str().unwrap().to_owned();
+    let source_id = source["webhookSource"]["sourceId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // One watcher that reads, and CAP - 1 that never do: the caller's whole allowance.
+    let (reader, _) = tokio_tungstenite::connect_async(watch_request(&zen, &tenant_id, &token))
+        .await
+        .unwrap();
+    let mut stuck = Vec::new();
+    for _ in 0..CAP - 1 {
+        stuck.push(stuck_watch(&zen, &tenant_id, &token).await);
+    }
+    // The next one is refused before the upgrade: 429, Retry-After, the limit named.
+    match tokio_tungstenite::connect_async(watch_request(&zen, &tenant_id, &token)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            assert!(response.headers().contains_key("retry-after"));
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                .into_owned();
+            assert!(body.contains("WATCHER_LIMIT"), "{body}");
+            assert!(body.contains(&format!("at most {CAP}")), "{body}");
+        }
+        Ok(_) => panic!("watch {} was accepted past the cap of {CAP}", CAP + 1),
+        Err(other) => panic!("expected a 429 answer, got {other}"),
+    }
+
+    let reader_seen = tokio::spawn(async move {
+        let mut reader = reader;
+        let mut seen = 0usize;
+        while let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_secs(10), reader.next()).await
+        {
+            if let Message::Text(text) = frame {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                if message.get("event").is_some() {
+                    seen += 1;
+                }
+            }
+        }
+        seen
+    });
+
+    // Webhooks at full speed for 8 s, each event ~16 KiB so the stuck sockets fill quickly.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let load_for = Duration::from_secs(8);
+    let started = Instant::now();
+    let senders: Vec<_> = (0..16)
+        .map(|worker| {
+            let (http, zen_url, secret, accepted) = (
+                Client::new(),
+                zen.http_url(&format!("/webhooks/{source_id}")),
+                secret.clone(),
+                accepted.clone(),
+            );
+            tokio::spawn(async move {
+                let pad = "x".repeat(16 * 1024);
+                let mut n = 0;
+                while started.elapsed() < load_for {
+                    n += 1;
+                    let nonce = format!("w{worker}-{n}");
+                    let body = json!({ "alert": nonce, "pad": pad }).to_string();
+                    let ts = chrono::Utc::now().timestamp();
+                    let response = http
+                        .post(&zen_url)
+                        .header("content-type", "application/json")
+                        .header("x-timestamp", ts.to_string())
+                        .header("x-nonce", &nonce)
+                        .header("x-signature", sign(&secret, ts, &nonce, body.as_bytes()))
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| panic!("delivery {nonce}: {e:?}"));
+                    match response.status() {
+                        StatusCode::ACCEPTED => {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // The source's rate limit and backpressure (the tenant's commit
+                        // queue full) are answers too; nothing of those was stored.
+                        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                            assert!(response.headers().contains_key("retry-after"));
+                        }
+                        other => panic!(
+                            "delivery {nonce}: {other} {}",
+                            response.text().await.unwrap_or_default()
+                        ),
+                    }
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let accepted = accepted.load(Ordering::Relaxed);
+    eprintln!("{accepted} deliveries accepted in {:?}", started.elapsed());
+    assert!(accepted > 100, "the load ran: {accepted} deliveries");
+
+    // The load is over; closing takes the grace period (2 s) and the close frame's own
+    // timeout (2 s) after a socket's buffers fill, which they did early in the load. Every
+    // stuck watcher must end rather than sit open and quiet.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let closed = futures::future::join_all(
+        stuck
+            .into_iter()
+            .map(|s| was_closed(s, Duration::from_secs(3))),
+    )
+    .await;
+    let still_open = closed.iter().filter(|c| !**c).count();
+    assert_eq!(
+        still_open,
+        0,
+        "{still_open} of {} stuck watchers still open",
+        CAP - 1
+    );
+
+    let seen = reader_seen.await.unwrap();
+    assert_eq!(
+        seen, accepted,
+        "the reading watcher got every accepted event"
+    );
+
+    // Their places are free again: a new watch is accepted.
+    let (socket, _) = tokio_tungstenite::connect_async(watch_request(&zen, &tenant_id, &token))
+        .await
+        .expect("a watch after the stuck ones left");
+    drop(socket);
+    zen.stop().await;
+}
