@@ -9,11 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hmac::{KeyInit, Mac};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
-use sha2::Sha256;
-use support::{create_local_user_as_operator, http_client, request_id, TestZen, PASSWORD};
+use support::drill::{sign, webhook_target, WebhookTarget};
+use support::TestZen;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_stream::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -24,20 +23,6 @@ use zen::config::{GlobalArgs, ServeArgs};
 type Socket = WebSocketStream<TcpStream>;
 
 const CAP: usize = 200;
-
-async fn ok(response: reqwest::Response) -> Value {
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    assert!(status.is_success(), "{status}: {text}");
-    serde_json::from_str(&text).unwrap()
-}
-
-fn sign(secret: &str, timestamp: i64, nonce: &str, body: &[u8]) -> String {
-    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{timestamp}.{nonce}.").as_bytes());
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
 
 fn watch_request(
     zen: &TestZen,
@@ -91,41 +76,13 @@ async fn watchers_that_never_read_are_closed_and_the_cap_refuses_the_next_one() 
         },
     )
     .await;
-    create_local_user_as_operator(&zen, "root", true).await;
-    let http = http_client();
-    let login = ok(http
-        .post(zen.http_url("/auth/local/login"))
-        .json(&json!({ "username": "root", "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap())
-    .await;
-    let token = login["token"]["accessToken"].as_str().unwrap().to_owned();
-    let tenant = ok(http
-        .post(zen.http_url("/v1/tenants"))
-        .bearer_auth(&token)
-        .header("X-Request-Id", request_id())
-        .json(&json!({ "name": "stuck" }))
-        .send()
-        .await
-        .unwrap())
-    .await;
-    let tenant_id = tenant["tenant"]["tenantId"].as_str().unwrap().to_owned();
-    let source = ok(http
-        .post(zen.http_url(&format!("/v1/tenants/{tenant_id}/webhookSources")))
-        .bearer_auth(&token)
-        .header("X-Request-Id", request_id())
-        .json(&json!({ "name": "load", "enabled": true,
-                       "verification": { "scheme": "WEBHOOK_SCHEME_ZEN_HMAC" } }))
-        .send()
-        .await
-        .unwrap())
-    .await;
-    let secret = source["secret"].as_str().unwrap().to_owned();
-    let source_id = source["webhookSource"]["sourceId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let WebhookTarget {
+        token,
+        tenant_id,
+        source_id,
+        secret,
+        ..
+    } = webhook_target(&zen, "stuck", json!({})).await;
 
     // One watcher that reads, and CAP - 1 that never do: the caller's whole allowance.
     let (reader, _) = tokio_tungstenite::connect_async(watch_request(&zen, &tenant_id, &token))

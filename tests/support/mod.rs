@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod drill;
+
 use std::path::{Path, PathBuf};
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};

@@ -1,0 +1,290 @@
+//! The webhook outage drill shared by the dependency-outage tests: Zen under signed webhook
+//! load while a dependency is stopped and restarted, with the promises checked afterwards
+//! (docs/RELIABILITY.md): every delivery answered within 3 s, only 202 or 503 with
+//! `Retry-After`; 202s again within 2 s of the dependency's return; every 202 stored; the
+//! tenant's audit chain verifies.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{KeyInit, Mac};
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use zen::config::{GlobalArgs, ServeArgs};
+
+use super::{create_local_user_as_operator, http_client, request_id, TestZen, PASSWORD};
+
+async fn ok(response: reqwest::Response) -> Value {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{status}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The `zen-hmac` signature of a delivery.
+pub fn sign(secret: &str, timestamp: i64, nonce: &str, body: &[u8]) -> String {
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.{nonce}.").as_bytes());
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A free loopback port for a private dependency.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A platform admin's tenant with a `zen-hmac` webhook source, ready for load.
+pub struct WebhookTarget {
+    pub http: Client,
+    pub token: String,
+    pub tenant_id: String,
+    pub source_id: String,
+    pub secret: String,
+}
+
+/// Creates the operator's `root` user, signs in, creates tenant `tenant` and a `zen-hmac`
+/// source named `load` (with `settings` merged into it).
+pub async fn webhook_target(zen: &TestZen, tenant: &str, settings: Value) -> WebhookTarget {
+    create_local_user_as_operator(zen, "root", true).await;
+    let http = http_client();
+    let login = ok(http
+        .post(zen.http_url("/auth/local/login"))
+        .json(&json!({ "username": "root", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap())
+    .await;
+    let token = login["token"]["accessToken"].as_str().unwrap().to_owned();
+    let created = ok(http
+        .post(zen.http_url("/v1/tenants"))
+        .bearer_auth(&token)
+        .header("X-Request-Id", request_id())
+        .json(&json!({ "name": tenant }))
+        .send()
+        .await
+        .unwrap())
+    .await;
+    let tenant_id = created["tenant"]["tenantId"].as_str().unwrap().to_owned();
+    let mut source = json!({ "name": "load", "enabled": true,
+                             "verification": { "scheme": "WEBHOOK_SCHEME_ZEN_HMAC" } });
+    if let (Some(source), Some(settings)) = (source.as_object_mut(), settings.as_object()) {
+        source.extend(settings.clone());
+    }
+    let source = ok(http
+        .post(zen.http_url(&format!("/v1/tenants/{tenant_id}/webhookSources")))
+        .bearer_auth(&token)
+        .header("X-Request-Id", request_id())
+        .json(&source)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    WebhookTarget {
+        secret: source["secret"].as_str().unwrap().to_owned(),
+        source_id: source["webhookSource"]["sourceId"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        http,
+        token,
+        tenant_id,
+    }
+}
+
+/// One delivery's fate: when it was sent (since the load began), its status, how long it took.
+struct Answer {
+    sent: Duration,
+    status: StatusCode,
+    took: Duration,
+    event_id: Option<String>,
+}
+
+/// Runs Zen with `global` (pointing at the private dependency), loads it with signed webhooks,
+/// calls `stop` after 2 s and `restart` after `outage`, and checks every promise.
+pub async fn webhook_outage_drill<R, F>(
+    global: GlobalArgs,
+    dependency: &str,
+    outage: Duration,
+    stop: impl FnOnce() -> bool,
+    restart: R,
+) where
+    R: FnOnce() -> F,
+    F: Future<Output = bool>,
+{
+    let zen = TestZen::start_with(
+        global,
+        ServeArgs {
+            local_login: Some(true),
+            ..Default::default()
+        },
+    )
+    .await;
+    let WebhookTarget {
+        http,
+        tenant_id,
+        source_id,
+        secret,
+        ..
+    } = webhook_target(&zen, "outage", json!({ "rateLimitPerSecond": 10000 })).await;
+
+    // Load: 8 senders, each waiting for its answer (at most 3 s) and 100 ms before the next
+    // delivery (under the tenant's default rate limit).
+    let started = Instant::now();
+    let total = Duration::from_secs(2) + outage + Duration::from_secs(5);
+    let answers = Arc::new(Mutex::new(Vec::<Answer>::new()));
+    let senders: Vec<_> = (0..8)
+        .map(|worker| {
+            let client = Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .unwrap();
+            let url = zen.http_url(&format!("/webhooks/{source_id}"));
+            let (secret, answers) = (secret.clone(), answers.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while started.elapsed() < total {
+                    n += 1;
+                    let nonce = format!("w{worker}-{n}");
+                    let body = json!({ "alert": nonce }).to_string();
+                    let ts = chrono::Utc::now().timestamp();
+                    let sent = started.elapsed();
+                    let response = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("x-timestamp", ts.to_string())
+                        .header("x-nonce", &nonce)
+                        .header("x-signature", sign(&secret, ts, &nonce, body.as_bytes()))
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| panic!("delivery {nonce} at {sent:?}: {e}"));
+                    let status = response.status();
+                    if status == StatusCode::SERVICE_UNAVAILABLE {
+                        assert!(
+                            response.headers().contains_key("retry-after"),
+                            "503 without Retry-After"
+                        );
+                    }
+                    let text = response.text().await.unwrap_or_default();
+                    let event_id = (status == StatusCode::ACCEPTED).then(|| {
+                        let v: Value = serde_json::from_str(&text).unwrap();
+                        v["eventIds"][0].as_str().unwrap().to_owned()
+                    });
+                    answers.lock().unwrap().push(Answer {
+                        sent,
+                        status,
+                        took: started.elapsed() - sent,
+                        event_id,
+                    });
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(stop(), "stopping the private {dependency}");
+    let down_at = started.elapsed();
+    tokio::time::sleep(outage).await;
+    assert!(restart().await, "restarting the private {dependency}");
+    let back_at = started.elapsed();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let answers = std::mem::take(&mut *answers.lock().unwrap());
+
+    for a in &answers {
+        assert!(
+            a.status == StatusCode::ACCEPTED || a.status == StatusCode::SERVICE_UNAVAILABLE,
+            "sent at {:?}: {}",
+            a.sent,
+            a.status
+        );
+        assert!(
+            a.took <= Duration::from_secs(3),
+            "sent at {:?}, took {:?}",
+            a.sent,
+            a.took
+        );
+    }
+    let during = answers
+        .iter()
+        .filter(|a| a.sent > down_at + Duration::from_secs(1) && a.sent + a.took < back_at)
+        .count();
+    assert!(during > 0, "deliveries were answered during the outage");
+    let late_refusals: Vec<_> = answers
+        .iter()
+        .filter(|a| a.sent > back_at + Duration::from_secs(2) && a.status != StatusCode::ACCEPTED)
+        .map(|a| a.sent)
+        .collect();
+    assert!(
+        late_refusals.is_empty(),
+        "refused more than 2 s after {dependency} returned at {back_at:?}: {late_refusals:?}"
+    );
+    let slowest = answers.iter().map(|a| a.took).max().unwrap();
+    let accepted: Vec<&str> = answers
+        .iter()
+        .filter_map(|a| a.event_id.as_deref())
+        .collect();
+    let refused = answers.len() - accepted.len();
+    eprintln!(
+        "{} deliveries, {} accepted, {refused} refused (503), slowest answer {slowest:?}",
+        answers.len(),
+        accepted.len()
+    );
+
+    // Sign in again: a restarted Redis is empty (no persistence), so sessions are gone.
+    let login = ok(http
+        .post(zen.http_url("/auth/local/login"))
+        .json(&json!({ "username": "root", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap())
+    .await;
+    let token = login["token"]["accessToken"].as_str().unwrap().to_owned();
+
+    // Every 202 is stored.
+    let mut stored = std::collections::HashSet::new();
+    let mut page_token = String::new();
+    loop {
+        let page = ok(http
+            .get(zen.http_url(&format!(
+                "/v1/tenants/{tenant_id}/events?webhookSourceId={source_id}&pageSize=500&pageToken={page_token}"
+            )))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap())
+        .await;
+        for event in page["events"].as_array().into_iter().flatten() {
+            stored.insert(event["eventId"].as_str().unwrap().to_owned());
+        }
+        match page["nextPageToken"].as_str() {
+            Some(next) if !next.is_empty() => page_token = next.to_owned(),
+            _ => break,
+        }
+    }
+    for id in &accepted {
+        assert!(stored.contains(*id), "accepted event {id} is not stored");
+    }
+
+    // The audit chain verifies.
+    let verified = ok(http
+        .post(zen.http_url(&format!("/v1/tenants/{tenant_id}/auditLogs:verify")))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert_eq!(verified["ok"], true, "{verified}");
+
+    zen.stop().await;
+}
