@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
-use support::drill::{sign, webhook_target, WebhookTarget};
+use support::drill::{deliver, webhook_target, WebhookTarget};
 use support::TestZen;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_stream::StreamExt;
@@ -141,15 +141,7 @@ async fn watchers_that_never_read_are_closed_and_the_cap_refuses_the_next_one() 
                     n += 1;
                     let nonce = format!("w{worker}-{n}");
                     let body = json!({ "alert": nonce, "pad": pad }).to_string();
-                    let ts = chrono::Utc::now().timestamp();
-                    let response = http
-                        .post(&zen_url)
-                        .header("content-type", "application/json")
-                        .header("x-timestamp", ts.to_string())
-                        .header("x-nonce", &nonce)
-                        .header("x-signature", sign(&secret, ts, &nonce, body.as_bytes()))
-                        .body(body)
-                        .send()
+                    let response = deliver(&http, &zen_url, &secret, &nonce, body)
                         .await
                         .unwrap_or_else(|e| panic!("delivery {nonce}: {e:?}"));
                     match response.status() {

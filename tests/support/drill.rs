@@ -24,7 +24,7 @@ async fn ok(response: reqwest::Response) -> Value {
 }
 
 /// The `zen-hmac` signature of a delivery.
-pub fn sign(secret: &str, timestamp: i64, nonce: &str, body: &[u8]) -> String {
+fn sign(secret: &str, timestamp: i64, nonce: &str, body: &[u8]) -> String {
     let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{timestamp}.{nonce}.").as_bytes());
     mac.update(body);
@@ -38,6 +38,38 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Signs in as the operator's `root` user; returns the access token.
+async fn sign_in_root(http: &Client, zen: &TestZen) -> String {
+    let login = ok(http
+        .post(zen.http_url("/auth/local/login"))
+        .json(&json!({ "username": "root", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap())
+    .await;
+    login["token"]["accessToken"].as_str().unwrap().to_owned()
+}
+
+/// Posts one `zen-hmac` delivery of `body`, signed now with `secret`.
+pub async fn deliver(
+    client: &Client,
+    url: &str,
+    secret: &str,
+    nonce: &str,
+    body: String,
+) -> reqwest::Result<reqwest::Response> {
+    let ts = chrono::Utc::now().timestamp();
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-timestamp", ts.to_string())
+        .header("x-nonce", nonce)
+        .header("x-signature", sign(secret, ts, nonce, body.as_bytes()))
+        .body(body)
+        .send()
+        .await
 }
 
 /// A platform admin's tenant with a `zen-hmac` webhook source, ready for load.
@@ -54,14 +86,7 @@ pub struct WebhookTarget {
 pub async fn webhook_target(zen: &TestZen, tenant: &str, settings: Value) -> WebhookTarget {
     create_local_user_as_operator(zen, "root", true).await;
     let http = http_client();
-    let login = ok(http
-        .post(zen.http_url("/auth/local/login"))
-        .json(&json!({ "username": "root", "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap())
-    .await;
-    let token = login["token"]["accessToken"].as_str().unwrap().to_owned();
+    let token = sign_in_root(&http, zen).await;
     let created = ok(http
         .post(zen.http_url("/v1/tenants"))
         .bearer_auth(&token)
@@ -153,16 +178,8 @@ pub async fn webhook_outage_drill<R, F>(
                     n += 1;
                     let nonce = format!("w{worker}-{n}");
                     let body = json!({ "alert": nonce }).to_string();
-                    let ts = chrono::Utc::now().timestamp();
                     let sent = started.elapsed();
-                    let response = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .header("x-timestamp", ts.to_string())
-                        .header("x-nonce", &nonce)
-                        .header("x-signature", sign(&secret, ts, &nonce, body.as_bytes()))
-                        .body(body)
-                        .send()
+                    let response = deliver(&client, &url, &secret, &nonce, body)
                         .await
                         .unwrap_or_else(|e| panic!("delivery {nonce} at {sent:?}: {e}"));
                     let status = response.status();
@@ -241,14 +258,7 @@ pub async fn webhook_outage_drill<R, F>(
     );
 
     // Sign in again: a restarted Redis is empty (no persistence), so sessions are gone.
-    let login = ok(http
-        .post(zen.http_url("/auth/local/login"))
-        .json(&json!({ "username": "root", "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap())
-    .await;
-    let token = login["token"]["accessToken"].as_str().unwrap().to_owned();
+    let token = sign_in_root(&http, &zen).await;
 
     // Every 202 is stored.
     let mut stored = std::collections::HashSet::new();
