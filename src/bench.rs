@@ -109,6 +109,8 @@ pub(crate) async fn start_zen(
         http_addr: Some("127.0.0.1:0".parse()?),
         admin_addr: Some("127.0.0.1:0".parse()?),
         bench_discard_events: Some(discard),
+        // The slow-consumer drill signs its watchers in.
+        local_login: Some(true),
         ..Default::default()
     };
     let config = Config::resolve(&global, &serve)?;

@@ -54,6 +54,9 @@ pub struct WebhookLoad {
     pub concurrency: usize,
     /// Scheme names from [`ALL_SCHEMES`].
     pub schemes: Vec<String>,
+    /// When not 0, the first scheme is measured once more while this many WebSocket watchers
+    /// of the tenant's events are connected and never read (the slow-consumer drill).
+    pub stuck_watchers: usize,
 }
 
 impl WebhookLoad {
@@ -362,6 +365,7 @@ async fn create_sources(
     channel: tonic::transport::Channel,
     tenant: Uuid,
     schemes: &[String],
+    suffix: &str,
 ) -> anyhow::Result<Vec<BenchSource>> {
     let mut client = pb::ingest_service_client::IngestServiceClient::new(channel);
     let mut sources = Vec::new();
@@ -375,7 +379,7 @@ async fn create_sources(
             .create_webhook_source(pb::CreateWebhookSourceRequest {
                 tenant_id: tenant.to_string(),
                 webhook_source: Some(pb::WebhookSource {
-                    name: format!("bench-{scheme}"),
+                    name: format!("bench-{scheme}{suffix}"),
                     enabled: true,
                     verification: Some(verification(scheme)),
                     rate_limit_per_second: 1_000_000,
@@ -667,8 +671,13 @@ pub async fn webhooks(
         .context("starting Zen")?;
     raise_quotas(database_url, tenant).await?;
     let pki = PkiFiles::new(config.pki_dir());
-    let sources =
-        create_sources(admin_channel(&running, &pki).await?, tenant, &load.schemes).await?;
+    let channel = admin_channel(&running, &pki).await?;
+    let mut sources = create_sources(channel.clone(), tenant, &load.schemes, "").await?;
+    if load.stuck_watchers > 0 {
+        // A source of its own, so that each row's stored events can be counted apart.
+        sources
+            .extend(create_sources(channel.clone(), tenant, &load.schemes[..1], "-watched").await?);
+    }
     let base = format!("http://{}", running.http_addr);
 
     let health = format!("{base}/health");
@@ -692,9 +701,14 @@ pub async fn webhooks(
 
     let run = Uuid::new_v4().simple().to_string();
     let mut schemes = Vec::new();
+    let mut watchers = Vec::new();
     for (k, source) in sources.iter().enumerate() {
         let url = format!("{base}/webhooks/{}", source.id);
-        let label = format!("{}: POST /webhooks/{{id}}", source.scheme);
+        let mut label = format!("{}: POST /webhooks/{{id}}", source.scheme);
+        if k == load.schemes.len() {
+            watchers = stuck_watchers(&channel, &running, tenant, load.stuck_watchers).await?;
+            label = format!("{}, {} stuck watchers", source.scheme, watchers.len());
+        }
         let source = Arc::new(BenchSource {
             scheme: source.scheme,
             id: source.id.clone(),
@@ -724,6 +738,17 @@ pub async fn webhooks(
             row.others_text()
         );
         schemes.push(row);
+    }
+    if !watchers.is_empty() {
+        let with = schemes.last().map(Row::rate).unwrap_or_default();
+        let without = schemes[0].rate();
+        let open = still_open(watchers).await;
+        println!(
+            "{database}: with {} stuck watchers: {:.0} % of the rate without them; {open} of them \
+             still open after the run",
+            load.stuck_watchers,
+            100.0 * with / without,
+        );
     }
     running.shutdown().await?;
 
@@ -798,6 +823,92 @@ pub async fn webhooks(
         schemes,
         store,
     })
+}
+
+/// Watchers of the slow-consumer drill: WebSocket watches of the tenant's events through the
+/// gateway, each with a 4 KiB receive buffer, that are never read. Opened by platform admins
+/// signed in with local login, 50 per user (under the default per-caller cap).
+async fn stuck_watchers(
+    channel: &tonic::transport::Channel,
+    running: &server::Running,
+    tenant: Uuid,
+    count: usize,
+) -> anyhow::Result<Vec<StuckWatcher>> {
+    use crate::proto::zen::auth::v1 as auth;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    const PER_USER: usize = 50;
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let password = Uuid::new_v4().simple().to_string();
+    let mut watchers = Vec::with_capacity(count);
+    for user in 0..count.div_ceil(PER_USER) {
+        let username = format!("watcher-{user}-{}", &password[..8]);
+        let mut request = tonic::Request::new(auth::CreateLocalUserRequest {
+            username: username.clone(),
+            email: format!("{username}@bench.invalid"),
+            password: password.clone(),
+            platform_admin: true,
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("x-request-id", Uuid::new_v4().to_string().parse()?);
+        auth::auth_service_client::AuthServiceClient::new(channel.clone())
+            .create_local_user(request)
+            .await
+            .context("creating a watcher's user")?;
+        let login: serde_json::Value = http
+            .post(format!("http://{}/auth/local/login", running.http_addr))
+            .json(&serde_json::json!({ "username": username, "password": password }))
+            .send()
+            .await?
+            .error_for_status()
+            .context("signing a watcher in")?
+            .json()
+            .await?;
+        let token = login["token"]["accessToken"]
+            .as_str()
+            .context("no access token")?
+            .to_owned();
+        for _ in 0..PER_USER.min(count - watchers.len()) {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_recv_buffer_size(4096)?;
+            let stream = socket.connect(running.http_addr).await?;
+            let mut request = format!(
+                "ws://{}/v1/tenants/{tenant}/events:watch",
+                running.http_addr
+            )
+            .into_client_request()?;
+            request.headers_mut().insert(
+                "sec-websocket-protocol",
+                format!("bearer, {token}").parse()?,
+            );
+            let (socket, _) = tokio_tungstenite::client_async(request, stream)
+                .await
+                .context("opening a watch")?;
+            watchers.push(socket);
+        }
+    }
+    Ok(watchers)
+}
+
+type StuckWatcher = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// How many of the stuck watchers the server left open: each is read to its end, and one that
+/// stays quiet for 3 s without having been closed counts as open.
+async fn still_open(watchers: Vec<StuckWatcher>) -> usize {
+    use futures::StreamExt;
+    let open = futures::future::join_all(watchers.into_iter().map(|mut socket| async move {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), socket.next()).await {
+                Err(_) => return true,
+                Ok(None | Some(Err(_))) => return false,
+                Ok(Some(Ok(message))) if message.is_close() => return false,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }))
+    .await;
+    open.into_iter().filter(|open| *open).count()
 }
 
 /// Writers of the store-only runs: the size of Zen's default store pool, which is what bounds

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
+use tonic_types::StatusExt;
 use zen::proto::zen::common::v1 as common;
 use zen::proto::zen::ingest::v1 as pb;
 use zen::proto::zen::tenancy::v1 as tenancy;
@@ -417,8 +418,15 @@ async fn identity_comes_from_the_certificate_and_deletion_revokes() {
 }
 
 #[tokio::test]
-async fn a_client_that_never_reads_acks_is_held_back_not_buffered() {
-    let zen = TestZen::start().await;
+async fn a_client_that_never_reads_acks_is_held_back_then_closed_as_too_slow() {
+    let zen = TestZen::start_with(
+        zen::config::GlobalArgs::default(),
+        zen::config::ServeArgs {
+            slow_consumer_grace_ms: Some(1000),
+            ..Default::default()
+        },
+    )
+    .await;
     let (tenant_id, cluster_id) = tenant_and_cluster(&zen, "acme").await;
     // Small HTTP/2 windows, so what the transport itself may buffer is small too.
     let channel = agent_channel_with(&zen, &tenant_id, &cluster_id, |endpoint| {
@@ -427,9 +435,7 @@ async fn a_client_that_never_reads_acks_is_held_back_not_buffered() {
             .initial_connection_window_size(64 * 1024)
     })
     .await;
-    let (tx, replies) = open(channel).await;
-    // Keep the response stream open but never read it.
-    let _held = replies;
+    let (tx, mut replies) = open(channel).await;
     const BATCHES: usize = 3000;
     const EVENTS: usize = 20;
     let sender = tokio::spawn(async move {
@@ -449,30 +455,48 @@ async fn a_client_that_never_reads_acks_is_held_back_not_buffered() {
         }
         sent
     });
-    // Zen stores until the acks it cannot deliver fill the outbound queue and the transport
-    // window, then stops reading: the count stops growing and the sender is held back.
+    // The response stream stays open but is not read. Zen stores until the acks it cannot
+    // deliver fill the outbound queue and the transport window, then stops reading: the count
+    // stops growing, held back rather than buffered.
     let mut stored = 0;
     for _ in 0..30 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let now = events_of(&zen, &tenant_id).await.len();
         if now == stored && now > 0 {
             break;
         }
         stored = now;
     }
-    assert!(!sender.is_finished(), "the sender was never held back");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        events_of(&zen, &tenant_id).await.len(),
-        stored,
-        "still reading"
-    );
     // Each unread ack is ~20 x 60 bytes: 64 KiB of window, 16 queued, 4 in flight.
     assert!(
         stored <= 100 * EVENTS,
         "{stored} events stored by a stream nobody reads"
     );
-    sender.abort();
+    // Past the grace period the session gives up on the agent: when the agent reads again it
+    // finds what the transport held, then the stream's end, RESOURCE_EXHAUSTED / SLOW_CONSUMER,
+    // not the backlog of the session's queue.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), replies.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => panic!("the stream ended without saying why"),
+            Ok(Err(status)) => break status,
+            Err(_) => panic!("the slow agent's stream was never ended"),
+        }
+    };
+    assert_eq!(ended.code(), Code::ResourceExhausted, "{ended:?}");
+    assert!(ended.message().contains("resend"), "{ended:?}");
+    assert_eq!(
+        ended.get_error_details().error_info().unwrap().reason,
+        "SLOW_CONSUMER"
+    );
+    // Nothing was acknowledged that is not stored, and the session let go of the sender.
+    let sent = tokio::time::timeout(Duration::from_secs(10), sender)
+        .await
+        .expect("the sender was released when the session ended")
+        .unwrap();
+    assert!(sent < BATCHES, "the sender was held back");
+    assert_eq!(events_of(&zen, &tenant_id).await.len(), stored);
     zen.stop().await;
 }
 

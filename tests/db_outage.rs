@@ -10,7 +10,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::drill::{free_port, webhook_outage_drill};
-use zen::config::GlobalArgs;
 
 const OUTAGE: Duration = Duration::from_secs(15);
 
@@ -98,10 +97,10 @@ async fn a_database_outage_under_load_is_answered_fast_and_loses_nothing() {
         return;
     };
     webhook_outage_drill(
-        GlobalArgs {
-            database_url: Some(format!("postgres://postgres@127.0.0.1:{port}/postgres")),
-            ..Default::default()
-        },
+        &[
+            "--database-url".into(),
+            format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        ],
         "PostgreSQL",
         OUTAGE,
         || postgres.stop(),

@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::drill::{free_port, webhook_outage_drill};
-use zen::config::GlobalArgs;
 
 const OUTAGE: Duration = Duration::from_secs(15);
 
@@ -62,10 +61,7 @@ async fn a_redis_outage_under_load_is_answered_fast_and_loses_nothing() {
     }
     let redis = PrivateRedis(port);
     webhook_outage_drill(
-        GlobalArgs {
-            redis_url: Some(format!("redis://127.0.0.1:{port}")),
-            ..Default::default()
-        },
+        &["--redis-url".into(), format!("redis://127.0.0.1:{port}")],
         "Redis",
         OUTAGE,
         || {

@@ -1,7 +1,9 @@
-//! Watchers that never read, under webhook load, through Zen's gateway (real sockets, real
-//! mTLS to the gRPC front): every one of them is closed within a few seconds of its buffers
-//! filling, a watcher that reads receives every accepted event, and the per-caller watcher cap
-//! refuses the next watch before the upgrade with a 429 problem naming the limit.
+//! Watchers that never read, under webhook load, against the real `zen` binary (real sockets,
+//! real mTLS between its gateway and its gRPC front): every one of them is closed within a few
+//! seconds of its buffers filling, the server's resident memory comes back to within 32 MiB of
+//! where it was before they connected, a watcher that reads receives every accepted event, and
+//! the per-caller watcher cap refuses the next watch before the upgrade with a 429 problem
+//! naming the limit.
 
 mod support;
 
@@ -12,27 +14,24 @@ use std::time::{Duration, Instant};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use support::drill::{deliver, webhook_target, WebhookTarget};
-use support::TestZen;
+use support::process::ZenProcess;
+use support::ZenUnderTest;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_stream::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use zen::config::{GlobalArgs, ServeArgs};
 
 type Socket = WebSocketStream<TcpStream>;
 
 const CAP: usize = 200;
 
 fn watch_request(
-    zen: &TestZen,
+    zen: &ZenProcess,
     tenant_id: &str,
     token: &str,
 ) -> tokio_tungstenite::tungstenite::http::Request<()> {
-    let url = format!(
-        "ws://{}/v1/tenants/{tenant_id}/events:watch",
-        zen.running.http_addr
-    );
+    let url = format!("ws://{}/v1/tenants/{tenant_id}/events:watch", zen.http_addr);
     let mut request = url.into_client_request().unwrap();
     request.headers_mut().insert(
         "sec-websocket-protocol",
@@ -42,10 +41,10 @@ fn watch_request(
 }
 
 /// A watch whose TCP receive buffer is 4 KiB, so that not reading fills the server's side.
-async fn stuck_watch(zen: &TestZen, tenant_id: &str, token: &str) -> Socket {
+async fn stuck_watch(zen: &ZenProcess, tenant_id: &str, token: &str) -> Socket {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(zen.running.http_addr).await.unwrap();
+    let stream = socket.connect(zen.http_addr).await.unwrap();
     let (socket, _) = tokio_tungstenite::client_async(watch_request(zen, tenant_id, token), stream)
         .await
         .expect("the watch upgrades");
@@ -66,15 +65,14 @@ async fn was_closed(mut socket: Socket, quiet: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watchers_that_never_read_are_closed_and_the_cap_refuses_the_next_one() {
-    let zen = TestZen::start_with(
-        GlobalArgs::default(),
-        ServeArgs {
-            local_login: Some(true),
-            watch_max_per_caller: Some(CAP),
-            http_send_buffer_bytes: Some(64 * 1024),
-            ..Default::default()
-        },
-    )
+    let zen = ZenProcess::spawn(&[
+        "--local-login".into(),
+        "true".into(),
+        "--watch-max-per-caller".into(),
+        CAP.to_string(),
+        "--http-send-buffer-bytes".into(),
+        (64 * 1024).to_string(),
+    ])
     .await;
     let WebhookTarget {
         token,
@@ -83,6 +81,11 @@ async fn watchers_that_never_read_are_closed_and_the_cap_refuses_the_next_one() 
         secret,
         ..
     } = webhook_target(&zen, "stuck", json!({})).await;
+    // The same load once without watchers first, so that the baseline holds what the load
+    // itself keeps (connection pools, caches, the allocator's working set).
+    load(&zen, &source_id, &secret, Duration::from_secs(8)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let baseline = zen.resident_bytes();
 
     // One watcher that reads, and CAP - 1 that never do: the caller's whole allowance.
     let (reader, _) = tokio_tungstenite::connect_async(watch_request(&zen, &tenant_id, &token))
@@ -123,23 +126,89 @@ async fn watchers_that_never_read_are_closed_and_the_cap_refuses_the_next_one() 
     });
 
     // Webhooks at full speed for 8 s, each event ~16 KiB so the stuck sockets fill quickly.
+    let accepted = load(&zen, &source_id, &secret, Duration::from_secs(8)).await;
+    let peak = zen.resident_bytes();
+    assert!(accepted > 100, "the load ran: {accepted} deliveries");
+
+    // The load is over; closing takes the grace period (2 s) and the close frame's own
+    // timeout (2 s) after a socket's buffers fill, which they did early in the load. Every
+    // stuck watcher must end rather than sit open and quiet.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let closed = futures::future::join_all(
+        stuck
+            .into_iter()
+            .map(|s| was_closed(s, Duration::from_secs(3))),
+    )
+    .await;
+    let still_open = closed.iter().filter(|c| !**c).count();
+    assert_eq!(
+        still_open,
+        0,
+        "{still_open} of {} stuck watchers still open",
+        CAP - 1
+    );
+
+    let seen = reader_seen.await.unwrap();
+    assert_eq!(
+        seen, accepted,
+        "the reading watcher got every accepted event"
+    );
+
+    // What the watchers held is released once they are gone (the reading one too, so that the
+    // tenant's shared tail and its buffer go with them): resident memory comes back to near
+    // where it started. The allocator hands freed pages back to the system lazily, within
+    // seconds.
+    let closed_at = Instant::now();
+    let bound = baseline + 32 * 1024 * 1024;
+    let mut after = zen.resident_bytes();
+    while after > bound && closed_at.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = zen.resident_bytes();
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "resident memory: {:.1} MiB before the watchers, {:.1} MiB at the end of the load, \
+         {:.1} MiB {:.1} s after they were all closed",
+        mib(baseline),
+        mib(peak),
+        mib(after),
+        closed_at.elapsed().as_secs_f64()
+    );
+    assert!(
+        after <= bound,
+        "resident memory {:.1} MiB, more than 32 MiB above the {:.1} MiB before the watchers",
+        mib(after),
+        mib(baseline)
+    );
+
+    // Their places are free again: a new watch is accepted.
+    let (socket, _) = tokio_tungstenite::connect_async(watch_request(&zen, &tenant_id, &token))
+        .await
+        .expect("a watch after the stuck ones left");
+    drop(socket);
+    zen.stop().await;
+}
+
+/// Signed webhooks from 16 senders at full speed for `duration`, each event ~16 KiB; returns
+/// how many were accepted (202).
+async fn load(zen: &ZenProcess, source_id: &str, secret: &str, duration: Duration) -> usize {
     let accepted = Arc::new(AtomicUsize::new(0));
-    let load_for = Duration::from_secs(8);
     let started = Instant::now();
     let senders: Vec<_> = (0..16)
         .map(|worker| {
             let (http, zen_url, secret, accepted) = (
                 Client::new(),
                 zen.http_url(&format!("/webhooks/{source_id}")),
-                secret.clone(),
+                secret.to_owned(),
                 accepted.clone(),
             );
+            let tag = uuid::Uuid::new_v4().simple().to_string();
             tokio::spawn(async move {
                 let pad = "x".repeat(16 * 1024);
                 let mut n = 0;
-                while started.elapsed() < load_for {
+                while started.elapsed() < duration {
                     n += 1;
-                    let nonce = format!("w{worker}-{n}");
+                    let nonce = format!("{tag}-w{worker}-{n}");
                     let body = json!({ "alert": nonce, "pad": pad }).to_string();
                     let response = deliver(&http, &zen_url, &secret, &nonce, body)
                         .await
@@ -167,36 +236,5 @@ async fn watchers_that_never_read_are_closed_and_the_cap_refuses_the_next_one() 
     }
     let accepted = accepted.load(Ordering::Relaxed);
     eprintln!("{accepted} deliveries accepted in {:?}", started.elapsed());
-    assert!(accepted > 100, "the load ran: {accepted} deliveries");
-
-    // The load is over; closing takes the grace period (2 s) and the close frame's own
-    // timeout (2 s) after a socket's buffers fill, which they did early in the load. Every
-    // stuck watcher must end rather than sit open and quiet.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let closed = futures::future::join_all(
-        stuck
-            .into_iter()
-            .map(|s| was_closed(s, Duration::from_secs(3))),
-    )
-    .await;
-    let still_open = closed.iter().filter(|c| !**c).count();
-    assert_eq!(
-        still_open,
-        0,
-        "{still_open} of {} stuck watchers still open",
-        CAP - 1
-    );
-
-    let seen = reader_seen.await.unwrap();
-    assert_eq!(
-        seen, accepted,
-        "the reading watcher got every accepted event"
-    );
-
-    // Their places are free again: a new watch is accepted.
-    let (socket, _) = tokio_tungstenite::connect_async(watch_request(&zen, &tenant_id, &token))
-        .await
-        .expect("a watch after the stuck ones left");
-    drop(socket);
-    zen.stop().await;
+    accepted
 }

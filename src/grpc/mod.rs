@@ -6,3 +6,4 @@ pub mod authorize;
 pub mod contract;
 pub mod edge;
 pub mod services;
+pub mod slow_consumer;

@@ -8,13 +8,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::process::ZenProcess;
+use super::{create_local_user_as_operator, http_client, request_id, ZenUnderTest, PASSWORD};
 use hmac::{KeyInit, Mac};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use zen::config::{GlobalArgs, ServeArgs};
-
-use super::{create_local_user_as_operator, http_client, request_id, TestZen, PASSWORD};
 
 async fn ok(response: reqwest::Response) -> Value {
     let status = response.status();
@@ -41,7 +40,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Signs in as the operator's `root` user; returns the access token.
-async fn sign_in_root(http: &Client, zen: &TestZen) -> String {
+pub async fn sign_in_root(http: &Client, zen: &impl ZenUnderTest) -> String {
     let login = ok(http
         .post(zen.http_url("/auth/local/login"))
         .json(&json!({ "username": "root", "password": PASSWORD }))
@@ -83,7 +82,11 @@ pub struct WebhookTarget {
 
 /// Creates the operator's `root` user, signs in, creates tenant `tenant` and a `zen-hmac`
 /// source named `load` (with `settings` merged into it).
-pub async fn webhook_target(zen: &TestZen, tenant: &str, settings: Value) -> WebhookTarget {
+pub async fn webhook_target(
+    zen: &impl ZenUnderTest,
+    tenant: &str,
+    settings: Value,
+) -> WebhookTarget {
     create_local_user_as_operator(zen, "root", true).await;
     let http = http_client();
     let token = sign_in_root(&http, zen).await;
@@ -131,10 +134,11 @@ struct Answer {
     event_id: Option<String>,
 }
 
-/// Runs Zen with `global` (pointing at the private dependency), loads it with signed webhooks,
-/// calls `stop` after 2 s and `restart` after `outage`, and checks every promise.
+/// Runs the `zen` binary with `args` (pointing it at the private dependency), loads it with
+/// signed webhooks, calls `stop` after 2 s and `restart` after `outage`, and checks every
+/// promise.
 pub async fn webhook_outage_drill<R, F>(
-    global: GlobalArgs,
+    args: &[String],
     dependency: &str,
     outage: Duration,
     stop: impl FnOnce() -> bool,
@@ -143,14 +147,9 @@ pub async fn webhook_outage_drill<R, F>(
     R: FnOnce() -> F,
     F: Future<Output = bool>,
 {
-    let zen = TestZen::start_with(
-        global,
-        ServeArgs {
-            local_login: Some(true),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut args = args.to_vec();
+    args.extend(["--local-login".into(), "true".into()]);
+    let zen = ZenProcess::spawn(&args).await;
     let WebhookTarget {
         http,
         tenant_id,

@@ -4,12 +4,33 @@
 #![allow(dead_code)]
 
 pub mod drill;
+pub mod process;
 
 use std::path::{Path, PathBuf};
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use zen::config::{Config, GlobalArgs, ServeArgs};
 use zen::server::{self, Running};
+
+/// What the drills need of a Zen, in-process ([`TestZen`]) or the real binary
+/// ([`process::ZenProcess`]).
+#[allow(async_fn_in_trait)]
+pub trait ZenUnderTest {
+    /// A URL on the public HTTP listener.
+    fn http_url(&self, path: &str) -> String;
+    /// A gRPC channel authenticated as the operator (`admin` identity of the dev PKI).
+    async fn admin(&self) -> Channel;
+}
+
+impl ZenUnderTest for TestZen {
+    fn http_url(&self, path: &str) -> String {
+        TestZen::http_url(self, path)
+    }
+
+    async fn admin(&self) -> Channel {
+        TestZen::admin(self).await
+    }
+}
 
 pub struct TestZen {
     pub running: Running,
@@ -264,7 +285,11 @@ pub fn request_id() -> String {
 
 /// The one operator call of HTTP tests: a local user (password [`PASSWORD`]) created over the
 /// admin's mTLS channel.
-pub async fn create_local_user_as_operator(zen: &TestZen, username: &str, platform_admin: bool) {
+pub async fn create_local_user_as_operator(
+    zen: &impl ZenUnderTest,
+    username: &str,
+    platform_admin: bool,
+) {
     use zen::proto::zen::auth::v1 as auth;
     let mut request = tonic::Request::new(auth::CreateLocalUserRequest {
         username: username.into(),

@@ -13,8 +13,6 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::Stream;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 use uuid::Uuid;
@@ -32,6 +30,7 @@ use super::support::{
 use super::tenancy::BOOTSTRAP_TOKEN_PREFIX;
 use super::webhooks::{WebhookSettings, Webhooks};
 use crate::authz::Caller;
+use crate::grpc::slow_consumer::{bounded, BoundedSender};
 use crate::proto::zen::common::v1 as common;
 use crate::proto::zen::ingest::v1::{self as pb, ingest_service_server::IngestService};
 
@@ -331,7 +330,7 @@ pub fn event_to_proto(event: Event) -> pb::SecurityEvent {
 
 // ----------------------------------------------------------------- the agent stream
 
-type Outbound = mpsc::Sender<Result<pb::ConnectAgentResponse, Status>>;
+type Outbound = BoundedSender<pb::ConnectAgentResponse>;
 
 /// One agent's open stream.
 #[derive(Clone)]
@@ -346,11 +345,10 @@ struct AgentSession {
 
 impl AgentSession {
     async fn send(out: &Outbound, payload: pb::connect_agent_response::Payload) -> bool {
-        out.send(Ok(pb::ConnectAgentResponse {
+        out.send(pb::ConnectAgentResponse {
             payload: Some(payload),
-        }))
+        })
         .await
-        .is_ok()
     }
 
     async fn goodbye(out: &Outbound, reason: pb::GoodbyeReason, message: &str) {
@@ -773,7 +771,12 @@ impl IngestService for IngestApi {
         let call = Call::of(&request)?;
         let (tenant_id, cluster_id) = agent_of(&call)?;
         check_live(&self.store, tenant_id, cluster_id).await?;
-        let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (out, stream) = bounded(
+            OUTBOUND_QUEUE,
+            self.settings.watch.slow_consumer_grace,
+            "agent",
+            "reconnect and resend the unacknowledged batches",
+        );
         let session = AgentSession {
             store: self.store.clone(),
             cache: self.cache.clone(),
@@ -783,7 +786,7 @@ impl IngestService for IngestApi {
             remediation: self.remediation.clone(),
         };
         tokio::spawn(session.run(request.into_inner(), out));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_events(

@@ -11,15 +11,12 @@
 //! A watcher that falls behind the tail's buffer goes back to reading on its own.
 
 use std::collections::HashMap;
-use std::future::Future as _;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::{Stream, StreamExt};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use futures::StreamExt;
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -29,6 +26,7 @@ use zen_store::{Change, Scope, Store};
 
 use super::support::{store_status, timestamp, ERROR_DOMAIN};
 use crate::authz::Caller;
+use crate::grpc::slow_consumer::{bounded, BoundedSender, BoundedStream};
 use crate::proto::zen::ingest::v1 as pb;
 
 /// Changes read per query.
@@ -180,17 +178,6 @@ fn limit_reached(what: &str, limit: usize) -> Status {
     )
 }
 
-fn too_slow(grace: Duration) -> Status {
-    Status::with_error_details(
-        Code::ResourceExhausted,
-        format!(
-            "watcher too slow: its queue stayed full for {} ms; resume from the last resume_token",
-            grace.as_millis()
-        ),
-        ErrorDetails::with_error_info("SLOW_CONSUMER", ERROR_DOMAIN, HashMap::new()),
-    )
-}
-
 impl WatchHub {
     pub fn new(store: Arc<Store>, cache: Arc<dyn Cache>, limits: WatchLimits) -> Self {
         Self {
@@ -289,21 +276,14 @@ impl WatchHub {
     ) -> Result<WatchStream, Status> {
         let slot = self.admit(caller, request.tenant_id)?;
         let tail = self.tail(request.tenant_id).await?;
-        let (out, rx) = mpsc::channel(WATCHER_BUFFER);
-        let (abort, aborted) = oneshot::channel();
-        tokio::spawn(watcher(
-            self.store.clone(),
-            tail,
-            request,
-            out,
-            abort,
+        let (out, stream) = bounded(
+            WATCHER_BUFFER,
             self.limits.slow_consumer_grace,
-            slot,
-        ));
-        Ok(WatchStream {
-            rx,
-            aborted: Some(aborted),
-        })
+            "watcher",
+            "resume from the last resume_token",
+        );
+        tokio::spawn(watcher(self.store.clone(), tail, request, out, slot));
+        Ok(stream)
     }
 }
 
@@ -363,35 +343,14 @@ fn wanted(item: &Item, request: &WatchRequest) -> bool {
     item.severity.is_none_or(|s| s >= request.min_severity)
 }
 
-/// Sends one message, or gives up when the watcher's queue stays full for `grace`. `false`:
-/// stop (the reader left or is too slow).
-async fn deliver(
-    out: &mpsc::Sender<pb::WatchEventsResponse>,
-    message: pb::WatchEventsResponse,
-    grace: Duration,
-    slow: &mut bool,
-) -> bool {
-    match out.send_timeout(message, grace).await {
-        Ok(()) => true,
-        Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-            *slow = true;
-            false
-        }
-        Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
-    }
-}
-
 async fn watcher(
     store: Arc<Store>,
     tail: Arc<Tail>,
     request: WatchRequest,
-    out: mpsc::Sender<pb::WatchEventsResponse>,
-    abort: oneshot::Sender<Status>,
-    grace: Duration,
+    out: BoundedSender<pb::WatchEventsResponse>,
     _slot: Slot,
 ) {
     let mut after = request.after;
-    let mut slow = false;
     let mut last_sent = Instant::now();
     'resubscribe: loop {
         let mut batches = tail.tx.subscribe();
@@ -405,7 +364,7 @@ async fn watcher(
             let changes = match read {
                 Ok(changes) => changes,
                 Err(error) => {
-                    let _ = abort.send(store_status(error, ""));
+                    out.end(store_status(error, ""));
                     return;
                 }
             };
@@ -420,7 +379,7 @@ async fn watcher(
                     resume_token: item.seq.to_string(),
                     change: Some(item.change),
                 };
-                if !deliver(&out, message, grace, &mut slow).await {
+                if !out.send(message).await {
                     break 'resubscribe;
                 }
                 last_sent = Instant::now();
@@ -443,7 +402,7 @@ async fn watcher(
                             },
                         )),
                     };
-                    if !deliver(&out, heartbeat, grace, &mut slow).await {
+                    if !out.send(heartbeat).await {
                         break 'resubscribe;
                     }
                     last_sent = Instant::now();
@@ -465,7 +424,7 @@ async fn watcher(
                             resume_token: item.seq.to_string(),
                             change: Some(item.change.clone()),
                         };
-                        if !deliver(&out, message, grace, &mut slow).await {
+                        if !out.send(message).await {
                             break 'resubscribe;
                         }
                         last_sent = Instant::now();
@@ -477,36 +436,8 @@ async fn watcher(
             }
         }
     }
-    if slow {
-        metrics::counter!("zen_watchers_too_slow_total").increment(1);
-        let _ = abort.send(too_slow(grace));
-    }
 }
 
 /// A watcher's messages; ends with the error the watcher left with (too slow, store down)
-/// ahead of anything still queued, so a slow reader is not handed the backlog first.
-pub struct WatchStream {
-    rx: mpsc::Receiver<pb::WatchEventsResponse>,
-    aborted: Option<oneshot::Receiver<Status>>,
-}
-
-impl Stream for WatchStream {
-    type Item = Result<pb::WatchEventsResponse, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(aborted) = self.aborted.as_mut() {
-            match Pin::new(aborted).poll(cx) {
-                Poll::Ready(Ok(status)) => {
-                    self.aborted = None;
-                    self.rx.close();
-                    // Drop what was queued: the watcher resumes from its last resume_token.
-                    while self.rx.try_recv().is_ok() {}
-                    return Poll::Ready(Some(Err(status)));
-                }
-                Poll::Ready(Err(_)) => self.aborted = None,
-                Poll::Pending => {}
-            }
-        }
-        self.rx.poll_recv(cx).map(|m| m.map(Ok))
-    }
-}
+/// ahead of anything still queued.
+pub type WatchStream = BoundedStream<pb::WatchEventsResponse>;

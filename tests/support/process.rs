@@ -1,0 +1,157 @@
+//! The real `zen` binary as a child process: `zen serve` on a fresh data dir and free loopback
+//! ports, for the drills that must measure what an operator would (resident memory, answers
+//! while a dependency is down) rather than an in-process server sharing the test's runtime.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+
+use super::drill::free_port;
+use super::{connect, ZenUnderTest};
+
+pub struct ZenProcess {
+    child: Child,
+    pub data_dir: tempfile::TempDir,
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl ZenProcess {
+    /// Runs `zen serve` with `args` after the data dir and listener addresses, and waits until
+    /// `/health` answers 200 (at most 60 s; a debug build creates its PKI and keys first).
+    pub async fn spawn(args: &[String]) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let log = data_dir.path().join("zen.log");
+        let (http_addr, grpc_addr, admin_addr) = (
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+        );
+        let child = Command::new(env!("CARGO_BIN_EXE_zen"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--http-addr", &http_addr.to_string()])
+            .args(["--grpc-addr", &grpc_addr.to_string()])
+            .args(["--admin-addr", &admin_addr.to_string()])
+            .args(args)
+            .env_remove("ZEN_DATABASE_URL")
+            .env_remove("ZEN_REDIS_URL")
+            .env_remove("ZEN_ENV")
+            .env("ZEN_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("zen serve starts");
+        let mut zen = ZenProcess {
+            child,
+            data_dir,
+            http_addr,
+            grpc_addr,
+            admin_addr,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = super::http_client();
+        loop {
+            if let Ok(response) = client.get(zen.http_url("/health")).send().await {
+                if response.status().is_success() {
+                    break;
+                }
+            }
+            if let Some(status) = zen.child.try_wait().unwrap() {
+                panic!("zen serve exited with {status}:\n{}", zen.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "zen serve never became healthy:\n{}",
+                zen.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        zen
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
+    }
+
+    pub fn pki(&self) -> PathBuf {
+        self.data_dir.path().join("pki")
+    }
+
+    /// The process's resident memory (`VmRSS`), in bytes.
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the process's status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
+    /// The last lines of the server's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGTERM, and waits for a clean exit (0) within 30 s.
+    pub async fn stop(mut self) {
+        let term = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(term.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "zen serve did not stop on SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            status.success(),
+            "zen serve exited with {status}:\n{}",
+            self.log_tail()
+        );
+    }
+}
+
+impl Drop for ZenProcess {
+    fn drop(&mut self) {
+        // A failed test must not leave a server behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ZenUnderTest for ZenProcess {
+    fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
+    }
+
+    async fn admin(&self) -> Channel {
+        let pki = self.pki();
+        connect(
+            self.grpc_addr,
+            &pki.join("ca.crt"),
+            Some((&pki.join("admin.crt"), &pki.join("admin.key"))),
+        )
+        .await
+        .expect("admin connects")
+    }
+}
