@@ -172,7 +172,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ZEN_STREAM_WRITE_TIMEOUT_MS")]
     pub stream_write_timeout_ms: Option<u64>,
     /// Kernel send buffer of each HTTP connection, in bytes, bounding what a client that does
-    /// not read can hold in the kernel (default 262144; 0 leaves the kernel's autotuning).
+    /// not read can hold in the kernel (default 65536, which Linux doubles; 0 leaves the
+    /// kernel's autotuning).
     #[arg(long, env = "ZEN_HTTP_SEND_BUFFER_BYTES")]
     pub http_send_buffer_bytes: Option<usize>,
 }
@@ -558,7 +559,7 @@ impl Config {
                 http_send_buffer: serve
                     .http_send_buffer_bytes
                     .or(file.http_send_buffer_bytes)
-                    .unwrap_or(256 * 1024),
+                    .unwrap_or(64 * 1024),
             },
             legacy_agent_key: serve
                 .legacy_agent_key
