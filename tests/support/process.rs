@@ -77,6 +77,40 @@ impl ZenProcess {
         zen
     }
 
+    /// The flags that make another `zen serve` a replica of this one's deployment: the same
+    /// CA (and CA key, to issue agent certificates), server and gateway identities, JWT
+    /// signing keys and webhook secret keys. The database and cache URLs are the caller's.
+    pub fn replica_args(&self) -> Vec<String> {
+        let pki = self.pki();
+        let keys = self.data_dir.path().join("keys");
+        let path = |p: PathBuf| p.display().to_string();
+        let mut args = vec![];
+        for (flag, file) in [
+            ("--tls-ca-cert", pki.join("ca.crt")),
+            ("--tls-ca-key", pki.join("ca.key")),
+            ("--tls-server-cert", pki.join("server.crt")),
+            ("--tls-server-key", pki.join("server.key")),
+            ("--gateway-cert", pki.join("gateway.crt")),
+            ("--gateway-key", pki.join("gateway.key")),
+            ("--jwt-keys-dir", keys.join("jwt")),
+        ] {
+            args.extend([flag.to_owned(), path(file)]);
+        }
+        if let Ok(sealing) = std::fs::read_to_string(keys.join("webhook-secret-keys")) {
+            args.extend([
+                "--webhook-secret-keys".to_owned(),
+                sealing.trim().to_owned(),
+            ]);
+        }
+        args
+    }
+
+    /// SIGKILL: no drain, no flush, as a crashed node or an OOM kill.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin_addr)
     }
