@@ -2,6 +2,7 @@
 //! `main.rs` is a thin CLI over this library, which the end-to-end tests also embed.
 
 pub mod agent;
+pub mod audit_batch;
 pub mod auth;
 pub mod authz;
 pub mod bench;

@@ -30,6 +30,7 @@ use zen_store::{AuditOutcome, Role, Scope, Store};
 
 use super::edge::RequestContext;
 use super::services::support::{append_audit, audit_record};
+use crate::audit_batch::AuditBatcher;
 use crate::auth::Auth;
 use crate::authz::{decide, Caller, CallerKind, Denial, PolicyTable};
 
@@ -56,12 +57,19 @@ struct Shared {
     table: PolicyTable,
     store: Arc<Store>,
     auth: Arc<Auth>,
+    /// Group commit for the decisions of allowed read-only calls.
+    reads: AuditBatcher,
 }
 
 impl AuthzLayer {
     pub fn new(table: PolicyTable, store: Arc<Store>, auth: Arc<Auth>) -> Self {
         Self {
-            shared: Arc::new(Shared { table, store, auth }),
+            shared: Arc::new(Shared {
+                reads: AuditBatcher::start(store.clone()),
+                table,
+                store,
+                auth,
+            }),
         }
     }
 }
@@ -211,7 +219,14 @@ impl Shared {
             && policy.as_ref().is_some_and(|p| p.audits_own_authentication);
         if !self_audited {
             if let Err(error) = self
-                .audit_decision(context.as_ref(), &caller, audit_tenant, &method, &decision)
+                .audit_decision(
+                    context.as_ref(),
+                    &caller,
+                    audit_tenant,
+                    &method,
+                    &decision,
+                    policy.as_ref().is_some_and(|p| !p.mutating),
+                )
                 .await
             {
                 if error.is_unavailable() {
@@ -415,7 +430,9 @@ impl Shared {
         ))
     }
 
-    /// Appends the decision to the addressed tenant's chain, or the platform chain.
+    /// Appends the decision to the addressed tenant's chain, or the platform chain. An allowed
+    /// read-only call's record goes through the group commit; refusals and mutations are
+    /// appended in a transaction of their own.
     async fn audit_decision(
         &self,
         context: Option<&RequestContext>,
@@ -423,6 +440,7 @@ impl Shared {
         tenant: Option<Uuid>,
         method: &str,
         decision: &Result<(), Denial>,
+        read_only: bool,
     ) -> Result<(), zen_store::StoreError> {
         let scope = Scope {
             tenant_id: tenant,
@@ -445,6 +463,9 @@ impl Shared {
             outcome,
             details,
         );
+        if read_only && decision.is_ok() && self.reads.append(&scope, record.clone()).await {
+            return Ok(());
+        }
         let mut tx = self.store.begin(&scope).await?;
         tx.audit().append(record).await?;
         tx.commit().await
