@@ -59,6 +59,10 @@ struct Shared {
     auth: Arc<Auth>,
     /// Group commit for the decisions of allowed read-only calls.
     reads: AuditBatcher,
+    /// Recently read platform-admin flags of users (a missing user is not kept).
+    users: Snapshot<Uuid, bool>,
+    /// Recently read roles of users in tenants (`None`: not a member).
+    roles: Snapshot<(Uuid, Uuid), Option<Role>>,
 }
 
 impl AuthzLayer {
@@ -66,6 +70,8 @@ impl AuthzLayer {
         Self {
             shared: Arc::new(Shared {
                 reads: AuditBatcher::start(store.clone()),
+                users: Snapshot::new(SNAPSHOT_TTL),
+                roles: Snapshot::new(SNAPSHOT_TTL),
                 table,
                 store,
                 auth,
@@ -114,8 +120,22 @@ where
         }
         let shared = self.shared.clone();
         Box::pin(async move {
+            // A change to people, memberships or tenants ends the snapshots on this replica
+            // once it is done (other replicas' end within SNAPSHOT_TTL).
+            let changes_access = changes_access(request.uri().path())
+                && shared
+                    .table
+                    .get(request.uri().path())
+                    .is_some_and(|p| p.mutating);
             match shared.authorize(request).await {
-                Ok(request) => inner.call(request).await,
+                Ok(request) => {
+                    let response = inner.call(request).await;
+                    if changes_access {
+                        shared.users.clear();
+                        shared.roles.clear();
+                    }
+                    response
+                }
                 Err(status) => Ok(status.into_http()),
             }
         })
@@ -335,12 +355,19 @@ impl Shared {
                 tenant = from_message.or(stated);
             }
             if let Some(tenant_id) = tenant {
-                let scope = Scope::tenant(tenant_id, Some(*user_id));
-                let read = async {
-                    let mut tx = self.store.begin_read(&scope).await?;
-                    tx.members().role_of(*user_id).await
+                role = match self.roles.get(&(tenant_id, *user_id)) {
+                    Some(role) => role,
+                    None => {
+                        let scope = Scope::tenant(tenant_id, Some(*user_id));
+                        let read = async {
+                            let mut tx = self.store.begin_read(&scope).await?;
+                            tx.members().role_of(*user_id).await
+                        };
+                        let role = read.await.map_err(|e| Err(unavailable(e)))?;
+                        self.roles.put((tenant_id, *user_id), role);
+                        role
+                    }
                 };
-                role = read.await.map_err(|e| Err(unavailable(e)))?;
                 // A header naming a tenant the person does not belong to is refused even on
                 // methods that need no role there.
                 if stated.is_some() && role.is_none() && !platform_admin {
@@ -409,22 +436,29 @@ impl Shared {
             Err(_) if public => return Ok((peer_caller, None)),
             Err(_) => return token_invalid("invalid or expired token"),
         };
-        let mut tx = self
-            .store
-            .begin_read(&Scope::user(principal.user_id))
-            .await
-            .map_err(|e| Err(unavailable(e)))?;
-        let user = match tx.users().get(principal.user_id).await {
-            Ok(user) => user,
-            Err(zen_store::StoreError::NotFound { .. }) => {
-                return token_invalid("invalid or expired token")
+        let platform_admin = match self.users.get(&principal.user_id) {
+            Some(platform_admin) => platform_admin,
+            None => {
+                let mut tx = self
+                    .store
+                    .begin_read(&Scope::user(principal.user_id))
+                    .await
+                    .map_err(|e| Err(unavailable(e)))?;
+                let user = match tx.users().get(principal.user_id).await {
+                    Ok(user) => user,
+                    Err(zen_store::StoreError::NotFound { .. }) => {
+                        return token_invalid("invalid or expired token")
+                    }
+                    Err(e) => return Err(Err(unavailable(e))),
+                };
+                self.users.put(user.id, user.is_platform_admin);
+                user.is_platform_admin
             }
-            Err(e) => return Err(Err(unavailable(e))),
         };
         Ok((
             Caller::User {
-                user_id: user.id,
-                platform_admin: user.is_platform_admin,
+                user_id: principal.user_id,
+                platform_admin,
             },
             Some(principal.session_id),
         ))
@@ -614,6 +648,68 @@ fn read_frame(bytes: &Bytes) -> Option<Bytes> {
     }
     let length = buf.get_u32() as usize;
     (buf.remaining() >= length).then(|| buf.copy_to_bytes(length))
+}
+
+/// Whether a method belongs to the services that change users, memberships and tenants.
+fn changes_access(method: &str) -> bool {
+    method.starts_with("/zen.tenancy.v1.") || method.starts_with("/zen.auth.v1.")
+}
+
+/// How long a user's platform-admin flag and roles read for one call are reused for the next
+/// calls on this replica: a role change or a removal takes effect at once on the replica that
+/// made it and within this bound on the others — under a second, with room for the call that
+/// read it (sign-out is immediate everywhere: the session is checked in the shared cache on
+/// every call).
+const SNAPSHOT_TTL: std::time::Duration = std::time::Duration::from_millis(750);
+/// Entries a snapshot keeps before it starts over (bounds its memory).
+const SNAPSHOT_MAX_ENTRIES: usize = 100_000;
+
+/// Values read from the store, reused for at most `ttl`.
+struct Snapshot<K, V> {
+    ttl: std::time::Duration,
+    entries: std::sync::Mutex<HashMap<K, (std::time::Instant, V)>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Snapshot<K, V> {
+    fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            ttl,
+            entries: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<V> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries
+            .get(key)
+            .filter(|(read_at, _)| read_at.elapsed() < self.ttl)
+            .map(|(_, value)| value.clone())
+    }
+
+    fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
+    fn put(&self, key: K, value: V) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= SNAPSHOT_MAX_ENTRIES {
+            let ttl = self.ttl;
+            entries.retain(|_, (read_at, _)| read_at.elapsed() < ttl);
+            if entries.len() >= SNAPSHOT_MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (std::time::Instant::now(), value));
+    }
 }
 
 #[cfg(test)]
