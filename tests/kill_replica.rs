@@ -1,9 +1,11 @@
-//! A replica killed with SIGKILL, again and again, under webhook load: three `zen serve`
-//! processes (the real binary) share one PostgreSQL database and Redis; 32 senders post signed
-//! deliveries to all three in turn, retrying a delivery that got no answer or a 5xx on the next
-//! replica with exactly the same request (same id, signature and body), as webhook providers
-//! do; every 3 s the third replica is killed with `kill -9` and started again. Afterwards
-//! every delivery acknowledged (2xx) is stored, exactly once, under the event id it was
+//! A replica killed with SIGKILL, again and again, under load: three `zen serve` processes (the
+//! real binary) share one PostgreSQL database and Redis; 32 senders post signed deliveries to
+//! all three in turn, retrying a delivery that got no answer or a 5xx on the next replica with
+//! exactly the same request (same id, signature and body), as webhook providers do; 4 agents
+//! stream event batches to the replicas in turn and, when their stream breaks, reconnect to
+//! the next one and resend the batch that was not acknowledged, as `zen agent` does. Every 3 s
+//! the third replica is killed with `kill -9` and started again. Afterwards every delivery and
+//! every agent event acknowledged is stored, exactly once, under the event id it was
 //! acknowledged with, and the tenant's audit chain verifies.
 
 mod support;
@@ -19,6 +21,8 @@ use support::process::ZenProcess;
 use support::{test_redis_url, TestDatabase, ZenUnderTest};
 
 const SENDERS: usize = 32;
+const AGENTS: usize = 4;
+const BATCH_EVENTS: usize = 10;
 const LOAD: Duration = Duration::from_secs(20);
 const KILL_EVERY: Duration = Duration::from_secs(3);
 
@@ -78,6 +82,11 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_delivery() {
         first.http_url(&format!("/webhooks/{source_id}")),
         second.http_url(&format!("/webhooks/{source_id}")),
         victim.http_url(&format!("/webhooks/{source_id}")),
+    ]));
+    let grpc = Arc::new(RwLock::new(vec![
+        first.grpc_addr,
+        second.grpc_addr,
+        victim.grpc_addr,
     ]));
     // Delivery nonce -> the event id it was acknowledged with.
     let acknowledged = Arc::new(Mutex::new(HashMap::<String, String>::new()));
@@ -150,6 +159,21 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_delivery() {
         })
         .collect();
 
+    let agent_acks = Arc::new(Mutex::new(HashMap::<String, String>::new()));
+    let mut agents = Vec::new();
+    for agent in 0..AGENTS {
+        let cluster = create_cluster(&first, &tenant_id, agent).await;
+        let identity = agent_identity(&first, &tenant_id, &cluster);
+        agents.push(tokio::spawn(run_agent(
+            agent,
+            identity,
+            first.pki().join("ca.crt"),
+            grpc.clone(),
+            agent_acks.clone(),
+            started,
+        )));
+    }
+
     // The killer: kill -9 the third replica every few seconds and start it again.
     let mut victim = Some(victim);
     let mut kills = 0;
@@ -159,18 +183,28 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_delivery() {
         kills += 1;
         let next = ZenProcess::spawn(&replica).await;
         urls.write().unwrap()[2] = next.http_url(&format!("/webhooks/{source_id}"));
+        grpc.write().unwrap()[2] = next.grpc_addr;
         victim = Some(next);
     }
     for sender in senders {
         sender.await.unwrap();
     }
+    let mut agent_retries = 0;
+    for agent in agents {
+        agent_retries += agent.await.unwrap();
+    }
+    let agent_acks = std::mem::take(&mut *agent_acks.lock().unwrap());
     let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
     let retries = *retries.lock().unwrap();
     eprintln!(
-        "{} deliveries acknowledged, {retries} retries, {kills} kills in {:?}",
+        "{} deliveries acknowledged ({retries} retries), {} agent events acknowledged \
+         ({agent_retries} broken streams), {kills} kills in {:?}",
         acknowledged.len(),
+        agent_acks.len(),
         started.elapsed()
     );
+    assert!(agent_acks.len() > 100, "the agents ran");
+    assert!(agent_retries > 0, "no agent stream was broken by a kill");
     assert!(kills >= 3, "the victim was killed {kills} times");
     assert!(acknowledged.len() > 100, "the load ran");
 
@@ -181,7 +215,7 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_delivery() {
     loop {
         let response = http
             .get(second.http_url(&format!(
-                "/v1/tenants/{tenant_id}/events?webhookSourceId={source_id}&pageSize=500&pageToken={page_token}"
+                "/v1/tenants/{tenant_id}/events?pageSize=500&pageToken={page_token}"
             )))
             .bearer_auth(&token)
             .send()
@@ -213,6 +247,25 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_delivery() {
         );
     }
 
+    let agent_ids: HashSet<&String> = agent_acks.values().collect();
+    assert_eq!(
+        agent_ids.len(),
+        agent_acks.len(),
+        "two agent events, one id"
+    );
+    for (agent_event, id) in &agent_acks {
+        assert_eq!(
+            stored.get(id),
+            Some(&1),
+            "agent event {agent_event} (event {id}) is not stored exactly once"
+        );
+    }
+    assert_eq!(
+        stored.len(),
+        ids.len() + agent_ids.len(),
+        "events stored that nobody acknowledged twice over"
+    );
+
     // The audit chain verifies.
     let verified: Value = http
         .post(second.http_url(&format!("/v1/tenants/{tenant_id}/auditLogs:verify")))
@@ -230,4 +283,165 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_delivery() {
     first.stop().await;
     second.stop().await;
     database.drop_database().await;
+}
+
+async fn create_cluster(zen: &ZenProcess, tenant_id: &str, n: usize) -> String {
+    use zen::proto::zen::tenancy::v1 as tenancy;
+    let mut request = tonic::Request::new(tenancy::CreateClusterRequest {
+        tenant_id: tenant_id.into(),
+        cluster: Some(tenancy::Cluster {
+            name: format!("cluster-{n}"),
+            ..Default::default()
+        }),
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", support::request_id().parse().unwrap());
+    tenancy::tenancy_service_client::TenancyServiceClient::new(zen.admin().await)
+        .create_cluster(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster
+        .unwrap()
+        .cluster_id
+}
+
+/// An agent certificate signed by the deployment's CA: (certificate, key) files.
+fn agent_identity(
+    zen: &ZenProcess,
+    tenant_id: &str,
+    cluster_id: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let files = zen_security::PkiFiles::new(zen.pki());
+    let issued = files
+        .load_ca()
+        .unwrap()
+        .issue_client(
+            &zen_security::PeerIdentity::Agent {
+                tenant_id: tenant_id.parse().unwrap(),
+                cluster_id: cluster_id.parse().unwrap(),
+            },
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let name = format!("agent-{cluster_id}");
+    files.write_identity(&name, &issued).unwrap();
+    (files.cert(&name), files.key(&name))
+}
+
+/// One agent: batches of events, one at a time, each resent on the next replica until it is
+/// acknowledged. It also moves to the next replica every 1.5 s, so every agent keeps coming
+/// back to the one that is killed. Returns how many of its streams broke.
+async fn run_agent(
+    agent: usize,
+    (cert, key): (std::path::PathBuf, std::path::PathBuf),
+    ca: std::path::PathBuf,
+    replicas: Arc<RwLock<Vec<std::net::SocketAddr>>>,
+    acks: Arc<Mutex<HashMap<String, String>>>,
+    started: Instant,
+) -> usize {
+    use tokio_stream::StreamExt;
+    use zen::proto::zen::ingest::v1 as pb;
+    let mut reconnections = 0;
+    let mut turn = agent;
+    let mut n = 0usize;
+    let mut pending: Option<pb::EventBatch> = None;
+    'connect: while started.elapsed() < LOAD || pending.is_some() {
+        assert!(
+            started.elapsed() < LOAD + Duration::from_secs(60),
+            "agent {agent} could not deliver its batch"
+        );
+        turn += 1;
+        let addr = {
+            let replicas = replicas.read().unwrap();
+            replicas[turn % replicas.len()]
+        };
+        let Ok(channel) = support::connect(addr, &ca, Some((&cert, &key))).await else {
+            reconnections += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let hello = pb::ConnectAgentRequest {
+            payload: Some(pb::connect_agent_request::Payload::Hello(pb::AgentHello {
+                agent_version: "drill".into(),
+                ..Default::default()
+            })),
+        };
+        tx.send(hello).await.unwrap();
+        let Ok(replies) = pb::ingest_service_client::IngestServiceClient::new(channel)
+            .connect_agent(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        else {
+            reconnections += 1;
+            continue;
+        };
+        let mut replies = replies.into_inner();
+        let connected_at = Instant::now();
+        loop {
+            if pending.is_none() && connected_at.elapsed() > Duration::from_millis(1500) {
+                continue 'connect;
+            }
+            let batch = match pending.clone() {
+                Some(batch) => batch,
+                None if started.elapsed() < LOAD => {
+                    n += 1;
+                    pb::EventBatch {
+                        batch_id: format!("a{agent}-b{n}"),
+                        events: (0..BATCH_EVENTS)
+                            .map(|e| pb::AgentEvent {
+                                agent_event_id: format!("a{agent}-b{n}-e{e}"),
+                                source: pb::EventSource::Falco as i32,
+                                severity: zen::proto::zen::common::v1::Severity::High as i32,
+                                r#type: "runtime".into(),
+                                title: "shell in container".into(),
+                                fingerprint: format!("a{agent}-b{n}-e{e}"),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }
+                }
+                None => return reconnections,
+            };
+            pending = Some(batch.clone());
+            let request = pb::ConnectAgentRequest {
+                payload: Some(pb::connect_agent_request::Payload::EventBatch(batch)),
+            };
+            if tx.send(request).await.is_err() {
+                reconnections += 1;
+                continue 'connect;
+            }
+            let ack = loop {
+                match tokio::time::timeout(Duration::from_secs(5), replies.next()).await {
+                    Ok(Some(Ok(pb::ConnectAgentResponse {
+                        payload: Some(pb::connect_agent_response::Payload::BatchAck(ack)),
+                    }))) => break ack,
+                    Ok(Some(Ok(_))) => continue,
+                    // The stream broke (the replica died) or went quiet: reconnect, resend.
+                    _ => {
+                        reconnections += 1;
+                        continue 'connect;
+                    }
+                }
+            };
+            if ack.retry_after.is_some() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            let mut acks = acks.lock().unwrap();
+            for event in ack.acks {
+                assert!(
+                    event.outcome == pb::EventOutcome::Accepted as i32
+                        || event.outcome == pb::EventOutcome::Duplicate as i32,
+                    "agent event {} refused: {}",
+                    event.agent_event_id,
+                    event.reason
+                );
+                acks.insert(event.agent_event_id, event.event_id);
+            }
+            pending = None;
+        }
+    }
+    reconnections
 }
