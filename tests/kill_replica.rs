@@ -6,7 +6,8 @@
 //! the next one and resend the batch that was not acknowledged, as `zen agent` does. Every 3 s
 //! the third replica is killed with `kill -9` and started again. Afterwards every delivery and
 //! every agent event acknowledged is stored, exactly once, under the event id it was
-//! acknowledged with, and the tenant's audit chain verifies.
+//! acknowledged with, and the tenant's audit chain verifies. Also: senders that hang up
+//! mid-request lose nothing.
 
 mod support;
 
@@ -444,4 +445,94 @@ async fn run_agent(
         }
     }
     reconnections
+}
+
+/// Senders that hang up right after sending a delivery's body, before the answer (cut at
+/// different moments): every such delivery, sent again as a provider would, is answered 2xx,
+/// and each ends up stored exactly once — either the first attempt was stored and the resend
+/// is its duplicate, or it was not stored and the resend stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sender_that_hangs_up_mid_request_loses_nothing() {
+    use tokio::io::AsyncWriteExt;
+    const DELIVERIES: usize = 200;
+    let zen = ZenProcess::spawn(&["--local-login".into(), "true".into()]).await;
+    let WebhookTarget {
+        http,
+        token,
+        tenant_id,
+        source_id,
+        secret,
+    } = webhook_target(&zen, "hangups", json!({ "rateLimitPerSecond": 100000 })).await;
+    let path = format!("/webhooks/{source_id}");
+    let deliveries: Vec<Delivery> = (0..DELIVERIES)
+        .map(|n| delivery(&secret, format!("hangup-{n}")))
+        .collect();
+    for (n, d) in deliveries.iter().enumerate() {
+        let mut socket = tokio::net::TcpStream::connect(zen.http_addr).await.unwrap();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+             x-timestamp: {}\r\nx-nonce: {}\r\nx-signature: {}\r\ncontent-length: {}\r\n\r\n{}",
+            zen.http_addr,
+            d.timestamp,
+            d.nonce,
+            d.signature,
+            d.body.len(),
+            d.body
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        // Hang up at once, or after up to ~10 ms: before, during or after the commit.
+        if n % 4 != 0 {
+            tokio::time::sleep(Duration::from_micros((n as u64 % 10) * 1000)).await;
+        }
+        drop(socket);
+    }
+    // Each sent again, exactly the same.
+    let mut acknowledged = HashMap::new();
+    for d in &deliveries {
+        let response = http
+            .post(zen.http_url(&path))
+            .header("content-type", "application/json")
+            .header("x-timestamp", &d.timestamp)
+            .header("x-nonce", &d.nonce)
+            .header("x-signature", &d.signature)
+            .body(d.body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        let answer: Value = response.json().await.unwrap();
+        acknowledged.insert(
+            d.nonce.clone(),
+            answer["eventIds"][0].as_str().unwrap().to_owned(),
+        );
+    }
+    let mut stored: HashMap<String, usize> = HashMap::new();
+    let mut page_token = String::new();
+    loop {
+        let page: Value = http
+            .get(zen.http_url(&format!(
+                "/v1/tenants/{tenant_id}/events?pageSize=500&pageToken={page_token}"
+            )))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for event in page["events"].as_array().into_iter().flatten() {
+            *stored
+                .entry(event["eventId"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        match page["nextPageToken"].as_str() {
+            Some(next) if !next.is_empty() => page_token = next.to_owned(),
+            _ => break,
+        }
+    }
+    assert_eq!(stored.len(), DELIVERIES, "one event per delivery");
+    for (nonce, id) in &acknowledged {
+        assert_eq!(stored.get(id), Some(&1), "delivery {nonce}");
+    }
+    zen.stop().await;
 }
