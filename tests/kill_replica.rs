@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
-use support::drill::{sign_in_root, webhook_target, WebhookTarget};
+use support::drill::{
+    assert_chain_verifies, sign_in_root, stored_events, webhook_target, WebhookTarget,
+};
 use support::process::ZenProcess;
 use support::{test_redis_url, TestDatabase, ZenUnderTest};
 
@@ -211,29 +213,7 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_delivery() {
 
     // Every acknowledged delivery is stored once, under the id it was acknowledged with.
     let token = sign_in_root(&http, &second).await;
-    let mut stored: HashMap<String, usize> = HashMap::new();
-    let mut page_token = String::new();
-    loop {
-        let response = http
-            .get(second.http_url(&format!(
-                "/v1/tenants/{tenant_id}/events?pageSize=500&pageToken={page_token}"
-            )))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
-        let page: Value = response.json().await.unwrap();
-        for event in page["events"].as_array().into_iter().flatten() {
-            *stored
-                .entry(event["eventId"].as_str().unwrap().to_owned())
-                .or_default() += event["count"].as_i64().unwrap_or(1) as usize;
-        }
-        match page["nextPageToken"].as_str() {
-            Some(next) if !next.is_empty() => page_token = next.to_owned(),
-            _ => break,
-        }
-    }
+    let stored = stored_events(&http, &second, &token, &tenant_id, "").await;
     let ids: HashSet<&String> = acknowledged.values().collect();
     assert_eq!(
         ids.len(),
@@ -267,18 +247,7 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_delivery() {
         "events stored that nobody acknowledged twice over"
     );
 
-    // The audit chain verifies.
-    let verified: Value = http
-        .post(second.http_url(&format!("/v1/tenants/{tenant_id}/auditLogs:verify")))
-        .bearer_auth(&token)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(verified["ok"], true, "{verified}");
+    assert_chain_verifies(&http, &second, &token, &tenant_id).await;
 
     drop(victim);
     first.stop().await;
@@ -506,30 +475,7 @@ async fn a_sender_that_hangs_up_mid_request_loses_nothing() {
             answer["eventIds"][0].as_str().unwrap().to_owned(),
         );
     }
-    let mut stored: HashMap<String, usize> = HashMap::new();
-    let mut page_token = String::new();
-    loop {
-        let page: Value = http
-            .get(zen.http_url(&format!(
-                "/v1/tenants/{tenant_id}/events?pageSize=500&pageToken={page_token}"
-            )))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for event in page["events"].as_array().into_iter().flatten() {
-            *stored
-                .entry(event["eventId"].as_str().unwrap().to_owned())
-                .or_default() += 1;
-        }
-        match page["nextPageToken"].as_str() {
-            Some(next) if !next.is_empty() => page_token = next.to_owned(),
-            _ => break,
-        }
-    }
+    let stored = stored_events(&http, &zen, &token, &tenant_id, "").await;
     assert_eq!(stored.len(), DELIVERIES, "one event per delivery");
     for (nonce, id) in &acknowledged {
         assert_eq!(stored.get(id), Some(&1), "delivery {nonce}");

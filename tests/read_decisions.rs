@@ -7,7 +7,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::drill::{webhook_target, WebhookTarget};
+use support::drill::{assert_chain_verifies, webhook_target, WebhookTarget};
 use support::{TestDatabase, TestZen};
 
 const READS: usize = 200;
@@ -45,17 +45,7 @@ async fn concurrent_reads_are_each_recorded(zen: &TestZen) {
     let after = count_decisions(zen, &http, &token, &tenant_id, method).await;
     assert_eq!(after - before, READS, "one decision per read");
 
-    let verified: Value = http
-        .post(zen.http_url(&format!("/v1/tenants/{tenant_id}/auditLogs:verify")))
-        .bearer_auth(&token)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(verified["ok"], true, "{verified}");
+    assert_chain_verifies(&http, zen, &token, &tenant_id).await;
 }
 
 /// `authz.decide` records of `method` in the tenant's chain.

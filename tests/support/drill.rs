@@ -178,9 +178,11 @@ pub async fn webhook_outage_drill<R, F>(
                     let nonce = format!("w{worker}-{n}");
                     let body = json!({ "alert": nonce }).to_string();
                     let sent = started.elapsed();
-                    let response = deliver(&client, &url, &secret, &nonce, body)
-                        .await
-                        .unwrap_or_else(|e| panic!("delivery {nonce} at {sent:?}: {e}"));
+                    let response = match deliver(&client, &url, &secret, &nonce, body).await {
+                        Ok(response) => response,
+                        // Reported with the server's log once the senders are joined.
+                        Err(e) => return Err(format!("delivery {nonce} at {sent:?}: {e:?}")),
+                    };
                     let status = response.status();
                     if status == StatusCode::SERVICE_UNAVAILABLE {
                         assert!(
@@ -201,6 +203,7 @@ pub async fn webhook_outage_drill<R, F>(
                     });
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                Ok(())
             })
         })
         .collect();
@@ -212,7 +215,9 @@ pub async fn webhook_outage_drill<R, F>(
     assert!(restart().await, "restarting the private {dependency}");
     let back_at = started.elapsed();
     for sender in senders {
-        sender.await.unwrap();
+        if let Err(error) = sender.await.unwrap() {
+            panic!("{error}\nthe server's log:\n{}", zen.log_tail());
+        }
     }
     let answers = std::mem::take(&mut *answers.lock().unwrap());
 
@@ -260,40 +265,78 @@ pub async fn webhook_outage_drill<R, F>(
     let token = sign_in_root(&http, &zen).await;
 
     // Every 202 is stored.
-    let mut stored = std::collections::HashSet::new();
+    let stored = stored_events(
+        &http,
+        &zen,
+        &token,
+        &tenant_id,
+        &format!("webhookSourceId={source_id}"),
+    )
+    .await;
+    for id in &accepted {
+        assert!(
+            stored.contains_key(*id),
+            "accepted event {id} is not stored"
+        );
+    }
+    assert_chain_verifies(&http, &zen, &token, &tenant_id).await;
+
+    zen.stop().await;
+}
+
+/// The tenant's stored events matching `filter` (a query string), through every page: event id
+/// -> how many occurrences it stands for (listed rows, each counting its folded `count`), so
+/// that an event stored twice or folded into once more both show as more than 1.
+pub async fn stored_events(
+    http: &Client,
+    zen: &impl ZenUnderTest,
+    token: &str,
+    tenant_id: &str,
+    filter: &str,
+) -> std::collections::HashMap<String, usize> {
+    let mut stored = std::collections::HashMap::new();
     let mut page_token = String::new();
     loop {
         let page = ok(http
             .get(zen.http_url(&format!(
-                "/v1/tenants/{tenant_id}/events?webhookSourceId={source_id}&pageSize=500&pageToken={page_token}"
+                "/v1/tenants/{tenant_id}/events?{filter}&pageSize=500&pageToken={page_token}"
             )))
-            .bearer_auth(&token)
+            .bearer_auth(token)
             .send()
             .await
             .unwrap())
         .await;
         for event in page["events"].as_array().into_iter().flatten() {
-            stored.insert(event["eventId"].as_str().unwrap().to_owned());
+            // proto3 JSON writes int64 as a string.
+            let count = match &event["count"] {
+                Value::String(count) => count.parse().unwrap(),
+                count => count.as_u64().unwrap_or(1) as usize,
+            };
+            *stored
+                .entry(event["eventId"].as_str().unwrap().to_owned())
+                .or_default() += count;
         }
         match page["nextPageToken"].as_str() {
             Some(next) if !next.is_empty() => page_token = next.to_owned(),
-            _ => break,
+            _ => return stored,
         }
     }
-    for id in &accepted {
-        assert!(stored.contains(*id), "accepted event {id} is not stored");
-    }
+}
 
-    // The audit chain verifies.
+/// `POST /v1/tenants/{id}/auditLogs:verify` answers `ok: true`.
+pub async fn assert_chain_verifies(
+    http: &Client,
+    zen: &impl ZenUnderTest,
+    token: &str,
+    tenant_id: &str,
+) {
     let verified = ok(http
         .post(zen.http_url(&format!("/v1/tenants/{tenant_id}/auditLogs:verify")))
-        .bearer_auth(&token)
+        .bearer_auth(token)
         .json(&json!({}))
         .send()
         .await
         .unwrap())
     .await;
     assert_eq!(verified["ok"], true, "{verified}");
-
-    zen.stop().await;
 }
