@@ -339,6 +339,73 @@ async fn an_event_ingested_on_one_replica_reaches_websockets_on_both() {
     database.drop_database().await;
 }
 
+/// Three replicas on one database and Redis: a watch on each sees every event exactly once and
+/// in commit order (strictly increasing resume tokens), while batches are committed one after
+/// another and the watches started before the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watches_on_three_replicas_see_every_event_once_in_order() {
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let Some(redis_url) = test_redis_url().await else {
+        database.drop_database().await;
+        return;
+    };
+    let global = GlobalArgs {
+        database_url: Some(database.url.clone()),
+        redis_url: Some(redis_url),
+        ..Default::default()
+    };
+    let serve = ServeArgs {
+        public_url: Some("http://zen.replicas.test".into()),
+        ..serve_args()
+    };
+    let a = TestZen::start_with(global.clone(), serve.clone()).await;
+    let mut replicas = vec![];
+    for _ in 0..2 {
+        let (mut global, mut serve) = (global.clone(), serve.clone());
+        a.share_identity(&mut global, &mut serve);
+        replicas.push(TestZen::start_with(global, serve).await);
+    }
+    let (b, c) = (replicas.remove(0), replicas.remove(0));
+
+    create_local_user_as_operator(&a, "root", true).await;
+    let http = http_client();
+    let token = login(&http, &a, "root").await;
+    let (tenant_id, cluster_id) = tenant_and_cluster(&http, &b, &token).await;
+    let mut sockets = Vec::new();
+    for zen in [&a, &b, &c] {
+        sockets.push(watch(zen, &tenant_id, &token, "resumeToken=0", None).await);
+    }
+    const EVENTS: usize = 60;
+    let mut agent = Agent::connect(&a, &tenant_id, &cluster_id).await;
+    for first in (0..EVENTS).step_by(10) {
+        agent.ingest(first, first + 10, 16).await;
+    }
+    let expected: Vec<String> = (0..EVENTS).map(title).collect();
+    for (replica, socket) in ["A", "B", "C"].iter().zip(sockets.iter_mut()) {
+        let heard = listen(socket, EVENTS, Duration::from_secs(15)).await;
+        assert_eq!(heard.titles(), expected, "replica {replica}");
+        let tokens: Vec<i64> = heard
+            .events
+            .iter()
+            .map(|m| m["resumeToken"].as_str().unwrap().parse().unwrap())
+            .collect();
+        assert!(
+            tokens.windows(2).all(|w| w[0] < w[1]),
+            "replica {replica}: resume tokens out of order: {tokens:?}"
+        );
+        // Nothing more: no event twice.
+        let more = listen(socket, 1, Duration::from_millis(1500)).await;
+        assert!(more.events.is_empty(), "replica {replica}: {more:?}");
+    }
+    drop((sockets, agent));
+    for zen in [c, b, a] {
+        zen.stop().await;
+    }
+    database.drop_database().await;
+}
+
 #[tokio::test]
 async fn a_slow_client_is_closed_and_resumes_after_its_last_event_exactly_once() {
     let zen = TestZen::start_with(GlobalArgs::default(), serve_args()).await;
