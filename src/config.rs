@@ -45,7 +45,10 @@ pub struct GlobalArgs {
     /// Directory of the RS256 signing keys (default `<data-dir>/keys/jwt`).
     #[arg(long, env = "ZEN_JWT_KEYS_DIR", global = true)]
     pub jwt_keys_dir: Option<PathBuf>,
-    /// Shared cache, `redis://host:port/db`; unset means an in-process memory cache.
+    /// Shared cache: `redis://host:port/db`, `rediss://…`, a Redis Cluster
+    /// (`redis-cluster://host:port?node=host:port…`) or a Sentinel-managed primary
+    /// (`redis-sentinel://sentinel:26379?sentinelServiceName=NAME`); unset means an in-process
+    /// memory cache.
     #[arg(long, env = "ZEN_REDIS_URL", global = true, hide_env_values = true)]
     pub redis_url: Option<String>,
 }
@@ -668,9 +671,16 @@ impl Config {
             }
         }
         if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            let schemes = [
+                "redis://",
+                "rediss://",
+                "redis-cluster://",
+                "redis-sentinel://",
+            ];
+            if !schemes.iter().any(|scheme| url.starts_with(scheme)) {
                 return Err(ConfigError::Invalid(format!(
-                    "ZEN_REDIS_URL `{}` must start with redis:// or rediss://",
+                    "ZEN_REDIS_URL `{}` must start with redis://, rediss://, redis-cluster:// or \
+                     redis-sentinel://",
                     redact_url(url)
                 )));
             }

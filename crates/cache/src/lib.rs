@@ -105,7 +105,7 @@ pub trait Cache: Send + Sync {
 }
 
 /// Open the configured cache: `None` (or `memory://`) is a [`MemoryCache`],
-/// `redis://…` / `rediss://…` a [`RedisCache`] with default
+/// `redis://…` / `rediss://…` / `redis-cluster://…` / `redis-sentinel://…` a [`RedisCache`] with default
 /// [`RedisOptions`]. `key_prefix` is put in front of every key and channel
 /// (e.g. `"zen:"`).
 ///

@@ -185,19 +185,28 @@ impl Drop for Shared {
     }
 }
 
-/// Parse a `redis://` or `rediss://` URL into a fred config, without
-/// echoing the URL (it may contain a password) in errors.
+/// Parse a `redis://`, `rediss://`, `redis-cluster://` or `redis-sentinel://` URL into a fred
+/// config, without echoing the URL (it may contain a password) in errors.
+///
+/// - `redis-cluster://[user:password@]host:port[?node=host:port&node=…]`: a Redis Cluster;
+///   any known nodes, the others are discovered.
+/// - `redis-sentinel://[user:password@]host[:port][/db]?sentinelServiceName=NAME[&node=…]`: the
+///   primary that the named Sentinel service points to (the host and `node`s are sentinels).
 fn config_from_url(url: &str) -> Result<Config> {
+    const EXPECTED: &str =
+        "expected redis://, rediss://, redis-cluster://, redis-sentinel:// or memory://";
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or_default();
     match scheme {
         "redis" => Config::from_url_centralized(url)
             .map_err(|e| CacheError::InvalidUrl(format!("redis:// URL: {}", e.details()))),
         "rediss" => tls_config_from_url(url),
-        "" => Err(CacheError::InvalidUrl(
-            "expected redis://, rediss:// or memory://".into(),
-        )),
+        "redis-cluster" => Config::from_url_clustered(url)
+            .map_err(|e| CacheError::InvalidUrl(format!("redis-cluster:// URL: {}", e.details()))),
+        "redis-sentinel" => Config::from_url_sentinel(url)
+            .map_err(|e| CacheError::InvalidUrl(format!("redis-sentinel:// URL: {}", e.details()))),
+        "" => Err(CacheError::InvalidUrl(EXPECTED.into())),
         other => Err(CacheError::InvalidUrl(format!(
-            "unsupported scheme {other:?}: expected redis://, rediss:// or memory://"
+            "unsupported scheme {other:?}: {EXPECTED}"
         ))),
     }
 }
@@ -346,6 +355,19 @@ impl RedisCache {
         }
         let pattern = format!("{}*", glob_escape(&self.prefix));
         let client = self.connected()?;
+        if client.is_clustered() {
+            // Keys of one call must share a hash slot in a cluster: scan every primary, unlink
+            // one key at a time.
+            let mut keys = client.scan_cluster_buffered(pattern, Some(500), None);
+            let mut deleted = 0u64;
+            while let Some(key) = keys.next().await {
+                deleted += client
+                    .unlink::<u64, _>(key.map_err(CacheError::from_fred)?)
+                    .await
+                    .map_err(CacheError::from_fred)?;
+            }
+            return Ok(deleted);
+        }
         let mut keys = client.scan_buffered(pattern, Some(500), None);
         let mut batch = Vec::new();
         let mut deleted = 0u64;
@@ -598,7 +620,9 @@ mod tests {
             "",
             "localhost:6379",
             "http://u:secret@h",
-            "redis-cluster://u:secret@h",
+            // A Sentinel URL must name its service.
+            "redis-sentinel://u:secret@h:26379",
+            "rediss-cluster://u:secret@h:7000",
         ] {
             let error = config_from_url(bad).unwrap_err();
             assert!(matches!(error, CacheError::InvalidUrl(_)), "{bad}: {error}");
@@ -606,6 +630,12 @@ mod tests {
         }
         assert!(config_from_url("redis://127.0.0.1:6379/2").is_ok());
         assert!(config_from_url("redis://:pw@127.0.0.1").is_ok());
+        let cluster =
+            config_from_url("redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001").unwrap();
+        assert!(cluster.server.is_clustered());
+        let sentinel =
+            config_from_url("redis-sentinel://127.0.0.1:26379?sentinelServiceName=zen").unwrap();
+        assert!(sentinel.server.is_sentinel());
     }
 
     #[cfg(not(feature = "tls"))]

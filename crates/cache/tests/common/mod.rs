@@ -32,40 +32,48 @@ pub struct Harness {
     pub base: String,
     memory: Option<MemoryCache>,
     redis: Option<RedisCache>,
+    /// The Redis the harness opens its caches on (a single server or a cluster).
+    url: String,
 }
 
 impl Harness {
     pub async fn new(kind: Kind) -> Option<Harness> {
-        let base = format!("zen-test:{}:", Uuid::new_v4().simple());
         match kind {
-            Kind::Memory => Some(Harness {
-                kind,
-                memory: Some(MemoryCache::new(&base)),
-                redis: None,
-                base,
-            }),
-            Kind::Redis => {
-                let url = redis_url();
-                let redis = match RedisCache::connect(&url, &base, quick()).await {
-                    Ok(redis) => redis,
-                    Err(e) => {
-                        if std::env::var_os("CI").is_some() {
-                            panic!("Redis at {url} is unreachable and CI is set: {e}");
-                        }
-                        eprintln!(
-                            "SKIP: Redis at {url} is unreachable ({e}); set ZEN_TEST_REDIS_URL"
-                        );
-                        return None;
-                    }
-                };
+            Kind::Memory => {
+                let base = format!("zen-test:{}:", Uuid::new_v4().simple());
                 Some(Harness {
                     kind,
-                    memory: None,
-                    redis: Some(redis),
+                    memory: Some(MemoryCache::new(&base)),
+                    redis: None,
                     base,
+                    url: String::new(),
                 })
             }
+            Kind::Redis => Self::on_redis(redis_url()).await,
         }
+    }
+
+    /// A harness on the Redis at `url` (`None` with a message when it is unreachable outside
+    /// CI; in CI that is a failure).
+    pub async fn on_redis(url: String) -> Option<Harness> {
+        let base = format!("zen-test:{}:", Uuid::new_v4().simple());
+        let redis = match RedisCache::connect(&url, &base, quick()).await {
+            Ok(redis) => redis,
+            Err(e) => {
+                if std::env::var_os("CI").is_some() {
+                    panic!("Redis at {url} is unreachable and CI is set: {e}");
+                }
+                eprintln!("SKIP: Redis at {url} is unreachable ({e}); set ZEN_TEST_REDIS_URL");
+                return None;
+            }
+        };
+        Some(Harness {
+            kind: Kind::Redis,
+            memory: None,
+            redis: Some(redis),
+            base,
+            url,
+        })
     }
 
     /// The cache under the test's prefix.
@@ -81,7 +89,7 @@ impl Harness {
         match self.kind {
             Kind::Memory => Arc::new(self.memory.as_ref().unwrap().with_prefix(&prefix)),
             Kind::Redis => Arc::new(
-                RedisCache::connect(&redis_url(), &prefix, quick())
+                RedisCache::connect(&self.url, &prefix, quick())
                     .await
                     .expect("connect redis"),
             ),
@@ -104,14 +112,14 @@ impl Drop for Harness {
         }
         // Purge from a thread with its own runtime: this runs inside
         // (possibly panicking) async tests.
-        let base = self.base.clone();
+        let (base, url) = (self.base.clone(), self.url.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let redis = RedisCache::connect(&redis_url(), &base, quick())
+                let redis = RedisCache::connect(&url, &base, quick())
                     .await
                     .expect("connect redis for cleanup");
                 redis.purge().await.expect("purge test keys");
@@ -122,8 +130,117 @@ impl Drop for Harness {
     }
 }
 
+/// A 3-primary Redis Cluster of its own, from the `redis-server` and `redis-cli` binaries on
+/// the PATH, on free loopback ports; shut down when dropped. `None` (with a message) when they
+/// are missing outside CI; in CI that is a failure.
+pub struct RedisCluster {
+    ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start() -> Option<RedisCluster> {
+        use std::process::Command;
+        let dir = std::env::temp_dir().join(format!("zen-redis-cluster-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let cluster = RedisCluster { ports, dir };
+        for port in &cluster.ports {
+            let started = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(cluster.dir.join(format!("nodes-{port}.conf")))
+                .arg("--dir")
+                .arg(&cluster.dir)
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "yes"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !started {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "redis-server could not be started in CI"
+                );
+                eprintln!("SKIP: redis-server could not be started");
+                return None;
+            }
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // The servers take a moment to listen; `--cluster create` needs them all.
+        loop {
+            let created = Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&nodes)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if created {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster could not be created"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        loop {
+            let ok = cluster.ports.iter().all(|port| {
+                Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            });
+            if ok {
+                return Some(cluster);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster never became ok"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `redis-cluster://` with the first node and the others as `node` parameters.
+    pub fn url(&self) -> String {
+        let others: Vec<String> = self.ports[1..]
+            .iter()
+            .map(|p| format!("node=127.0.0.1:{p}"))
+            .collect();
+        format!(
+            "redis-cluster://127.0.0.1:{}?{}",
+            self.ports[0],
+            others.join("&")
+        )
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for port in &self.ports {
+            let _ = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "shutdown", "nosave"])
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Instantiate each listed `async fn name(h: &Harness)` as a test on the
-/// memory backend and on Redis: `memory::name` and `redis::name`.
+/// memory backend and on Redis: `memory::name` and `redis::name`; and all of them, one after
+/// another, on a Redis Cluster started for it: `redis_cluster::every_test_passes_on_a_redis_cluster`.
 #[macro_export]
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
@@ -149,6 +266,23 @@ macro_rules! conformance {
                     super::$name(&h).await;
                 }
             )+
+        }
+        mod redis_cluster {
+            /// The whole suite on one 3-primary Redis Cluster started for it, test after test.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn every_test_passes_on_a_redis_cluster() {
+                let Some(cluster) = $crate::common::RedisCluster::start() else {
+                    return;
+                };
+                $(
+                    let h = $crate::common::Harness::on_redis(cluster.url())
+                        .await
+                        .expect("the cluster answers");
+                    super::$name(&h).await;
+                    drop(h);
+                )+
+                drop(cluster);
+            }
         }
     };
 }
