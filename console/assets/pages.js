@@ -54,7 +54,7 @@ function Copy({ text, label }) {
       setDone(false);
     }
   };
-  return html`<button type="button" onClick=${copy} aria-label=${`Copy ${label}`}>${done ? "Copied" : "Copy"}</button>`;
+  return html`<button type="button" onClick=${copy} aria-label=${`${done ? "Copied" : "Copy"} ${label}`}>${done ? "Copied" : "Copy"}</button>`;
 }
 
 // A value shown once (a secret, a token, a command): it is not kept anywhere after this.
@@ -316,7 +316,7 @@ function ClustersPage({ tenant, rank }) {
       <tbody>${(clusters || []).map((c) => html`<tr key=${c.clusterId} data-cluster=${c.name}>
         <td>${c.displayName || c.name}<br /><code class="muted">${c.clusterId}</code></td>
         <td>${short(c.status, "CLUSTER_STATUS_")}</td>
-        <td data-testid="connection">${short(c.connectionState, "CONNECTION_STATE_")}</td>
+        <td data-testid="connection" data-state=${c.connectionState}>${short(c.connectionState, "CONNECTION_STATE_")}</td>
         <td>${age(c.lastSeenTime, now)}</td>
         <td>${c.agentVersion || "—"}</td>
         ${rank >= ADMIN && html`<td><button type="button" onClick=${() => enroll(c)} aria-label=${`Enroll ${c.name}`}>Enroll</button></td>`}
@@ -385,7 +385,7 @@ function SourcesPage({ tenant, rank }) {
         <td>${s.enabled ? "yes" : "no"}</td>
         <td>${when(s.lastDeliveryTime)}</td>
         ${rank >= ADMIN && html`<td class="row">
-          <button type="button" onClick=${() => rotate(s)} aria-label=${`Rotate the secret of ${s.name}`}>Rotate secret</button>
+          <button type="button" onClick=${() => rotate(s)} aria-label=${`Rotate secret of ${s.name}`}>Rotate secret</button>
           <button type="button" onClick=${() => toggle(s)} aria-label=${`${s.enabled ? "Disable" : "Enable"} ${s.name}`}>${s.enabled ? "Disable" : "Enable"}</button>
         </td>`}
       </tr>`)}</tbody>
@@ -453,7 +453,7 @@ function RemediationsPage({ tenant, id, rank }) {
 function Diff({ action, rollback }) {
   const lines = (a, sign) => (a && a.serverSideApply ? JSON.stringify(a.serverSideApply.patch || {}, null, 2).split("\n").map((l) => [sign, l]) : []);
   const all = [...lines(rollback, "-"), ...lines(action, "+")];
-  return html`<pre class="diff" aria-label="Patch as a diff" data-testid="diff">${all.map(([s, l]) => html`<span class=${s === "+" ? "add" : "del"}>${s} ${l}\n</span>`)}</pre>`;
+  return html`<pre class="diff" aria-label="Patch as a diff" data-testid="diff">${all.map(([s, l]) => html`<span class=${s === "+" ? "add" : "del"}>${s} ${l}</span>`)}</pre>`;
 }
 
 function RemediationDetail({ tenant, r, rank, onChanged }) {
