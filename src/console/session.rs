@@ -436,8 +436,31 @@ pub async fn relay(State(console): State<Arc<Console>>, request: Request, next: 
     next.run(Request::from_parts(parts, body)).await
 }
 
+/// The parameters of an authorization response that CompleteLogin reads. Providers add others
+/// (`iss` per RFC 9207, `session_state`, Google's `scope`, `authuser`, `hd`, `prompt`), which
+/// the contract does not name and the gateway would refuse as unknown.
+const CALLBACK_PARAMETERS: [&str; 4] = ["code", "state", "error", "error_description"];
+
+fn callback_query(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
+            CALLBACK_PARAMETERS.contains(&name)
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 async fn oidc_callback(console: &Console, request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+    let (mut parts, body) = request.into_parts();
+    let query = callback_query(parts.uri.query().unwrap_or_default());
+    let uri = format!("{}?{query}", parts.uri.path());
+    match uri.parse() {
+        Ok(uri) => parts.uri = uri,
+        Err(_) => return Redirect::to("/console/?login_error=bad%20callback").into_response(),
+    }
+    let response = next.run(Request::from_parts(parts, body)).await;
     let status = response.status();
     let body = response
         .into_body()
@@ -661,7 +684,8 @@ pub async fn begin_oidc(
     let (status, body) = console
         .call(&headers, peer, Method::GET, &uri, None, None)
         .await;
-    if status != StatusCode::OK {
+    // BeginLogin answers browsers with a redirect already; its body names the URL either way.
+    if !(status.is_success() || status.is_redirection()) {
         return relay_problem(status, body);
     }
     let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -720,6 +744,18 @@ mod tests {
         assert_eq!(continue_at(Some("https://evil.example")), "/console/");
         assert_eq!(continue_at(Some("/console\\..")), "/console/");
         assert_eq!(continue_at(None), "/console/");
+    }
+
+    #[test]
+    fn callbacks_keep_only_what_complete_login_reads() {
+        assert_eq!(
+            callback_query("code=a%2Fb&state=s&iss=http%3A%2F%2Fidp&session_state=x&scope=openid"),
+            "code=a%2Fb&state=s"
+        );
+        assert_eq!(
+            callback_query("error=access_denied&error_description=no&state=s"),
+            "error=access_denied&error_description=no&state=s"
+        );
     }
 
     #[test]

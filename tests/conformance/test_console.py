@@ -458,3 +458,54 @@ def test_session_cookie_csrf_and_csp(stack, browser):
         assert alice.csp == [] and alice.errors == []
     finally:
         alice.close()
+
+
+# -- OIDC in the browser ---------------------------------------------------------------------------
+
+
+def test_oidc_sign_in_ends_in_the_console(tmp_path):
+    """Authorization code + PKCE through Zen against a real provider (npm `oidc-provider`,
+    tests/oidc/provider.mjs): the callback ends with a redirect into the console and a session
+    cookie, never a JSON page, and the return path survives the round trip."""
+    from playwright.sync_api import sync_playwright
+
+    path = chromium()
+    if shutil.which("node") is None:
+        unavailable("node is required for the test OIDC provider")
+    ports = (free_port(), free_port(), free_port())
+    base = f"http://127.0.0.1:{ports[1]}"
+    provider = subprocess.Popen(
+        ["node", "tests/oidc/provider.mjs", "--port", str(free_port()), "--redirect-uri",
+         f"{base}/auth/callback/dev", "--exit-with-stdin"],
+        cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        issuer = json.loads(provider.stdout.readline())["issuer"]
+        providers = [{"name": "dev", "issuer_url": issuer, "client_id": "zen", "client_secret": "zen-test-secret"}]
+        server = ZenServer(data_dir=tmp_path / "data", ports=ports, extra_args=["--public-url", base],
+                           env={"ZEN_OIDC_PROVIDERS": json.dumps(providers)}).start()
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=path, args=["--no-sandbox"])
+                context = browser.new_context(base_url=base)
+                context.set_default_timeout(TIMEOUT_MS)
+                page = context.new_page()
+                csp: list[str] = []
+                page.on("console", lambda m: "Content Security Policy" in m.text and csp.append(m.text))
+                page.goto("/console/t/none/audit")
+                page.click("a:has-text('dev')")
+                page.fill("input[name=login]", "erin")
+                page.fill("input[name=password]", "anything")
+                page.click("button[type=submit]")
+                page.click("button:has-text('Continue')")
+                page.wait_for_selector("button:has-text('Sign out')")
+                assert page.url == f"{base}/console/t/none/audit", page.url
+                assert "erin" in page.inner_text("header.top")
+                (cookie,) = [c for c in context.cookies() if c["name"] == "zen_session"]
+                assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+                assert csp == []
+                browser.close()
+        finally:
+            assert server.stop() == 0, server.log()
+    finally:
+        provider.stdin.close()
+        provider.wait(timeout=30)
