@@ -48,6 +48,9 @@ struct Record {
     access_token: String,
     /// Unix seconds.
     access_expires_at: i64,
+    /// The access token's lifetime in seconds, as issued.
+    #[serde(default)]
+    access_ttl: i64,
     refresh_token: String,
     csrf: String,
 }
@@ -201,7 +204,7 @@ impl Console {
         peer: Option<ConnectInfo<std::net::SocketAddr>>,
     ) -> Option<Record> {
         let record = self.load(cookie).await?;
-        if record.access_expires_at - now() > REFRESH_MARGIN {
+        if !record.needs_refresh() {
             return Some(record);
         }
         // One refresh per session across replicas: a second use of a rotated refresh token
@@ -216,7 +219,7 @@ impl Console {
             for _ in 0..50 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let current = self.load(cookie).await?;
-                if current.access_expires_at - now() > REFRESH_MARGIN {
+                if current.access_token != record.access_token {
                     return Some(current);
                 }
             }
@@ -261,10 +264,20 @@ impl Console {
     }
 }
 
+impl Record {
+    /// Whether the access token is close enough to its end to be replaced before use: within
+    /// a minute of it, or within half its lifetime when that is shorter.
+    fn needs_refresh(&self) -> bool {
+        let margin = REFRESH_MARGIN.min(self.access_ttl / 2);
+        self.access_expires_at - now() <= margin
+    }
+}
+
 fn record_of(token: &Value, csrf: String) -> Option<Record> {
     Some(Record {
         access_token: token.get("accessToken")?.as_str()?.to_owned(),
         access_expires_at: now() + token.get("expiresIn")?.as_i64()?,
+        access_ttl: token.get("expiresIn")?.as_i64()?,
         refresh_token: token.get("refreshToken")?.as_str()?.to_owned(),
         csrf,
     })
@@ -710,6 +723,119 @@ mod tests {
             h.insert(*k, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    /// Eight requests arrive at once with an expired access token: the refresh token (single
+    /// use, as Zen's are) is spent exactly once and every request carries the new token.
+    #[tokio::test]
+    async fn concurrent_requests_refresh_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use axum::routing::{get, post};
+        use axum::{Json, Router};
+
+        use crate::console::{router, Console, ConsoleConfig};
+
+        let refreshes = Arc::new(AtomicUsize::new(0));
+        let counter = refreshes.clone();
+        let token = |n: usize, ttl: u64| {
+            json!({"accessToken": format!("a{n}"), "expiresIn": ttl,
+                   "refreshToken": format!("r{n}"), "refreshExpiresIn": 3600})
+        };
+        let gateway = Router::new()
+            .route(
+                "/auth/local/login",
+                post(move || async move { Json(json!({ "token": token(0, 0) })) }),
+            )
+            .route(
+                "/auth/refresh",
+                post(move |Json(body): Json<Value>| {
+                    let counter = counter.clone();
+                    async move {
+                        let n = counter.fetch_add(1, Ordering::SeqCst);
+                        if body["refreshToken"] != format!("r{n}") {
+                            return (StatusCode::UNAUTHORIZED, Json(json!({})));
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        (StatusCode::OK, Json(json!({ "token": token(n + 1, 3600) })))
+                    }
+                }),
+            )
+            .route(
+                "/v1/users/me",
+                get(|| async { Json(json!({"user": {"userId": "u"}})) }),
+            )
+            .route(
+                "/v1/echo",
+                get(|headers: HeaderMap| async move {
+                    headers
+                        .get(header::AUTHORIZATION)
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .unwrap_or_default()
+                }),
+            );
+        let cache = zen_cache::connect(None, "test:").await.unwrap();
+        let console = Console::new(
+            gateway.clone(),
+            cache,
+            ConsoleConfig {
+                secure_cookies: false,
+                local_login: true,
+                providers: vec![],
+                session_ttl: Duration::from_secs(3600),
+                grpc_port: 7443,
+            },
+        );
+        let app = router(console.clone())
+            .fallback_service(gateway.layer(axum::middleware::from_fn_with_state(console, relay)));
+        let login = app
+            .clone()
+            .oneshot(
+                Request::post("/console/session/login")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(r#"{"username": "u", "password": "p"}"#))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(login.status(), StatusCode::OK);
+        let set_cookie = login.headers()[header::SET_COOKIE].to_str().unwrap();
+        assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+        assert!(!set_cookie.contains("Secure"));
+        let cookie = set_cookie.split(';').next().unwrap().to_owned();
+        let calls = (0..8).map(|_| {
+            let app = app.clone();
+            let cookie = cookie.clone();
+            async move {
+                let r = app
+                    .oneshot(
+                        Request::get("/v1/echo")
+                            .header(header::COOKIE, cookie)
+                            .body(Body::empty())
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                let status = r.status();
+                let body = r.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8(body.to_vec()).unwrap())
+            }
+        });
+        for (status, bearer) in futures::future::join_all(calls).await {
+            assert_eq!((status, bearer.as_str()), (StatusCode::OK, "Bearer a1"));
+        }
+        assert_eq!(refreshes.load(Ordering::SeqCst), 1);
+        // A state-changing request without the CSRF token never reaches the gateway.
+        let r = app
+            .oneshot(
+                Request::post("/v1/echo")
+                    .header(header::COOKIE, cookie)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
     }
 
     #[test]
