@@ -238,12 +238,15 @@ def test_operator_walkthrough(stack, browser):
     alice.tab("Live events")
     page.wait_for_selector("[data-testid=watch-status][data-state=live]")
     events = stack.workdir / "events.jsonl"
-    events.write_text(json.dumps({
-        "id": "trivy-0001", "source": "trivy", "severity": "critical", "type": "vulnerability",
-        "title": f"CVE-2026-0001 {XSS}",
-        "resource": {"api_version": "apps/v1", "kind": "Deployment", "namespace": "shop", "name": "api"},
-        "details": {"note": XSS, "package": "openssl"},
-    }) + "\n")
+    events.write_text("".join(json.dumps(e) + "\n" for e in (
+        {"id": "trivy-0001", "source": "trivy", "severity": "critical", "type": "vulnerability",
+         "title": "CVE-2026-0001 in openssl",
+         "resource": {"api_version": "apps/v1", "kind": "Deployment", "namespace": "shop", "name": "api"},
+         "details": {"package": "openssl", "installed": "3.0.1", "fixed": "3.0.9"}},
+        # Markup in a title and a payload, as a hostile tool could send.
+        {"id": "probe-0002", "source": "custom", "severity": "low", "type": "injection-probe",
+         "title": f"Injection probe {XSS}", "details": {"note": XSS}},
+    )))
     hook = stack.workdir / "apply.sh"
     hook.write_text(APPLY_HOOK)
     hook.chmod(0o755)
@@ -261,7 +264,8 @@ def test_operator_walkthrough(stack, browser):
 
 def walk(stack: Stack, browser, alice: Person, tenant: str, started: float) -> None:
     page = alice.page
-    row = page.locator("[data-testid=events-table] tbody tr", has_text="CVE-2026-0001")
+    page.locator("[data-testid=events-table] tbody tr", has_text="CVE-2026-0001").wait_for()
+    row = page.locator("[data-testid=events-table] tbody tr", has_text="Injection probe")
     row.wait_for()
     # Markup in a title is text: no script ran, no element was made from it.
     assert XSS in row.inner_text()
