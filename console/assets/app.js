@@ -72,8 +72,12 @@ function SignIn({ onSignedIn }) {
 }
 
 // -- the shell ----------------------------------------------------------------------------------
-function Shell({ session, refresh, signOut }) {
+function Shell({ session, refresh, signOut, signedInNow }) {
   const route = useRoute();
+  // The sign-in form is gone: keyboard and screen-reader users continue at the content.
+  useEffect(() => {
+    if (signedInNow) document.getElementById("main").focus();
+  }, []);
   const [allTenants, setAllTenants] = useState([]);
   const admin = session.user && session.user.platformAdmin;
   useEffect(() => {
@@ -123,6 +127,7 @@ function Shell({ session, refresh, signOut }) {
 
 function App() {
   const [session, setSession] = useState(undefined);
+  const [signedInNow, setSignedInNow] = useState(false);
   const load = () =>
     get("/console/session").then(
       (s) => {
@@ -147,10 +152,11 @@ function App() {
   if (session === null)
     return html`<${SignIn} onSignedIn=${(s) => {
       setCsrf(s.csrfToken);
+      setSignedInNow(true);
       setSession(s);
       if (location.search.includes("login_error")) history.replaceState(null, "", location.pathname);
     }} />`;
-  return html`<${Shell} session=${session} refresh=${load} signOut=${signOut} />`;
+  return html`<${Shell} session=${session} refresh=${load} signOut=${signOut} signedInNow=${signedInNow} />`;
 }
 
 render(html`<${App} />`, document.getElementById("app"));

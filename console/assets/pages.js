@@ -464,6 +464,7 @@ function RemediationDetail({ tenant, r, rank, onChanged }) {
   const ssa = (r.action && r.action.serverSideApply) || {};
   const open = ["REMEDIATION_STATUS_PENDING_APPROVAL", "REMEDIATION_STATUS_PROPOSED"].includes(r.status);
   const cancellable = open || r.status === "REMEDIATION_STATUS_APPROVED";
+  const reversible = ["REMEDIATION_STATUS_SUCCEEDED", "REMEDIATION_STATUS_FAILED"].includes(r.status) && r.rollbackAction;
   const act = (verb, field) => async () => {
     if (!comment.trim()) {
       setError(new Error("a comment is required"));
@@ -499,13 +500,14 @@ function RemediationDetail({ tenant, r, rank, onChanged }) {
     <p data-testid="approval-progress">${approvals.length} of ${r.requiredApprovals || 0} approvals${needed ? `; ${needed} more needed` : ""}${r.expireTime ? ` · expires ${when(r.expireTime)}` : ""}</p>
     ${windows.length > 0 && html`<p class="muted">Approval windows: ${windows.map((w) => `${(w.days || []).map((d) => short(d, "DAY_OF_WEEK_").slice(0, 3)).join(",")} ${w.startHour}–${w.endHour} h ${w.timeZone || "UTC"}`).join("; ")}</p>`}
     <ul>${approvals.map((a) => html`<li>${a.approverId} <span class="muted">${short(a.approverRole, "ROLE_").toLowerCase()} · ${when(a.approveTime)}</span> ${a.comment}</li>`)}</ul>
-    ${rank >= APPROVER && cancellable && html`<div>
+    ${rank >= APPROVER && (cancellable || reversible) && html`<div>
       <label for="decision-comment">Comment (required)</label>
       <textarea id="decision-comment" value=${comment} onInput=${(e) => setComment(e.target.value)}></textarea>
       <div class="row">
         ${open && html`<${Busy} className="primary" run=${act("approve", "comment")}>Approve</${Busy}>`}
         ${open && html`<${Busy} className="danger" run=${act("reject", "reason")}>Reject</${Busy}>`}
-        <${Busy} run=${act("cancel", "reason")}>Cancel remediation</${Busy}>
+        ${cancellable && html`<${Busy} run=${act("cancel", "reason")}>Cancel remediation</${Busy}>`}
+        ${reversible && html`<${Busy} className="danger" run=${act("rollback", "reason")}>Request rollback</${Busy}>`}
       </div>
     </div>`}
     <${Failure} error=${error} />

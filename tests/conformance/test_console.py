@@ -123,7 +123,8 @@ def stack(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(stack):
+def browser():
+    """One chromium for the module (Playwright's sync API allows one driver at a time)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -464,16 +465,53 @@ def test_session_cookie_csrf_and_csp(stack, browser):
         alice.close()
 
 
+def test_keyboard_only(stack, browser):
+    """Sign in, skip to the content and open a tenant with the keyboard alone."""
+    context = browser.new_context(base_url=stack.base)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        page.goto("/")
+        page.wait_for_selector("#username")
+        focused = lambda: page.evaluate(  # noqa: E731
+            "() => [document.activeElement.tagName, document.activeElement.id,"
+            " document.activeElement.getAttribute('href') || '']")
+        page.keyboard.press("Tab")
+        assert focused()[1] == "username"
+        page.keyboard.type("alice")
+        page.keyboard.press("Tab")
+        page.keyboard.type(PASSWORD)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("button:has-text('Sign out')")
+        # Focus continues at the content after sign-in.
+        page.wait_for_function("() => document.activeElement.id === 'main'")
+        # On a fresh load the first Tab reaches the skip link, which moves focus to the content.
+        page.reload()
+        page.wait_for_selector("button:has-text('Sign out')")
+        page.keyboard.press("Tab")
+        assert focused()[2] == "#main", focused()
+        page.keyboard.press("Enter")
+        assert focused()[1] == "main", focused()
+        for _ in range(40):
+            page.keyboard.press("Tab")
+            if focused()[2].startswith("/console/t/"):
+                break
+        else:
+            raise AssertionError(f"no tenant link reached with Tab; focus on {focused()}")
+        page.keyboard.press("Enter")
+        page.wait_for_url("**/console/t/*/events")
+        page.wait_for_selector("[data-testid=watch-status]")
+    finally:
+        context.close()
+
+
 # -- OIDC in the browser ---------------------------------------------------------------------------
 
 
-def test_oidc_sign_in_ends_in_the_console(tmp_path):
+def test_oidc_sign_in_ends_in_the_console(tmp_path, browser):
     """Authorization code + PKCE through Zen against a real provider (npm `oidc-provider`,
     tests/oidc/provider.mjs): the callback ends with a redirect into the console and a session
     cookie, never a JSON page, and the return path survives the round trip."""
-    from playwright.sync_api import sync_playwright
-
-    path = chromium()
     if shutil.which("node") is None:
         unavailable("node is required for the test OIDC provider")
     ports = (free_port(), free_port(), free_port())
@@ -488,9 +526,8 @@ def test_oidc_sign_in_ends_in_the_console(tmp_path):
         server = ZenServer(data_dir=tmp_path / "data", ports=ports, extra_args=["--public-url", base],
                            env={"ZEN_OIDC_PROVIDERS": json.dumps(providers)}).start()
         try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=path, args=["--no-sandbox"])
-                context = browser.new_context(base_url=base)
+            context = browser.new_context(base_url=base)
+            try:
                 context.set_default_timeout(TIMEOUT_MS)
                 page = context.new_page()
                 csp: list[str] = []
@@ -507,7 +544,8 @@ def test_oidc_sign_in_ends_in_the_console(tmp_path):
                 (cookie,) = [c for c in context.cookies() if c["name"] == "zen_session"]
                 assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
                 assert csp == []
-                browser.close()
+            finally:
+                context.close()
         finally:
             assert server.stop() == 0, server.log()
     finally:
