@@ -426,9 +426,13 @@ pub async fn relay(State(console): State<Arc<Console>>, request: Request, next: 
     }
     let peer = peer_of(&parts.extensions);
     let Some(record) = console.access_token(&cookie, &parts.headers, peer).await else {
-        let mut r = no_session();
+        // The session ended (expired, signed out elsewhere, refresh refused): the request goes
+        // on without credentials (public routes still answer, the others say 401) and the
+        // browser forgets the cookie.
+        parts.headers.remove(header::COOKIE);
+        let mut r = next.run(Request::from_parts(parts, body)).await;
         r.headers_mut()
-            .insert(header::SET_COOKIE, console.clear_cookie());
+            .append(header::SET_COOKIE, console.clear_cookie());
         return r;
     };
     if !is_safe(&parts.method) {
