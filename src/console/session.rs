@@ -304,13 +304,18 @@ fn unavailable() -> Response {
     r
 }
 
+/// A refused request. Its body is never read, so the connection is closed after the answer
+/// (a client reusing it would otherwise race the server dropping it).
 fn forbidden(detail: &str) -> Response {
-    problem(
+    let mut r = problem(
         StatusCode::FORBIDDEN,
         Code::PermissionDenied,
         "csrf",
         detail,
-    )
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 fn no_session() -> Response {
