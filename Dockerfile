@@ -20,6 +20,9 @@ COPY gateway ./gateway
 COPY proto ./proto
 COPY migrations ./migrations
 COPY src ./src
+# The console's pages and the webhook presets are embedded in the binary.
+COPY console ./console
+COPY mappings ./mappings
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin zen \

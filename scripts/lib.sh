@@ -109,3 +109,23 @@ ensure_helm() {
     fi
     echo "$dir/helm/helm"
 }
+
+# Debian's chromium for the console's browser tests: Playwright (requirements-dev.txt) drives it
+# through executable_path, since Playwright's own browser download is not reachable everywhere.
+# Installed with apt-get when missing (as root, or through sudo). Prints the browser's path.
+ensure_chromium() {
+    local bin sudo=""
+    bin="$(command -v chromium || true)"
+    if [[ -z "$bin" ]]; then
+        command -v apt-get >/dev/null || die "chromium is missing and apt-get is not available to install it"
+        [[ $EUID -ne 0 ]] && sudo="sudo"
+        echo "installing chromium (apt-get)" >&2
+        $sudo apt-get update -qq >/dev/null \
+            && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+                chromium fonts-dejavu-core >/dev/null \
+            || die "apt-get could not install chromium"
+        bin="$(command -v chromium || true)"
+        [[ -n "$bin" ]] || die "chromium is not on PATH after installing it"
+    fi
+    echo "$bin"
+}

