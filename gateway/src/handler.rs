@@ -170,7 +170,10 @@ pub(crate) async fn handle(State(gw): State<Arc<Inner>>, request: Request) -> Re
     if let Some(problem) = oversized_headers(&parts.headers) {
         let generated = uuid::Uuid::new_v4().to_string();
         return with_request_id(
-            problem.with_instance(&generated).into_response(),
+            close_if_body(
+                problem.with_instance(&generated).into_response(),
+                declares_body(&parts.headers),
+            ),
             &generated,
         );
     }
@@ -194,18 +197,47 @@ pub(crate) async fn handle(State(gw): State<Arc<Inner>>, request: Request) -> Re
                 .with_reason("REQUEST_ID_MISSING")
                 .with_instance(&generated)
                 .into_response();
-                return with_request_id(response, &generated);
+                return with_request_id(
+                    close_if_body(response, declares_body(&parts.headers)),
+                    &generated,
+                );
             }
         }
     }
     let request_id = incoming_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let response = match serve(&gw, parts, body, &request_id, incoming_id.is_some()).await {
+    let has_body = declares_body(&parts.headers);
+    let mut response = match serve(&gw, parts, body, &request_id, incoming_id.is_some()).await {
         Ok(response) => response,
         Err(problem) => problem.with_instance(&request_id).into_response(),
     };
+    // A refusal may come before the request's body was read, and an unread body means the
+    // server drops the connection after answering: say so, or a client that reuses the
+    // connection for its next request races that close and gets no answer at all.
+    if response.status().is_client_error() || response.status().is_server_error() {
+        response = close_if_body(response, has_body);
+    }
     with_request_id(response, &request_id)
+}
+
+/// `Connection: close` on a refusal of a request whose body was not read (see [`handle`]).
+fn close_if_body(mut response: Response, has_body: bool) -> Response {
+    if has_body {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// Whether the request says it carries a body (a non-zero `Content-Length`, or chunked).
+fn declares_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
 }
 
 async fn serve(
