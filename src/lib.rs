@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod grpc;
 pub mod http;
+pub mod http_edge;
 pub mod idempotency;
 pub mod ops;
 pub mod outage;

@@ -326,7 +326,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // Spans still batched go out before the process ends.
+    zen::telemetry::shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -414,7 +417,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::resolve(&cli.global, &serve_args)?;
     // A benchmark's output is its figures; the servers it starts log nothing.
     if !matches!(cli.command, Command::Bench(_)) {
-        telemetry::init_logging(config.log_format);
+        telemetry::init(
+            config.log_format,
+            telemetry::TraceExport::from_env()?.as_ref(),
+        )?;
     }
     match cli.command {
         Command::Serve(_) => {

@@ -25,6 +25,7 @@ use crate::grpc::contract::ContractVersions;
 use crate::grpc::edge::GrpcEdgeLayer;
 use crate::grpc::services;
 use crate::http::{self, HttpState};
+use crate::http_edge;
 use crate::idempotency::{CacheIdempotency, TokenPrincipal};
 use crate::readiness::{self, Readiness};
 use crate::{proto, store, telemetry, tls};
@@ -255,6 +256,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 write_timeout: config.limits.stream_write_timeout,
                 ..Default::default()
             },
+            trace_context: telemetry::tracing_enabled().then(|| {
+                Arc::new(telemetry::current_context_headers) as zen_gateway::TraceContextFn
+            }),
             ..Default::default()
         },
     )
@@ -289,7 +293,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .fallback_service(gateway.router().layer(axum::middleware::from_fn_with_state(
             console,
             console::relay,
-        )));
+        )))
+        .layer(axum::middleware::from_fn(http_edge::observe));
     let admin = tokio::spawn(
         axum::serve(admin_listener, http::admin_router(state))
             .with_graceful_shutdown(drained(draining.subscribe()))

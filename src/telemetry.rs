@@ -1,16 +1,126 @@
-//! Logs and metrics: JSON (or text) logs through `tracing`, and a Prometheus recorder whose
-//! text rendering `/metrics` serves.
+//! Logs, metrics and traces: JSON (or text) logs through `tracing`, a Prometheus recorder whose
+//! text rendering `/metrics` serves, and OpenTelemetry traces exported over OTLP when an
+//! endpoint is configured (off, and nothing installed, otherwise).
+//!
+//! Trace context crosses every hop as W3C `traceparent` / `tracestate`: from an HTTP client
+//! into the edge span, from the gateway into the gRPC front (the inner hop continues the same
+//! trace), from a delivery into the commit batch that stores it (a link), and from a
+//! remediation to the agent that runs it (the command carries it). See docs/OBSERVABILITY.md.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::Resource;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
 use crate::config::LogFormat;
 
-/// Installs the global log subscriber; `RUST_LOG` overrides the default `info` level.
-pub fn init_logging(format: LogFormat) {
+/// Where traces go: read from the environment (`ZEN_OTEL_EXPORTER_OTLP_ENDPOINT`, else the
+/// standard `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`, with
+/// `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`). Service name, resource attributes, sampler and
+/// batching follow the standard `OTEL_*` variables, which the SDK reads itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceExport {
+    pub endpoint: String,
+    pub protocol: TraceProtocol,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl TraceExport {
+    /// `None` when no endpoint is set (tracing off); an error for a protocol Zen cannot speak.
+    pub fn from_env() -> anyhow::Result<Option<Self>> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Self>> {
+        let first = |names: &[&str]| {
+            names
+                .iter()
+                .filter_map(|name| get(name))
+                .map(|value| value.trim().to_owned())
+                .find(|value| !value.is_empty())
+        };
+        let Some(endpoint) = first(&[
+            "ZEN_OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ]) else {
+            return Ok(None);
+        };
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            anyhow::bail!(
+                "the OTLP endpoint `{endpoint}` must be an http:// or https:// URL \
+                 (e.g. http://otel-collector:4317 for gRPC, http://otel-collector:4318 for HTTP)"
+            );
+        }
+        let protocol = match first(&[
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ])
+        .as_deref()
+        {
+            None | Some("grpc") => TraceProtocol::Grpc,
+            Some("http/protobuf") => TraceProtocol::HttpProtobuf,
+            Some(other) => anyhow::bail!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL `{other}` is not supported: use grpc or http/protobuf"
+            ),
+        };
+        Ok(Some(Self { endpoint, protocol }))
+    }
+
+    /// The URL spans are posted to: for HTTP the signal path is appended to a base endpoint,
+    /// as the OTLP exporter specification says for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    fn url(&self) -> String {
+        match self.protocol {
+            TraceProtocol::Grpc => self.endpoint.clone(),
+            TraceProtocol::HttpProtobuf if self.endpoint.ends_with("/v1/traces") => {
+                self.endpoint.clone()
+            }
+            TraceProtocol::HttpProtobuf => {
+                format!("{}/v1/traces", self.endpoint.trim_end_matches('/'))
+            }
+        }
+    }
+}
+
+/// The tracer provider, kept so [`shutdown`] can flush what is still batched.
+static PROVIDER: std::sync::OnceLock<SdkTracerProvider> = std::sync::OnceLock::new();
+
+/// Installs the global log subscriber (and the trace exporter when `traces` is set);
+/// `RUST_LOG` overrides the default `info` level. Only the first call in a process takes
+/// effect (tests start several servers in one process).
+pub fn init(format: LogFormat, traces: Option<&TraceExport>) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    // `try_init`: tests start several servers in one process; the first subscriber wins.
+    let otel = match traces {
+        Some(export) if PROVIDER.get().is_none() => {
+            let provider = tracer_provider(export)?;
+            let tracer = provider.tracer("zen");
+            let _ = PROVIDER.set(provider);
+            opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_threads(false)
+                    .with_target(false),
+            )
+        }
+        _ => None,
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = match format {
         LogFormat::Json => registry
             .with(
@@ -28,6 +138,213 @@ pub fn init_logging(format: LogFormat) {
             )
             .try_init(),
     };
+    if let Some(export) = traces {
+        tracing::info!(endpoint = %export.url(), protocol = ?export.protocol, "exporting traces over OTLP");
+    }
+    Ok(())
+}
+
+/// Installs the log subscriber alone (tools and tests that export no traces).
+pub fn init_logging(format: LogFormat) {
+    let _ = init(format, None);
+}
+
+/// Exports what is still batched; call once before the process exits.
+pub fn shutdown() {
+    if let Some(provider) = PROVIDER.get() {
+        if let Err(error) = provider.shutdown_with_timeout(Duration::from_secs(5)) {
+            eprintln!("warning: flushing traces: {error}");
+        }
+    }
+}
+
+fn tracer_provider(export: &TraceExport) -> anyhow::Result<SdkTracerProvider> {
+    // The batch processor exports from a thread of its own, and both OTLP transports need a
+    // Tokio reactor there: the exporter brings its own one-thread runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("zen-otlp")
+        .build()
+        .context("starting the trace exporter's runtime")?;
+    let exporter = {
+        let _entered = runtime.enter();
+        let builder = opentelemetry_otlp::SpanExporter::builder();
+        match export.protocol {
+            TraceProtocol::Grpc => builder
+                .with_tonic()
+                .with_endpoint(export.url())
+                .with_timeout(Duration::from_secs(10))
+                .build(),
+            TraceProtocol::HttpProtobuf => builder
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_endpoint(export.url())
+                .with_timeout(Duration::from_secs(10))
+                .build(),
+        }
+        .context("building the OTLP trace exporter")?
+    };
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name("zen");
+    }
+    resource = resource.with_attribute(opentelemetry::KeyValue::new(
+        "service.version",
+        env!("CARGO_PKG_VERSION"),
+    ));
+    Ok(SdkTracerProvider::builder()
+        .with_resource(resource.build())
+        .with_batch_exporter(WithRuntime {
+            runtime,
+            inner: exporter,
+        })
+        .build())
+}
+
+/// A span exporter driven on a runtime of its own (see [`tracer_provider`]).
+#[derive(Debug)]
+struct WithRuntime<E> {
+    runtime: tokio::runtime::Runtime,
+    inner: E,
+}
+
+impl<E: SpanExporter> SpanExporter for WithRuntime<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        // Called on the batch processor's own thread, never on a runtime's.
+        self.runtime.block_on(self.inner.export(batch))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Continues the trace whose W3C context `headers` carry (an HTTP request or gRPC metadata)
+/// in `span`, and records the trace and span ids on it so its log lines carry them. Without
+/// a context (or with tracing off) the span starts a trace of its own.
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    if PROVIDER.get().is_none() {
+        return;
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(headers))
+    });
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    record_ids(span);
+}
+
+/// Records the OpenTelemetry trace and span ids of `span` as its `trace_id` / `span_id`
+/// fields (declared `Empty` where the span is made), for the log lines inside it.
+pub fn record_ids(span: &tracing::Span) {
+    if PROVIDER.get().is_none() {
+        return;
+    }
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", span_context.trace_id().to_string());
+        span.record("span_id", span_context.span_id().to_string());
+    }
+}
+
+/// Names `span` once its name is known (the HTTP edge learns the route after the span began;
+/// `otel.name` recorded late does not rename a span already started).
+pub fn rename(span: &tracing::Span, name: String) {
+    if PROVIDER.get().is_some() {
+        span.context().span().update_name(name);
+    }
+}
+
+/// The W3C headers (`traceparent`, `tracestate`) for the current span, to send to the next hop.
+pub fn current_context_headers() -> HashMap<String, String> {
+    let mut carrier = HashMap::new();
+    if PROVIDER.get().is_some() {
+        let context = tracing::Span::current().context();
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut MapInjector(&mut carrier))
+        });
+    }
+    carrier
+}
+
+/// Makes `span` a continuation of the context in `carrier` (as [`current_context_headers`]
+/// produced it, e.g. carried by a remediation command to the agent).
+pub fn continue_from_map(span: &tracing::Span, carrier: &HashMap<String, String>) {
+    if PROVIDER.get().is_none() || carrier.is_empty() {
+        return;
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&MapExtractor(carrier))
+    });
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    record_ids(span);
+}
+
+/// The span context of the current span, to link a later span (a commit batch) to it.
+pub fn current_span_context() -> Option<opentelemetry::trace::SpanContext> {
+    PROVIDER.get()?;
+    let context = tracing::Span::current().context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then_some(span_context)
+}
+
+/// Links `span` to each of `contexts` (the spans a batch serves).
+pub fn link(
+    span: &tracing::Span,
+    contexts: impl IntoIterator<Item = opentelemetry::trace::SpanContext>,
+) {
+    for context in contexts {
+        span.add_link(context);
+    }
+}
+
+/// Whether traces are exported (spans cost a little more to fill then).
+pub fn tracing_enabled() -> bool {
+    PROVIDER.get().is_some()
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct MapExtractor<'a>(&'a HashMap<String, String>);
+
+impl Extractor for MapExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+struct MapInjector<'a>(&'a mut HashMap<String, String>);
+
+impl Injector for MapInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
 }
 
 /// Installs the process-wide metrics recorder once and returns a handle that renders it.
@@ -48,4 +365,60 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn no_endpoint_means_no_export() {
+        assert_eq!(TraceExport::from_lookup(lookup(&[])).unwrap(), None);
+        assert_eq!(
+            TraceExport::from_lookup(lookup(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn zen_variable_wins_and_protocol_is_read() {
+        let export = TraceExport::from_lookup(lookup(&[
+            ("ZEN_OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://b:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(export.protocol, TraceProtocol::HttpProtobuf);
+        assert_eq!(export.url(), "http://a:4318/v1/traces");
+        let grpc =
+            TraceExport::from_lookup(lookup(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://b:4317")]))
+                .unwrap()
+                .unwrap();
+        assert_eq!(grpc.protocol, TraceProtocol::Grpc);
+        assert_eq!(grpc.url(), "http://b:4317");
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        let error = TraceExport::from_lookup(lookup(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://b:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ]))
+        .unwrap_err();
+        assert!(error.to_string().contains("http/json"), "{error}");
+        let error =
+            TraceExport::from_lookup(lookup(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]))
+                .unwrap_err();
+        assert!(error.to_string().contains("http://"), "{error}");
+    }
 }

@@ -18,6 +18,7 @@ use prost_reflect::{DynamicMessage, ReflectMessage, Value};
 use sha2::{Digest, Sha256};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 use crate::codec::DynamicCodec;
 use crate::idempotency::{Claim, StoredResponse};
@@ -208,10 +209,23 @@ pub(crate) async fn handle(State(gw): State<Arc<Inner>>, request: Request) -> Re
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let has_body = declares_body(&parts.headers);
-    let mut response = match serve(&gw, parts, body, &request_id, incoming_id.is_some()).await {
+    let mut matched = None;
+    let mut response = match serve(
+        &gw,
+        parts,
+        body,
+        &request_id,
+        incoming_id.is_some(),
+        &mut matched,
+    )
+    .await
+    {
         Ok(response) => response,
         Err(problem) => problem.with_instance(&request_id).into_response(),
     };
+    if let Some(template) = matched {
+        response.extensions_mut().insert(MatchedRoute(template));
+    }
     // A refusal may come before the request's body was read, and an unread body means the
     // server drops the connection after answering: say so, or a client that reuses the
     // connection for its next request races that close and gets no answer at all.
@@ -246,9 +260,13 @@ async fn serve(
     body: Body,
     request_id: &str,
     id_given: bool,
+    matched: &mut Option<Arc<str>>,
 ) -> Result<Response, Problem> {
     let (route, captures) = match gw.find(&parts.method, parts.uri.path()) {
-        RouteMatch::Found(route, captures) => (route, captures),
+        RouteMatch::Found(route, captures) => {
+            *matched = Some(Arc::from(route.info.path_template.as_str()));
+            (route, captures)
+        }
         RouteMatch::MethodNotAllowed(allowed) => {
             let mut problem = Problem::new(
                 Code::Unimplemented,
@@ -453,45 +471,48 @@ async fn serve(
     let route2 = route.clone();
     let rid = request_id.to_owned();
     let ttl = gw.config.idempotency_ttl;
-    let task = tokio::spawn(async move {
-        let rendered = unary(&gw2, &route2, message, metadata, &accept, &rid).await;
-        let status = rendered.status;
-        let retryable = status >= 500 || status == 429 || status == 499;
-        let kept = if route2.not_replayable && (200..300).contains(&status) {
-            // A secret shown once is not kept anywhere, not even for a replay.
-            let problem = Problem::new(
-                Code::AlreadyExists,
-                "a request with this X-Request-Id already succeeded; its answer held a secret \
+    let task = tokio::spawn(
+        async move {
+            let rendered = unary(&gw2, &route2, message, metadata, &accept, &rid).await;
+            let status = rendered.status;
+            let retryable = status >= 500 || status == 429 || status == 499;
+            let kept = if route2.not_replayable && (200..300).contains(&status) {
+                // A secret shown once is not kept anywhere, not even for a replay.
+                let problem = Problem::new(
+                    Code::AlreadyExists,
+                    "a request with this X-Request-Id already succeeded; its answer held a secret \
                  shown only once and is not kept: read the resource, or rotate the secret",
-            )
-            .with_reason("ANSWER_NOT_REPLAYABLE")
-            .with_instance(&rid);
-            StoredResponse {
-                status: problem.status,
-                content_type: crate::problem::PROBLEM_CONTENT_TYPE.to_owned(),
-                body: problem.body().to_vec(),
-                request_id: rid,
-                location: None,
+                )
+                .with_reason("ANSWER_NOT_REPLAYABLE")
+                .with_instance(&rid);
+                StoredResponse {
+                    status: problem.status,
+                    content_type: crate::problem::PROBLEM_CONTENT_TYPE.to_owned(),
+                    body: problem.body().to_vec(),
+                    request_id: rid,
+                    location: None,
+                }
+            } else {
+                StoredResponse {
+                    status,
+                    content_type: rendered.content_type.clone(),
+                    body: rendered.body.to_vec(),
+                    request_id: rid,
+                    location: rendered.location.clone(),
+                }
+            };
+            let result = if retryable {
+                store.release(&key).await
+            } else {
+                store.complete(&key, kept, ttl).await
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "recording an idempotent response failed");
             }
-        } else {
-            StoredResponse {
-                status,
-                content_type: rendered.content_type.clone(),
-                body: rendered.body.to_vec(),
-                request_id: rid,
-                location: rendered.location.clone(),
-            }
-        };
-        let result = if retryable {
-            store.release(&key).await
-        } else {
-            store.complete(&key, kept, ttl).await
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "recording an idempotent response failed");
+            rendered
         }
-        rendered
-    });
+        .in_current_span(),
+    );
     match task.await {
         Ok(rendered) => Ok(rendered.into_response()),
         Err(_) => Err(Problem::new(Code::Internal, "call task failed")),
@@ -623,10 +644,12 @@ async fn unary(
     request_id: &str,
 ) -> RenderedWithRetry {
     let timeout = gw.config.request_timeout;
+    let span = client_span(route);
     let call = async {
         let mut grpc = ready(gw).await?;
         let mut request = tonic::Request::new(message);
         *request.metadata_mut() = metadata;
+        gw.add_trace_context(request.metadata_mut());
         request.set_timeout(timeout);
         grpc.unary(
             request,
@@ -635,10 +658,14 @@ async fn unary(
         )
         .await
     };
-    let result = match tokio::time::timeout(timeout + Duration::from_secs(1), call).await {
+    let result = match tokio::time::timeout(timeout + Duration::from_secs(1), call)
+        .instrument(span.clone())
+        .await
+    {
         Ok(result) => result,
         Err(_) => Err(Status::deadline_exceeded("the call did not finish in time")),
     };
+    record_outcome(&span, result.as_ref().err());
     match result {
         Ok(response) => {
             let contract_version = response
@@ -849,15 +876,51 @@ pub(crate) async fn open_stream(
     message: DynamicMessage,
     metadata: MetadataMap,
 ) -> Result<tonic::Streaming<DynamicMessage>, Status> {
-    let mut grpc = ready(gw).await?;
-    let mut request = tonic::Request::new(message);
-    *request.metadata_mut() = metadata;
-    let response = grpc
-        .server_streaming(
+    let span = client_span(route);
+    let opened = async {
+        let mut grpc = ready(gw).await?;
+        let mut request = tonic::Request::new(message);
+        *request.metadata_mut() = metadata;
+        gw.add_trace_context(request.metadata_mut());
+        grpc.server_streaming(
             request,
             grpc_path(route),
             DynamicCodec::new(route.method.output()),
         )
-        .await?;
-    Ok(response.into_inner())
+        .await
+    }
+    .instrument(span.clone())
+    .await;
+    record_outcome(&span, opened.as_ref().err());
+    Ok(opened?.into_inner())
 }
+
+/// The span of the gateway's call to the gRPC front (OpenTelemetry's RPC client conventions;
+/// `otel.*` fields name and classify it when traces are exported).
+fn client_span(route: &Route) -> tracing::Span {
+    let path = route.info.grpc_path.trim_start_matches('/');
+    let (service, method) = path.split_once('/').unwrap_or((path, ""));
+    tracing::info_span!(
+        "gateway",
+        otel.name = %path,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+    )
+}
+
+fn record_outcome(span: &tracing::Span, error: Option<&Status>) {
+    let code = error.map_or(Code::Ok, Status::code);
+    span.record("rpc.grpc.status_code", code as i32);
+    if error.is_some() {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// The route template a request matched (`/v1/tenants/{tenant_id}`), set on the gateway's
+/// responses so the HTTP edge can label metrics and spans by template, never by raw path.
+#[derive(Clone, Debug)]
+pub struct MatchedRoute(pub Arc<str>);

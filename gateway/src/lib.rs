@@ -39,7 +39,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use client_address::{TrustedProxies, CLIENT_ADDRESS_METADATA};
 pub use handler::{
-    Authenticator, Principal, HTTP_STATUS_METADATA, MAX_FORWARDED_HEADER_BYTES, MAX_HEADER_BYTES,
+    Authenticator, MatchedRoute, Principal, HTTP_STATUS_METADATA, MAX_FORWARDED_HEADER_BYTES,
+    MAX_HEADER_BYTES,
 };
 pub use idempotency::{
     Claim, IdempotencyStore, MemoryIdempotencyStore, StoreError, StoredResponse,
@@ -133,7 +134,14 @@ pub struct GatewayConfig {
     pub api_title: String,
     /// `info.version` of the OpenAPI document.
     pub api_version: String,
+    /// The trace context headers (W3C `traceparent`, `tracestate`) of the current span, added
+    /// to every call to the gRPC front so the inner hop continues the caller's trace; `None`
+    /// when traces are not exported.
+    pub trace_context: Option<TraceContextFn>,
 }
+
+/// See [`GatewayConfig::trace_context`].
+pub type TraceContextFn = Arc<dyn Fn() -> std::collections::HashMap<String, String> + Send + Sync>;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -149,6 +157,7 @@ impl Default for GatewayConfig {
             websocket: WebSocketConfig::default(),
             api_title: "Zen API".to_owned(),
             api_version: "v1".to_owned(),
+            trace_context: None,
         }
     }
 }
@@ -168,7 +177,23 @@ impl std::fmt::Debug for GatewayConfig {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("request_timeout", &self.request_timeout)
             .field("websocket", &self.websocket)
+            .field("trace_context", &self.trace_context.is_some())
             .finish()
+    }
+}
+
+impl Inner {
+    /// Adds the current trace context to a call's metadata (see [`GatewayConfig::trace_context`]).
+    pub(crate) fn add_trace_context(&self, metadata: &mut tonic::metadata::MetadataMap) {
+        let Some(context) = &self.config.trace_context else {
+            return;
+        };
+        for (name, value) in context() {
+            let key = tonic::metadata::MetadataKey::from_bytes(name.as_bytes());
+            if let (Ok(key), Ok(value)) = (key, value.parse()) {
+                metadata.insert(key, value);
+            }
+        }
     }
 }
 

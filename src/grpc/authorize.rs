@@ -231,6 +231,10 @@ impl Shared {
             Caller::Agent { tenant_id, .. } => Some(*tenant_id),
             _ => tenant,
         };
+        if let Some(tenant_id) = audit_tenant {
+            // The call's span (made by the edge) names the tenant it acts for.
+            tracing::Span::current().record("zen.tenant_id", tenant_id.to_string());
+        }
         // A public method that authenticates and audits each request itself (webhook
         // signatures, recorded in the owning tenant's chain with the events they store) has
         // nothing to add here: allowing an anonymous caller through is not yet a decision.

@@ -135,12 +135,28 @@ where
                 .map(str::to_owned),
             peer,
         };
+        // OpenTelemetry's RPC server conventions; `otel.*` fields name and classify the span
+        // when traces are exported, `request_id` / `method` / `peer` are for the logs.
+        let rpc = method.trim_start_matches('/');
+        let (rpc_service, rpc_method) = rpc.split_once('/').unwrap_or((rpc, ""));
         let span = tracing::info_span!(
             "grpc",
+            otel.name = %rpc,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = %rpc_service,
+            rpc.method = %rpc_method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            zen.request_id = %request_id,
+            zen.tenant_id = tracing::field::Empty,
             request_id = %request_id,
             method = %method,
             peer = context.peer.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
+        crate::telemetry::continue_trace(&span, request.headers());
         request.extensions_mut().insert(context);
 
         Box::pin(
@@ -225,6 +241,24 @@ fn record(method: &str, headers: &HeaderMap, started: Instant) {
         .and_then(|v| v.parse::<i32>().ok())
         .map(tonic::Code::from_i32)
         .unwrap_or(tonic::Code::Ok);
+    // Inside the call's span (a refusal before it was made records on no span).
+    let span = tracing::Span::current();
+    span.record("rpc.grpc.status_code", code as i32);
+    if !matches!(
+        code,
+        tonic::Code::Ok
+            | tonic::Code::InvalidArgument
+            | tonic::Code::NotFound
+            | tonic::Code::AlreadyExists
+            | tonic::Code::PermissionDenied
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::Unauthenticated
+            | tonic::Code::OutOfRange
+            | tonic::Code::Cancelled
+    ) {
+        // Server-side failures only, as OpenTelemetry's RPC conventions say.
+        span.record("otel.status_code", "ERROR");
+    }
     let labels = [("method", method.to_owned()), ("code", format!("{code:?}"))];
     metrics::counter!("zen_grpc_requests_total", &labels).increment(1);
     metrics::histogram!("zen_grpc_request_duration_seconds", &labels)

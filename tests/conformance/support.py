@@ -56,11 +56,11 @@ def zen_binary() -> Path:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for a child `zen`: no ZEN_* leaking in from the caller, no proxies."""
+    """The environment for a child `zen`: no ZEN_* or OTEL_* leaking in from the caller, no proxies."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("ZEN_") and k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "grpc_proxy")
+        if not k.startswith(("ZEN_", "OTEL_")) and k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "grpc_proxy")
     }
     env.setdefault("RUST_BACKTRACE", "1")
     env.update(extra)

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
+use tracing::field::Empty;
+use tracing::Instrument;
 use uuid::Uuid;
 use zen_store::{EventOutcome, NewAuditRecord, NewEvent, Scope, Store, StoreError};
 
@@ -31,6 +33,25 @@ pub struct Delivery {
     pub cluster_id: Option<Uuid>,
     pub events: Vec<NewEvent>,
     pub audit: NewAuditRecord,
+    /// The delivery's `webhook.commit` span, which the batch that stores it links to.
+    trace: Option<opentelemetry::trace::SpanContext>,
+}
+
+impl Delivery {
+    pub fn new(
+        source_id: Uuid,
+        cluster_id: Option<Uuid>,
+        events: Vec<NewEvent>,
+        audit: NewAuditRecord,
+    ) -> Self {
+        Self {
+            source_id,
+            cluster_id,
+            events,
+            audit,
+            trace: None,
+        }
+    }
 }
 
 /// Why a delivery was not stored (nothing of it was).
@@ -66,6 +87,30 @@ impl CommitQueue {
         tenant_id: Uuid,
         delivery: Delivery,
     ) -> Result<Vec<EventOutcome>, CommitError> {
+        // The wait for (and the share of) the batch that stores this delivery, in the
+        // delivery's own trace; the batch's span links back to it.
+        let span = tracing::info_span!(
+            "webhook.commit",
+            zen.tenant_id = %tenant_id,
+            zen.events = delivery.events.len() as i64,
+            otel.status_code = Empty,
+        );
+        let outcome = self
+            .enqueue(tenant_id, delivery)
+            .instrument(span.clone())
+            .await;
+        if outcome.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        outcome
+    }
+
+    async fn enqueue(
+        &self,
+        tenant_id: Uuid,
+        mut delivery: Delivery,
+    ) -> Result<Vec<EventOutcome>, CommitError> {
+        delivery.trace = crate::telemetry::current_span_context();
         let (reply, answer) = oneshot::channel();
         let mut item = (delivery, reply);
         // At most twice: a committer that just ended for idleness is replaced.
@@ -130,14 +175,32 @@ async fn commit_loop(
             }
         }
         let deliveries: Vec<&Delivery> = batch.iter().map(|(d, _)| d).collect();
-        let mut result = commit(&store, &scope, fold_window, &deliveries).await;
+        // One transaction serving many deliveries: a span of its own, linked to each.
+        let span = tracing::info_span!(
+            "webhook.commit_batch",
+            otel.status_code = Empty,
+            db.system = db_system(&store),
+            db.operation.name = "COMMIT",
+            zen.tenant_id = %tenant_id,
+            zen.deliveries = deliveries.len() as i64,
+            zen.events = events as i64,
+        );
+        crate::telemetry::link(&span, deliveries.iter().filter_map(|d| d.trace.clone()));
+        let started = std::time::Instant::now();
+        let attempt = || commit(&store, &scope, fold_window, &deliveries).instrument(span.clone());
+        let mut result = attempt().await;
         for _ in 0..2 {
             match &result {
                 Err(error) if error.is_retryable() => {
-                    result = commit(&store, &scope, fold_window, &deliveries).await;
+                    result = attempt().await;
                 }
                 _ => break,
             }
+        }
+        metrics::histogram!("zen_webhook_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("zen_webhook_commit_batch_deliveries").record(deliveries.len() as f64);
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
         }
         match result {
             Ok(mut outcomes) => {
@@ -210,6 +273,14 @@ async fn commit(
     }
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// OpenTelemetry's `db.system` value for the store's backend.
+fn db_system(store: &Store) -> &'static str {
+    match store.kind() {
+        zen_store::BackendKind::Postgres => "postgresql",
+        zen_store::BackendKind::Sqlite => "sqlite",
+    }
 }
 
 /// Store errors are not `Clone`; every waiter of a failed batch gets an equivalent one.

@@ -1077,18 +1077,28 @@ impl Webhooks {
             })
             .collect();
         let verify_started = Instant::now();
-        let verified = zen_webhook::verify(
-            &compiled.scheme,
-            &Delivery {
-                headers: &headers,
-                body: &body,
-            },
-            &opened,
-            now.timestamp(),
-            compiled.tolerance,
+        let verify_span = tracing::info_span!(
+            "webhook.verify",
+            zen.webhook.scheme = compiled.scheme.name(),
+            otel.status_code = tracing::field::Empty,
         );
+        let verified = verify_span.in_scope(|| {
+            zen_webhook::verify(
+                &compiled.scheme,
+                &Delivery {
+                    headers: &headers,
+                    body: &body,
+                },
+                &opened,
+                now.timestamp(),
+                compiled.tolerance,
+            )
+        });
         metrics::histogram!("zen_webhook_verification_seconds", "scheme" => compiled.scheme.name())
             .record(verify_started.elapsed().as_secs_f64());
+        if verified.is_err() {
+            verify_span.record("otel.status_code", "ERROR");
+        }
         let verified = match verified {
             Ok(v) => v,
             Err(failure) => {
@@ -1365,12 +1375,7 @@ impl Webhooks {
         );
         audit.actor_type = "webhook_source".into();
         audit.actor_id = Some(source.id.to_string());
-        let delivery = CommitDelivery {
-            source_id: source.id,
-            cluster_id: source.cluster_id,
-            events,
-            audit,
-        };
+        let delivery = CommitDelivery::new(source.id, source.cluster_id, events, audit);
         self.commits
             .store(tenant_id, delivery)
             .await
