@@ -8,8 +8,10 @@
 //!   operator's `--exec-hook` (see [`Executor`] and docs/REMEDIATION.md).
 
 use std::collections::BTreeMap;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -516,13 +518,29 @@ impl Executor {
 
     /// Takes a command: a known execution gets its latest report again; a new one runs.
     pub fn handle(&self, command: pb::RemediationCommand) {
+        // The execution continues the server's dispatch trace, and its reports carry the
+        // execution's own context back (empty when this agent exports no traces).
+        let span = tracing::info_span!(
+            "remediation.execute",
+            otel.kind = "consumer",
+            zen.remediation_id = %command.remediation_id,
+            zen.execution_id = %command.execution_id,
+            zen.attempt = i64::from(command.attempt),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        crate::telemetry::continue_from_map(&span, &command.trace_context);
+        let trace_context = span.in_scope(crate::telemetry::current_context_headers);
         {
             let mut known = self.known.lock().expect("executions lock");
             if let Some(latest) = known.get(&command.execution_id) {
                 let _ = self.reports.send(latest.clone());
                 return;
             }
-            let received = report(&command, pb::ExecutionPhase::Received);
+            let received = pb::RemediationReport {
+                trace_context: trace_context.clone(),
+                ..report(&command, pb::ExecutionPhase::Received)
+            };
             known.insert(command.execution_id.clone(), received.clone());
             let _ = self.reports.send(received);
         }
@@ -531,40 +549,44 @@ impl Executor {
         let known = self.known.clone();
         let reports = self.reports.clone();
         let state_file = self.state_file.clone();
-        tokio::spawn(async move {
-            let update = |r: pb::RemediationReport| {
-                known
-                    .lock()
-                    .expect("executions lock")
-                    .insert(r.execution_id.clone(), r.clone());
-                save_known(&known, &state_file);
-                let _ = reports.send(r);
-            };
-            let past_deadline = command.deadline.as_ref().is_some_and(|d| {
-                chrono::DateTime::from_timestamp(d.seconds, 0)
-                    .is_some_and(|d| d < chrono::Utc::now())
-            });
-            let last = if past_deadline {
-                failed(
-                    &command,
-                    "the command's deadline passed before it could start",
-                )
-            } else if let Some(hook) = hook {
-                update(report(&command, pb::ExecutionPhase::Executing));
-                match run_hook(&hook, &command).await {
-                    Ok(result) => {
-                        if !result.probes.is_empty() {
-                            update(report(&command, pb::ExecutionPhase::Verifying));
+        tokio::spawn(
+            async move {
+                let update = |mut r: pb::RemediationReport| {
+                    r.trace_context = trace_context.clone();
+                    known
+                        .lock()
+                        .expect("executions lock")
+                        .insert(r.execution_id.clone(), r.clone());
+                    save_known(&known, &state_file);
+                    let _ = reports.send(r);
+                };
+                let past_deadline = command.deadline.as_ref().is_some_and(|d| {
+                    chrono::DateTime::from_timestamp(d.seconds, 0)
+                        .is_some_and(|d| d < chrono::Utc::now())
+                });
+                let last = if past_deadline {
+                    failed(
+                        &command,
+                        "the command's deadline passed before it could start",
+                    )
+                } else if let Some(hook) = hook {
+                    update(report(&command, pb::ExecutionPhase::Executing));
+                    match run_hook(&hook, &command).await {
+                        Ok(result) => {
+                            if !result.probes.is_empty() {
+                                update(report(&command, pb::ExecutionPhase::Verifying));
+                            }
+                            finish(&command, result)
                         }
-                        finish(&command, result)
+                        Err(error) => failed(&command, &format!("exec hook: {error:#}")),
                     }
-                    Err(error) => failed(&command, &format!("exec hook: {error:#}")),
-                }
-            } else {
-                failed(&command, "no executor configured")
-            };
-            update(last);
-        });
+                } else {
+                    failed(&command, "no executor configured")
+                };
+                update(last);
+            }
+            .instrument(span),
+        );
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Command {
     pub probes: Value,
     pub attempt: i32,
     pub deadline: DateTime<Utc>,
+    /// W3C trace context of the dispatch, for the agent to continue (empty: not traced).
+    pub trace_context: std::collections::HashMap<String, String>,
 }
 
 /// The phase an agent reports.
@@ -85,6 +87,8 @@ pub struct Report {
     pub verification: Option<Verification>,
     /// proto3 JSON of the rollback action the agent captured before applying.
     pub rollback_action: Option<Value>,
+    /// W3C trace context of the agent's execution (empty: not traced).
+    pub trace_context: std::collections::HashMap<String, String>,
 }
 
 struct Registered {
@@ -340,7 +344,20 @@ impl Dispatcher {
                     Value::Array(Vec::new()),
                 ),
             };
+            // The hand-over to the agent, as a span the agent's execution continues.
+            let span = tracing::info_span!(
+                "remediation.dispatch",
+                otel.kind = "producer",
+                zen.tenant_id = %tenant_id,
+                zen.cluster_id = %cluster_id,
+                zen.remediation_id = %r.id,
+                zen.execution_id = %d.execution_id,
+                zen.attempt = i64::from(d.attempts),
+                zen.operation = ?d.operation,
+            );
+            let trace_context = span.in_scope(crate::telemetry::current_context_headers);
             commands.push(Command {
+                trace_context,
                 remediation_id: r.id,
                 execution_id: d.execution_id,
                 version: d.remediation_version,

@@ -13,7 +13,9 @@ inside the request carry its trace id.
 from __future__ import annotations
 
 import http.server
+import json
 import secrets
+import subprocess
 import threading
 import time
 import uuid
@@ -24,7 +26,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from support import ZenServer, free_port, http_session
+from support import ZenServer, clean_env, free_port, http_session, zen_binary
 from test_webhooks import (
     PASSWORD,
     SECRET_KEYS,
@@ -318,3 +320,80 @@ def test_an_unusable_exporter_setting_is_refused_at_start(tmp_path_factory):
     with pytest.raises(AssertionError) as failure:
         zen.start(attempts=1)
     assert "http/json" in str(failure.value) and "grpc or http/protobuf" in str(failure.value)
+
+
+HOOK = """#!/bin/sh
+cat > /dev/null
+echo '{"success": true, "message": "applied", "probes": [{"name": "ready", "success": true, "duration_ms": 5, "message": "ok"}]}'
+"""
+
+
+def test_a_remediation_trace_continues_in_the_agent_and_back(traced, tmp_path):
+    """The command carries the dispatch's context; `zen agent` continues it while it executes
+    and returns its own in the reports, which the server records inside that trace."""
+    zen, recorder = traced
+    cli = {"ZEN_CLI_CONFIG": str(tmp_path / "root.json")}
+
+    def run(*args: str, stdin: str | None = None, **env: str) -> str:
+        proc = subprocess.run([str(zen_binary()), *args], input=stdin, capture_output=True, text=True,
+                              env=clean_env(**cli, **env), cwd=tmp_path, timeout=60)
+        assert proc.returncode == 0, f"zen {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
+        return proc.stdout.strip()
+
+    run("login", "--url", zen.http_base, "--username", "root", "--password-stdin", stdin=PASSWORD + "\n")
+    tenant = run("tenant", "create", "traced-agent", "-o", "id")
+    cluster = run("cluster", "create", "--tenant", tenant, "prod-1", "-o", "id")
+    token = run("token", "create", "--tenant", tenant, "--cluster", cluster, "-o", "id")
+    agent_dir = tmp_path / "agent"
+    run("agent", "bootstrap", "--url", zen.http_base, "--grpc-url", f"https://{zen.grpc_target}",
+        "--token", token, "--dir", str(agent_dir))
+    hook = tmp_path / "apply.sh"
+    hook.write_text(HOOK)
+    hook.chmod(0o755)
+    collector = next(v for k, v in zen.env.items() if k == "ZEN_OTEL_EXPORTER_OTLP_ENDPOINT")
+    agent = subprocess.Popen(
+        [str(zen_binary()), "agent", "run", "--dir", str(agent_dir), "--input", "/dev/null", "--follow",
+         "--exec-hook", str(hook)],
+        env=clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=collector, OTEL_SERVICE_NAME="zen-agent",
+                      OTEL_BSP_SCHEDULE_DELAY="200"),
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        (tmp_path / "remediation.json").write_text(json.dumps({
+            "clusterId": cluster, "title": "traced change", "risk": "RISK_LEVEL_LOW",
+            "action": {"serverSideApply": {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "shop",
+                                           "name": "api", "patch": {"metadata": {"labels": {"traced": "yes"}}}}}}))
+        remediation = run("remediation", "propose", "--tenant", tenant, "--file", "remediation.json", "-o", "id")
+        run("remediation", "wait", "--tenant", tenant, remediation, "--status", "SUCCEEDED",
+            "--timeout-seconds", "60")
+
+        def chain():
+            spans = recorder.all()
+            dispatch = next((s for s in spans if s.name == "remediation.dispatch"
+                             and attributes(s).get("zen.remediation_id") == remediation), None)
+            if dispatch is None:
+                return None
+            execute = next((s for s in spans if s.name == "remediation.execute"
+                            and s.parent_span_id == dispatch.span_id), None)
+            if execute is None:
+                return None
+            reports = [s for s in spans if s.name == "remediation.report" and s.parent_span_id == execute.span_id]
+            phases = {attributes(s).get("zen.phase") for s in reports}
+            return (dispatch, execute, reports) if "Succeeded" in phases else None
+
+        dispatch, execute, reports = recorder.wait_for(chain, "dispatch -> agent execution -> reports")
+        assert execute.trace_id == dispatch.trace_id and all(r.trace_id == dispatch.trace_id for r in reports)
+        assert attributes(execute)["zen.execution_id"] == attributes(dispatch)["zen.execution_id"]
+        # The execution span came from the agent's process, named by its own service.
+        with recorder.lock:
+            services = set()
+            for raw in recorder.raw:
+                request = trace_service_pb2.ExportTraceServiceRequest()
+                request.ParseFromString(raw)
+                for resource in request.resource_spans:
+                    if any(s.span_id == execute.span_id for sc in resource.scope_spans for s in sc.spans):
+                        services |= {kv.value.string_value for kv in resource.resource.attributes
+                                     if kv.key == "service.name"}
+        assert services == {"zen-agent"}
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)

@@ -5,8 +5,10 @@
 //! Webhook sources and the legacy HMAC endpoint live in `webhooks.rs`; this service delegates.
 
 use std::pin::Pin;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use chrono::Utc;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -613,11 +615,23 @@ impl AgentSession {
                         match (&self.remediation, super::remediation::report_from_proto(report)) {
                             (Some(dispatcher), Ok(report)) => {
                                 let (dispatcher, tenant, cluster) = (dispatcher.clone(), self.tenant_id, self.cluster_id);
+                                // Recorded as part of the agent's execution trace.
+                                let span = tracing::info_span!(
+                                    "remediation.report",
+                                    otel.kind = "consumer",
+                                    zen.tenant_id = %tenant,
+                                    zen.remediation_id = %report.remediation_id,
+                                    zen.execution_id = %report.execution_id,
+                                    zen.phase = ?report.phase,
+                                    trace_id = tracing::field::Empty,
+                                    span_id = tracing::field::Empty,
+                                );
+                                crate::telemetry::continue_from_map(&span, &report.trace_context);
                                 tokio::spawn(async move {
                                     if let Err(error) = dispatcher.handle_report(tenant, cluster, report).await {
                                         tracing::warn!(%error, "could not record a remediation report");
                                     }
-                                });
+                                }.instrument(span));
                             }
                             (None, _) => tracing::warn!("remediation report ignored: remediation is off"),
                             (_, Err(reason)) => tracing::warn!(%reason, "malformed remediation report ignored"),

@@ -1460,6 +1460,7 @@ pub fn command_to_proto(
         probes: probes_from_json(&command.probes),
         attempt: command.attempt,
         deadline: Some(timestamp(command.deadline)),
+        trace_context: command.trace_context,
     }
 }
 
@@ -1511,5 +1512,6 @@ pub fn report_from_proto(
             .rollback_action
             .as_ref()
             .map(|a| message_to_json(ACTION, a)),
+        trace_context: report.trace_context,
     })
 }
