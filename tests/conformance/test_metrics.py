@@ -2,7 +2,8 @@
 
 A `zen serve` with local login gets a small workload from outside: a failed and a successful
 login, REST calls through the gateway (a tenant, a cluster, a webhook source), a signed webhook
-delivery and a refused one, and an agent enrolled with a bootstrap token that streams one event.
+delivery and a refused one, an agent enrolled with a bootstrap token that streams one event, and
+a remediation proposed and cancelled.
 Then /metrics on the admin listener is scraped and:
 
 * `promtool check metrics` (Prometheus' own linter, reading the scrape on stdin) must exit 0 and
@@ -325,6 +326,16 @@ def scrape(tmp_path_factory) -> str:
                                       "type": "vulnerability", "title": "from the metrics test"}) + "\n")
         ran = run_zen("agent", "run", "--dir", str(agent_dir), "--input", str(events))
         assert "accepted 1" in ran.stdout, ran.stdout
+
+        # A remediation that waits for approval, then is cancelled: a terminal state.
+        proposed = post(f"/v1/tenants/{tenant_id}/remediations", {
+            "clusterId": cluster_id, "title": "metrics", "risk": "RISK_LEVEL_HIGH",
+            "action": {"serverSideApply": {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "default",
+                                           "name": "web", "patch": {"spec": {"replicas": 2}}}},
+        })["remediation"]
+        remediation = f"/v1/tenants/{tenant_id}/remediations/{proposed['remediationId']}"
+        cancelled = post(f"{remediation}:cancel", {"version": proposed["version"], "reason": "metrics test"})
+        assert cancelled["remediation"]["status"] == "REMEDIATION_STATUS_CANCELLED", cancelled
 
         # Counters appear with their first increment, gauges of background tasks on their
         # first round: scrape until the workload's own metrics are there (or give up).
