@@ -52,7 +52,12 @@ impl AuditBatcher {
             record,
             done,
         };
-        self.queue.send(pending).await.is_ok() && committed.await.unwrap_or(false)
+        metrics::gauge!("zen_audit_pending_records").increment(1.0);
+        if self.queue.send(pending).await.is_err() {
+            metrics::gauge!("zen_audit_pending_records").decrement(1.0);
+            return false;
+        }
+        committed.await.unwrap_or(false)
     }
 }
 
@@ -63,8 +68,9 @@ async fn run(store: Arc<Store>, mut pending: mpsc::Receiver<Pending>) {
         for p in batch.drain(..) {
             chains.entry(p.scope.chain_tenant()).or_default().push(p);
         }
-        metrics::histogram!("zen_audit_batch_records")
-            .record(chains.values().map(Vec::len).sum::<usize>() as f64);
+        let records = chains.values().map(Vec::len).sum::<usize>();
+        metrics::histogram!("zen_audit_batch_records").record(records as f64);
+        metrics::gauge!("zen_audit_pending_records").decrement(records as f64);
         // Chains of different tenants commit side by side.
         futures::future::join_all(chains.into_values().map(|group| commit(&store, group))).await;
     }

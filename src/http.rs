@@ -19,6 +19,7 @@ use crate::readiness::{Health, Readiness};
 pub struct HttpState {
     pub readiness: Arc<Readiness>,
     pub metrics: PrometheusHandle,
+    pub store: Arc<zen_store::Store>,
 }
 
 /// The public listener's own routes (no authentication); the gateway adds its own after these.
@@ -60,24 +61,66 @@ async fn ready(State(state): State<HttpState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// The database alone, for operators chasing a readiness failure.
+/// The database in depth, for operators chasing a readiness failure or a slow Zen: a ping
+/// (its latency), the migrations, the pool (connections by state, callers waiting) and the
+/// slowest recent statements (PostgreSQL's `pg_stat_statements` when the extension is there,
+/// otherwise Zen's own timing of the last 15 minutes). 503 when the database does not answer
+/// or its schema is not Zen's; `degraded` when it answers slowly or every connection is busy
+/// with callers waiting.
 async fn database(State(state): State<HttpState>) -> Response {
-    let check = state.readiness.check_database().await;
-    let status = if check.status == Health::Unhealthy {
+    let (ping, migrations) = tokio::join!(
+        state.readiness.check_database(),
+        state.readiness.check_migrations()
+    );
+    let pool = state.store.pool_stats();
+    let (source, slowest) = match state.store.pg_stat_statements(10).await {
+        Some(statements) => ("pg_stat_statements", statements),
+        None => ("zen", zen_store::slowest_recent()),
+    };
+    let exhausted = pool.waiting > 0 && pool.in_use >= pool.max;
+    let health = if ping.status == Health::Unhealthy || migrations.status == Health::Unhealthy {
+        Health::Unhealthy
+    } else if ping.status == Health::Degraded || exhausted {
+        Health::Degraded
+    } else {
+        Health::Healthy
+    };
+    let status = if health == Health::Unhealthy {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
-    (status, Json(check)).into_response()
+    let body = json!({
+        "status": health,
+        "backend": format!("{:?}", state.store.kind()).to_lowercase(),
+        "ping": ping,
+        "migrations": migrations,
+        "pool": pool,
+        "slowest_statements": { "source": source, "statements": slowest },
+    });
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
+    let pool = state.store.pool_stats();
+    for (label, value) in [
+        ("idle", u64::from(pool.idle)),
+        ("in_use", u64::from(pool.in_use)),
+        ("max", u64::from(pool.max)),
+        ("waiting", pool.waiting),
+    ] {
+        metrics::gauge!("zen_db_pool_connections", "state" => label).set(value as f64);
+    }
+    let mut text = state.metrics.render();
+    // Read from the store at scrape time, so every replica shows the same clusters and a
+    // deleted cluster's series ends with it.
+    text.push_str(&crate::cluster_metrics::render(&state.store).await);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        text,
     )
         .into_response()
 }

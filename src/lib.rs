@@ -7,6 +7,7 @@ pub mod auth;
 pub mod authz;
 pub mod bench;
 pub mod bench_webhooks;
+pub mod cluster_metrics;
 pub mod config;
 pub mod console;
 pub mod grpc;

@@ -97,7 +97,7 @@ impl Readiness {
         .await
     }
 
-    async fn check_migrations(&self) -> Check {
+    pub async fn check_migrations(&self) -> Check {
         let mut check = timed(async {
             let status = self
                 .store

@@ -126,6 +126,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
 /// Opens the store, binds both addresses and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     config.validate_for_serve()?;
+    // The recorder first: background tasks started below record from their first moment.
+    let metrics = telemetry::metrics_handle();
     tls::ensure_dev_pki(&config)?;
     let tls_config = tls::server_tls_config(&config)?;
     let versions = ContractVersions::from_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -269,7 +271,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // name webhook sources.
     let state = HttpState {
         readiness: readiness.clone(),
-        metrics: telemetry::metrics_handle(),
+        metrics,
+        store: store.clone(),
     };
     // The web console: its pages and session endpoints, and in front of the gateway the
     // session layer that turns the console's cookie into the bearer the gateway relays.

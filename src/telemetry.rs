@@ -361,10 +361,114 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .build_recorder();
             let handle = recorder.handle();
             // A recorder may already be installed (tests embedding Zen); keep rendering ours.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                describe_metrics();
+            }
             handle
         })
         .clone()
+}
+
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric Zen exports, with its help text (docs/OBSERVABILITY.md has the same list with
+/// labels and their bounds). Label sets are bounded: no label value comes from the network
+/// except ids Zen issued (webhook sources, tenants, clusters).
+const METRICS: &[(&str, Kind, &str)] = &[
+    ("zen_build_info", Kind::Gauge, "Always 1; the version of the running binary in its label."),
+    ("zen_http_requests_total", Kind::Counter, "HTTP requests on the public listener by method, route template and status."),
+    ("zen_http_request_duration_seconds", Kind::Histogram, "Time to answer an HTTP request on the public listener, by method and route template."),
+    ("zen_grpc_requests_total", Kind::Counter, "gRPC calls by method and status code."),
+    ("zen_grpc_request_duration_seconds", Kind::Histogram, "Time to answer a gRPC call (to the first response for streams), by method and status code."),
+    ("zen_webhook_requests_total", Kind::Counter, "Webhook deliveries by source and outcome."),
+    ("zen_webhook_verification_seconds", Kind::Histogram, "Time to verify a webhook signature, by scheme."),
+    ("zen_webhook_delivery_seconds", Kind::Histogram, "Time to handle a webhook delivery from routing to the stored answer."),
+    ("zen_webhook_commit_seconds", Kind::Histogram, "Time of one group-commit transaction of webhook deliveries."),
+    ("zen_webhook_commit_batch_deliveries", Kind::Histogram, "Deliveries stored by one group-commit transaction."),
+    ("zen_webhook_commit_queue_depth", Kind::Gauge, "Webhook deliveries waiting for their tenant's committer."),
+    ("zen_ingest_events_total", Kind::Counter, "Agent events by outcome."),
+    ("zen_ingest_batch_seconds", Kind::Histogram, "Time to store one agent batch."),
+    ("zen_agents_connected", Kind::Gauge, "Agent streams open on this replica."),
+    ("zen_agent_heartbeats_total", Kind::Counter, "Heartbeats received from agents."),
+    ("zen_cluster_events_total", Kind::Counter, "Agent events received, by tenant and cluster."),
+    ("zen_remediations_total", Kind::Counter, "Remediation status changes, by the status entered."),
+    ("zen_remediation_duration_seconds", Kind::Histogram, "Time from proposal to a terminal status, by that status."),
+    ("zen_remediation_queue_depth", Kind::Gauge, "Remediation dispatches queued and not yet done."),
+    ("zen_dlq_depth", Kind::Gauge, "Remediation dispatches dead-lettered."),
+    ("zen_watchers", Kind::Gauge, "Event watches (gRPC and WebSocket) open on this replica."),
+    ("zen_watch_tails", Kind::Gauge, "Store tails feeding event watches on this replica."),
+    ("zen_watchers_refused_total", Kind::Counter, "Watches refused by the per-caller or per-tenant limit."),
+    ("zen_gateway_websockets_open", Kind::Gauge, "WebSockets open on the gateway."),
+    ("zen_gateway_websocket_closed_total", Kind::Counter, "WebSockets closed by the gateway, by reason."),
+    ("zen_stream_consumers_too_slow_total", Kind::Counter, "Streams ended because their consumer did not keep up, by stream."),
+    ("zen_dependency_up", Kind::Gauge, "1 while a dependency (database, cache) answers, 0 during an outage."),
+    ("zen_dependency_outages_total", Kind::Counter, "Outages of a dependency seen by this replica."),
+    ("zen_db_pool_connections", Kind::Gauge, "Database pool connections by state (idle, in_use, max, waiting)."),
+    ("zen_db_pool_acquire_seconds", Kind::Histogram, "Time to get a pooled connection and begin a transaction."),
+    ("zen_cache_errors_total", Kind::Counter, "Cache (Redis) command failures by kind."),
+    ("zen_audit_pending_records", Kind::Gauge, "Audit records queued for a shared append and not yet committed."),
+    ("zen_audit_records_appended_total", Kind::Counter, "Audit records written to a chain."),
+    ("zen_audit_batch_records", Kind::Histogram, "Audit records appended by one shared transaction."),
+    ("zen_audit_records_lost_total", Kind::Counter, "Audit records that could not be written, by kind."),
+];
+
+/// Describes every metric and creates the unlabelled (and fixed-label) ones at zero, so a
+/// scrape shows them before the first event and rate() has a starting point.
+fn describe_metrics() {
+    for (name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(*name, *help),
+            Kind::Gauge => metrics::describe_gauge!(*name, *help),
+            Kind::Histogram => metrics::describe_histogram!(*name, *help),
+        }
+    }
+    metrics::gauge!("zen_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for gauge in [
+        "zen_agents_connected",
+        "zen_watchers",
+        "zen_watch_tails",
+        "zen_gateway_websockets_open",
+        "zen_webhook_commit_queue_depth",
+        "zen_audit_pending_records",
+        "zen_remediation_queue_depth",
+        "zen_dlq_depth",
+    ] {
+        metrics::gauge!(gauge).increment(0.0);
+    }
+    for counter in [
+        "zen_agent_heartbeats_total",
+        "zen_audit_records_appended_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    for dependency in ["database", "cache"] {
+        metrics::counter!("zen_dependency_outages_total", "dependency" => dependency).increment(0);
+    }
+    for limit in ["caller", "tenant"] {
+        metrics::counter!("zen_watchers_refused_total", "limit" => limit).increment(0);
+    }
+    for kind in [
+        "authentication",
+        "authz_refusal",
+        "authz_decision",
+        "failed_mutation",
+        "webhook_refusal",
+    ] {
+        metrics::counter!("zen_audit_records_lost_total", "kind" => kind).increment(0);
+    }
+    for kind in ["unavailable", "backend"] {
+        metrics::counter!("zen_cache_errors_total", "kind" => kind).increment(0);
+    }
+    for reason in ["client_closed", "slow_consumer", "stream_ended", "refused"] {
+        metrics::counter!("zen_gateway_websocket_closed_total", "reason" => reason).increment(0);
+    }
+    for stream in ["watcher", "agent"] {
+        metrics::counter!("zen_stream_consumers_too_slow_total", "stream" => stream).increment(0);
+    }
 }
 
 #[cfg(test)]

@@ -121,6 +121,12 @@ pub fn transition(
         r.expires_at = None;
     }
     metrics::counter!("zen_remediations_total", "status" => to.as_str()).increment(1);
+    if state::is_terminal(to) {
+        // Proposal to the end, by how it ended (a handful of terminal statuses).
+        let seconds = (now - r.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+        metrics::histogram!("zen_remediation_duration_seconds", "outcome" => to.as_str())
+            .record(seconds);
+    }
     Ok(())
 }
 

@@ -57,3 +57,22 @@ def test_metrics_count_grpc_requests(zen, admin_channel):
 def test_unknown_path_is_404(zen):
     response = http_session().get(f"{zen.http_base}/no-such-path-{time.time_ns()}", timeout=HTTP_TIMEOUT)
     assert response.status_code == 404
+
+
+def test_database_health_is_deep(zen):
+    """Deep health names what an operator checks first: ping latency, migrations, the pool and
+    the slowest recent statements (Zen's own timing on SQLite)."""
+    # A refused call is audited: at least one statement ran through the store.
+    assert http_session().get(f"{zen.http_base}/v1/tenants", timeout=HTTP_TIMEOUT).status_code == 401
+    body = http_session().get(f"{zen.admin_base}/health/database", timeout=HTTP_TIMEOUT).json()
+    assert body["backend"] == "sqlite"
+    assert body["ping"]["status"] in ("healthy", "degraded") and body["ping"]["latency_ms"] >= 0
+    assert body["migrations"]["status"] == "healthy", body["migrations"]
+    pool = body["pool"]
+    assert pool["max"] >= 1 and pool["size"] == pool["idle"] + pool["in_use"], pool
+    assert pool["waiting"] >= 0
+    slowest = body["slowest_statements"]
+    assert slowest["source"] == "zen"
+    # The server has run statements since it started (migrations, readiness checks).
+    assert slowest["statements"], slowest
+    assert all(s["statement"] and s["duration_ms"] >= 0 for s in slowest["statements"])

@@ -37,6 +37,24 @@ impl CacheError {
     }
 
     pub(crate) fn from_fred(error: fred::error::Error) -> CacheError {
+        let converted = Self::classify(error);
+        metrics::counter!("zen_cache_errors_total", "kind" => converted.kind()).increment(1);
+        converted
+    }
+
+    /// A fixed label per variant (`zen_cache_errors_total{kind}`).
+    fn kind(&self) -> &'static str {
+        match self {
+            CacheError::Unavailable(_) => "unavailable",
+            CacheError::InvalidUrl(_) => "invalid_url",
+            CacheError::NotAnInteger => "not_an_integer",
+            CacheError::Backend(_) => "backend",
+            CacheError::InvalidArgument(_) => "invalid_argument",
+            CacheError::Full(_) => "full",
+        }
+    }
+
+    fn classify(error: fred::error::Error) -> CacheError {
         use fred::error::ErrorKind;
         let details = error.details();
         // Server replies start with an upper-case code ("ERR …", "LOADING …");

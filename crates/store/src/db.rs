@@ -381,10 +381,14 @@ impl Conn {
         args: Vec<Arg>,
     ) -> Result<u64> {
         let sql = sql.into();
-        Ok(with_query!(self, sql, args, |q, c, _w| q
+        let started = std::time::Instant::now();
+        let text = sql.clone();
+        let result = with_query!(self, sql, args, |q, c, _w| q
             .execute(c)
             .await
-            .map(|r| r.rows_affected()))?)
+            .map(|r| r.rows_affected()));
+        crate::stats::record(&text, started.elapsed());
+        Ok(result?)
     }
 
     pub async fn fetch_all(
@@ -393,10 +397,14 @@ impl Conn {
         args: Vec<Arg>,
     ) -> Result<Vec<Row>> {
         let sql = sql.into();
-        Ok(with_query!(self, sql, args, |q, c, w| q
+        let started = std::time::Instant::now();
+        let text = sql.clone();
+        let result = with_query!(self, sql, args, |q, c, w| q
             .fetch_all(c)
             .await
-            .map(|rows| rows.into_iter().map(w).collect()))?)
+            .map(|rows| rows.into_iter().map(w).collect()));
+        crate::stats::record(&text, started.elapsed());
+        Ok(result?)
     }
 
     pub async fn fetch_optional(
@@ -405,10 +413,14 @@ impl Conn {
         args: Vec<Arg>,
     ) -> Result<Option<Row>> {
         let sql = sql.into();
-        Ok(with_query!(self, sql, args, |q, c, w| q
+        let started = std::time::Instant::now();
+        let text = sql.clone();
+        let result = with_query!(self, sql, args, |q, c, w| q
             .fetch_optional(c)
             .await
-            .map(|r| r.map(w)))?)
+            .map(|r| r.map(w)));
+        crate::stats::record(&text, started.elapsed());
+        Ok(result?)
     }
 
     pub async fn fetch_one(
@@ -417,10 +429,11 @@ impl Conn {
         args: Vec<Arg>,
     ) -> Result<Row> {
         let sql = sql.into();
-        Ok(with_query!(self, sql, args, |q, c, w| q
-            .fetch_one(c)
-            .await
-            .map(w))?)
+        let started = std::time::Instant::now();
+        let text = sql.clone();
+        let result = with_query!(self, sql, args, |q, c, w| q.fetch_one(c).await.map(w));
+        crate::stats::record(&text, started.elapsed());
+        Ok(result?)
     }
 
     /// Hand the scope to PostgreSQL's row-level security as transaction-local

@@ -33,6 +33,7 @@ pub mod remediation;
 mod repo;
 mod repos;
 mod scope;
+mod stats;
 mod store;
 mod validate;
 mod webhook;
@@ -52,6 +53,7 @@ pub use repo::{
 };
 pub use repos::events::{MAX_INGEST_BATCH, MAX_TAIL_LIMIT};
 pub use scope::{Scope, PLATFORM_TENANT};
+pub use stats::{slowest_recent, PoolStats, SlowStatement};
 pub use store::{BackendKind, Store, StoreOptions, DEFAULT_APP_ROLE};
 pub use webhook::*;
 

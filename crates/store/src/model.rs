@@ -331,6 +331,15 @@ pub struct ClusterUpdate {
     pub labels: Option<BTreeMap<String, String>>,
 }
 
+/// A live cluster and when its agent was last heard from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterHeartbeat {
+    pub tenant_id: Uuid,
+    pub cluster_id: Uuid,
+    pub connection_state: ConnectionState,
+    pub last_seen_at: Option<DateTime<Utc>>,
+}
+
 /// What an agent reports about itself.
 #[derive(Debug, Clone)]
 pub struct AgentReport {

@@ -171,6 +171,10 @@ pub trait ClusterRepo: Send {
     async fn soft_delete(&mut self, id: Uuid, expected_version: Option<i64>) -> Result<Cluster>;
     /// Live clusters in the scope's tenant.
     async fn count_live(&mut self) -> Result<i64>;
+    /// Every tenant's live clusters with their agents' last heartbeat, most recently seen
+    /// first, at most `limit` (for metrics). Platform scope only (`PermissionDenied`
+    /// otherwise).
+    async fn heartbeats(&mut self, limit: i64) -> Result<Vec<ClusterHeartbeat>>;
 }
 
 #[async_trait]

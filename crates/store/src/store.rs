@@ -68,6 +68,8 @@ pub(crate) enum Backend {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) backend: Backend,
+    /// Callers between asking for a transaction and getting it (shared by clones).
+    waiting: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Prints the backend only: the connect options hold the password.
@@ -138,6 +140,7 @@ impl Store {
             })
             .connect_lazy_with(owner.clone());
         Ok(Store {
+            waiting: Default::default(),
             backend: Backend::Postgres {
                 pool,
                 owner: Box::new(owner),
@@ -178,6 +181,7 @@ impl Store {
             .await?;
         Ok(Store {
             backend: Backend::Sqlite { pool },
+            waiting: Default::default(),
         })
     }
 
@@ -193,22 +197,97 @@ impl Store {
     /// `BEGIN IMMEDIATE`, so writers queue (up to `busy_timeout`) instead of
     /// failing when they upgrade a read lock.
     pub async fn begin(&self, scope: &Scope) -> Result<Box<dyn Tx>> {
-        let conn = match &self.backend {
-            Backend::Postgres { pool, .. } => Conn::Pg(pool.begin().await?),
-            Backend::Sqlite { pool } => Conn::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
-        };
+        let conn = self
+            .acquire(async {
+                Ok(match &self.backend {
+                    Backend::Postgres { pool, .. } => Conn::Pg(pool.begin().await?),
+                    Backend::Sqlite { pool } => {
+                        Conn::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?)
+                    }
+                })
+            })
+            .await?;
         Ok(Box::new(SqlTx::open(conn, scope.clone()).await?))
+    }
+
+    /// Times getting a connection and beginning its transaction
+    /// (`zen_db_pool_acquire_seconds`), counting the callers waiting meanwhile.
+    async fn acquire(
+        &self,
+        begin: impl std::future::Future<Output = Result<Conn>>,
+    ) -> Result<Conn> {
+        use std::sync::atomic::Ordering;
+        let started = std::time::Instant::now();
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let conn = begin.await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        metrics::histogram!("zen_db_pool_acquire_seconds").record(started.elapsed().as_secs_f64());
+        conn
+    }
+
+    /// The pool's connections and waiters right now.
+    pub fn pool_stats(&self) -> crate::PoolStats {
+        let (size, idle, max) = match &self.backend {
+            Backend::Postgres { pool, .. } => (
+                pool.size(),
+                pool.num_idle(),
+                pool.options().get_max_connections(),
+            ),
+            Backend::Sqlite { pool } => (
+                pool.size(),
+                pool.num_idle(),
+                pool.options().get_max_connections(),
+            ),
+        };
+        let idle = u32::try_from(idle).unwrap_or(u32::MAX).min(size);
+        crate::PoolStats {
+            size,
+            idle,
+            in_use: size - idle,
+            max,
+            waiting: self.waiting.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// The slowest statements by mean time from PostgreSQL's `pg_stat_statements`, when the
+    /// extension is installed in this database and readable; `None` otherwise (SQLite too).
+    pub async fn pg_stat_statements(&self, limit: i64) -> Option<Vec<crate::SlowStatement>> {
+        let Backend::Postgres { pool, .. } = &self.backend else {
+            return None;
+        };
+        let rows: Vec<(String, f64, f64)> = sqlx::query_as(
+            "SELECT query, mean_exec_time, max_exec_time FROM pg_stat_statements \
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             ORDER BY mean_exec_time DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .ok()?;
+        Some(
+            rows.into_iter()
+                .map(|(query, mean, _max)| crate::SlowStatement {
+                    statement: query.chars().take(300).collect(),
+                    duration_ms: mean,
+                    at: chrono::Utc::now(),
+                })
+                .collect(),
+        )
     }
 
     /// Open a read-only transaction (PostgreSQL `READ ONLY`; SQLite deferred,
     /// so readers never wait for writers). Writes in it fail.
     pub async fn begin_read(&self, scope: &Scope) -> Result<Box<dyn Tx>> {
-        let conn = match &self.backend {
-            Backend::Postgres { pool, .. } => {
-                Conn::Pg(pool.begin_with("BEGIN TRANSACTION READ ONLY").await?)
-            }
-            Backend::Sqlite { pool } => Conn::Sqlite(pool.begin().await?),
-        };
+        let conn = self
+            .acquire(async {
+                Ok(match &self.backend {
+                    Backend::Postgres { pool, .. } => {
+                        Conn::Pg(pool.begin_with("BEGIN TRANSACTION READ ONLY").await?)
+                    }
+                    Backend::Sqlite { pool } => Conn::Sqlite(pool.begin().await?),
+                })
+            })
+            .await?;
         Ok(Box::new(SqlTx::open(conn, scope.clone()).await?))
     }
 

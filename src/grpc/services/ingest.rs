@@ -478,6 +478,14 @@ impl AgentSession {
                         ack.reason = reason.into();
                         metrics::counter!("zen_ingest_events_total", "outcome" => format!("{kind:?}").to_lowercase()).increment(1);
                     }
+                    // Labelled by registered ids only (the certificate's, never the
+                    // network's): bounded by the clusters Zen knows.
+                    metrics::counter!(
+                        "zen_cluster_events_total",
+                        "tenant" => self.tenant_id.to_string(),
+                        "cluster" => self.cluster_id.to_string(),
+                    )
+                    .increment(slots.len() as u64);
                     // Wake watchers; they read the committed rows themselves.
                     let _ = self
                         .cache
@@ -539,6 +547,8 @@ impl AgentSession {
             Some(first.agent_version.clone()),
         )
         .await;
+        // Streams open on this replica; the guard lowers it however the stream ends.
+        let _connected = ConnectedAgent::new();
         let hello = pb::ServerHello {
             session_id: Uuid::new_v4().to_string(),
             tenant_id: self.tenant_id.to_string(),
@@ -601,6 +611,7 @@ impl AgentSession {
                         in_flight.push(tokio::spawn(async move { session.store_batch(batch).await }));
                     }
                     Some(Ok(pb::ConnectAgentRequest { payload: Some(Payload::Heartbeat(_)) })) => {
+                        metrics::counter!("zen_agent_heartbeats_total").increment(1);
                         // Not awaited here: batches in flight may hold the (SQLite) write lock
                         // and are only driven by this loop.
                         let session = self.clone();
@@ -652,6 +663,22 @@ impl AgentSession {
             }
         }
         self.report(ConnectionState::Disconnected, None).await;
+    }
+}
+
+/// One open agent stream in `zen_agents_connected`, for as long as it lives.
+struct ConnectedAgent;
+
+impl ConnectedAgent {
+    fn new() -> Self {
+        metrics::gauge!("zen_agents_connected").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for ConnectedAgent {
+    fn drop(&mut self) {
+        metrics::gauge!("zen_agents_connected").decrement(1.0);
     }
 }
 

@@ -118,6 +118,7 @@ impl CommitQueue {
             let sender = self.sender(tenant_id);
             match sender.try_send(item) {
                 Ok(()) => {
+                    metrics::gauge!("zen_webhook_commit_queue_depth").increment(1.0);
                     return answer.await.unwrap_or(Err(CommitError::Busy));
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => return Err(CommitError::Busy),
@@ -174,6 +175,7 @@ async fn commit_loop(
                 Err(_) => break,
             }
         }
+        metrics::gauge!("zen_webhook_commit_queue_depth").decrement(batch.len() as f64);
         let deliveries: Vec<&Delivery> = batch.iter().map(|(d, _)| d).collect();
         // One transaction serving many deliveries: a span of its own, linked to each.
         let span = tracing::info_span!(

@@ -177,6 +177,9 @@ impl AuditRepo for SqlTx {
                 args![tenant, r.hash.as_str()],
             )
             .await?;
+        // Written in its transaction (counted before that commits: a stalled audit pipeline
+        // shows as pending records with no appends at all).
+        metrics::counter!("zen_audit_records_appended_total").increment(1);
         Ok(record)
     }
 

@@ -290,4 +290,27 @@ impl ClusterRepo for SqlTx {
         )
         .await
     }
+
+    async fn heartbeats(&mut self, limit: i64) -> Result<Vec<ClusterHeartbeat>> {
+        if !self.scope.platform_admin {
+            return Err(StoreError::PermissionDenied {
+                reason: "every tenant's clusters are for the platform scope only".into(),
+            });
+        }
+        self.all(
+            "SELECT tenant_id, id, connection_state, last_seen_at FROM clusters \
+             WHERE deleted_at IS NULL \
+             ORDER BY last_seen_at DESC NULLS LAST, id LIMIT $1",
+            args![limit],
+            |r| {
+                Ok(ClusterHeartbeat {
+                    tenant_id: r.uuid("tenant_id")?,
+                    cluster_id: r.uuid("id")?,
+                    connection_state: r.parse("connection_state")?,
+                    last_seen_at: r.opt_ts("last_seen_at")?,
+                })
+            },
+        )
+        .await
+    }
 }
