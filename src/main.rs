@@ -415,13 +415,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         _ => ServeArgs::default(),
     };
     let config = Config::resolve(&cli.global, &serve_args)?;
-    // A benchmark's output is its figures; the servers it starts log nothing.
-    if !matches!(cli.command, Command::Bench(_)) {
-        telemetry::init(
-            config.log_format,
-            telemetry::TraceExport::from_env()?.as_ref(),
-        )?;
-    }
+    // A benchmark's output is its figures: the servers it starts log nothing (they export
+    // traces when OTEL_EXPORTER_OTLP_ENDPOINT is set, to measure what tracing costs).
+    let logs = (!matches!(cli.command, Command::Bench(_))).then_some(config.log_format);
+    telemetry::init(logs, telemetry::TraceExport::from_env()?.as_ref())?;
     match cli.command {
         Command::Serve(_) => {
             let signal = server::shutdown_signal();

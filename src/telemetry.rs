@@ -101,10 +101,11 @@ impl TraceExport {
 static PROVIDER: std::sync::OnceLock<SdkTracerProvider> = std::sync::OnceLock::new();
 
 /// Installs the global log subscriber (and the trace exporter when `traces` is set);
-/// `RUST_LOG` overrides the default `info` level. Only the first call in a process takes
-/// effect (tests start several servers in one process).
-pub fn init(format: LogFormat, traces: Option<&TraceExport>) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `RUST_LOG` overrides the default `info` level of the logs. `format: None` writes no logs
+/// (a benchmark's output is its figures). Only the first call in a process takes effect (tests
+/// start several servers in one process).
+pub fn init(format: Option<LogFormat>, traces: Option<&TraceExport>) -> anyhow::Result<()> {
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let otel = match traces {
         Some(export) if PROVIDER.get().is_none() => {
             let provider = tracer_provider(export)?;
@@ -115,29 +116,31 @@ pub fn init(format: LogFormat, traces: Option<&TraceExport>) -> anyhow::Result<(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)
                     .with_threads(false)
-                    .with_target(false),
+                    .with_target(false)
+                    // Zen's spans are INFO; RUST_LOG quiets the logs, not the traces.
+                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
             )
         }
         _ => None,
     };
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
-    let _ = match format {
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-        LogFormat::Text => registry
-            .with(
-                fmt::layer()
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-    };
+    let json = matches!(format, Some(LogFormat::Json)).then(|| {
+        fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+    });
+    let text = matches!(format, Some(LogFormat::Text)).then(|| {
+        fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+    });
+    let _ = tracing_subscriber::registry()
+        .with(otel)
+        .with(json)
+        .with(text)
+        .try_init();
     if let Some(export) = traces {
         tracing::info!(endpoint = %export.url(), protocol = ?export.protocol, "exporting traces over OTLP");
     }
@@ -146,7 +149,7 @@ pub fn init(format: LogFormat, traces: Option<&TraceExport>) -> anyhow::Result<(
 
 /// Installs the log subscriber alone (tools and tests that export no traces).
 pub fn init_logging(format: LogFormat) {
-    let _ = init(format, None);
+    let _ = init(Some(format), None);
 }
 
 /// Exports what is still batched; call once before the process exits.
