@@ -520,7 +520,8 @@ impl Executor {
     pub fn handle(&self, command: pb::RemediationCommand) {
         // The execution continues the server's dispatch trace, and its reports carry the
         // execution's own context back (empty when this agent exports no traces).
-        let span = tracing::info_span!(
+        let span = crate::telemetry::traced(|| {
+            tracing::info_span!(
             "remediation.execute",
             otel.kind = "consumer",
             zen.remediation_id = %command.remediation_id,
@@ -528,7 +529,8 @@ impl Executor {
             zen.attempt = i64::from(command.attempt),
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
-        );
+            )
+        });
         crate::telemetry::continue_from_map(&span, &command.trace_context);
         let trace_context = span.in_scope(crate::telemetry::current_context_headers);
         {

@@ -29,17 +29,19 @@ pub async fn observe(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned());
-    let span = tracing::info_span!(
-        "http",
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.request.method = method,
-        http.route = Empty,
-        http.response.status_code = Empty,
-        zen.request_id = Empty,
-        trace_id = Empty,
-        span_id = Empty,
-    );
+    let span = telemetry::traced(|| {
+        tracing::info_span!(
+            "http",
+            otel.kind = "server",
+            otel.status_code = Empty,
+            http.request.method = method,
+            http.route = Empty,
+            http.response.status_code = Empty,
+            zen.request_id = Empty,
+            trace_id = Empty,
+            span_id = Empty,
+        )
+    });
     telemetry::continue_trace(&span, request.headers());
     let response = next.run(request).instrument(span.clone()).await;
 

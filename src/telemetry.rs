@@ -313,9 +313,20 @@ pub fn link(
     }
 }
 
-/// Whether traces are exported (spans cost a little more to fill then).
+/// Whether traces are exported.
 pub fn tracing_enabled() -> bool {
     PROVIDER.get().is_some()
+}
+
+/// `make()` when traces are exported, a disabled span otherwise: the spans that exist only for
+/// traces (the edge, the gateway's call, verification, commits, remediation hand-overs) cost
+/// nothing when tracing is off, logs on or not.
+pub fn traced(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if tracing_enabled() {
+        make()
+    } else {
+        tracing::Span::none()
+    }
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);

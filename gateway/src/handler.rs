@@ -644,7 +644,7 @@ async fn unary(
     request_id: &str,
 ) -> RenderedWithRetry {
     let timeout = gw.config.request_timeout;
-    let span = client_span(route);
+    let span = client_span(gw, route);
     let call = async {
         let mut grpc = ready(gw).await?;
         let mut request = tonic::Request::new(message);
@@ -876,7 +876,7 @@ pub(crate) async fn open_stream(
     message: DynamicMessage,
     metadata: MetadataMap,
 ) -> Result<tonic::Streaming<DynamicMessage>, Status> {
-    let span = client_span(route);
+    let span = client_span(gw, route);
     let opened = async {
         let mut grpc = ready(gw).await?;
         let mut request = tonic::Request::new(message);
@@ -896,8 +896,11 @@ pub(crate) async fn open_stream(
 }
 
 /// The span of the gateway's call to the gRPC front (OpenTelemetry's RPC client conventions;
-/// `otel.*` fields name and classify it when traces are exported).
-fn client_span(route: &Route) -> tracing::Span {
+/// `otel.*` fields name and classify it), made only when traces are exported.
+fn client_span(gw: &Inner, route: &Route) -> tracing::Span {
+    if gw.config.trace_context.is_none() {
+        return tracing::Span::none();
+    }
     let path = route.info.grpc_path.trim_start_matches('/');
     let (service, method) = path.split_once('/').unwrap_or((path, ""));
     tracing::info_span!(

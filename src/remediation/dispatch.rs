@@ -345,16 +345,18 @@ impl Dispatcher {
                 ),
             };
             // The hand-over to the agent, as a span the agent's execution continues.
-            let span = tracing::info_span!(
-                "remediation.dispatch",
-                otel.kind = "producer",
-                zen.tenant_id = %tenant_id,
-                zen.cluster_id = %cluster_id,
-                zen.remediation_id = %r.id,
-                zen.execution_id = %d.execution_id,
-                zen.attempt = i64::from(d.attempts),
-                zen.operation = ?d.operation,
-            );
+            let span = crate::telemetry::traced(|| {
+                tracing::info_span!(
+                    "remediation.dispatch",
+                    otel.kind = "producer",
+                    zen.tenant_id = %tenant_id,
+                    zen.cluster_id = %cluster_id,
+                    zen.remediation_id = %r.id,
+                    zen.execution_id = %d.execution_id,
+                    zen.attempt = i64::from(d.attempts),
+                    zen.operation = ?d.operation,
+                )
+            });
             let trace_context = span.in_scope(crate::telemetry::current_context_headers);
             commands.push(Command {
                 trace_context,

@@ -627,7 +627,7 @@ impl AgentSession {
                             (Some(dispatcher), Ok(report)) => {
                                 let (dispatcher, tenant, cluster) = (dispatcher.clone(), self.tenant_id, self.cluster_id);
                                 // Recorded as part of the agent's execution trace.
-                                let span = tracing::info_span!(
+                                let span = crate::telemetry::traced(|| tracing::info_span!(
                                     "remediation.report",
                                     otel.kind = "consumer",
                                     zen.tenant_id = %tenant,
@@ -636,7 +636,7 @@ impl AgentSession {
                                     zen.phase = ?report.phase,
                                     trace_id = tracing::field::Empty,
                                     span_id = tracing::field::Empty,
-                                );
+                                ));
                                 crate::telemetry::continue_from_map(&span, &report.trace_context);
                                 tokio::spawn(async move {
                                     if let Err(error) = dispatcher.handle_report(tenant, cluster, report).await {

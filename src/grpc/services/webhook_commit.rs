@@ -89,12 +89,14 @@ impl CommitQueue {
     ) -> Result<Vec<EventOutcome>, CommitError> {
         // The wait for (and the share of) the batch that stores this delivery, in the
         // delivery's own trace; the batch's span links back to it.
-        let span = tracing::info_span!(
-            "webhook.commit",
-            zen.tenant_id = %tenant_id,
-            zen.events = delivery.events.len() as i64,
-            otel.status_code = Empty,
-        );
+        let span = crate::telemetry::traced(|| {
+            tracing::info_span!(
+                "webhook.commit",
+                zen.tenant_id = %tenant_id,
+                zen.events = delivery.events.len() as i64,
+                otel.status_code = Empty,
+            )
+        });
         let outcome = self
             .enqueue(tenant_id, delivery)
             .instrument(span.clone())
@@ -178,15 +180,17 @@ async fn commit_loop(
         metrics::gauge!("zen_webhook_commit_queue_depth").decrement(batch.len() as f64);
         let deliveries: Vec<&Delivery> = batch.iter().map(|(d, _)| d).collect();
         // One transaction serving many deliveries: a span of its own, linked to each.
-        let span = tracing::info_span!(
-            "webhook.commit_batch",
-            otel.status_code = Empty,
-            db.system = db_system(&store),
-            db.operation.name = "COMMIT",
-            zen.tenant_id = %tenant_id,
-            zen.deliveries = deliveries.len() as i64,
-            zen.events = events as i64,
-        );
+        let span = crate::telemetry::traced(|| {
+            tracing::info_span!(
+                "webhook.commit_batch",
+                otel.status_code = Empty,
+                db.system = db_system(&store),
+                db.operation.name = "COMMIT",
+                zen.tenant_id = %tenant_id,
+                zen.deliveries = deliveries.len() as i64,
+                zen.events = events as i64,
+            )
+        });
         crate::telemetry::link(&span, deliveries.iter().filter_map(|d| d.trace.clone()));
         let started = std::time::Instant::now();
         let attempt = || commit(&store, &scope, fold_window, &deliveries).instrument(span.clone());

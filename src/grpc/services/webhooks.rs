@@ -1077,11 +1077,13 @@ impl Webhooks {
             })
             .collect();
         let verify_started = Instant::now();
-        let verify_span = tracing::info_span!(
-            "webhook.verify",
-            zen.webhook.scheme = compiled.scheme.name(),
-            otel.status_code = tracing::field::Empty,
-        );
+        let verify_span = crate::telemetry::traced(|| {
+            tracing::info_span!(
+                "webhook.verify",
+                zen.webhook.scheme = compiled.scheme.name(),
+                otel.status_code = tracing::field::Empty,
+            )
+        });
         let verified = verify_span.in_scope(|| {
             zen_webhook::verify(
                 &compiled.scheme,
