@@ -234,12 +234,16 @@ impl<E: SpanExporter> SpanExporter for WithRuntime<E> {
 /// in `span`, and records the trace and span ids on it so its log lines carry them. Without
 /// a context (or with tracing off) the span starts a trace of its own.
 pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    continue_from(span, &HeaderExtractor(headers));
+}
+
+/// Sets `span`'s parent to the valid context `carrier` holds, and records the ids.
+fn continue_from(span: &tracing::Span, carrier: &dyn Extractor) {
     if PROVIDER.get().is_none() {
         return;
     }
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(headers))
-    });
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(carrier));
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }
@@ -283,16 +287,9 @@ pub fn current_context_headers() -> HashMap<String, String> {
 /// Makes `span` a continuation of the context in `carrier` (as [`current_context_headers`]
 /// produced it, e.g. carried by a remediation command to the agent).
 pub fn continue_from_map(span: &tracing::Span, carrier: &HashMap<String, String>) {
-    if PROVIDER.get().is_none() || carrier.is_empty() {
-        return;
+    if !carrier.is_empty() {
+        continue_from(span, &MapExtractor(carrier));
     }
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&MapExtractor(carrier))
-    });
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
-    }
-    record_ids(span);
 }
 
 /// The span context of the current span, to link a later span (a commit batch) to it.
