@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Full, Limited};
-use prost_reflect::{DynamicMessage, MapKey, MethodDescriptor, ReflectMessage, Value};
+use prost_reflect::{DynamicMessage, MethodDescriptor, ReflectMessage};
 use tonic::body::Body;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -302,7 +302,8 @@ impl Shared {
     }
 
     /// Identifies the caller and, for a person, the addressed tenant and their role in it.
-    /// `Err(Ok(_))` is a refusal (audited by the caller); `Err(Err(_))` a dependency failure.
+    /// `Err(Ok(_))` is a refusal (audited by the caller); `Err(Err(_))` ends the call undecided
+    /// (a dependency failed, or the request breaks its contract's rules).
     async fn resolve(
         &self,
         request: http::Request<Body>,
@@ -313,6 +314,11 @@ impl Shared {
     ) -> Result<Resolved, Result<Refused, Status>> {
         let public = policy.is_some_and(|p| p.callers.contains(&CallerKind::Public));
         let (caller, session_id) = self.identify(context, request.headers(), public).await?;
+        // Who is calling is known; before any policy, store or handler sees the request, it
+        // must keep its contract's rules (a broken one decides nothing, so it is not audited).
+        if let Some(message) = message {
+            super::validate::check(message).map_err(Err)?;
+        }
         let mut role = None;
         let mut tenant = None;
         if let (
@@ -543,10 +549,10 @@ fn stated_tenant(headers: &http::HeaderMap) -> Result<Option<Uuid>, Status> {
     }
 }
 
-/// Reads a unary request's message once, checks every text in it (see [`check_texts`]) and
-/// hands back an equivalent request with the decoded message. A frame that does not decode is
-/// left to the service's own decoding (which refuses it); client-streaming requests are not
-/// read here (their messages are checked where the stream is consumed).
+/// Reads a unary request's message once and hands back an equivalent request with the decoded
+/// message (checked against its contract once the caller is known). A frame that does not
+/// decode is left to the service's own decoding (which refuses it); client-streaming requests
+/// are not read here (their messages are checked where the stream is consumed).
 async fn read_request(
     request: http::Request<Body>,
     method: &MethodDescriptor,
@@ -559,73 +565,10 @@ async fn read_request(
         .to_bytes();
     let message =
         read_frame(&bytes).and_then(|frame| DynamicMessage::decode(method.input(), frame).ok());
-    if let Some(message) = &message {
-        check_texts(message)?;
-    }
     Ok((
         http::Request::from_parts(parts, Body::new(Full::new(bytes))),
         message,
     ))
-}
-
-/// The longest text any request field may carry (a PEM CSR, a description, a filter); the
-/// store bounds each stored field more tightly.
-const MAX_TEXT_CHARS: usize = 64 * 1024;
-
-/// Refuses a request with a string field (at any depth: nested messages, lists, maps, JSON
-/// values) that holds a NUL character, which PostgreSQL cannot store or compare, or that is
-/// longer than [`MAX_TEXT_CHARS`]: INVALID_ARGUMENT naming the field, before any handler or
-/// store sees it, the same on every backend.
-fn check_texts(message: &DynamicMessage) -> Result<(), Status> {
-    fn walk(message: &DynamicMessage, path: &str, out: &mut Vec<(String, &'static str)>) {
-        for (field, value) in message.fields() {
-            let name = if path.is_empty() {
-                field.name().to_owned()
-            } else {
-                format!("{path}.{}", field.name())
-            };
-            value_texts(value, &name, out);
-        }
-    }
-    fn value_texts(value: &Value, path: &str, out: &mut Vec<(String, &'static str)>) {
-        match value {
-            Value::String(text) => {
-                if text.contains('\0') {
-                    out.push((path.to_owned(), "must not contain NUL characters"));
-                } else if text.len() > MAX_TEXT_CHARS && text.chars().count() > MAX_TEXT_CHARS {
-                    out.push((path.to_owned(), "must be at most 65536 characters"));
-                }
-            }
-            Value::Message(inner) => walk(inner, path, out),
-            Value::List(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    value_texts(item, &format!("{path}[{i}]"), out);
-                }
-            }
-            Value::Map(entries) => {
-                for (key, item) in entries {
-                    let key = match key {
-                        MapKey::String(k) => {
-                            if k.contains('\0') {
-                                out.push((path.to_owned(), "keys must not contain NUL characters"));
-                            }
-                            k.clone()
-                        }
-                        other => format!("{other:?}"),
-                    };
-                    value_texts(item, &format!("{path}[{key}]"), out);
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut violations = Vec::new();
-    walk(message, "", &mut violations);
-    if violations.is_empty() {
-        return Ok(());
-    }
-    let pairs: Vec<(&str, &str)> = violations.iter().map(|(f, d)| (f.as_str(), *d)).collect();
-    Err(super::services::support::invalid(&pairs))
 }
 
 /// The request's `tenant_id` field, when its method has one.
@@ -636,12 +579,11 @@ fn tenant_of_message(message: Option<&DynamicMessage>) -> Result<Option<Uuid>, S
     let Some(field) = message.descriptor().get_field_by_name("tenant_id") else {
         return Ok(None);
     };
-    match message.get_field(&field).as_str() {
-        None | Some("") => Ok(None),
-        Some(text) => Uuid::parse_str(text)
-            .map(Some)
-            .map_err(|_| super::services::support::invalid(&[("tenant_id", "must be a UUID")])),
-    }
+    // The contract's string.uuid rule has been checked by now.
+    super::validate::optional_id(
+        "tenant_id",
+        message.get_field(&field).as_str().unwrap_or(""),
+    )
 }
 
 /// The message of one uncompressed gRPC frame: flag (0), 4-byte big-endian length, bytes.
