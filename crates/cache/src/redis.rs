@@ -587,9 +587,20 @@ impl Cache for RedisCache {
                 .map_err(CacheError::from_fred)?;
             // fred resolves SUBSCRIBE once it is written, not when the server
             // has processed it. A PING on the same connection is answered
-            // after the SUBSCRIBE, so from here on no message is missed.
+            // after the SUBSCRIBE, so from here on no message is missed. In a
+            // cluster, fred sends SUBSCRIBE to the node owning the hash slot of
+            // the client's id: the PING must go there too, not to any node.
+            let same_node = fred::types::config::Options {
+                cluster_hash: pubsub.client.is_clustered().then(|| {
+                    fred::types::ClusterHash::Custom(fred::util::redis_keyslot(
+                        pubsub.client.id().as_bytes(),
+                    ))
+                }),
+                ..Default::default()
+            };
             pubsub
                 .client
+                .with_options(&same_node)
                 .ping::<Value>(None)
                 .await
                 .map_err(CacheError::from_fred)?;
