@@ -648,9 +648,31 @@ fn apply_value(
     notes: &mut Vec<String>,
     note_prefix: &str,
 ) -> bool {
-    let ignore = get(rules, "ignore")
+    apply_value_ignoring(
+        rules,
+        target,
+        schema,
+        notes,
+        note_prefix,
+        ignore_of(rules, 0),
+    )
+}
+
+/// `ignore` of a rule set, or the default when it is not given.
+fn ignore_of(rules: &DynamicMessage, default: i32) -> i32 {
+    get(rules, "ignore")
         .and_then(|v| v.as_enum_number())
-        .unwrap_or(0);
+        .unwrap_or(default)
+}
+
+fn apply_value_ignoring(
+    rules: &DynamicMessage,
+    target: &Target,
+    schema: &mut Json,
+    notes: &mut Vec<String>,
+    note_prefix: &str,
+    ignore: i32,
+) -> bool {
     if ignore == IGNORE_ALWAYS {
         return false;
     }
@@ -693,6 +715,19 @@ impl Rules {
         ext_message(&field.options(), &self.field)
     }
 
+    fn in_message_oneof(&self, field: &FieldDescriptor) -> bool {
+        let Some(rules) = ext_message(&field.parent_message().options(), &self.message) else {
+            return false;
+        };
+        get_list(&rules, "oneof").iter().any(|rule| {
+            rule.as_message().is_some_and(|r| {
+                get_list(r, "fields")
+                    .iter()
+                    .any(|n| n.as_str() == Some(field.name()))
+            })
+        })
+    }
+
     /// True when a real oneof must have one member set.
     pub(crate) fn oneof_required(&self, oneof: &OneofDescriptor) -> bool {
         ext_message(&oneof.options(), &self.oneof).is_some_and(|r| get_bool(&r, "required"))
@@ -705,20 +740,26 @@ impl Rules {
         let Some(rules) = self.field_rules(field) else {
             return out;
         };
-        let ignore = get(&rules, "ignore")
-            .and_then(|v| v.as_enum_number())
-            .unwrap_or(0);
+        // A field named by a `(buf.validate.message).oneof` is IGNORE_IF_ZERO_VALUE unless it
+        // says otherwise.
+        let default = if self.in_message_oneof(field) {
+            IGNORE_IF_ZERO_VALUE
+        } else {
+            0
+        };
+        let ignore = ignore_of(&rules, default);
         if ignore == IGNORE_ALWAYS {
             return out;
         }
         let explicit = get_bool(&rules, "required");
         if !field.is_list() && !field.is_map() {
-            let refused = apply_value(
+            let refused = apply_value_ignoring(
                 &rules,
                 &Target::Scalar(field.kind()),
                 schema,
                 &mut out.notes,
                 "",
+                ignore,
             );
             out.required = if field.supports_presence() {
                 explicit
@@ -894,11 +935,8 @@ impl Rules {
                     }
                 }
                 _ => {
-                    for clause in clauses {
-                        add(obj, "allOf", json!([]));
-                        if let Some(Json::Array(all)) = obj.get_mut("allOf") {
-                            all.push(clause);
-                        }
+                    if let Json::Array(all) = obj.entry("allOf").or_insert_with(|| json!([])) {
+                        all.extend(clauses);
                     }
                 }
             }
