@@ -264,14 +264,11 @@ fn accepts(schema: &Json, v: &Json) -> bool {
 
 /// The value's kind as seen by a rule set: a singular field, a list item or a map value.
 #[derive(Clone)]
-enum Target {
-    Scalar(Kind),
-}
+struct Target(Kind);
 
 impl Target {
     fn kind(&self) -> &Kind {
-        let Target::Scalar(k) = self;
-        k
+        &self.0
     }
 
     /// The proto3 JSON zero value, where the schema can name it.
@@ -755,7 +752,7 @@ impl Rules {
         if !field.is_list() && !field.is_map() {
             let refused = apply_value_ignoring(
                 &rules,
-                &Target::Scalar(field.kind()),
+                &Target(field.kind()),
                 schema,
                 &mut out.notes,
                 "",
@@ -789,7 +786,7 @@ impl Rules {
                         let mut names = json!({});
                         apply_value(
                             &keys,
-                            &Target::Scalar(key_kind),
+                            &Target(key_kind),
                             &mut names,
                             &mut out.notes,
                             "Each key: ",
@@ -809,7 +806,7 @@ impl Rules {
                     if let Some(v) = schema.get_mut("additionalProperties") {
                         apply_value(
                             &values,
-                            &Target::Scalar(value_kind),
+                            &Target(value_kind),
                             v,
                             &mut out.notes,
                             "Each value: ",
@@ -840,7 +837,7 @@ impl Rules {
                     if let Some(v) = schema.get_mut("items") {
                         apply_value(
                             &items,
-                            &Target::Scalar(field.kind()),
+                            &Target(field.kind()),
                             v,
                             &mut out.notes,
                             "Each item: ",
@@ -957,7 +954,7 @@ fn is_set(field: &FieldDescriptor) -> Json {
     } else if field.is_list() {
         json!({"maxItems": 0})
     } else {
-        match Target::Scalar(field.kind()).zero() {
+        match Target(field.kind()).zero() {
             Some(Json::String(s)) if s == "0" => json!({"pattern": "^-?0+$"}),
             Some(z) => json!({"const": z}),
             None => return json!({"required": [name]}),
@@ -991,4 +988,63 @@ fn one_clause(set: Vec<Json>, required: bool) -> Option<Json> {
         }
     }
     Some(json!({"not": {"anyOf": pairs}}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_escaped_for_patterns() {
+        assert_eq!(regex_escape("a.b*(c)"), "a\\.b\\*\\(c\\)");
+        assert_eq!(regex_escape("zen-1/x"), "zen-1/x");
+    }
+
+    #[test]
+    fn keywords_combine_strictly() {
+        let mut obj = Map::new();
+        add(&mut obj, "minLength", json!(1));
+        add(&mut obj, "minLength", json!(3));
+        add(&mut obj, "maxLength", json!(10));
+        add(&mut obj, "maxLength", json!(20));
+        add(&mut obj, "pattern", json!("^a"));
+        add(&mut obj, "pattern", json!("b$"));
+        assert_eq!(
+            Json::Object(obj),
+            json!({"minLength": 3, "maxLength": 10, "pattern": "^a", "allOf": [{"pattern": "b$"}]})
+        );
+        let mut schema = json!({"$ref": "#/x"});
+        merge(&mut schema, Map::from_iter([("enum".into(), json!(["A"]))]));
+        assert_eq!(schema, json!({"allOf": [{"$ref": "#/x"}, {"enum": ["A"]}]}));
+    }
+
+    #[test]
+    fn zero_values_are_judged_by_the_emitted_keywords() {
+        let uuid = json!({"format": "uuid", "pattern": UUID_PATTERN});
+        assert!(!accepts(&uuid, &json!("")));
+        assert!(accepts(
+            &json!({"anyOf": [{"const": ""}, uuid]}),
+            &json!("")
+        ));
+        assert!(!accepts(&json!({"exclusiveMinimum": 0}), &json!(0)));
+        assert!(accepts(&json!({"minimum": 0, "maximum": 9}), &json!(0)));
+        assert!(!accepts(&json!({"not": {"const": 0}}), &json!(0.0)));
+        assert!(accepts(&json!({"pattern": "^[a-z]*$"}), &json!("")));
+        assert!(!accepts(&json!({"minItems": 1}), &json!([])));
+        assert!(accepts(&json!({"maxProperties": 3}), &json!({})));
+    }
+
+    #[test]
+    fn oneof_clauses() {
+        let set = vec![json!({"required": ["a"]}), json!({"required": ["b"]})];
+        assert_eq!(
+            one_clause(set.clone(), true),
+            Some(json!({"oneOf": [{"required": ["a"]}, {"required": ["b"]}]}))
+        );
+        assert_eq!(
+            one_clause(set, false),
+            Some(json!({"not": {"anyOf": [{"required": ["a", "b"]}]}}))
+        );
+        assert_eq!(one_clause(vec![json!({"required": ["a"]})], false), None);
+    }
 }
