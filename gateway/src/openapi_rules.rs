@@ -652,7 +652,27 @@ fn apply_value(
         notes,
         note_prefix,
         ignore_of(rules, 0),
+        false,
     )
+}
+
+/// The value kind inside a `google.protobuf.*Value` wrapper (rules apply to it when set).
+fn wrapped_kind(kind: &Kind) -> Option<Kind> {
+    let Kind::Message(m) = kind else {
+        return None;
+    };
+    Some(match m.full_name() {
+        "google.protobuf.DoubleValue" => Kind::Double,
+        "google.protobuf.FloatValue" => Kind::Float,
+        "google.protobuf.Int64Value" => Kind::Int64,
+        "google.protobuf.UInt64Value" => Kind::Uint64,
+        "google.protobuf.Int32Value" => Kind::Int32,
+        "google.protobuf.UInt32Value" => Kind::Uint32,
+        "google.protobuf.BoolValue" => Kind::Bool,
+        "google.protobuf.StringValue" => Kind::String,
+        "google.protobuf.BytesValue" => Kind::Bytes,
+        _ => return None,
+    })
 }
 
 /// `ignore` of a rule set, or the default when it is not given.
@@ -669,6 +689,7 @@ fn apply_value_ignoring(
     notes: &mut Vec<String>,
     note_prefix: &str,
     ignore: i32,
+    wrapper: bool,
 ) -> bool {
     if ignore == IGNORE_ALWAYS {
         return false;
@@ -677,7 +698,7 @@ fn apply_value_ignoring(
     let mut hidden = Map::new();
     let mut own_notes = cel_notes(rules, note_prefix);
     value_constraints(rules, target, &mut c, &mut hidden, &mut own_notes);
-    if get_bool(rules, "required") {
+    if get_bool(rules, "required") && !wrapper {
         non_zero(target, &mut c);
     }
     let refused = target.zero().is_some_and(|z| {
@@ -693,6 +714,21 @@ fn apply_value_ignoring(
                 own_notes.push(format!("{note_prefix}These rules do not apply to `{z}`."));
             }
         }
+    }
+    if wrapper {
+        // `null` is an unset wrapper: no rules apply, unless the field is required.
+        if !c.is_empty() {
+            c = Map::from_iter([(
+                "anyOf".to_owned(),
+                json!([{"type": "null"}, Json::Object(c)]),
+            )]);
+        }
+        if get_bool(rules, "required") {
+            add(&mut c, "not", json!({"type": "null"}));
+        }
+        merge(schema, c);
+        notes.extend(own_notes);
+        return false;
     }
     merge(schema, c);
     notes.extend(own_notes);
@@ -750,13 +786,15 @@ impl Rules {
         }
         let explicit = get_bool(&rules, "required");
         if !field.is_list() && !field.is_map() {
+            let wrapped = wrapped_kind(&field.kind());
             let refused = apply_value_ignoring(
                 &rules,
-                &Target(field.kind()),
+                &Target(wrapped.clone().unwrap_or_else(|| field.kind())),
                 schema,
                 &mut out.notes,
                 "",
                 ignore,
+                wrapped.is_some(),
             );
             out.required = if field.supports_presence() {
                 explicit

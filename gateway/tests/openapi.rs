@@ -424,6 +424,11 @@ async fn validation_rules_become_json_schema() {
         .unwrap()
         .contains("≥ `1s` and ≤ `60s`"));
     assert_eq!(widget["required"], json!(["name", "shade", "replicas"]));
+    // A wrapper: null is unset, the rules apply to the value.
+    assert_eq!(
+        props["nickname"]["anyOf"],
+        json!([{"type": "null"}, {"maxLength": 10}])
+    );
     // Repeated: counts, uniqueness and item rules.
     assert_eq!(props["tags"]["maxItems"], 5);
     assert_eq!(props["tags"]["uniqueItems"], true);
