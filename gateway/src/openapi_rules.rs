@@ -88,7 +88,8 @@ fn to_json(v: &Value) -> Json {
         Value::I64(n) => json!(n),
         Value::U32(n) => json!(n),
         Value::U64(n) => json!(n),
-        Value::F32(n) => json!(n),
+        // Through the shortest decimal form, so 0.1f32 stays 0.1.
+        Value::F32(n) => json!(n.to_string().parse::<f64>().unwrap_or(f64::from(*n))),
         Value::F64(n) => json!(n),
         Value::String(s) => json!(s),
         Value::Bytes(b) => json!(format!("{b:?}")),
