@@ -21,6 +21,7 @@ mod codec;
 mod handler;
 mod idempotency;
 mod openapi;
+mod openapi_rules;
 mod problem;
 mod routes;
 mod template;

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use prost_reflect::{DescriptorPool, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{json, Map, Value as Json};
 
+use crate::openapi_rules::{Rules, UUID_PATTERN};
 use crate::routes::{is_http_body, BodyBinding, Route, FIELD_BEHAVIOR_EXT, HTTP_BODY};
 use crate::transcode::Behaviors;
 use crate::GatewayConfig;
@@ -56,6 +57,7 @@ impl Comments {
 struct Builder<'a> {
     comments: Comments,
     behaviors: &'a Behaviors,
+    rules: Rules,
     input_only: BTreeSet<String>,
     schemas: BTreeMap<String, Json>,
     pending: Vec<MessageDescriptor>,
@@ -71,6 +73,7 @@ pub(crate) fn document(
     let mut b = Builder {
         comments: Comments::new(pool),
         behaviors,
+        rules: Rules::new(pool),
         input_only: input_only_fields(pool),
         schemas: BTreeMap::new(),
         pending: Vec::new(),
@@ -83,6 +86,7 @@ pub(crate) fn document(
     // same shape share the first spelling seen.
     let mut shapes: HashMap<String, (String, Vec<String>)> = HashMap::new();
     let mut operation_ids: HashMap<String, usize> = HashMap::new();
+    let mut records: Vec<OpRecord> = Vec::new();
     for route in ordered {
         let own_path = route.template.openapi_path();
         let own_names: Vec<String> = route
@@ -109,9 +113,16 @@ pub(crate) fn document(
         };
         *n += 1;
         let op = b.operation(route, &operation_id, &names);
-        let item = paths.entry(path).or_default();
+        let item = paths.entry(path.clone()).or_default();
         let method = route.info.http_method.to_ascii_lowercase();
         if STANDARD_METHODS.contains(&method.as_str()) {
+            records.push(OpRecord {
+                path,
+                method: method.clone(),
+                operation_id,
+                names,
+                route,
+            });
             item.insert(method, op);
         } else {
             // OpenAPI 3.1 has no custom methods: they are listed under an extension.
@@ -119,6 +130,8 @@ pub(crate) fn document(
             custom[route.info.http_method.as_str()] = op;
         }
     }
+
+    add_links(&records, &mut paths);
 
     while let Some(desc) = b.pending.pop() {
         if !b.schemas.contains_key(desc.full_name()) {
@@ -166,7 +179,7 @@ pub(crate) fn document(
                 "TenantId": {
                     "name": "X-Tenant-Id", "in": "header", "required": false,
                     "description": "When present, must equal the addressed tenant and the caller's tenant.",
-                    "schema": {"type": "string"}
+                    "schema": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN}
                 }
             },
             "responses": {
@@ -181,6 +194,119 @@ pub(crate) fn document(
             }
         },
         "security": [{"bearer": []}],
+    })
+}
+
+/// One operation listed under a standard method, for links.
+struct OpRecord<'r> {
+    path: String,
+    method: String,
+    operation_id: String,
+    /// Path parameter names as the document spells them.
+    names: Vec<String>,
+    route: &'r Route,
+}
+
+/// OpenAPI links from each create (`POST P`) to the operations on what it made (`P/{x}`, and
+/// `P/{x}:verb`): the parameters `P` has come from the request path, `{x}` from the field of
+/// the response with the same JSON name (top level, or one message field down).
+fn add_links(records: &[OpRecord], paths: &mut BTreeMap<String, Map<String, Json>>) {
+    for create in records {
+        if create.method != "post" || create.route.info.server_streaming {
+            continue;
+        }
+        let Some(response) = response_message(create.route) else {
+            continue;
+        };
+        let shape = shape_of(&create.path);
+        let child = format!("{shape}/{{}}");
+        let mut links = Map::new();
+        for target in records {
+            let target_shape = shape_of(&target.path);
+            let is_child = target_shape == child
+                || target_shape
+                    .strip_prefix(&format!("{child}:"))
+                    .is_some_and(|verb| !verb.is_empty() && !verb.contains(['/', '{']));
+            if !is_child
+                || target.names.len() != create.names.len() + 1
+                || target.route.info.server_streaming
+            {
+                continue;
+            }
+            let Some(var) = target.route.template.variables.last() else {
+                continue;
+            };
+            let Ok(field) =
+                crate::routes::resolve_path(&target.route.method.input(), &var.field_path)
+            else {
+                continue;
+            };
+            let Some(pointer) = response_pointer(&response, field.json_name()) else {
+                continue;
+            };
+            let mut parameters = Map::new();
+            for (theirs, ours) in target.names.iter().zip(&create.names) {
+                parameters.insert(theirs.clone(), json!(format!("$request.path.{ours}")));
+            }
+            if let Some(last) = target.names.last() {
+                parameters.insert(last.clone(), json!(format!("$response.body#{pointer}")));
+            }
+            links.insert(
+                target.operation_id.clone(),
+                json!({
+                    "operationId": target.operation_id,
+                    "parameters": parameters,
+                    "description": format!("`{}` of the created resource.", target.operation_id),
+                }),
+            );
+        }
+        if links.is_empty() {
+            continue;
+        }
+        let Some(Json::Object(responses)) = paths
+            .get_mut(&create.path)
+            .and_then(|item| item.get_mut(&create.method))
+            .and_then(|op| op.get_mut("responses"))
+        else {
+            continue;
+        };
+        for (code, response) in responses.iter_mut() {
+            if code.starts_with('2') && response.get("content").is_some() {
+                response["links"] = Json::Object(links.clone());
+            }
+        }
+    }
+}
+
+/// The message a route's success body is, if JSON.
+fn response_message(route: &Route) -> Option<MessageDescriptor> {
+    let desc = match &route.response_body {
+        Some(f) if f.is_list() || f.is_map() => return None,
+        Some(f) => match f.kind() {
+            Kind::Message(m) => m,
+            _ => return None,
+        },
+        None => route.method.output(),
+    };
+    (desc.full_name() != HTTP_BODY && wkt_schema(&desc).is_none()).then_some(desc)
+}
+
+/// JSON pointer to a singular scalar field named `json_name`, at the top or one level down.
+fn response_pointer(desc: &MessageDescriptor, json_name: &str) -> Option<String> {
+    let scalar =
+        |f: &FieldDescriptor| !f.is_list() && !f.is_map() && !matches!(f.kind(), Kind::Message(_));
+    if let Some(f) = desc
+        .fields()
+        .find(|f| f.json_name() == json_name && scalar(f))
+    {
+        return Some(format!("/{}", f.json_name()));
+    }
+    desc.fields().find_map(|outer| match outer.kind() {
+        Kind::Message(m) if !outer.is_list() && !outer.is_map() && wkt_schema(&m).is_none() => m
+            .fields()
+            .find(|f| f.json_name() == json_name && scalar(f))
+            .map(|f| format!("/{}/{}", outer.json_name(), f.json_name())),
+        _ => None,
     })
 }
 
@@ -338,6 +464,11 @@ impl Builder<'_> {
     }
 
     fn field_schema(&mut self, field: &FieldDescriptor) -> Json {
+        self.field_schema_required(field).0
+    }
+
+    /// A field's schema, and whether its validation rules make it required.
+    fn field_schema_required(&mut self, field: &FieldDescriptor) -> (Json, bool) {
         let mut schema = if field.is_map() {
             let Kind::Message(entry) = field.kind() else {
                 unreachable!("map fields are entry messages")
@@ -349,6 +480,7 @@ impl Builder<'_> {
         } else {
             self.kind_schema(&field.kind())
         };
+        let outcome = self.rules.apply_field(field, &mut schema);
         let mut doc = self
             .describe(field.parent_file().name(), field.path())
             .unwrap_or_default();
@@ -361,11 +493,17 @@ impl Builder<'_> {
                 doc.push_str("\n\n");
             }
             doc.push_str(&format!(
-                "Part of oneof `{}`: at most one of {} is set.",
+                "Part of oneof `{}`: {} of {} is set.",
                 oneof.name(),
+                if self.rules.oneof_required(&oneof) {
+                    "exactly one"
+                } else {
+                    "at most one"
+                },
                 members.join(", ")
             ));
         }
+        push_notes(&mut doc, &outcome.notes);
         if let Json::Object(obj) = &mut schema {
             if !doc.is_empty() {
                 obj.insert("description".into(), Json::String(doc));
@@ -377,7 +515,7 @@ impl Builder<'_> {
                 obj.insert("writeOnly".into(), Json::Bool(true));
             }
         }
-        schema
+        (schema, outcome.required)
     }
 
     fn message_schema(&mut self, desc: &MessageDescriptor) -> Json {
@@ -392,9 +530,11 @@ impl Builder<'_> {
             if skip.contains(&field.number()) {
                 continue;
             }
-            let schema = self.field_schema(&field);
+            let (schema, rules_required) = self.field_schema_required(&field);
             properties.insert(field.json_name().to_owned(), schema);
-            if self.behaviors.is_required(&field) && field.containing_oneof().is_none() {
+            if (self.behaviors.is_required(&field) && field.containing_oneof().is_none())
+                || rules_required
+            {
                 required.push(Json::String(field.json_name().to_owned()));
             }
         }
@@ -402,7 +542,14 @@ impl Builder<'_> {
         if !required.is_empty() {
             schema["required"] = Json::Array(required);
         }
-        if let Some(doc) = self.describe(desc.parent_file().name(), desc.path()) {
+        let notes = self
+            .rules
+            .apply_message(desc, &|f| !skip.contains(&f.number()), &mut schema);
+        let mut doc = self
+            .describe(desc.parent_file().name(), desc.path())
+            .unwrap_or_default();
+        push_notes(&mut doc, &notes);
+        if !doc.is_empty() {
             schema["description"] = Json::String(doc);
         }
         schema
@@ -443,6 +590,10 @@ impl Builder<'_> {
                     obj.insert("pattern".into(), json!("^[^/]+$"));
                 }
             }
+            if let Some(f) = &field {
+                let outcome = self.rules.apply_field(f, &mut schema);
+                push_notes(&mut description, &outcome.notes);
+            }
             params.push(json!({
                 "name": names.get(i).cloned().unwrap_or_else(|| var.field_path.join(".")),
                 "in": "path",
@@ -472,7 +623,21 @@ impl Builder<'_> {
                 {
                     continue;
                 }
-                let mut schema = self.field_schema(&field);
+                let (mut schema, leaf_required) = self.field_schema_required(&field);
+                // Required when the leaf and every message field above it are.
+                let mut required = leaf_required;
+                let mut current = input.clone();
+                for number in &numbers[..numbers.len() - 1] {
+                    let Some(f) = current.get_field(*number) else {
+                        break;
+                    };
+                    let mut scratch = json!({});
+                    required &= self.rules.apply_field(&f, &mut scratch).required;
+                    match f.kind() {
+                        Kind::Message(m) => current = m,
+                        _ => break,
+                    }
+                }
                 let description = schema
                     .as_object_mut()
                     .and_then(|o| o.remove("description"))
@@ -484,7 +649,7 @@ impl Builder<'_> {
                 params.push(json!({
                     "name": name,
                     "in": "query",
-                    "required": false,
+                    "required": required,
                     "description": description,
                     "schema": schema,
                 }));
@@ -602,6 +767,17 @@ impl Builder<'_> {
         }
         op
     }
+}
+
+/// Appends sentences to a description, a blank line apart from what is there.
+fn push_notes(doc: &mut String, notes: &[String]) {
+    if notes.is_empty() {
+        return;
+    }
+    if !doc.is_empty() {
+        doc.push_str("\n\n");
+    }
+    doc.push_str(&notes.join("\n"));
 }
 
 fn json_body(schema: Json) -> Json {

@@ -299,3 +299,262 @@ async fn zen_contracts_load_and_document() {
         json!([])
     );
 }
+
+fn rules_document() -> Value {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut compiler =
+        protox::Compiler::new([dir.join("tests/rules_proto"), dir.join("../proto")]).unwrap();
+    compiler.include_imports(true).include_source_info(true);
+    compiler
+        .open_files(["zen/gateway/rules/v1/rules.proto"])
+        .unwrap();
+    let channel = tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy();
+    let gateway = Gateway::new(
+        &compiler.encode_file_descriptor_set(),
+        channel,
+        GatewayConfig::default(),
+    )
+    .expect("the rules contract is servable");
+    gateway.openapi()
+}
+
+/// Every schema keyword the generator writes is well formed: patterns compile, `required`
+/// names listed properties, combinators are non-empty arrays, bounds are numbers.
+fn check_schemas(node: &Value, at: &str, problems: &mut Vec<String>) {
+    match node {
+        Value::Object(map) => {
+            if let Some(p) = map.get("pattern") {
+                match p.as_str().map(regex::Regex::new) {
+                    Some(Ok(_)) => {}
+                    _ => problems.push(format!("{at}: bad pattern {p}")),
+                }
+            }
+            for k in ["allOf", "anyOf", "oneOf"] {
+                if let Some(v) = map.get(k) {
+                    if v.as_array().is_none_or(|a| a.is_empty()) {
+                        problems.push(format!("{at}: empty {k}"));
+                    }
+                }
+            }
+            for k in [
+                "minLength",
+                "maxLength",
+                "minItems",
+                "maxItems",
+                "minProperties",
+                "maxProperties",
+            ] {
+                if let Some(v) = map.get(k) {
+                    if !v.is_u64() {
+                        problems.push(format!("{at}: {k} is {v}"));
+                    }
+                }
+            }
+            if let (Some(Value::Array(required)), Some(Value::Object(props))) =
+                (map.get("required"), map.get("properties"))
+            {
+                for r in required {
+                    if !r.as_str().is_some_and(|r| props.contains_key(r)) {
+                        problems.push(format!("{at}: required {r} is not a property"));
+                    }
+                }
+            }
+            for (k, v) in map {
+                check_schemas(v, &format!("{at}/{k}"), problems);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                check_schemas(v, &format!("{at}/{i}"), problems);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn assert_schemas_sound(doc: &Value) {
+    let mut problems = Vec::new();
+    check_schemas(doc, "#", &mut problems);
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+const UUID: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+
+#[tokio::test]
+async fn validation_rules_become_json_schema() {
+    let doc = rules_document();
+    validate(&doc);
+    assert_schemas_sound(&doc);
+    external_validator(&doc, "rules");
+    let widget = &doc["components"]["schemas"]["zen.gateway.rules.v1.Widget"];
+    let props = &widget["properties"];
+
+    // IGNORE_IF_ZERO_VALUE uuid: the empty string passes too.
+    assert_eq!(
+        props["widgetId"],
+        json!({
+            "type": "string",
+            "description": "Server-assigned id.",
+            "anyOf": [{"const": ""}, {"format": "uuid", "pattern": UUID}]
+        })
+    );
+    // Lengths and a pattern; refusing "" makes it required (leaving it out sends "").
+    assert_eq!(props["name"]["minLength"], 1);
+    assert_eq!(props["name"]["maxLength"], 63);
+    assert_eq!(props["name"]["pattern"], "^[a-z][a-z0-9-]*$");
+    // An enum without its zero value: the shared enum narrowed.
+    assert_eq!(
+        props["shade"]["allOf"],
+        json!([
+            {"$ref": "#/components/schemas/zen.gateway.rules.v1.Shade"},
+            {"enum": ["SHADE_LIGHT", "SHADE_DARK"]}
+        ])
+    );
+    // An int32 range.
+    assert_eq!(props["replicas"]["exclusiveMinimum"], 0);
+    assert_eq!(props["replicas"]["maximum"], 10);
+    // int64 (a JSON string): the range is described; 0 passes, so not required.
+    assert!(props["size"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("≥ `0`"));
+    assert!(props["size"].get("minimum").is_none());
+    assert!(props["timeout"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("≥ `1s` and ≤ `60s`"));
+    assert_eq!(widget["required"], json!(["name", "shade", "replicas"]));
+    // A wrapper: null is unset, the rules apply to the value.
+    assert_eq!(
+        props["nickname"]["anyOf"],
+        json!([{"type": "null"}, {"maxLength": 10}])
+    );
+    // Repeated: counts, uniqueness and item rules.
+    assert_eq!(props["tags"]["maxItems"], 5);
+    assert_eq!(props["tags"]["uniqueItems"], true);
+    assert_eq!(
+        props["tags"]["items"],
+        json!({"type": "string", "minLength": 1, "maxLength": 20})
+    );
+    // Map: pairs, keys and values.
+    assert_eq!(props["labels"]["maxProperties"], 8);
+    assert_eq!(props["labels"]["propertyNames"], json!({"maxLength": 32}));
+    assert_eq!(props["labels"]["additionalProperties"]["maxLength"], 64);
+    // CEL rules are described.
+    assert!(props["contact"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("Rule `contact.domain`: contact must be at example.com"));
+    assert!(widget["description"]
+        .as_str()
+        .unwrap()
+        .contains("Rule `widget.contact_or_pager`: a contact or a pager is needed"));
+    assert_eq!(props["archiveUrl"]["format"], "uri");
+    // Oneofs: required (exactly one), plain (at most one), and a message oneof rule over
+    // fields without presence (set means present and not empty).
+    assert_eq!(
+        widget["allOf"],
+        json!([
+            {"oneOf": [{"required": ["image"]}, {"required": ["archiveUrl"]}]},
+            {"not": {"anyOf": [{"required": ["note", "memo"]}]}},
+            {"not": {"anyOf": [{"allOf": [
+                {"required": ["contact"], "properties": {"contact": {"not": {"const": ""}}}},
+                {"required": ["pager"], "properties": {"pager": {"not": {"const": ""}}}}
+            ]}]}}
+        ])
+    );
+    assert!(props["image"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("exactly one of `image`, `archiveUrl` is set"));
+
+    // Parameters: path (uuid on top of the segment pattern), required query string,
+    // IGNORE_IF_ZERO_VALUE `in`.
+    let list = &doc["paths"]["/v1/tenants/{tenant_id}/widgets"]["get"];
+    let param = |op: &Value, name: &str| {
+        op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("parameter {name}"))
+    };
+    let tenant = param(list, "tenant_id");
+    assert_eq!(tenant["schema"]["format"], "uuid");
+    assert_eq!(tenant["schema"]["allOf"], json!([{"pattern": UUID}]));
+    let filter = param(list, "filter");
+    assert_eq!(filter["required"], true);
+    assert_eq!(filter["schema"]["minLength"], 1);
+    let page = param(list, "pageSize");
+    assert_eq!(page["required"], false);
+    assert_eq!(page["schema"]["maximum"], 100);
+    let view = param(list, "view");
+    assert_eq!(view["required"], false);
+    assert_eq!(
+        view["schema"]["anyOf"],
+        json!([{"const": ""}, {"enum": ["BASIC", "FULL"]}])
+    );
+    // The create's required body.
+    let create = &doc["paths"]["/v1/tenants/{tenant_id}/widgets"]["post"];
+    assert_eq!(
+        create["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/zen.gateway.rules.v1.Widget"
+    );
+
+    // Headers.
+    assert_eq!(
+        doc["components"]["parameters"]["TenantId"]["schema"],
+        json!({"type": "string", "format": "uuid", "pattern": UUID})
+    );
+    assert_eq!(
+        doc["components"]["parameters"]["RequestId"]["schema"]["pattern"],
+        "^[A-Za-z0-9._:-]{1,128}$"
+    );
+
+    // Links from the create to the get and delete of what it made, with the document's
+    // parameter names (DeleteWidget's `{tenant}` shares the `{tenant_id}` spelling).
+    let links = &create["responses"]["200"]["links"];
+    for op in ["RulesService_GetWidget", "RulesService_DeleteWidget"] {
+        assert_eq!(links[op]["operationId"], op);
+        assert_eq!(
+            links[op]["parameters"],
+            json!({
+                "tenant_id": "$request.path.tenant_id",
+                "widget_id": "$response.body#/widget/widgetId"
+            })
+        );
+    }
+    assert_eq!(links.as_object().unwrap().len(), 2);
+    assert!(list["responses"]["200"].get("links").is_none());
+}
+
+#[tokio::test]
+async fn generated_schemas_are_sound() {
+    let test_doc = Gateway::new(
+        common::DESCRIPTORS,
+        tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy(),
+        GatewayConfig::default(),
+    )
+    .unwrap()
+    .openapi();
+    assert_schemas_sound(&test_doc);
+    // The test contract's create links to the operations on the thing it made.
+    let links =
+        &test_doc["paths"]["/v1/tenants/{tenant_id}/things"]["post"]["responses"]["200"]["links"];
+    assert_eq!(
+        links["TestService_GetThing"]["parameters"]["thing_id"],
+        "$response.body#/thing/thingId"
+    );
+    assert!(links["TestService_UpdateThing"].is_object());
+    assert!(links["TestService_SuspendThing"].is_object());
+    let zen = Gateway::new(
+        &zen_descriptor_set(),
+        tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy(),
+        GatewayConfig::default(),
+    )
+    .unwrap()
+    .openapi();
+    assert_schemas_sound(&zen);
+    serde_json::from_str::<Value>(&serde_json::to_string(&zen).unwrap()).unwrap();
+}
