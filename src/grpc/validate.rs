@@ -60,18 +60,26 @@ pub fn check(message: &DynamicMessage) -> Result<(), Status> {
     Err(invalid(&pairs))
 }
 
-/// A UUID that the contract's `string.uuid` rule already proved well formed. A handler reached
-/// with anything else means a message lost its rule: INTERNAL, logged, never a guess.
+/// The answer when a handler meets a value its contract's rules should have refused: the
+/// message lost a rule. INTERNAL, logged, never a guess.
+pub fn unchecked(field: &str) -> Status {
+    tracing::error!(
+        field,
+        "a request reached its handler with a value its contract should have refused"
+    );
+    Status::internal(format!(
+        "{field} reached the handler unchecked: the contract lacks a rule for it"
+    ))
+}
+
+/// A UUID that the contract's `string.uuid` rule already proved well formed.
 pub fn id(field: &str, value: &str) -> Result<Uuid, Status> {
-    Uuid::parse_str(value).map_err(|_| {
-        tracing::error!(
-            field,
-            "a request reached its handler with an id its contract should have refused"
-        );
-        Status::internal(format!(
-            "{field} reached the handler unchecked: the contract lacks its string.uuid rule"
-        ))
-    })
+    Uuid::parse_str(value).map_err(|_| unchecked(field))
+}
+
+/// A message field the contract marks `required`.
+pub fn required<T>(field: &str, value: Option<T>) -> Result<T, Status> {
+    value.ok_or_else(|| unchecked(field))
 }
 
 /// [`id`] of an optional id: empty means absent.
@@ -163,12 +171,15 @@ mod tests {
         out
     }
 
-    /// Every request message's rules compile (CEL included): validating an empty message of
-    /// each type runs the compiler over all of them, and may only report violations.
+    /// Every rule compiles (CEL included): validating an empty message of each type of the
+    /// contracts runs the compiler over all of them, and may only report violations.
     #[test]
-    fn every_request_rule_compiles() {
+    fn every_rule_compiles() {
         let pool = pool();
-        for message in request_messages(&pool) {
+        for message in pool
+            .all_messages()
+            .filter(|m| m.full_name().starts_with("zen."))
+        {
             match VALIDATOR.validate(&DynamicMessage::new(message.clone())) {
                 Ok(()) | Err(Error::Validation(_)) => {}
                 Err(error) => panic!("{}: {error}", message.full_name()),

@@ -327,9 +327,6 @@ impl AuthService for AuthApi {
             ));
         }
         let req = request.into_inner();
-        if req.username.is_empty() || req.password.is_empty() {
-            return Err(invalid(&[("username", "and password are required")]));
-        }
         let address = call
             .context
             .client_address

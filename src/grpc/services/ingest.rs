@@ -27,12 +27,13 @@ use zen_store::{
 
 use super::support::{
     invalid, json_to_struct, page_request, store_status, struct_to_json, tenant_of_secret,
-    time_field, timestamp, uuid_field, Call,
+    time_field, timestamp, Call,
 };
 use super::tenancy::BOOTSTRAP_TOKEN_PREFIX;
 use super::webhooks::{WebhookSettings, Webhooks};
 use crate::authz::Caller;
 use crate::grpc::slow_consumer::{bounded, BoundedSender};
+use crate::grpc::validate::{id, optional_id};
 use crate::proto::zen::common::v1 as common;
 use crate::proto::zen::ingest::v1::{self as pb, ingest_service_server::IngestService};
 
@@ -836,13 +837,10 @@ impl IngestService for IngestApi {
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let page = page_request(req.page_size, &req.page_token)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let page = page_request(req.page_size, &req.page_token);
         let filter = EventFilter {
-            cluster_id: Some(req.cluster_id)
-                .filter(|c| !c.is_empty())
-                .map(|c| uuid_field("cluster_id", &c))
-                .transpose()?,
+            cluster_id: optional_id("cluster_id", &req.cluster_id)?,
             source: pb::EventSource::try_from(req.source)
                 .ok()
                 .and_then(source_name)
@@ -874,8 +872,8 @@ impl IngestService for IngestApi {
         request: Request<pb::GetEventRequest>,
     ) -> Result<Response<pb::GetEventResponse>, Status> {
         let call = Call::of(&request)?;
-        let tenant_id = uuid_field("tenant_id", &request.get_ref().tenant_id)?;
-        let event_id = uuid_field("event_id", &request.get_ref().event_id)?;
+        let tenant_id = id("tenant_id", &request.get_ref().tenant_id)?;
+        let event_id = id("event_id", &request.get_ref().event_id)?;
         let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         let event = tx
             .events()
@@ -899,11 +897,8 @@ impl IngestService for IngestApi {
     ) -> Result<Response<ResponseStream<pb::WatchEventsResponse>>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let cluster = Some(req.cluster_id.clone())
-            .filter(|c| !c.is_empty())
-            .map(|c| uuid_field("cluster_id", &c))
-            .transpose()?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let cluster = optional_id("cluster_id", &req.cluster_id)?;
         let min_severity = req.min_severity as i16;
         let scope = call.scope(Some(tenant_id));
         let mut tx = self
@@ -926,19 +921,15 @@ impl IngestService for IngestApi {
                 .filter(|s| *s >= 0)
                 .ok_or_else(|| invalid(&[("resume_token", "is not a token this server issued")]))?,
             ("", event_id) => {
-                let id = uuid_field("resume_after_event_id", event_id)?;
+                let id = id("resume_after_event_id", event_id)?;
                 tx.events()
                     .get(id)
                     .await
                     .map_err(|e| store_status(e, ""))?
                     .seq
             }
-            _ => {
-                return Err(invalid(&[(
-                    "resume_token",
-                    "send resume_token or resume_after_event_id, not both",
-                )]))
-            }
+            // Both: refused by the contract's one_resume_point rule.
+            _ => return Err(crate::grpc::validate::unchecked("resume_token")),
         };
         drop(tx);
         let stream = self

@@ -25,9 +25,10 @@ use zen_store::{
 use super::ingest::events_channel;
 use super::support::{
     denied, duration_field, invalid, opt_timestamp, page_request, role_field, role_to_proto,
-    store_status, timestamp, uuid_field, Call, Mutation, ERROR_DOMAIN,
+    store_status, timestamp, Call, Mutation, ERROR_DOMAIN,
 };
 use crate::authz::{rank, Caller};
+use crate::grpc::validate::{id, optional_id, unchecked};
 use crate::proto::zen::remediation::v1::{self as pb, remediation_service_server};
 use crate::remediation::policy::{self, Refusal};
 use crate::remediation::state::Event;
@@ -98,8 +99,8 @@ fn risk_field(field: &str, value: i32, required: bool) -> Result<Option<RiskLeve
         Ok(pb::RiskLevel::High) => Ok(Some(RiskLevel::High)),
         Ok(pb::RiskLevel::Critical) => Ok(Some(RiskLevel::Critical)),
         Ok(pb::RiskLevel::Unspecified) if !required => Ok(None),
-        Ok(pb::RiskLevel::Unspecified) => Err(invalid(&[(field, "is required")])),
-        Err(_) => Err(invalid(&[(field, "is not a known risk level")])),
+        // The contract's rules refuse both (enum.defined_only; not_in 0 where required).
+        Ok(pb::RiskLevel::Unspecified) | Err(_) => Err(unchecked(field)),
     }
 }
 
@@ -150,7 +151,7 @@ fn status_from_proto(value: i32) -> Result<Option<RemediationStatus>, Status> {
         Ok(P::Rejected) => S::Rejected,
         Ok(P::Cancelled) => S::Cancelled,
         Ok(P::Expired) => S::Expired,
-        Err(_) => return Err(invalid(&[("status", "is not a known status")])),
+        Err(_) => return Err(unchecked("status")),
     }))
 }
 
@@ -283,67 +284,18 @@ fn policy_to_proto(p: ApprovalPolicy) -> pb::ApprovalPolicy {
 
 // ----------------------------------------------------------------- validation
 
-fn validate_action(field: &str, action: Option<&pb::RemediationAction>) -> Result<Value, Status> {
-    let Some(action) = action else {
-        return Err(invalid(&[(field, "is required")]));
-    };
-    let Some(pb::remediation_action::Action::ServerSideApply(apply)) = &action.action else {
-        return Err(invalid(&[(field, "must name a server_side_apply")]));
-    };
-    let mut violations: Vec<(String, String)> = Vec::new();
-    let path = |f: &str| format!("{field}.server_side_apply.{f}");
-    for (name, value) in [
-        ("api_version", &apply.api_version),
-        ("kind", &apply.kind),
-        ("name", &apply.name),
-    ] {
-        if value.is_empty() {
-            violations.push((path(name), "is required".into()));
-        }
-    }
-    match &apply.patch {
-        None => violations.push((path("patch"), "is required".into())),
-        Some(patch) => {
-            // Identity fields in the patch must agree with the target.
-            let text = |key: &str| match patch.fields.get(key).and_then(|v| v.kind.as_ref()) {
-                Some(prost_types::value::Kind::StringValue(s)) => Some(s.clone()),
-                _ => None,
-            };
-            if text("apiVersion").is_some_and(|v| v != apply.api_version) {
-                violations.push((path("patch"), "apiVersion differs from api_version".into()));
-            }
-            if text("kind").is_some_and(|v| v != apply.kind) {
-                violations.push((path("patch"), "kind differs from kind".into()));
-            }
-        }
-    }
-    if !violations.is_empty() {
-        let refs: Vec<(&str, &str)> = violations
-            .iter()
-            .map(|(f, d)| (f.as_str(), d.as_str()))
-            .collect();
-        return Err(invalid(&refs));
-    }
+/// An action as the JSON the store keeps. Its form (a server_side_apply naming its target, a
+/// patch that agrees with it) is the contract's rules.
+fn action_json(field: &str, action: Option<&pb::RemediationAction>) -> Result<Value, Status> {
+    let action = action.ok_or_else(|| unchecked(field))?;
     storable_json(field, message_to_json(ACTION, action))
 }
 
-fn validate_probes(probes: &[pb::VerificationProbe]) -> Result<Value, Status> {
+/// The probes as the JSON the store keeps; none means the contract's default (the target is
+/// ready). Names (required, unique) and checks are the contract's rules.
+fn probes_json(probes: &[pb::VerificationProbe]) -> Result<Value, Status> {
     if probes.is_empty() {
-        // The contract's default: the target is ready.
         return Ok(json!([{ "name": "ready", "resourceReady": {} }]));
-    }
-    let mut names = std::collections::BTreeSet::new();
-    for (i, probe) in probes.iter().enumerate() {
-        let field = format!("probes[{i}].name");
-        if probe.name.is_empty() {
-            return Err(invalid(&[(&field, "is required")]));
-        }
-        if !names.insert(probe.name.as_str()) {
-            return Err(invalid(&[(&field, "must be unique")]));
-        }
-        if probe.check.is_none() {
-            return Err(invalid(&[(&format!("probes[{i}]"), "must name a check")]));
-        }
     }
     let json = probes_to_json(probes);
     if json
@@ -356,20 +308,6 @@ fn validate_probes(probes: &[pb::VerificationProbe]) -> Result<Value, Status> {
         )]));
     }
     storable_json("probes", json)
-}
-
-/// Free text the store keeps: bounded, and without NUL (which PostgreSQL text refuses).
-fn text_field(field: &str, value: &str, max: usize) -> Result<(), Status> {
-    if value.chars().count() > max {
-        return Err(invalid(&[(
-            field,
-            &format!("must be at most {max} characters"),
-        )]));
-    }
-    if value.contains('\0') {
-        return Err(invalid(&[(field, "must not contain NUL characters")]));
-    }
-    Ok(())
 }
 
 /// JSON the store keeps: representable (no NaN), and without `\u0000` (which jsonb refuses).
@@ -386,14 +324,9 @@ fn storable_json(field: &str, value: Value) -> Result<Value, Status> {
     Ok(value)
 }
 
-/// ABORTED VERSION_MISMATCH unless the caller states the current version.
+/// ABORTED VERSION_MISMATCH unless the caller states the current version (the contract
+/// requires a positive one: what is approved is exactly what was read).
 fn check_version(r: &Remediation, version: i64) -> Result<(), Status> {
-    if version <= 0 {
-        return Err(invalid(&[(
-            "version",
-            "is required: send the version you last read",
-        )]));
-    }
     if version != r.version {
         return Err(store_status(
             StoreError::VersionMismatch {
@@ -544,7 +477,7 @@ impl RemediationApi {
             > + Send
             + 'static,
     {
-        let id = uuid_field("remediation_id", remediation_id)?;
+        let id = id("remediation_id", remediation_id)?;
         let scope = call.scope(Some(tenant_id));
         let (remediation, queued) = call
             .mutate(&self.store, &scope, action, "remediation", move |tx| {
@@ -603,28 +536,17 @@ impl remediation_service_server::RemediationService for RemediationApi {
     ) -> Result<Response<pb::ProposeRemediationResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let r = req
-            .remediation
-            .ok_or_else(|| invalid(&[("remediation", "is required")]))?;
-        if r.title.trim().is_empty() {
-            return Err(invalid(&[("remediation.title", "is required")]));
-        }
-        text_field("remediation.title", &r.title, 200)?;
-        text_field("remediation.description", &r.description, 10_000)?;
-        let action = validate_action("remediation.action", r.action.as_ref())?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let r = req.remediation.ok_or_else(|| unchecked("remediation"))?;
+        let action = action_json("remediation.action", r.action.as_ref())?;
         let rollback_action = match &r.rollback_action {
-            Some(a) => Some(validate_action("remediation.rollback_action", Some(a))?),
+            Some(a) => Some(action_json("remediation.rollback_action", Some(a))?),
             None => None,
         };
-        let probes = validate_probes(&r.probes)?;
+        let probes = probes_json(&r.probes)?;
         let risk = risk_field("remediation.risk", r.risk, true)?.expect("required");
-        let event_id = (!r.event_id.is_empty())
-            .then(|| uuid_field("remediation.event_id", &r.event_id))
-            .transpose()?;
-        let cluster_id = (!r.cluster_id.is_empty())
-            .then(|| uuid_field("remediation.cluster_id", &r.cluster_id))
-            .transpose()?;
+        let event_id = optional_id("remediation.event_id", &r.event_id)?;
+        let cluster_id = optional_id("remediation.cluster_id", &r.cluster_id)?;
         if event_id.is_none() && cluster_id.is_none() {
             return Err(invalid(&[(
                 "remediation.cluster_id",
@@ -748,8 +670,8 @@ impl remediation_service_server::RemediationService for RemediationApi {
     ) -> Result<Response<pb::GetRemediationResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let id = uuid_field("remediation_id", &req.remediation_id)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let id = id("remediation_id", &req.remediation_id)?;
         let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         let r = tx
             .remediations()
@@ -767,17 +689,13 @@ impl remediation_service_server::RemediationService for RemediationApi {
     ) -> Result<Response<pb::ListRemediationsResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
         let filter = RemediationFilter {
             status: status_from_proto(req.status)?,
-            cluster_id: (!req.cluster_id.is_empty())
-                .then(|| uuid_field("cluster_id", &req.cluster_id))
-                .transpose()?,
-            event_id: (!req.event_id.is_empty())
-                .then(|| uuid_field("event_id", &req.event_id))
-                .transpose()?,
+            cluster_id: optional_id("cluster_id", &req.cluster_id)?,
+            event_id: optional_id("event_id", &req.event_id)?,
         };
-        let page = page_request(req.page_size, &req.page_token)?;
+        let page = page_request(req.page_size, &req.page_token);
         let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         let page = tx
             .remediations()
@@ -796,15 +714,14 @@ impl remediation_service_server::RemediationService for RemediationApi {
     ) -> Result<Response<pb::ReviseRemediationResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let action = validate_action("action", req.action.as_ref())?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let action = action_json("action", req.action.as_ref())?;
         let rollback_action = match &req.rollback_action {
-            Some(a) => Some(validate_action("rollback_action", Some(a))?),
+            Some(a) => Some(action_json("rollback_action", Some(a))?),
             None => None,
         };
-        let probes = validate_probes(&req.probes)?;
+        let probes = probes_json(&req.probes)?;
         let risk = risk_field("risk", req.risk, false)?;
-        text_field("comment", &req.comment, 2000)?;
         let comment = req.comment;
         let (_, reviser) = actor_identity(&call.caller);
         let remediation = self
@@ -868,10 +785,9 @@ impl remediation_service_server::RemediationService for RemediationApi {
     ) -> Result<Response<pb::ApproveRemediationResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
         let (approver_id, approver_key) = actor_identity(&call.caller);
         let role = caller_role(&call);
-        text_field("comment", &req.comment, 2000)?;
         let comment = req.comment;
         let remediation = self
             .change(
@@ -954,11 +870,7 @@ impl remediation_service_server::RemediationService for RemediationApi {
     ) -> Result<Response<pb::RejectRemediationResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        if req.reason.trim().is_empty() {
-            return Err(invalid(&[("reason", "is required")]));
-        }
-        text_field("reason", &req.reason, 2000)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
         let reason = req.reason;
         let remediation = self
             .change(
@@ -987,10 +899,9 @@ impl remediation_service_server::RemediationService for RemediationApi {
     ) -> Result<Response<pb::CancelRemediationResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
         let (_, me) = actor_identity(&call.caller);
         let role = caller_role(&call);
-        text_field("reason", &req.reason, 2000)?;
         let reason = req.reason;
         let remediation = self
             .change(
@@ -1027,14 +938,7 @@ impl remediation_service_server::RemediationService for RemediationApi {
     ) -> Result<Response<pb::ExecuteBreakGlassResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        if req.justification.trim().chars().count() < 10 {
-            return Err(invalid(&[(
-                "justification",
-                "must be at least 10 characters",
-            )]));
-        }
-        text_field("justification", &req.justification, 2000)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
         if caller_role(&call) != Role::Owner {
             return Err(denied("ROLE_TOO_LOW", "break-glass needs the owner role"));
         }
@@ -1080,11 +984,7 @@ impl remediation_service_server::RemediationService for RemediationApi {
     ) -> Result<Response<pb::RequestRollbackResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        if req.reason.trim().is_empty() {
-            return Err(invalid(&[("reason", "is required")]));
-        }
-        text_field("reason", &req.reason, 2000)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
         let reason = req.reason;
         let remediation = self
             .change(
@@ -1136,9 +1036,9 @@ impl remediation_service_server::RemediationService for RemediationApi {
     ) -> Result<Response<pb::ListVerificationRunsResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let id = uuid_field("remediation_id", &req.remediation_id)?;
-        let page = page_request(req.page_size, &req.page_token)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let id = id("remediation_id", &req.remediation_id)?;
+        let page = page_request(req.page_size, &req.page_token);
         let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         // NOT_FOUND for an unknown remediation rather than an empty list.
         tx.remediations()
@@ -1161,7 +1061,7 @@ impl remediation_service_server::RemediationService for RemediationApi {
         request: Request<pb::GetApprovalPolicyRequest>,
     ) -> Result<Response<pb::GetApprovalPolicyResponse>, Status> {
         let call = Call::of(&request)?;
-        let tenant_id = uuid_field("tenant_id", &request.get_ref().tenant_id)?;
+        let tenant_id = id("tenant_id", &request.get_ref().tenant_id)?;
         let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         // Unknown tenant: NOT_FOUND, not somebody's defaults.
         tx.tenants()
@@ -1184,16 +1084,10 @@ impl remediation_service_server::RemediationService for RemediationApi {
     ) -> Result<Response<pb::UpdateApprovalPolicyResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
         let new = req
             .approval_policy
-            .ok_or_else(|| invalid(&[("approval_policy", "is required")]))?;
-        if new.version <= 0 {
-            return Err(invalid(&[(
-                "approval_policy.version",
-                "is required: send the version you last read",
-            )]));
-        }
+            .ok_or_else(|| unchecked("approval_policy"))?;
         let requirements = new.required_approvals.unwrap_or_default();
         let paths: Vec<String> = match &req.update_mask {
             Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
@@ -1215,14 +1109,6 @@ impl remediation_service_server::RemediationService for RemediationApi {
                 push("auto_rollback_on_failure", new.auto_rollback_on_failure);
                 push("max_dispatch_attempts", new.max_dispatch_attempts != 0);
                 p
-            }
-        };
-        // Validate everything named before touching the store.
-        let count = |field: &str, v: i32| {
-            if (0..=10).contains(&v) {
-                Ok(v)
-            } else {
-                Err(invalid(&[(field, "must be 0 to 10")]))
             }
         };
         let mut windows = Vec::new();
@@ -1272,58 +1158,32 @@ impl remediation_service_server::RemediationService for RemediationApi {
                         for path in &paths {
                             match path.as_str() {
                                 "required_approvals" => {
-                                    p.required_low = count(
-                                        "approval_policy.required_approvals.low",
-                                        requirements.low,
-                                    )?;
-                                    p.required_medium = count(
-                                        "approval_policy.required_approvals.medium",
-                                        requirements.medium,
-                                    )?;
-                                    p.required_high = count(
-                                        "approval_policy.required_approvals.high",
-                                        requirements.high,
-                                    )?;
-                                    p.required_critical = count(
-                                        "approval_policy.required_approvals.critical",
-                                        requirements.critical,
-                                    )?;
+                                    p.required_low = requirements.low;
+                                    p.required_medium = requirements.medium;
+                                    p.required_high = requirements.high;
+                                    p.required_critical = requirements.critical;
                                 }
-                                "required_approvals.low" => {
-                                    p.required_low = count(
-                                        "approval_policy.required_approvals.low",
-                                        requirements.low,
-                                    )?
-                                }
+                                "required_approvals.low" => p.required_low = requirements.low,
                                 "required_approvals.medium" => {
-                                    p.required_medium = count(
-                                        "approval_policy.required_approvals.medium",
-                                        requirements.medium,
-                                    )?
+                                    p.required_medium = requirements.medium
                                 }
-                                "required_approvals.high" => {
-                                    p.required_high = count(
-                                        "approval_policy.required_approvals.high",
-                                        requirements.high,
-                                    )?
-                                }
+                                "required_approvals.high" => p.required_high = requirements.high,
                                 "required_approvals.critical" => {
-                                    p.required_critical = count(
-                                        "approval_policy.required_approvals.critical",
-                                        requirements.critical,
-                                    )?
+                                    p.required_critical = requirements.critical
                                 }
                                 "min_approver_role" => {
+                                    // Named in the mask, the unset value is a missing one.
+                                    if new.min_approver_role == 0 {
+                                        return Err(invalid(&[(
+                                            "approval_policy.min_approver_role",
+                                            "is required when update_mask names it",
+                                        )]));
+                                    }
                                     let role = role_field(
                                         "approval_policy.min_approver_role",
                                         new.min_approver_role,
                                     )?;
-                                    if role == Role::Viewer {
-                                        return Err(invalid(&[(
-                                            "approval_policy.min_approver_role",
-                                            "must be APPROVER or above",
-                                        )]));
-                                    }
+                                    // VIEWER is refused by the contract (enum.not_in).
                                     p.min_approver_role = role;
                                 }
                                 "allow_self_approval" => {
@@ -1343,10 +1203,12 @@ impl remediation_service_server::RemediationService for RemediationApi {
                                     p.auto_rollback_on_failure = new.auto_rollback_on_failure
                                 }
                                 "max_dispatch_attempts" => {
-                                    if !(1..=20).contains(&new.max_dispatch_attempts) {
+                                    // 1 to 20 by the contract; named in the mask, the unset
+                                    // value is a missing one.
+                                    if new.max_dispatch_attempts == 0 {
                                         return Err(invalid(&[(
                                             "approval_policy.max_dispatch_attempts",
-                                            "must be 1 to 20",
+                                            "is required when update_mask names it",
                                         )]));
                                     }
                                     p.max_dispatch_attempts = new.max_dispatch_attempts;
@@ -1362,7 +1224,15 @@ impl remediation_service_server::RemediationService for RemediationApi {
                         p.updated_by = updated_by;
                         let saved = tx
                             .remediations()
-                            .save_policy(&p, new.version)
+                            // AIP-154: 0 means "whatever is current".
+                            .save_policy(
+                                &p,
+                                if new.version > 0 {
+                                    new.version
+                                } else {
+                                    p.version
+                                },
+                            )
                             .await
                             .map_err(|e| store_status(e, "approval_policy"))?;
                         let details = json!({ "fields": details_paths, "version": saved.version });
@@ -1382,17 +1252,13 @@ impl remediation_service_server::RemediationService for RemediationApi {
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
         let filter = DeadLetterFilter {
-            cluster_id: (!req.cluster_id.is_empty())
-                .then(|| uuid_field("cluster_id", &req.cluster_id))
-                .transpose()?,
-            remediation_id: (!req.remediation_id.is_empty())
-                .then(|| uuid_field("remediation_id", &req.remediation_id))
-                .transpose()?,
+            cluster_id: optional_id("cluster_id", &req.cluster_id)?,
+            remediation_id: optional_id("remediation_id", &req.remediation_id)?,
             show_replayed: req.show_replayed,
         };
-        let page = page_request(req.page_size, &req.page_token)?;
+        let page = page_request(req.page_size, &req.page_token);
         let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         let page = tx
             .remediations()
@@ -1411,8 +1277,8 @@ impl remediation_service_server::RemediationService for RemediationApi {
     ) -> Result<Response<pb::ReplayDeadLetterResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let id = uuid_field("dead_letter_id", &req.dead_letter_id)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let id = id("dead_letter_id", &req.dead_letter_id)?;
         let (_, by) = actor_identity(&call.caller);
         let scope = call.scope(Some(tenant_id));
         let (letter, remediation) = call

@@ -338,23 +338,14 @@ pub fn denied(reason: &str, message: impl Into<String>) -> Status {
     )
 }
 
-/// Parses a required UUID field.
-pub fn uuid_field(field: &str, value: &str) -> Result<Uuid, Status> {
-    if value.is_empty() {
-        return Err(invalid(&[(field, "is required")]));
-    }
-    Uuid::parse_str(value).map_err(|_| invalid(&[(field, "must be a UUID")]))
-}
-
-/// AIP-158 page request: 0 is the default size; negative sizes are refused.
-pub fn page_request(page_size: i32, page_token: &str) -> Result<PageRequest, Status> {
-    let size =
-        u32::try_from(page_size).map_err(|_| invalid(&[("page_size", "must not be negative")]))?;
-    Ok(if page_token.is_empty() {
+/// AIP-158 page request: 0 is the default size (the contract's rules refuse negative sizes).
+pub fn page_request(page_size: i32, page_token: &str) -> PageRequest {
+    let size = u32::try_from(page_size).unwrap_or(0);
+    if page_token.is_empty() {
         PageRequest::first(size)
     } else {
         PageRequest::next(size, page_token)
-    })
+    }
 }
 
 /// JSON to `google.protobuf.Struct`; anything but an object becomes `{"value": …}`.
@@ -451,7 +442,9 @@ pub fn time_field(
         .transpose()
 }
 
-/// A non-negative duration as chrono, refusing negatives and overflow.
+/// A duration as chrono: absent or zero is `default`, longer than `max` is shortened to `max`
+/// (as AIP-158 does with page sizes: the response states what was applied). The contract's
+/// rules refuse negative durations.
 pub fn duration_field(
     field: &str,
     value: Option<&prost_types::Duration>,
@@ -462,20 +455,16 @@ pub fn duration_field(
         return Ok(default);
     };
     if value.seconds < 0 || value.nanos < 0 {
-        return Err(invalid(&[(field, "must not be negative")]));
+        return Err(crate::grpc::validate::unchecked(field));
     }
-    let duration = chrono::Duration::seconds(value.seconds)
-        + chrono::Duration::nanoseconds(i64::from(value.nanos));
+    // Seconds beyond chrono's range are longer than any maximum.
+    let duration = chrono::Duration::try_seconds(value.seconds)
+        .map(|d| d + chrono::Duration::nanoseconds(i64::from(value.nanos)))
+        .unwrap_or(max);
     if duration.is_zero() {
         return Ok(default);
     }
-    if duration > max {
-        return Err(invalid(&[(
-            field,
-            &format!("must be at most {} seconds", max.num_seconds()),
-        )]));
-    }
-    Ok(duration)
+    Ok(duration.min(max))
 }
 
 pub fn role_to_proto(role: Role) -> common::Role {
@@ -494,8 +483,8 @@ pub fn role_field(field: &str, value: i32) -> Result<Role, Status> {
         Ok(common::Role::Approver) => Ok(Role::Approver),
         Ok(common::Role::Admin) => Ok(Role::Admin),
         Ok(common::Role::Owner) => Ok(Role::Owner),
-        Ok(common::Role::Unspecified) => Err(invalid(&[(field, "is required")])),
-        Err(_) => Err(invalid(&[(field, "is not a known role")])),
+        // The contract's rules (required, enum.defined_only) refuse both.
+        Ok(common::Role::Unspecified) | Err(_) => Err(crate::grpc::validate::unchecked(field)),
     }
 }
 

@@ -20,9 +20,10 @@ use zen_store::{
 
 use super::support::{
     denied, duration_field, invalid, opt_timestamp, page_request, role_field, role_to_proto,
-    store_status, tenant_of_secret, tenant_secret, timestamp, uuid_field, Call, Mutation,
+    store_status, tenant_of_secret, tenant_secret, timestamp, Call, Mutation,
 };
 use crate::authz::rank;
+use crate::grpc::validate::{id, unchecked};
 use crate::proto::zen::tenancy::v1::{self as pb, tenancy_service_server::TenancyService};
 
 /// Prefix of bootstrap tokens (`zbt.<tenant>.<secret>`).
@@ -44,25 +45,10 @@ fn store_err(prefix: &'static str) -> impl Fn(zen_store::StoreError) -> Status {
     move |error| store_status(error, prefix)
 }
 
-/// A version the caller must state (0 is refused where the contract requires one).
-fn required_version(field: &str, version: i64) -> Result<Option<i64>, Status> {
-    match version {
-        v if v > 0 => Ok(Some(v)),
-        0 => Err(invalid(&[(
-            field,
-            "is required: send the version you last read",
-        )])),
-        _ => Err(invalid(&[(field, "must be positive")])),
-    }
-}
-
-/// A version the caller may leave at 0 ("whatever is current").
-fn optional_version(field: &str, version: i64) -> Result<Option<i64>, Status> {
-    match version {
-        0 => Ok(None),
-        v if v > 0 => Ok(Some(v)),
-        _ => Err(invalid(&[(field, "must not be negative")])),
-    }
+/// AIP-154: a stated version must be current (ABORTED otherwise); 0 means "whatever is
+/// current" (the contract's rules refuse negative versions).
+fn expected_version(version: i64) -> Option<i64> {
+    (version > 0).then_some(version)
 }
 
 /// Update-mask paths, or the populated fields when no mask is sent (AIP-134).
@@ -169,48 +155,34 @@ fn cluster_status_to_proto(status: ClusterStatus) -> pb::ClusterStatus {
 }
 
 fn cluster_status_filter(value: i32) -> Result<Option<ClusterStatus>, Status> {
+    // Unknown numbers are refused by the contract's enum.defined_only rule.
     Ok(match pb::ClusterStatus::try_from(value) {
         Ok(pb::ClusterStatus::Unspecified) => None,
         Ok(pb::ClusterStatus::Provisioning) => Some(ClusterStatus::Provisioning),
         Ok(pb::ClusterStatus::Ready) => Some(ClusterStatus::Ready),
         Ok(pb::ClusterStatus::Error) => Some(ClusterStatus::Error),
         Ok(pb::ClusterStatus::Deleting) => Some(ClusterStatus::Deleting),
-        Err(_) => return Err(invalid(&[("status", "is not a known cluster status")])),
+        Err(_) => return Err(unchecked("status")),
     })
 }
 
-fn quotas_from_proto(quotas: &pb::TenantQuotas) -> Result<Quotas, Status> {
-    if quotas.max_clusters < 0 || quotas.requests_per_second < 0 || quotas.max_events_per_day < 0 {
-        return Err(invalid(&[("tenant.quotas", "limits must not be negative")]));
-    }
+/// Quotas as stated (the contract's rules refuse negative limits); 0 means the default.
+fn quotas_from_proto(quotas: &pb::TenantQuotas) -> Quotas {
     let defaults = Quotas::default();
     let or_default = |value: i64, default: i64| if value == 0 { default } else { value };
-    Ok(Quotas {
+    Quotas {
         max_clusters: or_default(quotas.max_clusters.into(), defaults.max_clusters.into()) as i32,
         requests_per_second: or_default(
             quotas.requests_per_second.into(),
             defaults.requests_per_second.into(),
         ) as i32,
         max_events_per_day: or_default(quotas.max_events_per_day, defaults.max_events_per_day),
-    })
+    }
 }
 
-/// `https://` (or `http://`) URL with a host, or empty.
-fn api_endpoint(value: &str) -> Result<Option<String>, Status> {
-    if value.is_empty() {
-        return Ok(None);
-    }
-    let host = value
-        .strip_prefix("https://")
-        .or_else(|| value.strip_prefix("http://"))
-        .map(|rest| rest.split('/').next().unwrap_or_default());
-    match host {
-        Some(host) if !host.is_empty() && value.len() <= 2048 => Ok(Some(value.to_owned())),
-        _ => Err(invalid(&[(
-            "cluster.api_endpoint",
-            "must be an http(s) URL with a host",
-        )])),
-    }
+/// The API endpoint, or none when empty (its form is the contract's rule).
+fn api_endpoint(value: &str) -> Option<String> {
+    (!value.is_empty()).then(|| value.to_owned())
 }
 
 fn quotas_denied() -> Status {
@@ -264,7 +236,7 @@ impl TenancyService for TenancyApi {
         let tenant = request
             .into_inner()
             .tenant
-            .ok_or_else(|| invalid(&[("tenant", "is required")]))?;
+            .ok_or_else(|| unchecked("tenant"))?;
         let quotas = tenant.quotas.unwrap_or_default();
         if quotas != pb::TenantQuotas::default() && !call.caller.is_platform_admin() {
             return Err(quotas_denied());
@@ -272,7 +244,7 @@ impl TenancyService for TenancyApi {
         let new = NewTenant {
             name: tenant.name,
             display_name: tenant.display_name,
-            quotas: quotas_from_proto(&quotas)?,
+            quotas: quotas_from_proto(&quotas),
         };
         let owner = call.caller.user_id();
         let scope = call.scope(None);
@@ -303,7 +275,7 @@ impl TenancyService for TenancyApi {
         request: Request<pb::GetTenantRequest>,
     ) -> Result<Response<pb::GetTenantResponse>, Status> {
         let call = Call::of(&request)?;
-        let tenant_id = uuid_field("tenant_id", &request.get_ref().tenant_id)?;
+        let tenant_id = id("tenant_id", &request.get_ref().tenant_id)?;
         let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         let tenant = tx.tenants().get(tenant_id).await.map_err(store_err(""))?;
         Ok(Response::new(pb::GetTenantResponse {
@@ -317,13 +289,13 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let page = page_request(req.page_size, &req.page_token)?;
+        let page = page_request(req.page_size, &req.page_token);
         let status = match pb::TenantStatus::try_from(req.status) {
             Ok(pb::TenantStatus::Unspecified) => None,
             Ok(pb::TenantStatus::Active) => Some(TenantStatus::Active),
             Ok(pb::TenantStatus::Suspended) => Some(TenantStatus::Suspended),
             Ok(pb::TenantStatus::Deleted) => Some(TenantStatus::Deleted),
-            Err(_) => return Err(invalid(&[("status", "is not a known tenant status")])),
+            Err(_) => return Err(unchecked("status")),
         };
         let filter = TenantFilter {
             status,
@@ -348,11 +320,9 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let tenant = req
-            .tenant
-            .ok_or_else(|| invalid(&[("tenant", "is required")]))?;
-        let version = required_version("tenant.version", tenant.version)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let tenant = req.tenant.ok_or_else(|| unchecked("tenant"))?;
+        let version = expected_version(tenant.version);
         let quotas = tenant.quotas.unwrap_or_default();
         let paths = mask_paths(
             req.update_mask.as_ref(),
@@ -374,7 +344,7 @@ impl TenancyService for TenancyApi {
             match path.as_str() {
                 "display_name" => update.display_name = Some(tenant.display_name.clone()),
                 "quotas" => {
-                    let quotas = quotas_from_proto(&quotas)?;
+                    let quotas = quotas_from_proto(&quotas);
                     update.max_clusters = Some(quotas.max_clusters);
                     update.requests_per_second = Some(quotas.requests_per_second);
                     update.max_events_per_day = Some(quotas.max_events_per_day);
@@ -419,11 +389,8 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::SuspendTenantResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        if req.reason.trim().is_empty() {
-            return Err(invalid(&[("reason", "is required")]));
-        }
-        let version = optional_version("version", req.version)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let version = expected_version(req.version);
         let tenant = self
             .set_tenant_status(
                 &call,
@@ -444,8 +411,8 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::ResumeTenantResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let version = optional_version("version", req.version)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let version = expected_version(req.version);
         let tenant = self
             .set_tenant_status(&call, tenant_id, version, TenantStatus::Active, None)
             .await?;
@@ -460,8 +427,8 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let version = optional_version("version", req.version)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let version = expected_version(req.version);
         let scope = call.scope(Some(tenant_id));
         let deleted = call
             .mutate(&self.store, &scope, "tenant.delete", "tenant", move |tx| {
@@ -487,8 +454,8 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let page = page_request(req.page_size, &req.page_token)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let page = page_request(req.page_size, &req.page_token);
         let role = if req.role == 0 {
             None
         } else {
@@ -512,12 +479,9 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::CreateInviteResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
         let role = role_field("role", req.role)?;
-        let email = req.email.trim().to_owned();
-        if !email.contains('@') || email.len() > 320 {
-            return Err(invalid(&[("email", "must be an e-mail address")]));
-        }
+        let email = req.email;
         let ttl = duration_field(
             "ttl",
             req.ttl.as_ref(),
@@ -563,7 +527,7 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::AcceptInviteResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let invite_id = uuid_field("invite_id", &req.invite_id)?;
+        let invite_id = id("invite_id", &req.invite_id)?;
         let user_id = call.caller.user_id().ok_or_else(|| {
             denied(
                 "CALLER_NOT_ALLOWED",
@@ -612,8 +576,8 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::UpdateMemberRoleResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let user_id = uuid_field("user_id", &req.user_id)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let user_id = id("user_id", &req.user_id)?;
         let role = role_field("role", req.role)?;
         let grantor = Grantor::of(&call);
         grantor.check(role)?;
@@ -656,8 +620,8 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let user_id = uuid_field("user_id", &req.user_id)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let user_id = id("user_id", &req.user_id)?;
         let leaving_self = call.caller.user_id() == Some(user_id);
         let grantor = Grantor::of(&call);
         if !leaving_self {
@@ -690,14 +654,12 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::CreateClusterResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let cluster = req
-            .cluster
-            .ok_or_else(|| invalid(&[("cluster", "is required")]))?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let cluster = req.cluster.ok_or_else(|| unchecked("cluster"))?;
         let new = NewCluster {
             name: cluster.name,
             display_name: cluster.display_name,
-            api_endpoint: api_endpoint(&cluster.api_endpoint)?,
+            api_endpoint: api_endpoint(&cluster.api_endpoint),
             labels: cluster.labels.into_iter().collect(),
             metadata: serde_json::Value::Null,
         };
@@ -735,8 +697,8 @@ impl TenancyService for TenancyApi {
         request: Request<pb::GetClusterRequest>,
     ) -> Result<Response<pb::GetClusterResponse>, Status> {
         let call = Call::of(&request)?;
-        let tenant_id = uuid_field("tenant_id", &request.get_ref().tenant_id)?;
-        let cluster_id = uuid_field("cluster_id", &request.get_ref().cluster_id)?;
+        let tenant_id = id("tenant_id", &request.get_ref().tenant_id)?;
+        let cluster_id = id("cluster_id", &request.get_ref().cluster_id)?;
         let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         let cluster = tx.clusters().get(cluster_id).await.map_err(store_err(""))?;
         Ok(Response::new(pb::GetClusterResponse {
@@ -750,10 +712,10 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let page = page_request(req.page_size, &req.page_token)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let page = page_request(req.page_size, &req.page_token);
         let connection_state = pb::ConnectionState::try_from(req.connection_state)
-            .map_err(|_| invalid(&[("connection_state", "is not a known connection state")]))?;
+            .map_err(|_| unchecked("connection_state"))?;
         let filter = ClusterFilter {
             status: cluster_status_filter(req.status)?,
             name_prefix: Some(req.name_prefix).filter(|p| !p.is_empty()),
@@ -787,12 +749,10 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::UpdateClusterResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let cluster_id = uuid_field("cluster_id", &req.cluster_id)?;
-        let cluster = req
-            .cluster
-            .ok_or_else(|| invalid(&[("cluster", "is required")]))?;
-        let version = required_version("cluster.version", cluster.version)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let cluster_id = id("cluster_id", &req.cluster_id)?;
+        let cluster = req.cluster.ok_or_else(|| unchecked("cluster"))?;
+        let version = expected_version(cluster.version);
         let paths = mask_paths(
             req.update_mask.as_ref(),
             &[
@@ -805,7 +765,7 @@ impl TenancyService for TenancyApi {
         for path in &paths {
             match path.as_str() {
                 "display_name" => update.display_name = Some(cluster.display_name.clone()),
-                "api_endpoint" => update.api_endpoint = Some(api_endpoint(&cluster.api_endpoint)?),
+                "api_endpoint" => update.api_endpoint = Some(api_endpoint(&cluster.api_endpoint)),
                 "labels" => {
                     update.labels = Some(
                         cluster
@@ -860,9 +820,9 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::DeleteClusterResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let cluster_id = uuid_field("cluster_id", &req.cluster_id)?;
-        let version = optional_version("version", req.version)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let cluster_id = id("cluster_id", &req.cluster_id)?;
+        let version = expected_version(req.version);
         let scope = call.scope(Some(tenant_id));
         call.mutate(
             &self.store,
@@ -894,8 +854,8 @@ impl TenancyService for TenancyApi {
     ) -> Result<Response<pb::CreateBootstrapTokenResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let cluster_id = uuid_field("cluster_id", &req.cluster_id)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let cluster_id = id("cluster_id", &req.cluster_id)?;
         let ttl = duration_field(
             "ttl",
             req.ttl.as_ref(),

@@ -34,10 +34,11 @@ use zen_webhook::{
 
 use super::support::{
     append_audit, audit_record, duration_field, invalid, json_to_struct, json_to_value,
-    opt_timestamp, page_request, store_status, struct_to_json, timestamp, uuid_field,
-    value_to_json, Call, Mutation, ERROR_DOMAIN,
+    opt_timestamp, page_request, store_status, struct_to_json, timestamp, value_to_json, Call,
+    Mutation, ERROR_DOMAIN,
 };
 use super::webhook_commit::{CommitError, CommitQueue, Delivery as CommitDelivery};
+use crate::grpc::validate::{id, optional_id, unchecked};
 use crate::proto::zen::ingest::v1 as pb;
 
 /// Default and largest allowed clock difference for signed timestamps.
@@ -182,13 +183,8 @@ fn scheme_of(v: &pb::WebhookVerification, prefix: &str) -> Result<(Scheme, Spec)
     let mut spec = Spec::default();
     let field = |f: &str| format!("{prefix}.{f}");
     let parsed = match scheme {
-        pb::WebhookScheme::Unspecified => {
-            return Err(invalid(&[(
-                &field("scheme"),
-                "is required: one of ZEN_HMAC, STANDARD_WEBHOOKS, GITHUB, STRIPE, SLACK, \
-                 SHOPIFY, GENERIC_HMAC, BEARER, BASIC",
-            )]))
-        }
+        // The contract's rules refuse an unset or unknown scheme.
+        pb::WebhookScheme::Unspecified => return Err(unchecked(&field("scheme"))),
         pb::WebhookScheme::ZenHmac => Scheme::ZenHmac,
         pb::WebhookScheme::StandardWebhooks => Scheme::StandardWebhooks,
         pb::WebhookScheme::Github => Scheme::Github,
@@ -197,11 +193,9 @@ fn scheme_of(v: &pb::WebhookVerification, prefix: &str) -> Result<(Scheme, Spec)
         pb::WebhookScheme::Shopify => Scheme::Shopify,
         pb::WebhookScheme::Bearer => Scheme::Bearer,
         pb::WebhookScheme::GenericHmac => {
+            // Required with this scheme by the contract's verification.generic_hmac_config.
             let Some(Config::GenericHmac(g)) = &v.config else {
-                return Err(invalid(&[(
-                    &field("generic_hmac"),
-                    "is required with GENERIC_HMAC",
-                )]));
+                return Err(unchecked(&field("generic_hmac")));
             };
             let generic = GenericSpec {
                 signature_header: g.signature_header.clone(),
@@ -225,15 +219,10 @@ fn scheme_of(v: &pb::WebhookVerification, prefix: &str) -> Result<(Scheme, Spec)
             compiled
         }
         pb::WebhookScheme::Basic => {
+            // Required with this scheme by the contract's verification.basic_config.
             let Some(Config::Basic(b)) = &v.config else {
-                return Err(invalid(&[(&field("basic"), "is required with BASIC")]));
+                return Err(unchecked(&field("basic")));
             };
-            if b.username.is_empty() || b.username.contains(':') || b.username.len() > 200 {
-                return Err(invalid(&[(
-                    &format!("{prefix}.basic.username"),
-                    "is required: 1 to 200 characters, no `:`",
-                )]));
-            }
             spec.basic_username = Some(b.username.clone());
             Scheme::Basic {
                 username: b.username.clone(),
@@ -356,12 +345,8 @@ fn config_of(s: &pb::WebhookSource, prefix: &str) -> Result<SourceConfig, Status
         MAX_DEDUP_WINDOW,
     )?
     .as_secs();
-    spec.rate_limit_per_second = u32::try_from(s.rate_limit_per_second).map_err(|_| {
-        invalid(&[(
-            &format!("{prefix}.rate_limit_per_second"),
-            "must not be negative",
-        )])
-    })?;
+    spec.rate_limit_per_second = u32::try_from(s.rate_limit_per_second)
+        .map_err(|_| unchecked(&format!("{prefix}.rate_limit_per_second")))?;
     if let Some(schema) = &s.json_schema {
         let value = struct_to_json(Some(schema.clone()));
         compile_schema(&value, &format!("{prefix}.json_schema"))?;
@@ -503,16 +488,13 @@ impl Webhooks {
     ) -> Result<Response<pb::CreateWebhookSourceResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
         let source = req
             .webhook_source
             .ok_or_else(|| invalid(&[("webhook_source", "is required")]))?;
         let config = config_of(&source, "webhook_source")?;
         let secret = Self::secret_for(&config.scheme, &source.secret, "webhook_source.secret")?;
-        let cluster_id = Some(source.cluster_id.as_str())
-            .filter(|c| !c.is_empty())
-            .map(|c| uuid_field("webhook_source.cluster_id", c))
-            .transpose()?;
+        let cluster_id = optional_id("webhook_source.cluster_id", &source.cluster_id)?;
         // The id is the URL's only secret part: random (v4), not time-ordered.
         let (source_id, secret_id) = (Uuid::new_v4(), Uuid::now_v7());
         let sealed = self.seal(tenant_id, source_id, secret_id, &secret);
@@ -564,8 +546,8 @@ impl Webhooks {
         request: Request<pb::GetWebhookSourceRequest>,
     ) -> Result<Response<pb::GetWebhookSourceResponse>, Status> {
         let call = Call::of(&request)?;
-        let tenant_id = uuid_field("tenant_id", &request.get_ref().tenant_id)?;
-        let source_id = uuid_field("source_id", &request.get_ref().source_id)?;
+        let tenant_id = id("tenant_id", &request.get_ref().tenant_id)?;
+        let source_id = id("source_id", &request.get_ref().source_id)?;
         let source = self.read_source(&call, tenant_id, source_id).await?;
         Ok(Response::new(pb::GetWebhookSourceResponse {
             webhook_source: Some(self.to_proto(source)),
@@ -578,11 +560,11 @@ impl Webhooks {
     ) -> Result<Response<pb::ListWebhookSourcesResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let page = page_request(req.page_size, &req.page_token)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let page = page_request(req.page_size, &req.page_token);
         let scheme = match pb::WebhookScheme::try_from(req.scheme) {
             Ok(s) => scheme_name(s).map(str::to_owned),
-            Err(_) => return Err(invalid(&[("scheme", "is not a known scheme")])),
+            Err(_) => return Err(unchecked("scheme")),
         };
         let filter = WebhookSourceFilter {
             scheme,
@@ -618,20 +600,12 @@ impl Webhooks {
         ];
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let source_id = uuid_field("source_id", &req.source_id)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let source_id = id("source_id", &req.source_id)?;
         let patch = req
             .webhook_source
             .ok_or_else(|| invalid(&[("webhook_source", "is required")]))?;
-        let version = match patch.version {
-            v if v > 0 => v,
-            _ => {
-                return Err(invalid(&[(
-                    "webhook_source.version",
-                    "is required: send the version you last read",
-                )]))
-            }
-        };
+        let version = version_or_current(patch.version);
         let paths: Vec<String> = match &req.update_mask {
             Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
             _ => [
@@ -701,12 +675,7 @@ impl Webhooks {
             scheme: Some(config.scheme.name().to_owned()),
             spec: Some(serde_json::to_value(&config.spec).unwrap_or_default()),
             cluster_id: if has("cluster_id") {
-                Some(
-                    Some(patch.cluster_id.as_str())
-                        .filter(|c| !c.is_empty())
-                        .map(|c| uuid_field("webhook_source.cluster_id", c))
-                        .transpose()?,
-                )
+                Some(optional_id("webhook_source.cluster_id", &patch.cluster_id)?)
             } else {
                 None
             },
@@ -722,7 +691,7 @@ impl Webhooks {
                     Box::pin(async move {
                         let updated = tx
                             .webhook_sources()
-                            .update(source_id, Some(version), update)
+                            .update(source_id, version, update)
                             .await
                             .map_err(|e| store_status(e, "webhook_source"))?;
                         Ok(Mutation::new(
@@ -745,9 +714,9 @@ impl Webhooks {
     ) -> Result<Response<pb::DeleteWebhookSourceResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let source_id = uuid_field("source_id", &req.source_id)?;
-        let version = version_or_current(req.version)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let source_id = id("source_id", &req.source_id)?;
+        let version = version_or_current(req.version);
         let scope = call.scope(Some(tenant_id));
         call.mutate(
             &self.store,
@@ -779,28 +748,19 @@ impl Webhooks {
     ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let tenant_id = uuid_field("tenant_id", &req.tenant_id)?;
-        let source_id = uuid_field("source_id", &req.source_id)?;
-        let version = version_or_current(req.version)?;
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let source_id = id("source_id", &req.source_id)?;
+        let version = version_or_current(req.version);
         // Unset: 24 hours; zero: at once (so not `duration_field`, for which zero is "unset").
         let ttl = match &req.old_secret_ttl {
             None => DEFAULT_OLD_SECRET_TTL,
-            Some(d) if d.seconds < 0 || d.nanos < 0 => {
-                return Err(invalid(&[("old_secret_ttl", "must not be negative")]))
-            }
-            Some(d) => {
-                let ttl = Duration::new(
-                    u64::try_from(d.seconds).unwrap_or(u64::MAX),
-                    u32::try_from(d.nanos).unwrap_or(0),
-                );
-                if ttl > MAX_OLD_SECRET_TTL {
-                    return Err(invalid(&[(
-                        "old_secret_ttl",
-                        "must be at most 7 days (604800s)",
-                    )]));
-                }
-                ttl
-            }
+            // Negative durations are refused by the contract's rules; longer than the
+            // maximum is shortened to it.
+            Some(d) => Duration::new(
+                u64::try_from(d.seconds).unwrap_or(u64::MAX),
+                u32::try_from(d.nanos).unwrap_or(0),
+            )
+            .min(MAX_OLD_SECRET_TTL),
         };
         let current = self.read_source(&call, tenant_id, source_id).await?;
         let scheme = self.compile(&current)?.scheme.clone();
@@ -1641,13 +1601,10 @@ fn zen_gateway_status_key() -> tonic::metadata::MetadataKey<tonic::metadata::Asc
     tonic::metadata::MetadataKey::from_static(zen_gateway::HTTP_STATUS_METADATA)
 }
 
-/// A version the caller may leave at 0 (the current one).
-fn version_or_current(version: i64) -> Result<Option<i64>, Status> {
-    match version {
-        0 => Ok(None),
-        v if v > 0 => Ok(Some(v)),
-        _ => Err(invalid(&[("version", "must not be negative")])),
-    }
+/// AIP-154: a stated version must be current; 0 means "whatever is current" (the contract's
+/// rules refuse negative versions).
+fn version_or_current(version: i64) -> Option<i64> {
+    (version > 0).then_some(version)
 }
 
 #[cfg(test)]
