@@ -6,6 +6,7 @@ pub mod audit_batch;
 pub mod auth;
 pub mod authz;
 pub mod bench;
+pub mod bench_validation;
 pub mod bench_webhooks;
 pub mod cluster_metrics;
 pub mod config;

@@ -179,6 +179,12 @@ enum BenchCommand {
         #[arg(long, default_value_t = 0)]
         stuck_watchers: usize,
     },
+    /// The cost per call of checking a request against its contract's rules (webhook and read
+    /// paths), next to the cost of decoding it.
+    Validation {
+        #[arg(long, default_value_t = 200_000)]
+        iterations: u32,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -520,6 +526,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?;
             }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Validation { iterations }) => {
+            print!("{}", zen::bench_validation::run(iterations.max(1))?);
             Ok(())
         }
         Command::Bench(BenchCommand::Webhooks {

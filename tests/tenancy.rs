@@ -137,8 +137,21 @@ async fn tenancy_flow(zen: &TestZen) {
         stale.get_details_error_info().unwrap().reason,
         "VERSION_MISMATCH"
     );
-    let unversioned = tenancy.update_tenant(req(update(0))).await.unwrap_err();
-    assert_eq!(unversioned.code(), Code::InvalidArgument);
+    // AIP-154: no version (0) updates whatever is current; a negative one breaks the contract.
+    let unversioned = tenancy
+        .update_tenant(req(update(0)))
+        .await
+        .unwrap()
+        .into_inner()
+        .tenant
+        .unwrap();
+    assert_eq!(unversioned.version, 3);
+    let negative = tenancy.update_tenant(req(update(-1))).await.unwrap_err();
+    assert_eq!(negative.code(), Code::InvalidArgument);
+    assert_eq!(
+        negative.get_details_bad_request().unwrap().field_violations[0].field,
+        "tenant.version"
+    );
 
     // Clusters: quota, paging, update, delete, name reuse.
     let first = create_cluster(&mut tenancy, &tid, "prod-eu").await.unwrap();

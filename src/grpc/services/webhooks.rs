@@ -1389,10 +1389,16 @@ impl Webhooks {
         request: Request<pb::IngestLegacyEventsRequest>,
         agent_batch: impl AsyncFnOnce(Uuid, Uuid, pb::EventBatch) -> Result<pb::BatchAck, Status>,
     ) -> Result<Response<pb::IngestLegacyEventsResponse>, Status> {
+        // Off, the endpoint does not exist on this server: NOT_FOUND (404), whatever was sent.
         let Some(master) = &self.settings.legacy_agent_key else {
-            return Err(precondition(
-                "LEGACY_ENDPOINT_DISABLED",
+            return Err(Status::with_error_details(
+                Code::NotFound,
                 "the legacy agent endpoint is off on this server (ZEN_LEGACY_AGENT_KEY)",
+                ErrorDetails::with_error_info(
+                    "LEGACY_ENDPOINT_DISABLED",
+                    ERROR_DOMAIN,
+                    HashMap::new(),
+                ),
             ));
         };
         let req = request.into_inner();
