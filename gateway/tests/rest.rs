@@ -367,6 +367,18 @@ async fn routing_misses_are_404_and_405_problems() {
     allowed.sort();
     assert_eq!(allowed, vec!["DELETE", "GET", "PATCH"]);
 
+    // A path with a known custom verb is that route's path: another method is 405, not a
+    // match of the verb-less `PATCH .../things/{thing_id}` with `th1:suspend` as the id.
+    let r = h
+        .client
+        .patch(h.url("/v1/tenants/t1/things/th1:suspend"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["allow"], "POST");
+    assert_problem(r, 405).await;
+
     // Client-streaming methods are not exposed, even with an http rule.
     assert_problem(
         h.client
