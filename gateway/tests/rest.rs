@@ -216,6 +216,17 @@ async fn query_parameters_fill_unbound_fields() {
         .await
         .unwrap();
     assert_eq!(echo(&body), json!({"color": "COLOR_GREEN"}));
+    // A number the enum does not define, or one not in canonical form, is refused.
+    for bad in ["7", "-1", "+2", "02", "2.0"] {
+        let r = h
+            .client
+            .get(h.url(&format!("/v1/search?color={bad}")))
+            .send()
+            .await
+            .unwrap();
+        let body = assert_problem(r, 400).await;
+        assert_eq!(problem_fields(&body), vec!["color"], "{bad}");
+    }
 
     // Unknown parameters, bad values: 400 listing each.
     let r = h
