@@ -953,7 +953,7 @@ fn wkt_schema(desc: &MessageDescriptor) -> Option<Json> {
         "google.protobuf.Struct" => json!({"type": "object", "additionalProperties": true}),
         "google.protobuf.Value" => json!({}),
         "google.protobuf.ListValue" => json!({"type": "array", "items": {}}),
-        "google.protobuf.Empty" => json!({"type": "object"}),
+        "google.protobuf.Empty" => json!({"type": "object", "additionalProperties": false}),
         "google.protobuf.Any" => json!({
             "type": "object",
             "required": ["@type"],

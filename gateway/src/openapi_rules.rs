@@ -2,9 +2,9 @@
 //!
 //! The field, message and oneof options are read as extensions from the descriptor pool and
 //! walked generically. What JSON Schema can say exactly becomes keywords (lengths, patterns,
-//! formats, ranges, `enum`, item and pair counts, oneofs); the rest (64-bit integers, which
-//! travel as strings, durations, timestamps, byte lengths, CEL rules) goes into the
-//! description. The aim is that the schema accepts exactly what the server accepts: a field
+//! formats, ranges, `enum`, item and pair counts, oneofs); the rest (ranges of 64-bit
+//! integers, which travel as strings, beyond `gte 0` / `gt 0` / `required`, which become
+//! patterns; durations, timestamps, byte lengths, CEL rules) goes into the description. The aim is that the schema accepts exactly what the server accepts: a field
 //! without presence whose rules refuse its zero value is `required` (leaving it out sends the
 //! zero value), and `IGNORE_IF_ZERO_VALUE` lets the zero value through.
 
@@ -1122,6 +1122,33 @@ mod tests {
         assert!(accepts(&json!({"pattern": "^[a-z]*$"}), &json!("")));
         assert!(!accepts(&json!({"minItems": 1}), &json!([])));
         assert!(accepts(&json!({"maxProperties": 3}), &json!({})));
+    }
+
+    #[test]
+    fn int64_patterns_stay_in_range() {
+        let m = |p: &str, v: &str| regex::Regex::new(p).unwrap().is_match(v);
+        assert!(m(INT64_PATTERN, "-999999999999999999"));
+        assert!(!m(INT64_PATTERN, "9223372036854775808"));
+        assert!(!m(INT64_PATTERN, "1e3"));
+        assert!(m(UINT64_PATTERN, "9999999999999999999"));
+        assert!(!m(UINT64_PATTERN, "18446744073709551616"));
+        assert!(!m(UINT64_PATTERN, "-1"));
+        assert!(m(INT64_NON_NEGATIVE_PATTERN, "0") && !m(INT64_NON_NEGATIVE_PATTERN, "-1"));
+        assert!(m(INT64_POSITIVE_PATTERN, "007") && !m(INT64_POSITIVE_PATTERN, "0"));
+        assert!(!m(INT64_POSITIVE_PATTERN, "-5"));
+        assert!(m(INT64_NON_ZERO_PATTERN, "-5") && !m(INT64_NON_ZERO_PATTERN, "-000"));
+        assert!(m(UINT64_NON_ZERO_PATTERN, "1") && !m(UINT64_NON_ZERO_PATTERN, "00"));
+        // `required` on an int64 refuses "0" through the same keywords.
+        let mut c = Map::new();
+        non_zero(&Target(Kind::Int64), &mut c);
+        assert!(!accepts(&Json::Object(c.clone()), &json!("0")));
+        assert!(accepts(&Json::Object(c), &json!("-3")));
+    }
+
+    #[test]
+    fn enum_restrictions_name_and_number() {
+        let allowed = vec![(1, "A".to_owned()), (2, "B".to_owned())];
+        assert_eq!(enum_values(&allowed), json!(["A", "B", 1, 2]));
     }
 
     #[test]
