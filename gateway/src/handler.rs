@@ -110,22 +110,35 @@ pub(crate) enum RouteMatch<'a> {
 
 impl Inner {
     pub(crate) fn find(&self, method: &Method, path: &str) -> RouteMatch<'_> {
-        let mut allowed: Vec<String> = Vec::new();
-        for route in &self.routes {
-            if let Some(captures) = route.template.matches(path) {
-                if route.info.http_method == method.as_str() {
-                    return RouteMatch::Found(route, captures);
-                }
-                if !allowed.contains(&route.info.http_method) {
-                    allowed.push(route.info.http_method.clone());
-                }
+        find_route(&self.routes, method, path)
+    }
+}
+
+/// The route for a request. A path whose custom verb (`...:verb`) some route has and matches
+/// is for that route's path: another method is 405, never a match of a verb-less template
+/// that would take `id:verb` for the id.
+pub(crate) fn find_route<'r>(routes: &'r [Route], method: &Method, path: &str) -> RouteMatch<'r> {
+    let with_verb = routes
+        .iter()
+        .any(|r| r.template.verb.is_some() && r.template.matches(path).is_some());
+    let mut allowed: Vec<String> = Vec::new();
+    for route in routes
+        .iter()
+        .filter(|r| !with_verb || r.template.verb.is_some())
+    {
+        if let Some(captures) = route.template.matches(path) {
+            if route.info.http_method == method.as_str() {
+                return RouteMatch::Found(route, captures);
+            }
+            if !allowed.contains(&route.info.http_method) {
+                allowed.push(route.info.http_method.clone());
             }
         }
-        if allowed.is_empty() {
-            RouteMatch::NotFound
-        } else {
-            RouteMatch::MethodNotAllowed(allowed)
-        }
+    }
+    if allowed.is_empty() {
+        RouteMatch::NotFound
+    } else {
+        RouteMatch::MethodNotAllowed(allowed)
     }
 }
 

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use prost_reflect::{DescriptorPool, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{json, Map, Value as Json};
 
-use crate::openapi_rules::{Rules, UUID_PATTERN};
+use crate::openapi_rules::{
+    merge, non_zero_field, Rules, INT64_PATTERN, UINT64_PATTERN, UUID_PATTERN,
+};
 use crate::routes::{is_http_body, BodyBinding, Route, FIELD_BEHAVIOR_EXT, HTTP_BODY};
 use crate::transcode::Behaviors;
 use crate::GatewayConfig;
@@ -60,7 +62,28 @@ struct Builder<'a> {
     rules: Rules,
     input_only: BTreeSet<String>,
     schemas: BTreeMap<String, Json>,
-    pending: Vec<MessageDescriptor>,
+    /// Messages to write as components, and whether as the partial form.
+    pending: Vec<(MessageDescriptor, bool)>,
+    /// Whether message references made now are to partial forms: inside the body of an update
+    /// (AIP-134), where the gateway does not demand nested REQUIRED fields.
+    relaxed: bool,
+}
+
+/// Whether a request is an update with a field mask, whose nested REQUIRED fields the gateway
+/// does not demand (see `transcode::build_request`).
+fn is_partial_update(input: &MessageDescriptor) -> bool {
+    input.get_field_by_name("update_mask").is_some_and(
+        |f| matches!(f.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask"),
+    )
+}
+
+/// The component name of a message's schema, or of its partial form.
+fn component_name(desc: &MessageDescriptor, partial: bool) -> String {
+    if partial {
+        format!("{}.Partial", desc.full_name())
+    } else {
+        desc.full_name().to_owned()
+    }
 }
 
 pub(crate) fn document(
@@ -77,6 +100,7 @@ pub(crate) fn document(
         input_only: input_only_fields(pool),
         schemas: BTreeMap::new(),
         pending: Vec::new(),
+        relaxed: false,
     };
     let mut ordered: Vec<&Route> = routes.iter().collect();
     ordered.sort_by_key(|r| r.index);
@@ -133,10 +157,13 @@ pub(crate) fn document(
 
     add_links(&records, &mut paths);
 
-    while let Some(desc) = b.pending.pop() {
-        if !b.schemas.contains_key(desc.full_name()) {
-            let schema = b.message_schema(&desc);
-            b.schemas.insert(desc.full_name().to_owned(), schema);
+    while let Some((desc, partial)) = b.pending.pop() {
+        let name = component_name(&desc, partial);
+        if !b.schemas.contains_key(&name) {
+            b.relaxed = partial;
+            let schema = b.message_schema_mode(&desc, &[], !partial);
+            b.relaxed = false;
+            b.schemas.insert(name, schema);
         }
     }
     let mut schemas: Map<String, Json> = b.schemas.into_iter().collect();
@@ -397,20 +424,41 @@ impl Builder<'_> {
         if let Some(s) = wkt_schema(desc) {
             return s;
         }
-        if !self.schemas.contains_key(desc.full_name())
+        let partial = self.relaxed && self.has_required(desc, &mut BTreeSet::new());
+        let name = component_name(desc, partial);
+        if !self.schemas.contains_key(&name)
             && !self
                 .pending
                 .iter()
-                .any(|p| p.full_name() == desc.full_name())
+                .any(|(p, q)| component_name(p, *q) == name)
         {
-            self.pending.push(desc.clone());
+            self.pending.push((desc.clone(), partial));
         }
-        json!({"$ref": format!("#/components/schemas/{}", desc.full_name())})
+        json!({"$ref": format!("#/components/schemas/{name}")})
+    }
+
+    /// Whether a message or one below it has REQUIRED fields (its partial form differs).
+    fn has_required(&self, desc: &MessageDescriptor, seen: &mut BTreeSet<String>) -> bool {
+        if !seen.insert(desc.full_name().to_owned()) || wkt_schema(desc).is_some() {
+            return false;
+        }
+        desc.fields().any(|f| {
+            (self.behaviors.is_required(&f) && f.containing_oneof().is_none())
+                || match f.kind() {
+                    Kind::Message(m) => self.has_required(&m, seen),
+                    _ => false,
+                }
+        })
     }
 
     fn enum_schema(&self, desc: &EnumDescriptor) -> Json {
+        // Proto3 JSON takes an enum value by name or by number.
         let names: Vec<String> = desc.values().map(|v| v.name().to_owned()).collect();
-        let mut s = json!({"type": "string", "enum": names});
+        let numbers: Vec<i32> = desc.values().map(|v| v.number()).collect();
+        let mut s = json!({"anyOf": [
+            {"type": "string", "enum": names},
+            {"type": "integer", "enum": numbers}
+        ]});
         let mut doc = self
             .describe(desc.parent_file().name(), desc.path())
             .unwrap_or_default();
@@ -444,10 +492,10 @@ impl Builder<'_> {
                 json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64})
             }
             Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-                json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"})
+                json!({"type": "string", "format": "int64", "pattern": INT64_PATTERN})
             }
             Kind::Uint64 | Kind::Fixed64 => {
-                json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"})
+                json!({"type": "string", "format": "uint64", "pattern": UINT64_PATTERN})
             }
             Kind::Bool => json!({"type": "boolean"}),
             Kind::String => json!({"type": "string"}),
@@ -464,11 +512,13 @@ impl Builder<'_> {
     }
 
     fn field_schema(&mut self, field: &FieldDescriptor) -> Json {
-        self.field_schema_required(field).0
+        self.field_schema_required(field, true).0
     }
 
-    /// A field's schema, and whether its validation rules make it required.
-    fn field_schema_required(&mut self, field: &FieldDescriptor) -> (Json, bool) {
+    /// A field's schema, and whether its validation rules make it required. `strict`: a
+    /// REQUIRED field (google.api.field_behavior) refuses what the gateway counts as missing
+    /// (the zero value, an empty list or map).
+    fn field_schema_required(&mut self, field: &FieldDescriptor, strict: bool) -> (Json, bool) {
         let mut schema = if field.is_map() {
             let Kind::Message(entry) = field.kind() else {
                 unreachable!("map fields are entry messages")
@@ -481,6 +531,9 @@ impl Builder<'_> {
             self.kind_schema(&field.kind())
         };
         let outcome = self.rules.apply_field(field, &mut schema);
+        if strict && self.behaviors.is_required(field) && field.containing_oneof().is_none() {
+            merge(&mut schema, non_zero_field(field));
+        }
         let mut doc = self
             .describe(field.parent_file().name(), field.path())
             .unwrap_or_default();
@@ -518,27 +571,38 @@ impl Builder<'_> {
         (schema, outcome.required)
     }
 
-    fn message_schema(&mut self, desc: &MessageDescriptor) -> Json {
-        self.message_schema_except(desc, &[])
-    }
-
     /// A message's schema without some top-level fields (those bound by the path).
     fn message_schema_except(&mut self, desc: &MessageDescriptor, skip: &[u32]) -> Json {
+        self.message_schema_mode(desc, skip, true)
+    }
+
+    /// A message's schema; `strict`: its REQUIRED fields are demanded (not in the partial
+    /// form). Unknown fields are refused by the gateway, so none are allowed.
+    fn message_schema_mode(
+        &mut self,
+        desc: &MessageDescriptor,
+        skip: &[u32],
+        strict: bool,
+    ) -> Json {
         let mut properties = Map::new();
         let mut required = Vec::new();
         for field in desc.fields() {
             if skip.contains(&field.number()) {
                 continue;
             }
-            let (schema, rules_required) = self.field_schema_required(&field);
+            let (schema, rules_required) = self.field_schema_required(&field, strict);
             properties.insert(field.json_name().to_owned(), schema);
-            if (self.behaviors.is_required(&field) && field.containing_oneof().is_none())
+            if (strict && self.behaviors.is_required(&field) && field.containing_oneof().is_none())
                 || rules_required
             {
                 required.push(Json::String(field.json_name().to_owned()));
             }
         }
-        let mut schema = json!({"type": "object", "properties": properties});
+        let mut schema = json!({
+            "type": "object",
+            "properties": properties,
+            "additionalProperties": false
+        });
         if !required.is_empty() {
             schema["required"] = Json::Array(required);
         }
@@ -558,6 +622,7 @@ impl Builder<'_> {
     fn operation(&mut self, route: &Route, operation_id: &str, names: &[String]) -> Json {
         let method = &route.method;
         let input = method.input();
+        let partial = is_partial_update(&input);
         let doc = self
             .describe(method.parent_file().name(), method.path())
             .unwrap_or_default();
@@ -623,9 +688,14 @@ impl Builder<'_> {
                 {
                     continue;
                 }
-                let (mut schema, leaf_required) = self.field_schema_required(&field);
+                // Nested REQUIRED fields of an update are not demanded.
+                let strict = numbers.len() == 1 || !partial;
+                let (mut schema, leaf_required) = self.field_schema_required(&field, strict);
                 // Required when the leaf and every message field above it are.
-                let mut required = leaf_required;
+                let top_required = numbers.len() == 1
+                    && self.behaviors.is_required(&field)
+                    && field.containing_oneof().is_none();
+                let mut required = leaf_required || top_required;
                 let mut current = input.clone();
                 for number in &numbers[..numbers.len() - 1] {
                     let Some(f) = current.get_field(*number) else {
@@ -684,7 +754,13 @@ impl Builder<'_> {
                 if let Some(f) = &route.headers_field {
                     skip.push(f.number());
                 }
-                let schema = if skip.is_empty() {
+                let schema = if partial {
+                    // The request's own REQUIRED fields are demanded, nested ones are not.
+                    self.relaxed = true;
+                    let schema = self.message_schema_except(&input, &skip);
+                    self.relaxed = false;
+                    schema
+                } else if skip.is_empty() {
                     self.message_ref(&input)
                 } else {
                     self.message_schema_except(&input, &skip)
@@ -692,6 +768,21 @@ impl Builder<'_> {
                 Some(json_body(schema))
             }
             BodyBinding::Field(f) if is_http_body(f) => Some(raw_body()),
+            BodyBinding::Field(f)
+                if partial
+                    && !f.is_list()
+                    && !f.is_map()
+                    && matches!(f.kind(), Kind::Message(m) if wkt_schema(&m).is_none()) =>
+            {
+                // An update: the resource, inline, without its REQUIRED fields demanded.
+                let Kind::Message(m) = f.kind() else {
+                    unreachable!("checked above")
+                };
+                self.relaxed = true;
+                let schema = self.message_schema_mode(&m, &[], false);
+                self.relaxed = false;
+                Some(json_body(schema))
+            }
             BodyBinding::Field(f) => {
                 let mut schema = self.field_schema(f);
                 if let Json::Object(o) = &mut schema {
@@ -862,7 +953,7 @@ fn wkt_schema(desc: &MessageDescriptor) -> Option<Json> {
         "google.protobuf.Struct" => json!({"type": "object", "additionalProperties": true}),
         "google.protobuf.Value" => json!({}),
         "google.protobuf.ListValue" => json!({"type": "array", "items": {}}),
-        "google.protobuf.Empty" => json!({"type": "object"}),
+        "google.protobuf.Empty" => json!({"type": "object", "additionalProperties": false}),
         "google.protobuf.Any" => json!({
             "type": "object",
             "required": ["@type"],
@@ -871,8 +962,16 @@ fn wkt_schema(desc: &MessageDescriptor) -> Option<Json> {
         }),
         "google.protobuf.DoubleValue" => wrapper("number", Some("double")),
         "google.protobuf.FloatValue" => wrapper("number", Some("float")),
-        "google.protobuf.Int64Value" => wrapper("string", Some("int64")),
-        "google.protobuf.UInt64Value" => wrapper("string", Some("uint64")),
+        "google.protobuf.Int64Value" => {
+            let mut s = wrapper("string", Some("int64"));
+            s["pattern"] = json!(INT64_PATTERN);
+            s
+        }
+        "google.protobuf.UInt64Value" => {
+            let mut s = wrapper("string", Some("uint64"));
+            s["pattern"] = json!(UINT64_PATTERN);
+            s
+        }
         "google.protobuf.Int32Value" => wrapper("integer", Some("int32")),
         "google.protobuf.UInt32Value" => wrapper("integer", None),
         "google.protobuf.BoolValue" => wrapper("boolean", None),

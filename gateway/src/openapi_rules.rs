@@ -2,9 +2,9 @@
 //!
 //! The field, message and oneof options are read as extensions from the descriptor pool and
 //! walked generically. What JSON Schema can say exactly becomes keywords (lengths, patterns,
-//! formats, ranges, `enum`, item and pair counts, oneofs); the rest (64-bit integers, which
-//! travel as strings, durations, timestamps, byte lengths, CEL rules) goes into the
-//! description. The aim is that the schema accepts exactly what the server accepts: a field
+//! formats, ranges, `enum`, item and pair counts, oneofs); the rest (ranges of 64-bit
+//! integers, which travel as strings, beyond `gte 0` / `gt 0` / `required`, which become
+//! patterns; durations, timestamps, byte lengths, CEL rules) goes into the description. The aim is that the schema accepts exactly what the server accepts: a field
 //! without presence whose rules refuse its zero value is `required` (leaving it out sends the
 //! zero value), and `IGNORE_IF_ZERO_VALUE` lets the zero value through.
 
@@ -17,6 +17,14 @@ use serde_json::{json, Map, Value as Json};
 /// The canonical text form of a UUID.
 pub(crate) const UUID_PATTERN: &str =
     "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+/// 64-bit integers travel as JSON strings; at most 18 (signed) or 19 (unsigned) digits keep
+/// them in range.
+pub(crate) const INT64_PATTERN: &str = "^-?[0-9]{1,18}$";
+pub(crate) const UINT64_PATTERN: &str = "^[0-9]{1,19}$";
+const INT64_NON_NEGATIVE_PATTERN: &str = "^[0-9]{1,18}$";
+const INT64_POSITIVE_PATTERN: &str = "^0*[1-9][0-9]{0,17}$";
+const INT64_NON_ZERO_PATTERN: &str = "^-?0*[1-9][0-9]{0,17}$";
+const UINT64_NON_ZERO_PATTERN: &str = "^0*[1-9][0-9]{0,18}$";
 const FIELD_EXT: &str = "buf.validate.field";
 const MESSAGE_EXT: &str = "buf.validate.message";
 const ONEOF_EXT: &str = "buf.validate.oneof";
@@ -474,8 +482,7 @@ fn value_constraints(
                 .collect();
             allowed.retain(|(num, _)| !outs.contains(num));
             if allowed.len() != total {
-                let names: Vec<Json> = allowed.into_iter().map(|(_, n)| json!(n)).collect();
-                add(c, "enum", Json::Array(names));
+                add(c, "enum", enum_values(&allowed));
             }
             notes.extend(leftover_notes(
                 &r,
@@ -495,8 +502,20 @@ fn value_constraints(
             "int64" | "uint64" | "sint64" | "fixed64" | "sfixed64",
             Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64,
         ) => {
-            // JSON strings: the range goes in the description; it is still evaluated to know
-            // whether the zero value passes.
+            // JSON strings: `gte 0` and `gt 0` become patterns, the rest of the range goes in
+            // the description; it is still evaluated to know whether the zero value passes.
+            let unsigned = matches!(kind, Kind::Uint64 | Kind::Fixed64);
+            let is_zero = |v: Option<Value>| v.is_some_and(|v| to_json(&v).as_f64() == Some(0.0));
+            if is_zero(get(&r, "gt")) {
+                let p = if unsigned {
+                    UINT64_NON_ZERO_PATTERN
+                } else {
+                    INT64_POSITIVE_PATTERN
+                };
+                add(c, "pattern", json!(p));
+            } else if is_zero(get(&r, "gte")) && !unsigned {
+                add(c, "pattern", json!(INT64_NON_NEGATIVE_PATTERN));
+            }
             let used = range_constraints(&r, hidden);
             notes.extend(range_notes(&r));
             notes.extend(leftover_notes(&r, &used));
@@ -616,22 +635,52 @@ fn string_constraints(r: &DynamicMessage, c: &mut Map<String, Json>, notes: &mut
     notes.extend(leftover);
 }
 
+/// The names and the numbers of enum values (proto3 JSON takes either).
+fn enum_values(allowed: &[(i32, String)]) -> Json {
+    let mut out: Vec<Json> = allowed.iter().map(|(_, n)| json!(n)).collect();
+    out.extend(allowed.iter().map(|(n, _)| json!(n)));
+    Json::Array(out)
+}
+
+/// The schema of a value's zero value (an enum's zero is its first name or `0`).
+fn zero_schema(target: &Target) -> Option<Json> {
+    match target.kind() {
+        Kind::Enum(e) => Some(json!({"enum": [zero_name(e), 0]})),
+        _ => target.zero().map(|z| json!({"const": z})),
+    }
+}
+
+/// What a "required field is missing" check of a field without presence refuses, as keywords:
+/// the zero value of a scalar, an empty list or map (nothing for fields with presence).
+pub(crate) fn non_zero_field(field: &FieldDescriptor) -> Map<String, Json> {
+    let mut c = Map::new();
+    if field.is_map() {
+        add(&mut c, "minProperties", json!(1));
+    } else if field.is_list() {
+        add(&mut c, "minItems", json!(1));
+    } else if !field.supports_presence() {
+        non_zero(&Target(field.kind()), &mut c);
+    }
+    c
+}
+
 /// The constraint a `required` rule adds to a value without presence (non-zero).
 fn non_zero(target: &Target, c: &mut Map<String, Json>) {
     match target.kind() {
         Kind::String | Kind::Bytes => add(c, "minLength", json!(1)),
         Kind::Bool => add(c, "const", json!(true)),
         Kind::Enum(e) => {
-            let names: Vec<Json> = e
+            let allowed: Vec<(i32, String)> = e
                 .values()
                 .filter(|v| v.number() != 0)
-                .map(|v| json!(v.name()))
+                .map(|v| (v.number(), v.name().to_owned()))
                 .collect();
-            add(c, "enum", Json::Array(names));
+            add(c, "enum", enum_values(&allowed));
         }
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
-            add(c, "not", json!({"pattern": "^-?0+$"}))
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            add(c, "pattern", json!(INT64_NON_ZERO_PATTERN))
         }
+        Kind::Uint64 | Kind::Fixed64 => add(c, "pattern", json!(UINT64_NON_ZERO_PATTERN)),
         Kind::Message(_) => {}
         _ => add(c, "not", json!({"const": 0})),
     }
@@ -709,7 +758,8 @@ fn apply_value_ignoring(
     if ignore == IGNORE_IF_ZERO_VALUE {
         if let Some(z) = target.zero() {
             if !c.is_empty() {
-                c = Map::from_iter([("anyOf".to_owned(), json!([{"const": z}, Json::Object(c)]))]);
+                let zero = zero_schema(target).unwrap_or_else(|| json!({"const": z}));
+                c = Map::from_iter([("anyOf".to_owned(), json!([zero, Json::Object(c)]))]);
             }
             if !own_notes.is_empty() {
                 own_notes.push(format!("{note_prefix}These rules do not apply to `{z}`."));
@@ -993,9 +1043,10 @@ fn is_set(field: &FieldDescriptor) -> Json {
     } else if field.is_list() {
         json!({"maxItems": 0})
     } else {
-        match Target(field.kind()).zero() {
+        let target = Target(field.kind());
+        match target.zero() {
             Some(Json::String(s)) if s == "0" => json!({"pattern": "^-?0+$"}),
-            Some(z) => json!({"const": z}),
+            Some(_) => zero_schema(&target).unwrap_or(Json::Null),
             None => return json!({"required": [name]}),
         }
     };
@@ -1071,6 +1122,33 @@ mod tests {
         assert!(accepts(&json!({"pattern": "^[a-z]*$"}), &json!("")));
         assert!(!accepts(&json!({"minItems": 1}), &json!([])));
         assert!(accepts(&json!({"maxProperties": 3}), &json!({})));
+    }
+
+    #[test]
+    fn int64_patterns_stay_in_range() {
+        let m = |p: &str, v: &str| regex::Regex::new(p).unwrap().is_match(v);
+        assert!(m(INT64_PATTERN, "-999999999999999999"));
+        assert!(!m(INT64_PATTERN, "9223372036854775808"));
+        assert!(!m(INT64_PATTERN, "1e3"));
+        assert!(m(UINT64_PATTERN, "9999999999999999999"));
+        assert!(!m(UINT64_PATTERN, "18446744073709551616"));
+        assert!(!m(UINT64_PATTERN, "-1"));
+        assert!(m(INT64_NON_NEGATIVE_PATTERN, "0") && !m(INT64_NON_NEGATIVE_PATTERN, "-1"));
+        assert!(m(INT64_POSITIVE_PATTERN, "007") && !m(INT64_POSITIVE_PATTERN, "0"));
+        assert!(!m(INT64_POSITIVE_PATTERN, "-5"));
+        assert!(m(INT64_NON_ZERO_PATTERN, "-5") && !m(INT64_NON_ZERO_PATTERN, "-000"));
+        assert!(m(UINT64_NON_ZERO_PATTERN, "1") && !m(UINT64_NON_ZERO_PATTERN, "00"));
+        // `required` on an int64 refuses "0" through the same keywords.
+        let mut c = Map::new();
+        non_zero(&Target(Kind::Int64), &mut c);
+        assert!(!accepts(&Json::Object(c.clone()), &json!("0")));
+        assert!(accepts(&Json::Object(c), &json!("-3")));
+    }
+
+    #[test]
+    fn enum_restrictions_name_and_number() {
+        let allowed = vec![(1, "A".to_owned()), (2, "B".to_owned())];
+        assert_eq!(enum_values(&allowed), json!(["A", "B", 1, 2]));
     }
 
     #[test]

@@ -599,10 +599,11 @@ fn text_to_json(field: &FieldDescriptor, raw: &str, route: &Route) -> Result<Jso
     };
     match field.kind() {
         Kind::Bool => boolean(raw),
-        Kind::Enum(_) => Ok(raw
-            .parse::<i64>()
+        // A number in its canonical decimal form (`2`, `-1`; not `+2` or `02`) is a value's
+        // number, anything else a name; unknown numbers and names are refused later.
+        Kind::Enum(_) => Ok(canonical_integer(raw)
             .map(Json::from)
-            .unwrap_or_else(|_| Json::String(raw.to_owned()))),
+            .unwrap_or_else(|| Json::String(raw.to_owned()))),
         Kind::Message(m) if m.full_name() == "google.protobuf.BoolValue" => boolean(raw),
         Kind::Message(m) if m.full_name() == FIELD_MASK => {
             normalize_mask(raw, mask_target(field, route).as_ref()).map(Json::String)
@@ -613,6 +614,16 @@ fn text_to_json(field: &FieldDescriptor, raw: &str, route: &Route) -> Result<Jso
         )),
         _ => Ok(Json::String(raw.to_owned())),
     }
+}
+
+/// An integer written as JSON would write it.
+fn canonical_integer(raw: &str) -> Option<i64> {
+    let digits = raw.strip_prefix('-').unwrap_or(raw);
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && raw != "-0";
+    canonical.then(|| raw.parse().ok()).flatten()
 }
 
 /// Sets the field at the end of `chain` from textual values (one, or several for a repeated
@@ -856,7 +867,17 @@ pub(crate) fn canonical_json(value: &Json) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::mask_path;
+    use super::{canonical_integer, mask_path};
+
+    #[test]
+    fn enum_numbers_in_text_are_canonical_integers() {
+        assert_eq!(canonical_integer("2"), Some(2));
+        assert_eq!(canonical_integer("0"), Some(0));
+        assert_eq!(canonical_integer("-1"), Some(-1));
+        for other in ["+2", "02", "-0", "2.0", "", "-", "COLOR_RED", " 2"] {
+            assert_eq!(canonical_integer(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn mask_paths_without_a_target_are_only_respelled() {

@@ -242,10 +242,45 @@ async fn openapi_document_describes_the_routes() {
         "#/components/schemas/zen.gateway.test.v1.Color"
     );
     let color = &doc["components"]["schemas"]["zen.gateway.test.v1.Color"];
+    // By name or by number.
     assert_eq!(
-        color["enum"],
-        json!(["COLOR_UNSPECIFIED", "COLOR_RED", "COLOR_GREEN"])
+        color["anyOf"],
+        json!([
+            {"type": "string", "enum": ["COLOR_UNSPECIFIED", "COLOR_RED", "COLOR_GREEN"]},
+            {"type": "integer", "enum": [0, 1, 2]}
+        ])
     );
+    assert!(color["description"].is_string());
+    // Unknown fields are refused; 64-bit integers stay in range; a REQUIRED string refuses
+    // "" (the gateway counts it missing).
+    assert_eq!(thing["additionalProperties"], false);
+    assert_eq!(props["sizeBytes"]["pattern"], "^-?[0-9]{1,18}$");
+    assert_eq!(props["displayName"]["minLength"], 1);
+    assert_eq!(
+        props["labels"]["additionalProperties"],
+        json!({"type": "string"})
+    );
+
+    // An update (update_mask) does not demand the resource's REQUIRED fields: the PATCH body
+    // is the resource inline without them, the whole-body binding refers to its partial form.
+    let patch = &paths["/v1/tenants/{tenant_id}/things/{thing_id}"]["patch"]["requestBody"]
+        ["content"]["application/json"]["schema"];
+    assert!(patch.get("$ref").is_none());
+    assert!(patch.get("required").is_none());
+    assert_eq!(patch["additionalProperties"], false);
+    assert!(patch["properties"]["displayName"]
+        .get("minLength")
+        .is_none());
+    let update = &paths["/v1/tenants/{tenant_id}/things:update"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"];
+    assert_eq!(update["additionalProperties"], false);
+    assert_eq!(
+        update["properties"]["thing"]["$ref"],
+        "#/components/schemas/zen.gateway.test.v1.Thing.Partial"
+    );
+    let partial = &doc["components"]["schemas"]["zen.gateway.test.v1.Thing.Partial"];
+    assert!(partial.get("required").is_none());
+    assert_eq!(partial["additionalProperties"], false);
     assert!(doc["components"]["schemas"]["Problem"]["properties"]["errors"].is_object());
     assert_eq!(doc["security"], json!([{"bearer": []}]));
     assert_eq!(
@@ -297,6 +332,20 @@ async fn zen_contracts_load_and_document() {
     assert_eq!(
         doc["paths"]["/.well-known/jwks.json"]["get"]["security"],
         json!([])
+    );
+    // The gateway refuses unknown fields, and 64-bit integers that overflow.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["zen.auth.v1.LocalLoginRequest"]["additionalProperties"],
+        false
+    );
+    assert_eq!(
+        schemas["zen.audit.v1.VerifyChainResponse"]["properties"]["lastSequence"]["pattern"],
+        "^-?[0-9]{1,18}$"
+    );
+    assert_eq!(
+        schemas["zen.tenancy.v1.Tenant"]["properties"]["version"]["allOf"],
+        json!([{"pattern": "^[0-9]{1,18}$"}])
     );
 }
 
@@ -407,7 +456,7 @@ async fn validation_rules_become_json_schema() {
         props["shade"]["allOf"],
         json!([
             {"$ref": "#/components/schemas/zen.gateway.rules.v1.Shade"},
-            {"enum": ["SHADE_LIGHT", "SHADE_DARK"]}
+            {"enum": ["SHADE_LIGHT", "SHADE_DARK", 1, 2]}
         ])
     );
     // An int32 range.
@@ -419,6 +468,14 @@ async fn validation_rules_become_json_schema() {
         .unwrap()
         .contains("≥ `0`"));
     assert!(props["size"].get("minimum").is_none());
+    // ... but `gte 0` is a pattern, on top of the bounded digits of every int64.
+    assert_eq!(props["size"]["pattern"], "^-?[0-9]{1,18}$");
+    assert_eq!(
+        props["size"]["allOf"],
+        json!([{"pattern": "^[0-9]{1,18}$"}])
+    );
+    // Unknown fields are refused.
+    assert_eq!(widget["additionalProperties"], false);
     assert!(props["timeout"]["description"]
         .as_str()
         .unwrap()

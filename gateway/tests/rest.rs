@@ -216,6 +216,17 @@ async fn query_parameters_fill_unbound_fields() {
         .await
         .unwrap();
     assert_eq!(echo(&body), json!({"color": "COLOR_GREEN"}));
+    // A number the enum does not define, or one not in canonical form, is refused.
+    for bad in ["7", "-1", "+2", "02", "2.0"] {
+        let r = h
+            .client
+            .get(h.url(&format!("/v1/search?color={bad}")))
+            .send()
+            .await
+            .unwrap();
+        let body = assert_problem(r, 400).await;
+        assert_eq!(problem_fields(&body), vec!["color"], "{bad}");
+    }
 
     // Unknown parameters, bad values: 400 listing each.
     let r = h
@@ -366,6 +377,18 @@ async fn routing_misses_are_404_and_405_problems() {
     let mut allowed: Vec<&str> = allow.split(", ").collect();
     allowed.sort();
     assert_eq!(allowed, vec!["DELETE", "GET", "PATCH"]);
+
+    // A path with a known custom verb is that route's path: another method is 405, not a
+    // match of the verb-less `PATCH .../things/{thing_id}` with `th1:suspend` as the id.
+    let r = h
+        .client
+        .patch(h.url("/v1/tenants/t1/things/th1:suspend"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["allow"], "POST");
+    assert_problem(r, 405).await;
 
     // Client-streaming methods are not exposed, even with an http rule.
     assert_problem(
