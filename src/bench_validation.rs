@@ -24,7 +24,10 @@ fn shapes() -> Vec<Shape> {
         ("content-type", "application/json"),
         ("x-timestamp", "1764950400"),
         ("x-nonce", "b6f1d1c2-5d1a-4a57-8b0e-3b2c9f0e7a11"),
-        ("x-signature", "v1=0f3c5e0b9a7d4c2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e"),
+        (
+            "x-signature",
+            "v1=0f3c5e0b9a7d4c2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e",
+        ),
         ("user-agent", "zen-bench/1"),
     ] {
         headers.insert(k.to_owned(), v.to_owned());

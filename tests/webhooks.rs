@@ -230,8 +230,9 @@ async fn sources_are_managed_with_checked_settings_and_secrets_shown_once() {
             "webhook_source.verification.scheme",
         ),
         (
+            // A cross-field rule (CEL) names the message it applies to.
             json!({ "name": "a-source", "verification": { "scheme": "WEBHOOK_SCHEME_GENERIC_HMAC" } }),
-            "webhook_source.verification.generic_hmac",
+            "webhook_source.verification",
         ),
         (
             json!({ "name": "a-source", "verification": { "scheme": "WEBHOOK_SCHEME_GITHUB" }, "secret": "short" }),

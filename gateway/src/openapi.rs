@@ -619,6 +619,44 @@ impl Builder<'_> {
         schema
     }
 
+    /// An update's body keeps only what can be sent: the fields its `update_mask` rule
+    /// (`field_mask.in`) lets change, and those a PATCH without a mask leaves out of the mask
+    /// it derives from the body (OUTPUT_ONLY, IMMUTABLE, `version`/`etag`: sending back a
+    /// resource read earlier works). Anything else would be refused as a mask path.
+    fn only_updatable(
+        &self,
+        input: &MessageDescriptor,
+        resource: &MessageDescriptor,
+        schema: &mut Json,
+    ) {
+        let Some(mask) = input.get_field_by_name("update_mask") else {
+            return;
+        };
+        let Some(paths) = self.rules.field_mask_in(&mask) else {
+            return;
+        };
+        let tops: BTreeSet<&str> = paths
+            .iter()
+            .map(|p| p.split('.').next().unwrap_or(p))
+            .collect();
+        let keep: BTreeSet<String> = resource
+            .fields()
+            .filter(|f| {
+                tops.contains(f.name())
+                    || self.behaviors.is_output_only(f)
+                    || self.behaviors.is_immutable(f)
+                    || matches!(f.name(), "version" | "etag")
+            })
+            .map(|f| f.json_name().to_owned())
+            .collect();
+        if let Some(Json::Object(properties)) = schema.get_mut("properties") {
+            properties.retain(|name, _| keep.contains(name));
+        }
+        if let Some(Json::Array(required)) = schema.get_mut("required") {
+            required.retain(|name| name.as_str().is_some_and(|n| keep.contains(n)));
+        }
+    }
+
     fn operation(&mut self, route: &Route, operation_id: &str, names: &[String]) -> Json {
         let method = &route.method;
         let input = method.input();
@@ -779,16 +817,27 @@ impl Builder<'_> {
                     unreachable!("checked above")
                 };
                 self.relaxed = true;
-                let schema = self.message_schema_mode(&m, &[], false);
+                let mut schema = self.message_schema_mode(&m, &[], false);
                 self.relaxed = false;
+                self.only_updatable(&input, &m, &mut schema);
                 Some(json_body(schema))
             }
             BodyBinding::Field(f) => {
                 let mut schema = self.field_schema(f);
+                let mut description = None;
                 if let Json::Object(o) = &mut schema {
                     o.remove("readOnly");
+                    // Beside a bare `$ref` the field's words belong to the request body: a
+                    // sibling of `$ref` there makes some generators lose the referenced type.
+                    if o.contains_key("$ref") {
+                        description = o.remove("description");
+                    }
                 }
-                Some(json_body(schema))
+                let mut body = json_body(schema);
+                if let Some(description) = description {
+                    body["description"] = description;
+                }
+                Some(body)
             }
         };
         if let Some(body) = body {
@@ -945,7 +994,7 @@ fn wkt_schema(desc: &MessageDescriptor) -> Option<Json> {
     Some(match desc.full_name() {
         "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
         "google.protobuf.Duration" => {
-            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$", "description": "Duration in seconds with an `s` suffix, e.g. `1.5s`."})
+            json!({"type": "string", "pattern": crate::openapi_rules::DURATION_PATTERN, "description": "Duration in seconds with an `s` suffix, e.g. `1.5s`."})
         }
         "google.protobuf.FieldMask" => {
             json!({"type": "string", "description": "Comma-separated lowerCamelCase field paths."})

@@ -25,6 +25,10 @@ const INT64_NON_NEGATIVE_PATTERN: &str = "^[0-9]{1,18}$";
 const INT64_POSITIVE_PATTERN: &str = "^0*[1-9][0-9]{0,17}$";
 const INT64_NON_ZERO_PATTERN: &str = "^-?0*[1-9][0-9]{0,17}$";
 const UINT64_NON_ZERO_PATTERN: &str = "^0*[1-9][0-9]{0,18}$";
+/// A `google.protobuf.Duration` in JSON: seconds with an `s` suffix. Eleven digits stay inside
+/// the type's range (±315,576,000,000 s).
+pub(crate) const DURATION_PATTERN: &str = "^-?[0-9]{1,11}(\\.[0-9]{1,9})?s$";
+const DURATION_NON_NEGATIVE_PATTERN: &str = "^[0-9]{1,11}(\\.[0-9]{1,9})?s$";
 const FIELD_EXT: &str = "buf.validate.field";
 const MESSAGE_EXT: &str = "buf.validate.message";
 const ONEOF_EXT: &str = "buf.validate.oneof";
@@ -113,6 +117,28 @@ fn render(v: &Value) -> String {
         Json::String(s) => format!("`{s}`"),
         other => format!("`{other}`"),
     }
+}
+
+/// A field-mask path in JSON spelling: each `snake_case` segment in lowerCamelCase.
+fn json_path(path: &str) -> String {
+    path.split('.')
+        .map(|segment| {
+            let mut out = String::with_capacity(segment.len());
+            let mut upper = false;
+            for c in segment.chars() {
+                if c == '_' {
+                    upper = true;
+                } else if upper {
+                    out.extend(c.to_uppercase());
+                    upper = false;
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// Escapes a literal for an ECMA-262 (and RE2) pattern.
@@ -520,7 +546,40 @@ fn value_constraints(
             notes.extend(range_notes(&r));
             notes.extend(leftover_notes(&r, &used));
         }
-        ("duration" | "timestamp", _) => {
+        ("duration", _) => {
+            // JSON strings like `1.5s`: a lower bound of zero drops the minus sign; the rest of
+            // the range goes in the description.
+            let zero = |m: DynamicMessage| {
+                get(&m, "seconds").and_then(|v| v.as_i64()).unwrap_or(0) == 0
+                    && get(&m, "nanos").and_then(|v| v.as_i32()).unwrap_or(0) == 0
+            };
+            if get_message(&r, "gte").is_some_and(zero) {
+                add(c, "pattern", json!(DURATION_NON_NEGATIVE_PATTERN));
+            }
+            let used = ["const", "gt", "gte", "lt", "lte", "in", "not_in"];
+            notes.extend(range_notes(&r));
+            notes.extend(leftover_notes(&r, &used));
+        }
+        ("field_mask", _) => {
+            // The mask's JSON form: comma-separated lowerCamelCase paths, each one of `in`.
+            let paths: Vec<String> = get_list(&r, "in")
+                .iter()
+                .filter_map(|v| v.as_str().map(json_path))
+                .collect();
+            if !paths.is_empty() {
+                let one = format!(
+                    "(?:{})",
+                    paths
+                        .iter()
+                        .map(|p| regex_escape(p))
+                        .collect::<Vec<_>>()
+                        .join("|")
+                );
+                add(c, "pattern", json!(format!("^(?:{one}(?:,{one})*)?$")));
+            }
+            notes.extend(leftover_notes(&r, &["in"]));
+        }
+        ("timestamp", _) => {
             let used = ["const", "gt", "gte", "lt", "lte", "in", "not_in"];
             notes.extend(range_notes(&r));
             notes.extend(leftover_notes(&r, &used));
@@ -813,6 +872,17 @@ impl Rules {
     }
 
     /// True when a real oneof must have one member set.
+    /// The paths a FieldMask field's `field_mask.in` rule allows (proto spelling), if any.
+    pub(crate) fn field_mask_in(&self, field: &FieldDescriptor) -> Option<Vec<String>> {
+        let rules = self.field_rules(field)?;
+        let mask = get_message(&rules, "field_mask")?;
+        let paths: Vec<String> = get_list(&mask, "in")
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        (!paths.is_empty()).then_some(paths)
+    }
+
     pub(crate) fn oneof_required(&self, oneof: &OneofDescriptor) -> bool {
         ext_message(&oneof.options(), &self.oneof).is_some_and(|r| get_bool(&r, "required"))
     }

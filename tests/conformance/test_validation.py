@@ -70,7 +70,7 @@ def tenancy_stub(zen):
 @pytest.fixture(scope="module")
 def webhook_stub(zen):
     with zen.channel() as channel:
-        stub, _ = service_stub(channel, "zen.ingest.v1.WebhookService")
+        stub, _ = service_stub(channel, "zen.ingest.v1.IngestService")
         yield stub
 
 

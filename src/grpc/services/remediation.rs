@@ -547,12 +547,7 @@ impl remediation_service_server::RemediationService for RemediationApi {
         let risk = risk_field("remediation.risk", r.risk, true)?.expect("required");
         let event_id = optional_id("remediation.event_id", &r.event_id)?;
         let cluster_id = optional_id("remediation.cluster_id", &r.cluster_id)?;
-        if event_id.is_none() && cluster_id.is_none() {
-            return Err(invalid(&[(
-                "remediation.cluster_id",
-                "is required when no event_id is given",
-            )]));
-        }
+        // One of the two is named: the contract's remediation.target rule.
         let (_, proposed_by) = actor_identity(&call.caller);
         let scope = call.scope(Some(tenant_id));
         let (title, description) = (r.title, r.description);
