@@ -13,7 +13,7 @@
 use std::sync::LazyLock;
 
 use prost_protovalidate::{Error, Validator};
-use prost_reflect::{DynamicMessage, MapKey, ReflectMessage, Value};
+use prost_reflect::{DescriptorPool, DynamicMessage, MapKey, ReflectMessage, Value};
 use tonic::Status;
 use uuid::Uuid;
 
@@ -26,30 +26,14 @@ static VALIDATOR: LazyLock<Validator> = LazyLock::new(Validator::new);
 /// contracts bound most fields more tightly.
 const MAX_TEXT_CHARS: usize = 64 * 1024;
 
+/// The contracts' descriptors, for messages that arrive typed (the agent stream's events).
+static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("the built-in descriptor set")
+});
+
 /// Checks `message` against its contract's rules; INVALID_ARGUMENT naming every broken rule.
 pub fn check(message: &DynamicMessage) -> Result<(), Status> {
-    let mut violations = texts(message);
-    match VALIDATOR.validate(message) {
-        Ok(()) => {}
-        Err(Error::Validation(error)) => {
-            for violation in error.violations() {
-                let description = if violation.message().is_empty() {
-                    format!("breaks the rule {}", violation.rule_id())
-                } else {
-                    violation.message().to_owned()
-                };
-                violations.push((violation.field_path(), description));
-            }
-        }
-        // A rule that does not compile or evaluate is a defect of the contracts (the unit tests
-        // compile every request message's rules), never the caller's fault.
-        Err(error) => {
-            tracing::error!(%error, message = message.descriptor().full_name(), "a validation rule failed to run");
-            return Err(Status::internal(
-                "a validation rule of the contract failed to run",
-            ));
-        }
-    }
+    let violations = violations(message)?;
     if violations.is_empty() {
         return Ok(());
     }
@@ -70,6 +54,55 @@ pub fn unchecked(field: &str) -> Status {
     Status::internal(format!(
         "{field} reached the handler unchecked: the contract lacks a rule for it"
     ))
+}
+
+/// `(field path, description)` of every rule `message` breaks; INTERNAL when a rule cannot run.
+fn violations(message: &DynamicMessage) -> Result<Vec<(String, String)>, Status> {
+    let mut violations = texts(message);
+    match VALIDATOR.validate(message) {
+        Ok(()) => {}
+        Err(Error::Validation(error)) => {
+            for violation in error.violations() {
+                let description = if violation.message().is_empty() {
+                    format!("breaks the rule {}", violation.rule_id())
+                } else {
+                    violation.message().to_owned()
+                };
+                violations.push((violation.field_path(), description));
+            }
+        }
+        // A rule that does not compile or evaluate is a defect of the contracts (the unit tests
+        // compile every message's rules), never the caller's fault.
+        Err(error) => {
+            tracing::error!(%error, message = message.descriptor().full_name(), "a validation rule failed to run");
+            return Err(Status::internal(
+                "a validation rule of the contract failed to run",
+            ));
+        }
+    }
+    Ok(violations)
+}
+
+/// The rules a typed message (named `full_name` in the contracts) breaks, one sentence per
+/// rule joined with "; " (`None`: it keeps them all). For the items of a stream that are
+/// refused one by one (an agent's events) rather than failing the call.
+pub fn broken_rules(full_name: &str, message: &impl prost::Message) -> Option<String> {
+    let descriptor = POOL.get_message_by_name(full_name)?;
+    let dynamic = match DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice()) {
+        Ok(dynamic) => dynamic,
+        Err(error) => return Some(format!("does not decode as {full_name}: {error}")),
+    };
+    match violations(&dynamic) {
+        Ok(found) if found.is_empty() => None,
+        Ok(found) => Some(
+            found
+                .iter()
+                .map(|(field, description)| format!("{field}: {description}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        Err(status) => Some(status.message().to_owned()),
+    }
 }
 
 /// A UUID that the contract's `string.uuid` rule already proved well formed.

@@ -232,35 +232,24 @@ fn default_fingerprint(source: &str, event: &pb::AgentEvent) -> String {
 }
 
 /// Checks and normalizes one agent event; `Err` is the rejection reason sent in its ack.
+/// An agent's event as the store's. Its fields keep the contract's rules (`AgentEvent` in
+/// `proto/zen/ingest/v1/event.proto`), checked one event at a time so one bad event does not
+/// sink its batch-mates; what is left here needs more than one field's value.
 fn normalize(event: pb::AgentEvent) -> Result<NewEvent, String> {
-    if event.agent_event_id.is_empty() || event.agent_event_id.len() > 256 {
-        return Err("agent_event_id: required, at most 256 characters".into());
+    if let Some(broken) = crate::grpc::validate::broken_rules("zen.ingest.v1.AgentEvent", &event) {
+        return Err(broken);
     }
     let source = pb::EventSource::try_from(event.source)
         .ok()
         .and_then(source_name)
-        .ok_or("source: required, one of trivy, kyverno, falco, kube-bench, audit, custom")?;
-    if source == "webhook" {
-        return Err("source: webhook events come through webhook sources".into());
-    }
-    let category = match pb::EventCategory::try_from(event.category) {
-        Ok(pb::EventCategory::Unspecified) => "security",
-        Ok(category) => category_name(category).unwrap_or("security"),
-        Err(_) => return Err("category: unknown value".into()),
-    };
-    let severity = match common::Severity::try_from(event.severity) {
-        Ok(common::Severity::Unspecified) | Err(_) => {
-            return Err("severity: required (info, low, medium, high, critical)".into())
-        }
-        Ok(severity) => severity as i16,
-    };
-    if event.r#type.is_empty() || event.r#type.len() > 1024 || event.title.len() > 1024 {
-        return Err("type: required; type and title at most 1024 characters".into());
-    }
+        .ok_or("source: refused by the contract")?;
+    let category = pb::EventCategory::try_from(event.category)
+        .ok()
+        .and_then(category_name)
+        .unwrap_or("security");
+    let severity = event.severity as i16;
     let fingerprint = if event.fingerprint.is_empty() {
         default_fingerprint(source, &event)
-    } else if event.fingerprint.len() > 256 {
-        return Err("fingerprint: at most 256 characters".into());
     } else {
         event.fingerprint.clone()
     };
@@ -543,6 +532,17 @@ impl AgentSession {
                 return;
             }
         };
+        if let Some(broken) =
+            crate::grpc::validate::broken_rules("zen.ingest.v1.AgentHello", &first)
+        {
+            Self::goodbye(
+                &out,
+                pb::GoodbyeReason::ProtocolError,
+                &format!("hello: {broken}"),
+            )
+            .await;
+            return;
+        }
         self.report(
             ConnectionState::Connected,
             Some(first.agent_version.clone()),

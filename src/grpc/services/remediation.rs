@@ -1331,8 +1331,14 @@ pub fn report_from_proto(
 ) -> Result<crate::remediation::Report, String> {
     use crate::proto::zen::ingest::v1 as ingest;
     use crate::remediation::{Phase, ProbeOutcome};
+    // The report keeps its contract's rules (ids are UUIDs, a known phase), or is refused.
+    if let Some(broken) =
+        crate::grpc::validate::broken_rules("zen.ingest.v1.RemediationReport", &report)
+    {
+        return Err(broken);
+    }
     let id = |field: &str, value: &str| {
-        Uuid::parse_str(value).map_err(|_| format!("{field} must be a UUID"))
+        Uuid::parse_str(value).map_err(|_| format!("{field}: unchecked"))
     };
     let phase = match ingest::ExecutionPhase::try_from(report.phase) {
         Ok(ingest::ExecutionPhase::Received) => Phase::Received,
@@ -1340,7 +1346,7 @@ pub fn report_from_proto(
         Ok(ingest::ExecutionPhase::Verifying) => Phase::Verifying,
         Ok(ingest::ExecutionPhase::Succeeded) => Phase::Succeeded,
         Ok(ingest::ExecutionPhase::Failed) => Phase::Failed,
-        _ => return Err("phase is required".into()),
+        _ => return Err("phase: unchecked".into()),
     };
     let time = |t: Option<prost_types::Timestamp>| {
         t.and_then(|t| {
