@@ -352,10 +352,29 @@ async fn acks_are_durable_resends_are_idempotent_and_fingerprints_fold() {
     assert!(mixed.acks[0].reason.contains("severity"));
     assert_eq!(mixed.acks[1].outcome, pb::EventOutcome::Accepted as i32);
 
+    // The event's rules are its contract's (AgentEvent in event.proto), every one named.
+    let mut hostile = event("hostile", "z");
+    hostile.source = pb::EventSource::Webhook as i32;
+    hostile.title = "line\nbreak".into();
+    hostile.fingerprint = "f".repeat(257);
+    tx.send(batch("b4", vec![hostile, event("fine", "w")]))
+        .await
+        .unwrap();
+    let named = next_ack(&mut replies).await;
+    assert_eq!(named.acks[0].outcome, pb::EventOutcome::Rejected as i32);
+    for field in ["source", "title", "fingerprint"] {
+        assert!(
+            named.acks[0].reason.contains(&format!("{field}: ")),
+            "{field} in {}",
+            named.acks[0].reason
+        );
+    }
+    assert_eq!(named.acks[1].outcome, pb::EventOutcome::Accepted as i32);
+
     let stored = events_of(&zen, &tenant_id).await;
     assert_eq!(
         stored.len(),
-        20 + 1 + 1,
+        20 + 1 + 1 + 1,
         "each event exactly once, the folded ones as one row"
     );
     let same = stored.iter().find(|e| e.fingerprint == "same").unwrap();
