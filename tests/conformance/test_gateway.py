@@ -209,3 +209,66 @@ def test_event_watch_refuses_a_bad_token_with_an_error_frame_and_close_4401(zen_
         assert int.from_bytes(data[:2], "big") == 4401, data
     finally:
         ws.close()
+
+
+def resolve_link_expression(expression: str, request_path: dict[str, str], body: dict) -> str:
+    """An OpenAPI runtime expression of the two kinds the document uses."""
+    if expression.startswith("$request.path."):
+        return request_path[expression.removeprefix("$request.path.")]
+    assert expression.startswith("$response.body#/"), expression
+    value = body
+    for token in expression.removeprefix("$response.body#/").split("/"):
+        value = value[token.replace("~1", "/").replace("~0", "~")]
+    return value
+
+
+def test_a_client_follows_the_documents_links_from_each_create_to_what_it_made(
+    zen_local, session, auth, tenant_id
+):
+    """The way a stateful client (or fuzzer) uses `links`: create, then every GET the create's
+    response links to, its parameters taken from the response and the request as the link says."""
+    document = session.get(f"{zen_local.http_base}/openapi.json", timeout=HTTP_TIMEOUT).json()
+    by_id = {
+        op["operationId"]: (path, method)
+        for path, item in document["paths"].items()
+        for method, op in item.items()
+        if isinstance(op, dict) and "operationId" in op
+    }
+    creates = [
+        ("/v1/tenants", {}, {"name": "linked"}),
+        ("/v1/tenants/{tenant_id}/clusters", {"tenant_id": tenant_id}, {"name": "linked-cluster"}),
+        (
+            "/v1/tenants/{tenant_id}/webhookSources",
+            {"tenant_id": tenant_id},
+            {"name": "linked-source", "verification": {"scheme": "WEBHOOK_SCHEME_GITHUB"}},
+        ),
+    ]
+    followed = 0
+    for template, path_params, payload in creates:
+        links = document["paths"][template]["post"]["responses"]["200"].get("links") or {}
+        gets = {name: link for name, link in links.items() if by_id[link["operationId"]][1] == "get"}
+        assert gets, f"POST {template} links to no GET"
+        created = session.post(
+            f"{zen_local.http_base}{template.format(**path_params)}",
+            json=payload,
+            headers={**auth, "X-Request-Id": str(uuid.uuid4())},
+            timeout=HTTP_TIMEOUT,
+        )
+        assert created.status_code == 200, created.text
+        body = created.json()
+        for name, link in gets.items():
+            target, _ = by_id[link["operationId"]]
+            values = {
+                parameter: resolve_link_expression(expression, path_params, body)
+                for parameter, expression in link["parameters"].items()
+            }
+            read = session.get(
+                f"{zen_local.http_base}{target.format(**values)}", headers=auth, timeout=HTTP_TIMEOUT
+            )
+            assert read.status_code == 200, f"{name}: {read.status_code} {read.text}"
+            # What the link led to is what was made.
+            assert any(
+                isinstance(v, dict) and v.get("name") == payload["name"] for v in read.json().values()
+            ), (name, read.text)
+            followed += 1
+    assert followed >= 3
