@@ -10,6 +10,7 @@
 //! therefore never re-check what a rule states: they convert (an id the rules proved a UUID is
 //! parsed with [`id`]) and apply the product's rules that need state.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use prost_protovalidate::{Error, Validator};
@@ -29,6 +30,41 @@ const MAX_TEXT_CHARS: usize = 64 * 1024;
 /// The contracts' descriptors, for messages that arrive typed (the agent stream's events).
 static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
     DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("the built-in descriptor set")
+});
+
+/// The `message` of every CEL rule in the contracts, by rule id. The validator leaves a
+/// message-level rule's message out of its violation; the contract's words are put back.
+static CEL_MESSAGES: LazyLock<HashMap<String, String>> = LazyLock::new(|| {
+    let mut out = HashMap::new();
+    let mut collect = |options: &DynamicMessage, extension: &str| {
+        let Some(extension) = POOL.get_extension_by_name(extension) else {
+            return;
+        };
+        if !options.has_extension(&extension) {
+            return;
+        }
+        let rules = options.get_extension(&extension);
+        let cel = rules.as_message().and_then(|r| r.get_field_by_name("cel"));
+        for rule in cel.as_ref().and_then(|c| c.as_list()).unwrap_or_default() {
+            let text = |name: &str| {
+                rule.as_message()
+                    .and_then(|r| r.get_field_by_name(name))
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            };
+            let (id, message) = (text("id"), text("message"));
+            if !id.is_empty() && !message.is_empty() {
+                out.insert(id, message);
+            }
+        }
+    };
+    for message in POOL.all_messages().filter(|m| m.full_name().starts_with("zen.")) {
+        collect(&message.options(), "buf.validate.message");
+        for field in message.fields() {
+            collect(&field.options(), "buf.validate.field");
+        }
+    }
+    out
 });
 
 /// Checks `message` against its contract's rules; INVALID_ARGUMENT naming every broken rule.
@@ -63,10 +99,12 @@ fn violations(message: &DynamicMessage) -> Result<Vec<(String, String)>, Status>
         Ok(()) => {}
         Err(Error::Validation(error)) => {
             for violation in error.violations() {
-                let description = if violation.message().is_empty() {
-                    format!("breaks the rule {}", violation.rule_id())
-                } else {
+                let description = if !violation.message().is_empty() {
                     violation.message().to_owned()
+                } else if let Some(message) = CEL_MESSAGES.get(violation.rule_id()) {
+                    message.clone()
+                } else {
+                    format!("breaks the rule {}", violation.rule_id())
                 };
                 violations.push((violation.field_path(), description));
             }
@@ -287,6 +325,25 @@ mod tests {
         assert!(
             missing.is_empty(),
             "id fields without string.uuid: {missing:#?}"
+        );
+    }
+
+    /// A cross-field (CEL) rule on a message answers with the contract's own words.
+    #[test]
+    fn a_broken_cel_rule_says_what_its_contract_says() {
+        let pool = pool();
+        let message = pool
+            .get_message_by_name("zen.ingest.v1.WebhookVerification")
+            .expect("message");
+        let mut verification = DynamicMessage::new(message);
+        verification.set_field_by_name("scheme", Value::EnumNumber(7)); // GENERIC_HMAC
+        let status = check(&verification).expect_err("refused");
+        assert!(
+            status
+                .message()
+                .contains("generic_hmac is required with WEBHOOK_SCHEME_GENERIC_HMAC"),
+            "{}",
+            status.message()
         );
     }
 
