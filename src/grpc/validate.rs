@@ -58,7 +58,10 @@ static CEL_MESSAGES: LazyLock<HashMap<String, String>> = LazyLock::new(|| {
             }
         }
     };
-    for message in POOL.all_messages().filter(|m| m.full_name().starts_with("zen.")) {
+    for message in POOL
+        .all_messages()
+        .filter(|m| m.full_name().starts_with("zen."))
+    {
         collect(&message.options(), "buf.validate.message");
         for field in message.fields() {
             collect(&field.options(), "buf.validate.field");
