@@ -122,21 +122,7 @@ fn render(v: &Value) -> String {
 /// A field-mask path in JSON spelling: each `snake_case` segment in lowerCamelCase.
 fn json_path(path: &str) -> String {
     path.split('.')
-        .map(|segment| {
-            let mut out = String::with_capacity(segment.len());
-            let mut upper = false;
-            for c in segment.chars() {
-                if c == '_' {
-                    upper = true;
-                } else if upper {
-                    out.extend(c.to_uppercase());
-                    upper = false;
-                } else {
-                    out.push(c);
-                }
-            }
-            out
-        })
+        .map(crate::problem::lower_camel)
         .collect::<Vec<_>>()
         .join(".")
 }
