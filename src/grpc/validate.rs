@@ -4,8 +4,8 @@
 //! rules that hold for every text of every message (no NUL, at most 64 Ki characters).
 //!
 //! The [`super::authorize`] layer calls [`check`] once the caller is identified and before any
-//! policy, store or handler sees the request; the agent stream calls it on each message it
-//! reads. A violation is INVALID_ARGUMENT with one `google.rpc.BadRequest` field violation per
+//! policy, store or handler sees the request; the agent stream checks its hello, its reports
+//! and each event of a batch with [`broken_rules`] (an event is refused alone). A violation is INVALID_ARGUMENT with one `google.rpc.BadRequest` field violation per
 //! broken rule (the gateway turns it into a 400 problem document with `errors[]`). Handlers
 //! therefore never re-check what a rule states: they convert (an id the rules proved a UUID is
 //! parsed with [`id`]) and apply the product's rules that need state.
@@ -329,6 +329,23 @@ mod tests {
             missing.is_empty(),
             "id fields without string.uuid: {missing:#?}"
         );
+    }
+
+    /// The typed messages the agent stream checks are named right (an unknown name would
+    /// check nothing): empty ones break their required rules.
+    #[test]
+    fn the_agent_protocol_messages_are_checked_by_their_names() {
+        use crate::proto::zen::ingest::v1 as pb;
+        for broken in [
+            broken_rules("zen.ingest.v1.AgentEvent", &pb::AgentEvent::default()),
+            broken_rules("zen.ingest.v1.AgentHello", &pb::AgentHello::default()),
+            broken_rules(
+                "zen.ingest.v1.RemediationReport",
+                &pb::RemediationReport::default(),
+            ),
+        ] {
+            assert!(broken.is_some_and(|b| b.contains("required")));
+        }
     }
 
     /// A cross-field (CEL) rule on a message answers with the contract's own words.
