@@ -18,6 +18,7 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY crates ./crates
 COPY gateway ./gateway
 COPY proto ./proto
+COPY vendor ./vendor
 COPY migrations ./migrations
 COPY src ./src
 # The console's pages and the webhook presets are embedded in the binary.
