@@ -8,7 +8,8 @@
 # loader (TLS is rustls with ring: no OpenSSL). tests/conformance/test_dockerfile.py checks
 # this file and that list on every test run.
 
-ARG RUST_VERSION=1.85
+# The toolchain the lockfile was resolved and tested with (several dependencies need it).
+ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
 FROM docker.io/library/rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
