@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage};
+use prost_reflect::DynamicMessage;
 
 use crate::proto::zen::ingest::v1 as pb;
 use crate::proto::zen::tenancy::v1 as tenancy;
@@ -96,7 +96,7 @@ fn per_call(iterations: u32, mut f: impl FnMut()) -> f64 {
 
 /// The table printed by `zen bench validation`.
 pub fn run(iterations: u32) -> anyhow::Result<String> {
-    let pool = DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)?;
+    let pool = &crate::proto::DESCRIPTOR_POOL;
     let mut out = format!(
         "zen bench validation: {iterations} calls per shape, one thread\n\n\
          | request | decode (ns/call) | contract check (ns/call) |\n|---|---:|---:|\n"

@@ -10,3 +10,11 @@ include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
 /// The encoded `FileDescriptorSet` of every contract, for reflection and the REST gateway.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/zen_descriptor.bin"));
+
+/// [`FILE_DESCRIPTOR_SET`] decoded once, for code that reads messages by name (proto3 JSON,
+/// validation of typed messages).
+pub static DESCRIPTOR_POOL: std::sync::LazyLock<prost_reflect::DescriptorPool> =
+    std::sync::LazyLock::new(|| {
+        prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+            .expect("the built descriptor set")
+    });

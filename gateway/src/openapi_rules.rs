@@ -857,7 +857,6 @@ impl Rules {
         })
     }
 
-    /// True when a real oneof must have one member set.
     /// The paths a FieldMask field's `field_mask.in` rule allows (proto spelling), if any.
     pub(crate) fn field_mask_in(&self, field: &FieldDescriptor) -> Option<Vec<String>> {
         let rules = self.field_rules(field)?;
@@ -869,6 +868,7 @@ impl Rules {
         (!paths.is_empty()).then_some(paths)
     }
 
+    /// True when a real oneof must have one member set.
     pub(crate) fn oneof_required(&self, oneof: &OneofDescriptor) -> bool {
         ext_message(&oneof.options(), &self.oneof).is_some_and(|r| get_bool(&r, "required"))
     }

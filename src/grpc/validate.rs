@@ -5,8 +5,9 @@
 //!
 //! The [`super::authorize`] layer calls [`check`] once the caller is identified and before any
 //! policy, store or handler sees the request; the agent stream checks its hello, its reports
-//! and each event of a batch with [`broken_rules`] (an event is refused alone). A violation is INVALID_ARGUMENT with one `google.rpc.BadRequest` field violation per
-//! broken rule (the gateway turns it into a 400 problem document with `errors[]`). Handlers
+//! and each event of a batch with [`broken_rules`] (an event is refused alone). A violation is
+//! INVALID_ARGUMENT with one `google.rpc.BadRequest` field violation per broken rule (the
+//! gateway turns it into a 400 problem document with `errors[]`). Handlers
 //! therefore never re-check what a rule states: they convert (an id the rules proved a UUID is
 //! parsed with [`id`]) and apply the product's rules that need state.
 
@@ -14,11 +15,12 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use prost_protovalidate::{Error, Validator};
-use prost_reflect::{DescriptorPool, DynamicMessage, MapKey, ReflectMessage, Value};
+use prost_reflect::{DynamicMessage, MapKey, ReflectMessage, Value};
 use tonic::Status;
 use uuid::Uuid;
 
 use super::services::support::invalid;
+use crate::proto::DESCRIPTOR_POOL as POOL;
 
 /// Compiled rules, cached per message type on first use.
 static VALIDATOR: LazyLock<Validator> = LazyLock::new(Validator::new);
@@ -26,11 +28,6 @@ static VALIDATOR: LazyLock<Validator> = LazyLock::new(Validator::new);
 /// The longest text any request field may carry (a PEM CSR, a description, a filter); the
 /// contracts bound most fields more tightly.
 const MAX_TEXT_CHARS: usize = 64 * 1024;
-
-/// The contracts' descriptors, for messages that arrive typed (the agent stream's events).
-static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("the built-in descriptor set")
-});
 
 /// The `message` of every CEL rule in the contracts, by rule id. The validator leaves a
 /// message-level rule's message out of its violation; the contract's words are put back.
@@ -128,7 +125,10 @@ fn violations(message: &DynamicMessage) -> Result<Vec<(String, String)>, Status>
 /// rule joined with "; " (`None`: it keeps them all). For the items of a stream that are
 /// refused one by one (an agent's events) rather than failing the call.
 pub fn broken_rules(full_name: &str, message: &impl prost::Message) -> Option<String> {
-    let descriptor = POOL.get_message_by_name(full_name)?;
+    let Some(descriptor) = POOL.get_message_by_name(full_name) else {
+        // A name the contracts lack would check nothing: refuse instead.
+        return Some(format!("{full_name} is not a message of the contracts"));
+    };
     let dynamic = match DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice()) {
         Ok(dynamic) => dynamic,
         Err(error) => return Some(format!("does not decode as {full_name}: {error}")),
@@ -225,7 +225,7 @@ mod tests {
     use super::*;
 
     fn pool() -> DescriptorPool {
-        DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("descriptor set")
+        POOL.clone()
     }
 
     fn request_messages(pool: &DescriptorPool) -> Vec<MessageDescriptor> {

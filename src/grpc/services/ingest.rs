@@ -231,10 +231,10 @@ fn default_fingerprint(source: &str, event: &pb::AgentEvent) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// Checks and normalizes one agent event; `Err` is the rejection reason sent in its ack.
-/// An agent's event as the store's. Its fields keep the contract's rules (`AgentEvent` in
-/// `proto/zen/ingest/v1/event.proto`), checked one event at a time so one bad event does not
-/// sink its batch-mates; what is left here needs more than one field's value.
+/// Checks and normalizes one agent event; `Err` is the rejection reason sent in its ack. Its
+/// fields keep the contract's rules (`AgentEvent` in `proto/zen/ingest/v1/event.proto`),
+/// checked one event at a time so one bad event does not sink its batch-mates; what is left
+/// here needs more than one field's value.
 fn normalize(event: pb::AgentEvent) -> Result<NewEvent, String> {
     if let Some(broken) = crate::grpc::validate::broken_rules("zen.ingest.v1.AgentEvent", &event) {
         return Err(broken);

@@ -7,10 +7,10 @@
 //! checks the caller's `version` (stale: ABORTED), and commits with its audit record and, when
 //! it queues an execution, the dispatch row (the outbox) in one transaction.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use chrono::Utc;
-use prost_reflect::{DescriptorPool, DynamicMessage};
+use prost_reflect::DynamicMessage;
 use serde_json::{json, Value};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -36,14 +36,10 @@ use crate::remediation::{new_execution, transition, Dispatcher};
 
 // ----------------------------------------------------------------- proto3 JSON codec
 
-static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("the built descriptor set")
-});
-
 /// A generated message as proto3 JSON (how actions and probes are stored and handed to the
 /// agent's exec hook).
 pub fn message_to_json<M: prost::Message>(full_name: &str, message: &M) -> Value {
-    let Some(descriptor) = POOL.get_message_by_name(full_name) else {
+    let Some(descriptor) = crate::proto::DESCRIPTOR_POOL.get_message_by_name(full_name) else {
         return Value::Null;
     };
     DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
@@ -57,7 +53,7 @@ pub fn message_from_json<M: prost::Message + Default>(
     full_name: &str,
     value: &Value,
 ) -> Result<M, String> {
-    let descriptor = POOL
+    let descriptor = crate::proto::DESCRIPTOR_POOL
         .get_message_by_name(full_name)
         .ok_or_else(|| format!("unknown message {full_name}"))?;
     let dynamic =

@@ -1533,11 +1533,8 @@ fn delivery_key(
 
 /// Parses `{"events": [AgentEvent, ...]}` (proto3 JSON).
 fn legacy_events(body: &[u8]) -> Result<Vec<pb::AgentEvent>, Status> {
-    use prost_reflect::{DescriptorPool, DynamicMessage};
-    static POOL: std::sync::LazyLock<DescriptorPool> = std::sync::LazyLock::new(|| {
-        DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("the built descriptor set")
-    });
-    let descriptor = POOL
+    use prost_reflect::DynamicMessage;
+    let descriptor = crate::proto::DESCRIPTOR_POOL
         .get_message_by_name("zen.ingest.v1.AgentEvent")
         .ok_or_else(|| Status::internal("AgentEvent is missing from the descriptor set"))?;
     let value: Value = serde_json::from_slice(body)
