@@ -94,6 +94,18 @@ pub trait Cache: Send + Sync {
     /// holding anything else is [`CacheError::NotAnInteger`].
     async fn increment(&self, key: &str, window: Duration) -> Result<u64>;
 
+    /// Capped list: put `item` in front of the list under `key`, keep only its
+    /// `keep` newest items (`keep` ≥ 1) and let the list live for `ttl` from
+    /// now (`LPUSH` + `LTRIM` + `PEXPIRE`, atomically). For bounded,
+    /// best-effort logs such as a webhook source's recent deliveries. A key
+    /// holds either a value or a list: do not mix the two kinds of call on
+    /// one key.
+    async fn push_capped(&self, key: &str, item: &[u8], keep: usize, ttl: Duration) -> Result<()>;
+
+    /// Up to `limit` newest items of the capped list under `key`, newest
+    /// first (`LRANGE 0 limit-1`); empty when the key is absent or expired.
+    async fn newest(&self, key: &str, limit: usize) -> Result<Vec<Vec<u8>>>;
+
     /// Deliver `message` to every current subscriber of `channel` (on Redis,
     /// in every replica). Fire-and-forget: nobody listening is not an error.
     async fn publish(&self, channel: &str, message: &[u8]) -> Result<()>;

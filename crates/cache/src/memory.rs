@@ -249,6 +249,32 @@ impl MemoryCache {
     }
 }
 
+/// A capped list is stored as one value: its items newest first, each
+/// framed by its length (u32, big-endian).
+fn list_items(value: &[u8]) -> Vec<&[u8]> {
+    let mut items = Vec::new();
+    let mut rest = value;
+    while rest.len() >= 4 {
+        let (len, tail) = rest.split_at(4);
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if tail.len() < len {
+            break;
+        }
+        let (item, tail) = tail.split_at(len);
+        items.push(item);
+        rest = tail;
+    }
+    items
+}
+
+fn frame(out: &mut Vec<u8>, item: &[u8]) -> Result<()> {
+    let len = u32::try_from(item.len())
+        .map_err(|_| CacheError::InvalidArgument("a list item is larger than 4 GiB".into()))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(item);
+    Ok(())
+}
+
 async fn sweeper(store: Weak<Store>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -356,6 +382,41 @@ impl Cache for MemoryCache {
         let value = count.to_string().into_bytes();
         shard.put(&self.store, &key, value, expires_at, now)?;
         Ok(count)
+    }
+
+    async fn push_capped(&self, key: &str, item: &[u8], keep: usize, ttl: Duration) -> Result<()> {
+        if keep == 0 {
+            return Err(CacheError::InvalidArgument(
+                "a capped list keeps at least one item".into(),
+            ));
+        }
+        let now = Instant::now();
+        let expires_at = deadline(now, ttl)?;
+        let key = self.full(key);
+        let mut shard = self.store.shard(&key);
+        let mut list = Vec::new();
+        frame(&mut list, item)?;
+        if let Some(entry) = shard.live(&key, now) {
+            for old in list_items(&entry.value).into_iter().take(keep - 1) {
+                frame(&mut list, old)?;
+            }
+        }
+        shard.put(&self.store, &key, list, expires_at, now)
+    }
+
+    async fn newest(&self, key: &str, limit: usize) -> Result<Vec<Vec<u8>>> {
+        let key = self.full(key);
+        let mut shard = self.store.shard(&key);
+        Ok(shard
+            .live(&key, Instant::now())
+            .map(|entry| {
+                list_items(&entry.value)
+                    .into_iter()
+                    .take(limit)
+                    .map(<[u8]>::to_vec)
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {

@@ -19,7 +19,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::bytes::Bytes;
 use fred::clients::{Pool, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, KeysInterface, LuaInterface, PubsubInterface};
+use fred::interfaces::{
+    ClientLike, EventInterface, KeysInterface, ListInterface, LuaInterface, PubsubInterface,
+};
 use fred::prelude::{Builder, Config, Expiration, ReconnectPolicy, SetOptions, Value};
 use fred::types::scripts::Script;
 use fred::types::Message;
@@ -52,6 +54,14 @@ if count == 1 or redis.call('PTTL', KEYS[1]) == -1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
 return count
+"#;
+
+/// `PUSH key item keep ttl_ms`: a capped list (see `Cache::push_capped`).
+const PUSH_CAPPED_LUA: &str = r#"
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
 "#;
 
 /// Connection settings of a [`RedisCache`].
@@ -94,6 +104,7 @@ struct Shared {
     pubsub: Arc<PubSub>,
     cas: Script,
     incr: Script,
+    push_capped: Script,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -307,6 +318,7 @@ impl RedisCache {
                 pubsub,
                 cas: Script::from_lua(CAS_LUA),
                 incr: Script::from_lua(INCR_LUA),
+                push_capped: Script::from_lua(PUSH_CAPPED_LUA),
                 tasks: vec![resubscriber, dispatcher],
             }),
         })
@@ -535,6 +547,36 @@ impl Cache for RedisCache {
             .eval(&self.shared.incr, self.full(key), vec![Value::from(window)])
             .await?;
         u64::try_from(count).map_err(|_| CacheError::NotAnInteger)
+    }
+
+    async fn push_capped(&self, key: &str, item: &[u8], keep: usize, ttl: Duration) -> Result<()> {
+        if keep == 0 {
+            return Err(CacheError::InvalidArgument(
+                "a capped list keeps at least one item".into(),
+            ));
+        }
+        let ttl = px(ttl)?;
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let args = vec![bytes(item), Value::from(keep), Value::from(ttl)];
+        self.eval(&self.shared.push_capped, self.full(key), args)
+            .await?;
+        Ok(())
+    }
+
+    async fn newest(&self, key: &str, limit: usize) -> Result<Vec<Vec<u8>>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let last = i64::try_from(limit - 1).unwrap_or(i64::MAX);
+        let items: Vec<Value> = self
+            .connected()?
+            .lrange(self.full(key), 0, last)
+            .await
+            .map_err(CacheError::from_fred)?;
+        Ok(items
+            .into_iter()
+            .filter_map(Value::into_owned_bytes)
+            .collect())
     }
 
     async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {

@@ -25,6 +25,8 @@ conformance!(
     compare_and_swap_loses_no_update,
     increment_windows,
     increment_is_atomic,
+    capped_lists,
+    capped_list_pushes_lose_nothing_under_concurrency,
     publish_reaches_every_subscriber,
     subscription_is_active_when_subscribe_returns,
     unsubscribe_and_resubscribe,
@@ -378,6 +380,72 @@ async fn increment_is_atomic(h: &Harness) {
     .await;
     let counts: BTreeSet<u64> = counts.into_iter().collect();
     assert_eq!(counts, (1..=TASKS as u64).collect::<BTreeSet<_>>());
+}
+
+async fn capped_lists(h: &Harness) {
+    let c = h.cache().await;
+    assert!(c.newest("log", 10).await.unwrap().is_empty(), "absent");
+    for i in 0..5u8 {
+        // Binary items, an empty one among them.
+        let item = if i == 2 { Vec::new() } else { vec![i, 0, 0xff] };
+        c.push_capped("log", &item, 3, LONG).await.unwrap();
+    }
+    assert_eq!(
+        c.newest("log", 10).await.unwrap(),
+        vec![vec![4, 0, 0xff], vec![3, 0, 0xff], Vec::new()],
+        "the newest three, newest first"
+    );
+    assert_eq!(c.newest("log", 1).await.unwrap(), vec![vec![4, 0, 0xff]]);
+    assert!(c.newest("log", 0).await.unwrap().is_empty());
+    assert!(matches!(
+        c.push_capped("log", b"x", 0, LONG).await,
+        Err(CacheError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        c.push_capped("log", b"x", 3, Duration::ZERO).await,
+        Err(CacheError::InvalidArgument(_))
+    ));
+
+    // Every push restarts the list's life; without pushes it expires.
+    c.push_capped("short", b"a", 3, Duration::from_millis(300))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.push_capped("short", b"b", 3, Duration::from_millis(300))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.newest("short", 3).await.unwrap().len(), 2, "extended");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(c.newest("short", 3).await.unwrap().is_empty(), "expired");
+    assert!(c.delete("log").await.unwrap());
+    assert!(c.newest("log", 3).await.unwrap().is_empty(), "deleted");
+}
+
+async fn capped_list_pushes_lose_nothing_under_concurrency(h: &Harness) {
+    let c = h.cache().await;
+    race(TASKS, |i| {
+        let c = Arc::clone(&c);
+        async move {
+            c.push_capped("busy", format!("{i}").as_bytes(), TASKS, LONG)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let items: BTreeSet<Vec<u8>> = c
+        .newest("busy", TASKS * 2)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let expected: BTreeSet<Vec<u8>> = (0..TASKS).map(|i| format!("{i}").into_bytes()).collect();
+    assert_eq!(items, expected);
+    // Past its cap the oldest go.
+    c.push_capped("busy", b"one more", TASKS, LONG)
+        .await
+        .unwrap();
+    assert_eq!(c.newest("busy", TASKS * 2).await.unwrap().len(), TASKS);
 }
 
 async fn publish_reaches_every_subscriber(h: &Harness) {
