@@ -575,6 +575,24 @@ impl AgentSession {
             }
             None => (None, None),
         };
+        // Reports are recorded by one task per stream, in the order the agent sent them: each
+        // phase is its own transition and audit record, so a later phase must not overtake an
+        // earlier one (a `verifying` handled after `succeeded` would be dropped). The loop
+        // itself never waits on a transaction, only on this queue when it is full.
+        let reports = self.remediation.clone().map(|dispatcher| {
+            let (tx, mut rx) =
+                tokio::sync::mpsc::channel::<(crate::remediation::Report, tracing::Span)>(256);
+            let (tenant, cluster) = (self.tenant_id, self.cluster_id);
+            tokio::spawn(async move {
+                while let Some((report, span)) = rx.recv().await {
+                    let handled = dispatcher.handle_report(tenant, cluster, report);
+                    if let Err(error) = handled.instrument(span).await {
+                        tracing::warn!(%error, "could not record a remediation report");
+                    }
+                }
+            });
+            tx
+        });
         let mut revocation = tokio::time::interval(self.settings.revocation_check_interval);
         loop {
             // Full window: finish a batch before reading on.
@@ -621,12 +639,9 @@ impl AgentSession {
                         });
                     }
                     Some(Ok(pb::ConnectAgentRequest { payload: Some(Payload::RemediationReport(report)) })) => {
-                        // Stored in its own task, like batches: the loop never waits on a
-                        // transaction. Reports of one execution are ordered by their phase, and
-                        // the state machine ignores any that arrive behind a later one.
-                        match (&self.remediation, super::remediation::report_from_proto(report)) {
-                            (Some(dispatcher), Ok(report)) => {
-                                let (dispatcher, tenant, cluster) = (dispatcher.clone(), self.tenant_id, self.cluster_id);
+                        match (&reports, super::remediation::report_from_proto(report)) {
+                            (Some(reports), Ok(report)) => {
+                                let tenant = self.tenant_id;
                                 // Recorded as part of the agent's execution trace.
                                 let span = crate::telemetry::traced(|| tracing::info_span!(
                                     "remediation.report",
@@ -639,11 +654,9 @@ impl AgentSession {
                                     span_id = tracing::field::Empty,
                                 ));
                                 crate::telemetry::continue_from_map(&span, &report.trace_context);
-                                tokio::spawn(async move {
-                                    if let Err(error) = dispatcher.handle_report(tenant, cluster, report).await {
-                                        tracing::warn!(%error, "could not record a remediation report");
-                                    }
-                                }.instrument(span));
+                                if reports.send((report, span)).await.is_err() {
+                                    tracing::warn!("remediation report dropped: its recorder stopped");
+                                }
                             }
                             (None, _) => tracing::warn!("remediation report ignored: remediation is off"),
                             (_, Err(reason)) => tracing::warn!(%reason, "malformed remediation report ignored"),
@@ -967,6 +980,13 @@ impl IngestService for IngestApi {
         request: Request<pb::ListWebhookSourcesRequest>,
     ) -> Result<Response<pb::ListWebhookSourcesResponse>, Status> {
         self.webhooks.list(request).await
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        self.webhooks.list_deliveries(request).await
     }
 
     async fn update_webhook_source(
