@@ -142,6 +142,39 @@ impl Admin {
     }
 }
 
+/// A source's recent deliveries as `(outcome, http status, reason)`, newest first, once `count`
+/// of them are logged (they are written off the delivery's path).
+async fn deliveries_of(
+    admin: &Admin,
+    zen: &TestZen,
+    source_id: &str,
+    count: usize,
+) -> Vec<(String, i64, String)> {
+    let started = std::time::Instant::now();
+    loop {
+        let listed = admin
+            .get(zen, &format!("/webhookSources/{source_id}/deliveries"))
+            .await;
+        let deliveries: Vec<(String, i64, String)> = listed["deliveries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|d| {
+                (
+                    d["outcome"].as_str().unwrap_or_default().to_owned(),
+                    d["httpStatus"].as_i64().unwrap_or_default(),
+                    d["reason"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        if deliveries.len() >= count || started.elapsed() > std::time::Duration::from_secs(10) {
+            return deliveries;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -532,6 +565,69 @@ async fn deliveries_are_verified_deduplicated_and_refused_generically() {
     )
     .await;
     assert_eq!(verified["ok"], true, "{verified}");
+
+    // The source's recent deliveries say what became of each, newest first, with the status
+    // the sender got and the precise reason of each refusal (the sender saw only the generic
+    // one).
+    let logged = deliveries_of(&admin, &zen, id, 8).await;
+    let expected = [
+        ("DELIVERY_OUTCOME_REFUSED", 400, "invalid"),
+        ("DELIVERY_OUTCOME_REFUSED", 401, "missing_header"),
+        ("DELIVERY_OUTCOME_REFUSED", 401, "stale_timestamp"),
+        ("DELIVERY_OUTCOME_REFUSED", 401, "bad_signature"),
+        ("DELIVERY_OUTCOME_REFUSED", 401, "bad_signature"),
+        ("DELIVERY_OUTCOME_REFUSED", 409, "replayed"),
+        ("DELIVERY_OUTCOME_DUPLICATE", 200, ""),
+        ("DELIVERY_OUTCOME_ACCEPTED", 202, ""),
+    ]
+    .map(|(o, s, r)| (o.to_owned(), s, r.to_owned()));
+    assert_eq!(logged, expected);
+    // The tenant is told the precise failure the sender was not.
+    let refused = admin
+        .get(&zen, &format!("/webhookSources/{id}/deliveries"))
+        .await["deliveries"][3]
+        .clone();
+    assert_eq!(
+        refused["message"], "no signature matches any secret",
+        "{refused}"
+    );
+    let listed = admin
+        .get(&zen, &format!("/webhookSources/{id}/deliveries?pageSize=1"))
+        .await;
+    let newest = &listed["deliveries"];
+    assert_eq!(newest.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(newest[0]["bodyBytes"], "8", "{listed}");
+    let oldest = admin
+        .get(&zen, &format!("/webhookSources/{id}/deliveries"))
+        .await["deliveries"][7]
+        .clone();
+    assert_eq!(oldest["eventIds"][0], event_id.as_str(), "{oldest}");
+    // GitHub's own delivery ids are shown.
+    let github_log = admin
+        .get(&zen, &format!("/webhookSources/{github_id}/deliveries"))
+        .await;
+    let ids: Vec<&str> = github_log["deliveries"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|d| d["senderDeliveryId"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(ids, ["gh-forged-2", "gh-1"], "{github_log}");
+    // Another tenant's admin cannot read them: the source is not theirs.
+    let stranger = Admin::login(&zen, Some("umbrella")).await;
+    let foreign = stranger
+        .http
+        .get(zen.http_url(&format!(
+            "/v1/tenants/{}/webhookSources/{id}/deliveries",
+            stranger.tenant_id
+        )))
+        .bearer_auth(&stranger.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), StatusCode::NOT_FOUND);
     zen.running.shutdown().await.unwrap();
 }
 
@@ -837,6 +933,21 @@ async fn two_replicas_share_replay_memory_and_configuration() {
     let refused = deliver(&http, &b, id, &secret, now(), "shared-2", payload).await;
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     assert_eq!(admin.events_of(&a, id).await.len(), 1);
+    // Both replicas write one log per source, read through either.
+    let logged = deliveries_of(&admin, &a, id, 4).await;
+    let outcomes: Vec<(&str, i64, &str)> = logged
+        .iter()
+        .map(|(o, s, r)| (o.as_str(), *s, r.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("DELIVERY_OUTCOME_REFUSED", 400, "disabled"),
+            ("DELIVERY_OUTCOME_REFUSED", 409, "replayed"),
+            ("DELIVERY_OUTCOME_DUPLICATE", 200, ""),
+            ("DELIVERY_OUTCOME_ACCEPTED", 202, ""),
+        ]
+    );
 
     b.running.shutdown().await.unwrap();
     a.running.shutdown().await.unwrap();

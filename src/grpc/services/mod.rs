@@ -12,6 +12,7 @@ pub mod support;
 pub mod tenancy;
 pub mod watch;
 mod webhook_commit;
+mod webhook_deliveries;
 pub mod webhooks;
 
 use std::sync::Arc;

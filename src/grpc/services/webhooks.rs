@@ -38,6 +38,7 @@ use super::support::{
     Mutation, ERROR_DOMAIN,
 };
 use super::webhook_commit::{CommitError, CommitQueue, Delivery as CommitDelivery};
+use super::webhook_deliveries::{sender_delivery_id, DeliveryLog};
 use crate::grpc::validate::{id, optional_id, unchecked};
 use crate::proto::zen::ingest::v1 as pb;
 
@@ -119,6 +120,8 @@ pub struct Webhooks {
     compiled: Mutex<HashMap<Uuid, Arc<Compiled>>>,
     /// Deliveries are stored through per-tenant group commits; a full queue is a 503.
     commits: CommitQueue,
+    /// What became of each source's recent deliveries.
+    deliveries: DeliveryLog,
 }
 
 fn scheme_name(scheme: pb::WebhookScheme) -> Option<&'static str> {
@@ -372,6 +375,7 @@ impl Webhooks {
     pub fn new(store: Arc<Store>, cache: Arc<dyn Cache>, settings: WebhookSettings) -> Self {
         Self {
             commits: CommitQueue::new(store.clone(), settings.fold_window),
+            deliveries: DeliveryLog::new(cache.clone()),
             store,
             cache,
             settings,
@@ -908,12 +912,45 @@ impl Webhooks {
             return Err(unknown());
         };
         let label = source_id.to_string();
+        let mut record = pb::WebhookDelivery {
+            receive_time: Some(timestamp(Utc::now())),
+            sender_delivery_id: sender_delivery_id(|name| {
+                req.headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.as_str())
+            }),
+            body_bytes: req
+                .body
+                .as_ref()
+                .map_or(0, |b| i64::try_from(b.data.len()).unwrap_or(i64::MAX)),
+            ..Default::default()
+        };
         let result = self
             .deliver(&call, tenant_id, source_id, req, started)
             .await;
         match &result {
-            Ok((outcome, _)) => count(&label, outcome),
-            Err(rejection) => count(&label, rejection.label),
+            Ok((outcome, response)) => {
+                count(&label, outcome);
+                record.outcome = response.outcome;
+                record.http_status = if *outcome == "accepted" { 202 } else { 200 };
+                record.event_ids = response.event_ids.clone();
+            }
+            Err(rejection) => {
+                count(&label, rejection.label);
+                record.outcome = pb::DeliveryOutcome::Refused as i32;
+                record.http_status =
+                    i32::from(zen_gateway::http_status(rejection.status.code()).as_u16());
+                record.reason = rejection.label.to_owned();
+                record.message = rejection
+                    .detail
+                    .clone()
+                    .unwrap_or_else(|| rejection.status.message().to_owned());
+            }
+        }
+        // A source deleted between routing and now has no log to write to.
+        if !matches!(&result, Err(r) if r.label == "not_found") {
+            self.deliveries.record(tenant_id, source_id, record);
         }
         let (outcome, response) = result.map_err(|r| r.status)?;
         let mut response = Response::new(response);
@@ -922,6 +959,28 @@ impl Webhooks {
             .metadata_mut()
             .insert(zen_gateway_status_key(), MetadataValue::from_static(status));
         Ok(response)
+    }
+
+    /// A source's recent deliveries (see `webhook_deliveries`).
+    pub async fn list_deliveries(
+        &self,
+        request: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        let call = Call::of(&request)?;
+        let req = request.get_ref();
+        let tenant_id = id("tenant_id", &req.tenant_id)?;
+        let source_id = id("source_id", &req.source_id)?;
+        let limit = usize::try_from(req.page_size).unwrap_or(0);
+        // The source must be the tenant's and visible to the caller.
+        self.read_source(&call, tenant_id, source_id).await?;
+        let deliveries = self
+            .deliveries
+            .recent(tenant_id, source_id, limit)
+            .await
+            .map_err(cache_down)?;
+        Ok(Response::new(pb::ListWebhookDeliveriesResponse {
+            deliveries,
+        }))
     }
 
     async fn deliver(
@@ -1078,7 +1137,8 @@ impl Webhooks {
                             HashMap::new(),
                         ),
                     ),
-                ));
+                )
+                .with_detail(failure.to_string()));
             }
         };
 
@@ -1562,11 +1622,23 @@ fn legacy_events(body: &[u8]) -> Result<Vec<pb::AgentEvent>, Status> {
 struct Rejection {
     label: &'static str,
     status: Status,
+    /// What the tenant's delivery log says when it is more than the sender was told (the
+    /// precise verification failure).
+    detail: Option<String>,
 }
 
 impl Rejection {
     fn new(label: &'static str, status: Status) -> Self {
-        Self { label, status }
+        Self {
+            label,
+            status,
+            detail: None,
+        }
+    }
+
+    fn with_detail(mut self, detail: String) -> Self {
+        self.detail = Some(detail);
+        self
     }
 }
 
