@@ -125,6 +125,24 @@ ensure_helm() {
 # Debian's chromium for the console's browser tests: Playwright (requirements-dev.txt) drives it
 # through executable_path, since Playwright's own browser download is not reachable everywhere.
 # Installed with apt-get when missing (as root, or through sudo). Prints the browser's path.
+# Debian's Firefox ESR for the console's Firefox test (driven over Marionette).
+ensure_firefox() {
+    local bin sudo=""
+    bin="$(command -v firefox-esr || command -v firefox || true)"
+    if [[ -z "$bin" ]]; then
+        command -v apt-get >/dev/null || die "firefox is missing and apt-get is not available to install it"
+        [[ $EUID -ne 0 ]] && sudo="sudo"
+        echo "installing firefox-esr (apt-get)" >&2
+        $sudo apt-get update -qq >/dev/null \
+            && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+                firefox-esr fonts-dejavu-core >/dev/null \
+            || die "apt-get could not install firefox-esr"
+        bin="$(command -v firefox-esr || true)"
+        [[ -n "$bin" ]] || die "firefox-esr is not on PATH after installing it"
+    fi
+    echo "$bin"
+}
+
 ensure_chromium() {
     local bin sudo=""
     bin="$(command -v chromium || true)"

@@ -150,10 +150,13 @@ export ZEN_HELM
 export PATH="$VENV/bin:$PATH"
 
 # ---------------------------------------------------------------------------------------------
-stage "tools: chromium (the console's browser tests)"
+stage "tools: chromium and firefox (the console's browser tests)"
 ZEN_CHROMIUM="$(ensure_chromium)"
 export ZEN_CHROMIUM
 "$ZEN_CHROMIUM" --version
+ZEN_FIREFOX="$(ensure_firefox)"
+export ZEN_FIREFOX
+"$ZEN_FIREFOX" --version
 
 # ---------------------------------------------------------------------------------------------
 stage "alerts: promtool check rules, promtool test rules (chart PrometheusRule)"

@@ -72,6 +72,15 @@ function SignIn({ onSignedIn }) {
 }
 
 // -- the shell ----------------------------------------------------------------------------------
+function NotAvailable({ page, role }) {
+  const needed = Object.entries({ viewer: 1, approver: 2, admin: 3, owner: 4 }).find(([, rank]) => rank === page.minRank);
+  return html`<h2>Not available</h2>
+    <p data-testid="not-available">${role
+      ? `${page.label} needs the ${needed ? needed[0] : "admin"} role in this tenant; yours is ${role.replace("ROLE_", "").toLowerCase()}.`
+      : "You are not a member of this tenant, or it does not exist."}</p>
+    <p><${Link} href="/console/">Back to your tenants</${Link}></p>`;
+}
+
 function Shell({ session, refresh, signOut, signedInNow }) {
   const route = useRoute();
   // The sign-in form is gone: keyboard and screen-reader users continue at the content.
@@ -92,7 +101,10 @@ function Shell({ session, refresh, signOut, signedInNow }) {
   const role = admin ? "ROLE_OWNER" : current ? current.role : null;
   const rank = roleRank(role);
   const pages = PAGES.filter((p) => rank >= p.minRank);
-  const Page = route.tenant ? (PAGES.find((p) => p.id === route.page) || PAGES[0]).component : null;
+  const wanted = route.tenant ? PAGES.find((p) => p.id === route.page) || PAGES[0] : null;
+  // A deep link to a page the role may not open (or to a tenant the user is not in) says so
+  // instead of showing a page whose every request the server refuses.
+  const Page = wanted && rank >= wanted.minRank ? wanted.component : null;
   useEffect(() => {
     const page = PAGES.find((p) => p.id === route.page);
     document.title = `${page ? page.label : "Tenants"}${current ? " · " + current.name : ""} · Zen`;
@@ -120,7 +132,9 @@ function Shell({ session, refresh, signOut, signedInNow }) {
     </ul></nav>`}
     <main id="main" tabindex="-1">
       ${route.tenant
-        ? html`<${Page} key=${route.tenant + route.page} tenant=${route.tenant} id=${route.id} role=${role} rank=${rank} session=${session} />`
+        ? Page
+          ? html`<${Page} key=${route.tenant + route.page} tenant=${route.tenant} id=${route.id} role=${role} rank=${rank} session=${session} />`
+          : html`<${NotAvailable} page=${wanted} role=${role} />`
         : html`<${Home} tenants=${tenants} session=${session} refresh=${refresh} />`}
     </main>`;
 }

@@ -333,12 +333,37 @@ function ClustersPage({ tenant, rank }) {
 }
 
 // -- webhook sources ----------------------------------------------------------------------------
+const OUTCOMES = { DELIVERY_OUTCOME_ACCEPTED: "accepted", DELIVERY_OUTCOME_DUPLICATE: "duplicate", DELIVERY_OUTCOME_CHALLENGE: "challenge", DELIVERY_OUTCOME_REFUSED: "refused" };
+
+// What became of a source's recent deliveries (the last 50 of the last 7 days), newest first.
+function Deliveries({ tenant, source, onClose }) {
+  const [deliveries, error, reload] = useLoad(() => get(`${base(tenant)}/webhookSources/${enc(source.sourceId)}/deliveries`).then((r) => r.deliveries || []), [tenant, source.sourceId]);
+  return html`<section class="panel" aria-labelledby="deliveries-title" data-testid="deliveries">
+    <h3 id="deliveries-title">Recent deliveries to ${source.displayName || source.name}</h3>
+    <${Failure} error=${error} />
+    <div class="row"><button type="button" onClick=${reload}>Refresh</button><button type="button" onClick=${onClose}>Close</button></div>
+    ${deliveries && deliveries.length === 0 && html`<p>No delivery in the last 7 days.</p>`}
+    ${deliveries && deliveries.length > 0 && html`<table aria-label=${`Recent deliveries to ${source.name}`}>
+      <thead><tr><th scope="col">Received</th><th scope="col">Outcome</th><th scope="col">HTTP</th><th scope="col">Reason</th><th scope="col">Sender's id</th><th scope="col">Events</th></tr></thead>
+      <tbody>${deliveries.map((d, i) => html`<tr key=${i} data-outcome=${OUTCOMES[d.outcome] || ""}>
+        <td>${when(d.receiveTime)}</td>
+        <td><span class=${`badge outcome-${OUTCOMES[d.outcome] || "unknown"}`}>${OUTCOMES[d.outcome] || d.outcome}</span></td>
+        <td>${d.httpStatus}</td>
+        <td>${d.reason && html`<code>${d.reason}</code>`} ${d.message}</td>
+        <td>${d.senderDeliveryId && html`<code>${d.senderDeliveryId}</code>`}</td>
+        <td>${(d.eventIds || []).map((id) => html`<${Link} href=${`/console/t/${enc(tenant)}/events/${enc(id)}`}>event</${Link}> `)}</td>
+      </tr>`)}</tbody>
+    </table>`}
+  </section>`;
+}
+
 function SourcesPage({ tenant, rank }) {
   const [sources, error, reload] = useLoad(() => get(`${base(tenant)}/webhookSources?pageSize=200`).then((r) => r.webhookSources || []), [tenant]);
   const [presets] = useLoad(() => get("/console/presets.json").then((r) => r.presets), []);
   const [presetId, setPresetId] = useState("github");
   const [once, setOnce] = useState(null);
   const [failure, setFailure] = useState(null);
+  const [inspected, setInspected] = useState(null);
   const preset = (presets || []).find((p) => p.id === presetId);
   const create = async (e) => {
     e.preventDefault();
@@ -377,19 +402,21 @@ function SourcesPage({ tenant, rank }) {
     <${Failure} error=${error || failure} />
     ${once && html`<${ShownOnce} title=${once.title} items=${once.items} onDone=${() => setOnce(null)} />`}
     <table aria-label="Webhook sources" data-testid="sources-table">
-      <thead><tr><th scope="col">Name</th><th scope="col">Scheme</th><th scope="col">URL</th><th scope="col">Enabled</th><th scope="col">Last delivery</th>${rank >= ADMIN && html`<th scope="col"><span class="visually-hidden">Actions</span></th>`}</tr></thead>
+      <thead><tr><th scope="col">Name</th><th scope="col">Scheme</th><th scope="col">URL</th><th scope="col">Enabled</th><th scope="col">Last delivery</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
       <tbody>${(sources || []).map((s) => html`<tr key=${s.sourceId} data-source=${s.name}>
         <td>${s.displayName || s.name}</td>
         <td>${short(s.verification && s.verification.scheme, "WEBHOOK_SCHEME_")}</td>
         <td><code>${s.url}</code></td>
-        <td>${s.enabled ? "yes" : "no"}</td>
+        <td data-testid="enabled">${s.enabled ? "yes" : "no"}</td>
         <td>${when(s.lastDeliveryTime)}</td>
-        ${rank >= ADMIN && html`<td class="row">
-          <button type="button" onClick=${() => rotate(s)} aria-label=${`Rotate secret of ${s.name}`}>Rotate secret</button>
-          <button type="button" onClick=${() => toggle(s)} aria-label=${`${s.enabled ? "Disable" : "Enable"} ${s.name}`}>${s.enabled ? "Disable" : "Enable"}</button>
-        </td>`}
+        <td><div class="row">
+          <button type="button" onClick=${() => setInspected(s)} aria-label=${`Recent deliveries to ${s.name}`}>Deliveries</button>
+          ${rank >= ADMIN && html`<button type="button" onClick=${() => rotate(s)} aria-label=${`Rotate secret of ${s.name}`}>Rotate secret</button>
+          <button type="button" onClick=${() => toggle(s)} aria-label=${`${s.enabled ? "Disable" : "Enable"} ${s.name}`}>${s.enabled ? "Disable" : "Enable"}</button>`}
+        </div></td>
       </tr>`)}</tbody>
     </table>
+    ${inspected && html`<${Deliveries} key=${inspected.sourceId} tenant=${tenant} source=${inspected} onClose=${() => setInspected(null)} />`}
     ${rank >= ADMIN && presets && html`<form class="panel" onSubmit=${create} aria-labelledby="new-source">
       <h3 id="new-source">Register a source from a preset</h3>
       <label for="preset">Preset</label>
@@ -461,6 +488,12 @@ function RemediationDetail({ tenant, r, rank, onChanged }) {
   const [error, setError] = useState(null);
   const [runs, , reloadRuns] = useLoad(() => get(`${base(tenant)}/remediations/${enc(r.remediationId)}/verificationRuns`).then((x) => x.verificationRuns || []), [r.remediationId, r.version]);
   const [policy] = useLoad(() => get(`${base(tenant)}/approvalPolicy`).then((x) => x.approvalPolicy || x), [tenant]);
+  // People are shown by name (a removed member by id).
+  const [members] = useLoad(() => get(`${base(tenant)}/members?pageSize=500`).then((x) => x.members || []), [tenant]);
+  const who = (userId) => {
+    const m = (members || []).find((x) => x.userId === userId);
+    return m ? m.displayName || m.email : userId;
+  };
   const ssa = (r.action && r.action.serverSideApply) || {};
   const open = ["REMEDIATION_STATUS_PENDING_APPROVAL", "REMEDIATION_STATUS_PROPOSED"].includes(r.status);
   const cancellable = open || r.status === "REMEDIATION_STATUS_APPROVED";
@@ -484,8 +517,8 @@ function RemediationDetail({ tenant, r, rank, onChanged }) {
   const needed = Math.max(0, (r.requiredApprovals || 0) - approvals.length);
   const windows = (policy && policy.approvalWindows) || [];
   const timeline = [
-    ["Proposed", r.createTime, r.proposedBy],
-    ...approvals.map((a) => ["Approved", a.approveTime, `${a.approverId} (${short(a.approverRole, "ROLE_").toLowerCase()}): ${a.comment || ""}`]),
+    ["Proposed", r.createTime, who(r.proposedBy)],
+    ...approvals.map((a) => ["Approved", a.approveTime, `${who(a.approverId)} (${short(a.approverRole, "ROLE_").toLowerCase()}): ${a.comment || ""}`]),
     ["Dispatched", r.dispatchTime, r.attempts ? `attempt ${r.attempts}` : ""],
     ...(runs || []).map((v) => ["Verification", v.endTime || v.startTime, `${short(v.result, "VERIFICATION_RESULT_")}: ${(v.probes || []).map((p) => `${p.name} ${p.success ? "passed" : "failed"}${p.message ? " (" + p.message + ")" : ""}`).join(", ")}`]),
     ["Completed", r.completeTime, `${short(r.status, "REMEDIATION_STATUS_")}${r.lastError ? ": " + r.lastError : ""}`],
@@ -499,7 +532,7 @@ function RemediationDetail({ tenant, r, rank, onChanged }) {
     <h4>Approval</h4>
     <p data-testid="approval-progress">${approvals.length} of ${r.requiredApprovals || 0} approvals${needed ? `; ${needed} more needed` : ""}${r.expireTime ? ` · expires ${when(r.expireTime)}` : ""}</p>
     ${windows.length > 0 && html`<p class="muted">Approval windows: ${windows.map((w) => `${(w.days || []).map((d) => short(d, "DAY_OF_WEEK_").slice(0, 3)).join(",")} ${w.startHour}–${w.endHour} h ${w.timeZone || "UTC"}`).join("; ")}</p>`}
-    <ul>${approvals.map((a) => html`<li>${a.approverId} <span class="muted">${short(a.approverRole, "ROLE_").toLowerCase()} · ${when(a.approveTime)}</span> ${a.comment}</li>`)}</ul>
+    <ul data-testid="approvers">${approvals.map((a) => html`<li>${who(a.approverId)} <span class="muted">${short(a.approverRole, "ROLE_").toLowerCase()} · ${when(a.approveTime)}</span> ${a.comment}</li>`)}</ul>
     ${rank >= APPROVER && (cancellable || reversible) && html`<div>
       <label for="decision-comment">Comment (required)</label>
       <textarea id="decision-comment" value=${comment} onInput=${(e) => setComment(e.target.value)}></textarea>
@@ -517,7 +550,7 @@ function RemediationDetail({ tenant, r, rank, onChanged }) {
 }
 
 function DeadLetters({ tenant }) {
-  const [letters, error, reload] = useLoad(() => get(`${base(tenant)}/deadLetters?pageSize=100`).then((r) => r.deadLetters || []), [tenant]);
+  const [letters, error, reload] = useLoad(() => get(`${base(tenant)}/deadLetters?pageSize=100&showReplayed=true`).then((r) => r.deadLetters || []), [tenant]);
   const [failure, setFailure] = useState(null);
   const replay = async (d) => {
     try {

@@ -17,10 +17,13 @@ $ZEN_TEST_ARTIFACTS (default <repo>/test-artifacts)/console/<backend>/.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -551,3 +554,411 @@ def test_oidc_sign_in_ends_in_the_console(tmp_path, browser):
     finally:
         provider.stdin.close()
         provider.wait(timeout=30)
+
+
+# -- more of an operator's tasks, each in its own tenant -------------------------------------------
+
+
+class Api:
+    """The REST API with a bearer token: sets up what a test then does in the browser."""
+
+    def __init__(self, stack: Stack, username: str = "alice"):
+        self.base, self.http = stack.base, http_session()
+        r = self.http.post(f"{self.base}/auth/local/login", json={"username": username, "password": PASSWORD},
+                           timeout=15)
+        assert r.status_code == 200, r.text
+        self.headers = {"Authorization": f"Bearer {r.json()['token']['accessToken']}"}
+
+    def call(self, method: str, path: str, body=None, expect: int = 200) -> dict:
+        r = self.http.request(method, self.base + path, json=body, timeout=15,
+                              headers={**self.headers, "X-Request-Id": str(uuid.uuid4())})
+        assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.text}"
+        return r.json() if r.content else {}
+
+    def tenant(self, prefix: str) -> str:
+        created = self.call("POST", "/v1/tenants", {"name": f"{prefix}-{uuid.uuid4().hex[:8]}"})
+        return created["tenant"]["tenantId"]
+
+
+def zen_hmac_delivery(base: str, url_path: str, secret: str, body: bytes):
+    timestamp, nonce = str(int(time.time())), uuid.uuid4().hex
+    mac = hmac.new(secret.encode(), f"{timestamp}.{nonce}.".encode() + body, hashlib.sha256).hexdigest()
+    return http_session().post(base + url_path, data=body, timeout=15, headers={
+        "Content-Type": "application/json", "X-Timestamp": timestamp, "X-Nonce": nonce, "X-Signature": mac})
+
+
+def test_sources_recent_deliveries_rotation_and_disabling(stack, browser):
+    api = Api(stack)
+    tenant = api.tenant("sources")
+    alice = Person(stack, browser, "alice").sign_in(f"/console/t/{tenant}/sources")
+    page = alice.page
+    try:
+        page.select_option("#preset", "github")
+        page.fill("#source-name", "github")
+        page.click("button:has-text('Create source')")
+        url, secret = alice.shown_once("url"), alice.shown_once("secret")
+        page.click("[data-testid=shown-once] >> text=Done")
+        path = "/webhooks/" + url.rsplit("/webhooks/", 1)[1]
+        fixture = json.loads((FIXTURES / "github-dependabot-alert.json").read_text())
+
+        def github(signing_secret: str, delivery: str):
+            # A body of its own per delivery (the same body again would be a duplicate).
+            body = json.dumps({**fixture, "zen_test_delivery": delivery}, separators=(",", ":")).encode()
+            return http_session().post(stack.base + path, data=body, timeout=15, headers={
+                "Content-Type": "application/json", "X-GitHub-Event": "dependabot_alert",
+                "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": octokit_sign(signing_secret, body)})
+
+        assert github(secret, "gh-accepted").status_code == 202
+        assert github("not the secret at all", "gh-forged").status_code == 401
+        row = page.locator("[data-testid=sources-table] tbody tr[data-source=github]")
+        row.locator("button:has-text('Deliveries')").click()
+        deliveries = page.locator("[data-testid=deliveries] tbody tr")
+        deliveries.nth(1).wait_for()
+        assert deliveries.nth(0).get_attribute("data-outcome") == "refused"
+        refused = deliveries.nth(0).inner_text()
+        assert "401" in refused and "bad_signature" in refused and "gh-forged" in refused, refused
+        accepted = deliveries.nth(1).inner_text()
+        assert deliveries.nth(1).get_attribute("data-outcome") == "accepted" and "202" in accepted, accepted
+        alice.check("12-source-deliveries")
+
+        # Rotation: the new secret is shown once; both secrets verify until the old one expires.
+        row.locator("button:has-text('Rotate secret')").click()
+        new_secret = alice.shown_once("secret")
+        assert new_secret and new_secret != secret
+        page.click("[data-testid=shown-once] >> text=Done")
+        assert github(new_secret, "gh-new-secret").status_code == 202
+        assert github(secret, "gh-old-secret").status_code == 202
+
+        # Disabled: deliveries are refused (and logged as such) until it is enabled again.
+        row.locator("button:has-text('Disable')").click()
+        page.wait_for_selector("[data-testid=sources-table] tr[data-source=github] [data-testid=enabled]:has-text('no')")
+        assert github(new_secret, "gh-while-disabled").status_code == 400
+        page.click("[data-testid=deliveries] >> text=Refresh")
+        page.wait_for_function("() => document.querySelector('[data-testid=deliveries] tbody tr')"
+                               ".innerText.includes('gh-while-disabled')")
+        assert "disabled" in deliveries.nth(0).inner_text()
+        row.locator("button:has-text('Enable')").click()
+        page.wait_for_selector("[data-testid=sources-table] tr[data-source=github] [data-testid=enabled]:has-text('yes')")
+        assert github(new_secret, "gh-enabled-again").status_code == 202
+        alice.check("13-source-rotated-disabled-enabled")
+    finally:
+        alice.close()
+
+
+def test_reject_cancel_and_dead_letter_replay(stack, browser):
+    api = Api(stack)
+    tenant = api.tenant("decisions")
+    cluster = api.call("POST", f"/v1/tenants/{tenant}/clusters", {"name": "hung-agent"})["cluster"]["clusterId"]
+    # One attempt, then a dead letter.
+    api.call("PATCH", f"/v1/tenants/{tenant}/approvalPolicy?updateMask=maxDispatchAttempts",
+             {"maxDispatchAttempts": 1})
+
+    def propose(title: str, risk: str) -> str:
+        r = api.call("POST", f"/v1/tenants/{tenant}/remediations", {
+            "clusterId": cluster, "title": title, "risk": risk,
+            "action": {"serverSideApply": {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "shop",
+                                           "name": "api", "patch": {"spec": {"replicas": 2}}}}})
+        return r["remediation"]["remediationId"]
+
+    rejected, cancelled = propose("Reject me", "RISK_LEVEL_HIGH"), propose("Cancel me", "RISK_LEVEL_HIGH")
+    alice = Person(stack, browser, "alice").sign_in()
+    page = alice.page
+    agent = None
+    try:
+        for remediation, button, status in ((rejected, "Reject", "REJECTED"),
+                                            (cancelled, "Cancel remediation", "CANCELLED")):
+            page.goto(f"/console/t/{tenant}/remediations/{remediation}")
+            page.wait_for_selector("[data-testid=detail-status]")
+            assert page.inner_text("[data-testid=detail-status]") in ("PROPOSED", "PENDING_APPROVAL")
+            # A decision needs a comment.
+            page.click(f"button:has-text('{button}')")
+            page.wait_for_selector("[role=alert]:has-text('a comment is required')")
+            page.fill("#decision-comment", f"{button.lower()}: not this week")
+            page.click(f"button:has-text('{button}')")
+            page.wait_for_selector(f"[data-testid=detail-status]:has-text('{status}')")
+            stored = api.call("GET", f"/v1/tenants/{tenant}/remediations/{remediation}")["remediation"]
+            assert stored["status"] == f"REMEDIATION_STATUS_{status}", stored
+            # Nothing more may be decided on it.
+            assert page.locator("#decision-comment").count() == 0
+        alice.check("14-remediation-cancelled")
+
+        # An agent that connects and then hangs (SIGSTOP): a LOW-risk remediation (approved at
+        # once) is sent to it, never acknowledged, and dead-lettered after its one attempt.
+        token = api.call("POST", f"/v1/tenants/{tenant}/clusters/{cluster}/bootstrapTokens", {})["token"]
+        agent_dir = stack.workdir / f"hung-agent-{stack.name}"
+        stack.zen("agent", "bootstrap", "--url", stack.base, "--grpc-url",
+                  f"https://127.0.0.1:{stack.server.grpc_port}", "--token", token, "--dir", str(agent_dir))
+        quiet = stack.workdir / "no-events.jsonl"
+        quiet.write_text("")
+        agent = subprocess.Popen([str(zen_binary()), "agent", "run", "--dir", str(agent_dir), "--input", str(quiet),
+                                  "--follow"], env=clean_env(), cwd=stack.workdir, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while api.call("GET", f"/v1/tenants/{tenant}/clusters/{cluster}")["cluster"].get("connectionState") \
+                != "CONNECTION_STATE_CONNECTED":
+            assert time.monotonic() < deadline, "the agent did not connect"
+            time.sleep(0.2)
+        agent.send_signal(signal.SIGSTOP)
+        stranded = propose("Nobody acknowledges", "RISK_LEVEL_LOW")
+        deadline = time.monotonic() + 30
+        while not api.call("GET", f"/v1/tenants/{tenant}/deadLetters").get("deadLetters"):
+            assert time.monotonic() < deadline, \
+                f"no dead letter within 30 s: {api.call('GET', f'/v1/tenants/{tenant}/remediations/{stranded}')}"
+            time.sleep(0.5)
+        page.goto(f"/console/t/{tenant}/remediations")
+        letter = page.locator("table[aria-label='Dead letters'] tbody tr", has_text=stranded)
+        letter.locator("button:has-text('Replay')").click()
+        # Replayed: the letter stays listed with its replay time and no button.
+        page.wait_for_function(
+            "(id) => [...document.querySelectorAll(\"table[aria-label='Dead letters'] tbody tr\")]"
+            ".some((tr) => tr.innerText.includes(id) && !tr.querySelector('button'))", arg=stranded)
+        replayed = [d for d in api.call("GET", f"/v1/tenants/{tenant}/deadLetters?showReplayed=true")["deadLetters"]
+                    if d.get("replayTime")]
+        assert [d["remediationId"] for d in replayed] == [stranded], replayed
+        alice.check("15-dead-letter-replayed")
+    finally:
+        if agent is not None:
+            agent.send_signal(signal.SIGCONT)
+            agent.terminate()
+            agent.wait(timeout=30)
+        alice.close()
+
+
+def test_members_roles_and_what_a_viewer_is_offered(stack, browser):
+    api = Api(stack)
+    tenant = api.tenant("members")
+    invite = api.call("POST", f"/v1/tenants/{tenant}/invites", {"email": "dave@example.test", "role": "ROLE_VIEWER"})
+    dave_api = Api(stack, "dave")
+    dave_api.call("POST", f"/v1/invites/{invite['invite']['inviteId']}:accept", {"token": invite["token"]})
+    source = api.call("POST", f"/v1/tenants/{tenant}/webhookSources",
+                      {"name": "alerts", "enabled": True, "verification": {"scheme": "WEBHOOK_SCHEME_ZEN_HMAC"}})
+    dave = Person(stack, browser, "dave").sign_in(f"/console/t/{tenant}/sources")
+    alice = Person(stack, browser, "alice").sign_in(f"/console/t/{tenant}/members")
+    try:
+        # The viewer: sources and their deliveries, but no control that changes anything.
+        dpage = dave.page
+        dpage.wait_for_selector("[data-testid=sources-table] tr[data-source=alerts]")
+        for control in ("Rotate secret", "Disable", "Create source"):
+            assert dpage.locator(f"button:has-text('{control}')").count() == 0, control
+        dpage.click("button:has-text('Deliveries')")
+        dpage.wait_for_selector("[data-testid=deliveries] >> text=No delivery in the last 7 days")
+        assert dpage.locator("nav.tabs >> text=Members").count() == 0
+        # A deep link to a page the role may not open says so; so does a tenant dave is not in.
+        dpage.goto(f"/console/t/{tenant}/members")
+        assert "needs the admin role" in dpage.inner_text("[data-testid=not-available]")
+        dave.check("16-viewer-deep-link")
+        dpage.goto(f"/console/t/{uuid.uuid4()}/events")
+        assert "not a member" in dpage.inner_text("[data-testid=not-available]")
+        # And the server refuses what the page does not offer, from the viewer's own session.
+        forged = dpage.evaluate("""async (path) => {
+            const s = await (await fetch('/console/session')).json();
+            const r = await fetch(path, {method: 'POST', headers: {'Content-Type': 'application/json',
+                'X-CSRF-Token': s.csrfToken, 'X-Request-Id': crypto.randomUUID()}, body: '{}'});
+            return r.status;
+        }""", f"/v1/tenants/{tenant}/webhookSources/{source['webhookSource']['sourceId']}:rotateSecret")
+        assert forged == 403
+
+        # The admin promotes dave to approver, then removes him.
+        page = alice.page
+        (dave_id,) = [m["userId"] for m in api.call("GET", f"/v1/tenants/{tenant}/members")["members"]
+                      if m["email"] == "dave@example.test"]
+        page.select_option(f"#role-{dave_id}", "ROLE_APPROVER")
+        deadline = time.monotonic() + 15
+        while not any(m["userId"] == dave_id and m["role"] == "ROLE_APPROVER"
+                      for m in api.call("GET", f"/v1/tenants/{tenant}/members")["members"]):
+            assert time.monotonic() < deadline, "the role did not change"
+            time.sleep(0.2)
+        alice.check("17-member-promoted")
+        page.click("button[aria-label='Remove dave@example.test']")
+        page.wait_for_function("() => !document.querySelector('[data-testid=members-table]')"
+                               ".innerText.includes('dave@example.test')")
+        members = api.call("GET", f"/v1/tenants/{tenant}/members")["members"]
+        assert all(m["email"] != "dave@example.test" for m in members), members
+        # Removed: dave's session reaches nothing of the tenant any more.
+        status = dpage.evaluate("async (path) => (await fetch(path)).status", f"/v1/tenants/{tenant}/webhookSources")
+        assert status in (403, 404), status
+    finally:
+        dave.close()
+        alice.close()
+
+
+def test_watch_resumes_after_a_lost_connection_with_no_gap_and_no_duplicate(stack, browser):
+    """The connection is lost while events keep arriving: the page is told, reconnects on its own
+    with its resume token, and then shows every event exactly once. Playwright stands between the
+    page and Zen (route_web_socket): it forwards the first connection, then drops what Zen sends
+    on it, then closes it, as a network that fails silently would."""
+    api = Api(stack)
+    tenant = api.tenant("watch")
+    created = api.call("POST", f"/v1/tenants/{tenant}/webhookSources", {
+        "name": "alerts", "enabled": True, "verification": {"scheme": "WEBHOOK_SCHEME_ZEN_HMAC"},
+        "mapping": {"fields": [{"target": "MAPPED_FIELD_TITLE", "pointer": "/title"}]}})
+    source_path = "/webhooks/" + created["webhookSource"]["url"].rsplit("/webhooks/", 1)[1]
+    connections: list[dict] = []
+
+    def route(ws):
+        server = ws.connect_to_server()
+        connection = {"page": ws, "server": server, "lost": False, "titles": []}
+
+        def from_server(message):
+            if connection["lost"]:
+                return
+            change = json.loads(message)
+            if "event" in change:
+                connection["titles"].append(change["event"].get("title"))
+            ws.send(message)
+
+        server.on_message(from_server)
+        connections.append(connection)
+
+    def deliver(title: str) -> None:
+        body = json.dumps({"title": title, "severity": "high"}).encode()
+        r = zen_hmac_delivery(stack.base, source_path, created["secret"], body)
+        assert r.status_code == 202, r.text
+
+    alice = Person(stack, browser, "alice")
+    alice.page.route_web_socket("**/events:watch*", route)
+    page = alice.page
+    rows = page.locator("[data-testid=events-table] tbody tr")
+    try:
+        alice.sign_in(f"/console/t/{tenant}/events")
+        page.wait_for_selector("[data-testid=watch-status][data-state=live]")
+        for i in range(3):
+            deliver(f"before-{i}")
+        page.wait_for_function("() => document.querySelectorAll('[data-testid=events-table] tbody tr').length === 3")
+        # The network fails silently: what Zen sends is lost, then the connection closes.
+        connections[0]["lost"] = True
+        for i in range(3):
+            deliver(f"during-{i}")
+        time.sleep(1)
+        assert rows.count() == 3
+        connections[0]["page"].close(code=4000, reason="network lost")
+        connections[0]["server"].close()
+        page.wait_for_selector("[data-testid=watch-status][data-state=resumed]")
+        for i in range(2):
+            deliver(f"after-{i}")
+        page.wait_for_function("() => document.querySelectorAll('[data-testid=events-table] tbody tr').length === 8")
+        titles = sorted(t.split("\n")[0] for t in rows.locator("td:nth-child(2)").all_inner_texts())
+        expected = sorted([f"before-{i}" for i in range(3)] + [f"during-{i}" for i in range(3)] +
+                          [f"after-{i}" for i in range(2)])
+        assert titles == expected, titles
+        # Zen resumed after the last change the page had: the second connection carried what was
+        # lost and what came after, and nothing the page already had.
+        assert len(connections) == 2, connections
+        resumed = sorted([f"during-{i}" for i in range(3)] + [f"after-{i}" for i in range(2)])
+        assert sorted(connections[1]["titles"]) == resumed, connections[1]["titles"]
+        alice.check("18-watch-resumed")
+    finally:
+        alice.close()
+
+
+def test_session_outlives_its_access_token(tmp_path, browser):
+    """The console's session refreshes the access token it relays: a page used after the token's
+    lifetime (60 s, the least allowed) keeps working without a new sign-in."""
+    server = ZenServer(data_dir=tmp_path / "data", extra_args=["--local-login", "true"],
+                       env={"ZEN_ACCESS_TOKEN_TTL_SECONDS": "60"})
+    for args in (["migrate"], ["user", "add", "--username", "erin", "--email", "erin@example.test",
+                                "--password-stdin", "--admin"]):
+        proc = subprocess.run([str(zen_binary()), "--data-dir", str(server.data_dir), *args], input=PASSWORD + "\n",
+                              env=clean_env(), capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    server.start()
+    try:
+        context = browser.new_context(base_url=server.http_base)
+        context.set_default_timeout(TIMEOUT_MS)
+        page = context.new_page()
+        try:
+            page.goto("/")
+            page.fill("#username", "erin")
+            page.fill("#password", PASSWORD)
+            page.click("button:has-text('Sign in')")
+            page.wait_for_selector("button:has-text('Sign out')")
+            cookie = next(c["value"] for c in context.cookies() if c["name"] == "zen_session")
+            time.sleep(62)
+            # A state change after the token expired: the session refreshes it and relays the new one.
+            page.fill("#tenant-name", "after-expiry")
+            page.click("button:has-text('Create tenant')")
+            page.wait_for_url("**/console/t/*/events")
+            page.wait_for_selector("[data-testid=watch-status][data-state=live]")
+            assert page.locator("#username").count() == 0
+            # The same session, not a new one.
+            assert next(c["value"] for c in context.cookies() if c["name"] == "zen_session") == cookie
+        finally:
+            context.close()
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+# -- Firefox ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def firefox():
+    """Debian's Firefox ESR over Marionette, its own remote protocol (PyPI `marionette-driver`,
+    Mozilla's client): Playwright drives only its own patched Firefox build."""
+    path = os.environ.get("ZEN_FIREFOX") or shutil.which("firefox-esr") or shutil.which("firefox")
+    if not path:
+        unavailable("firefox is not installed (scripts/lib.sh ensure_firefox installs it)")
+    from marionette_driver.marionette import Marionette
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    marionette = Marionette(bin=path, headless=True, port=free_port(), startup_timeout=120,
+                            gecko_log=str(ARTIFACTS / "gecko.log"))
+    marionette.start_session()
+    try:
+        yield marionette
+    finally:
+        marionette.delete_session()
+        marionette.cleanup()
+
+
+def test_firefox_signs_in_and_opens_every_page_live(stack, firefox):
+    """The console in Firefox: sign in, open every page of a tenant, see a delivered event arrive
+    over the watch WebSocket; no script error and no CSP violation reported on the way."""
+    from marionette_driver import By, Wait
+
+    api = Api(stack)
+    tenant = api.tenant("firefox")
+    created = api.call("POST", f"/v1/tenants/{tenant}/webhookSources", {
+        "name": "alerts", "enabled": True, "verification": {"scheme": "WEBHOOK_SCHEME_ZEN_HMAC"},
+        "mapping": {"fields": [{"target": "MAPPED_FIELD_TITLE", "pointer": "/title"}]}})
+    source_path = "/webhooks/" + created["webhookSource"]["url"].rsplit("/webhooks/", 1)[1]
+    m = firefox
+    wait = Wait(m, timeout=TIMEOUT_MS / 1000)
+
+    def text_of(selector: str) -> str:
+        found = m.find_elements(By.CSS_SELECTOR, selector)
+        return found[0].text if found else ""
+
+    m.navigate(f"{stack.base}/console/t/{tenant}/events")
+    wait.until(lambda _: m.find_elements(By.ID, "username"))
+    m.find_element(By.ID, "username").send_keys("alice")
+    m.find_element(By.ID, "password").send_keys(PASSWORD)
+    m.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait.until(lambda _: "Sign out" in text_of("header.top"))
+    # From here on the page reports what goes wrong (it stays loaded: navigation is in-page).
+    m.execute_script("""
+        window.__zen = {errors: [], csp: []};
+        addEventListener('error', (e) => __zen.errors.push(String(e.message)));
+        addEventListener('unhandledrejection', (e) => __zen.errors.push(String(e.reason)));
+        document.addEventListener('securitypolicyviolation',
+            (e) => __zen.csp.push(e.violatedDirective + ' ' + e.blockedURI));
+    """, sandbox=None, new_sandbox=False)  # in the page's own scope, where later calls read it
+    wait.until(lambda _: m.find_elements(By.CSS_SELECTOR, "[data-testid=watch-status][data-state=live]"))
+    body = json.dumps({"title": "seen in firefox", "severity": "high"}).encode()
+    r = zen_hmac_delivery(stack.base, source_path, created["secret"], body)
+    assert r.status_code == 202, r.text
+    wait.until(lambda _: "seen in firefox" in text_of("[data-testid=events-table]"))
+    (stack.shots / "firefox-events.png").write_bytes(m.screenshot(format="binary"))
+
+    headings = {"clusters": "Clusters", "sources": "Webhook sources", "remediations": "Remediations",
+                "audit": "Audit", "members": "Members", "events": "Live events"}
+    for page, heading in headings.items():
+        m.find_element(By.CSS_SELECTOR, f"nav.tabs a[href$='/{page}']").click()
+        wait.until(lambda _: text_of("main h2").startswith(heading))
+        (stack.shots / f"firefox-{page}.png").write_bytes(m.screenshot(format="binary"))
+    m.find_element(By.CSS_SELECTOR, "nav.tabs a[href$='/sources']").click()
+    wait.until(lambda _: m.find_elements(By.CSS_SELECTOR, "[data-testid=sources-table] tr[data-source=alerts]"))
+    m.find_element(By.CSS_SELECTOR, "button[aria-label='Recent deliveries to alerts']").click()
+    wait.until(lambda _: "accepted" in text_of("[data-testid=deliveries]"))
+    reported = m.execute_script("return window.__zen", sandbox=None, new_sandbox=False)
+    assert reported == {"errors": [], "csp": []}, reported
