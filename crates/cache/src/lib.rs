@@ -106,6 +106,13 @@ pub trait Cache: Send + Sync {
     /// first (`LRANGE 0 limit-1`); empty when the key is absent or expired.
     async fn newest(&self, key: &str, limit: usize) -> Result<Vec<Vec<u8>>>;
 
+    /// Spend `cost` units of the GCRA budget under `key` (a token bucket that
+    /// stores one timestamp): allowed while the burst is not used up, each
+    /// unit coming back after `rate.interval`. Atomic across replicas on
+    /// Redis (one Lua script, on the server's clock); a refused call spends
+    /// nothing. `cost` 0 only reads the state.
+    async fn rate_limit(&self, key: &str, rate: Rate, cost: u32) -> Result<RateDecision>;
+
     /// Deliver `message` to every current subscriber of `channel` (on Redis,
     /// in every replica). Fire-and-forget: nobody listening is not an error.
     async fn publish(&self, channel: &str, message: &[u8]) -> Result<()>;
@@ -114,6 +121,40 @@ pub trait Cache: Send + Sync {
     /// dropping it unsubscribes. See [`Subscription`] for the bound on
     /// undelivered messages.
     async fn subscribe(&self, channel: &str) -> Result<Subscription>;
+}
+
+/// A rate of the generic cell rate algorithm (GCRA): one unit every
+/// `interval`, and up to `burst` units at once after a quiet period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    /// The emission interval: the time one unit of the budget takes to come
+    /// back (1 s / requests per second).
+    pub interval: Duration,
+    /// Units that may be spent at once (≥ 1).
+    pub burst: u32,
+}
+
+impl Rate {
+    /// `per_second` units per second with a burst of `burst` (both ≥ 1).
+    pub fn per_second(per_second: u32, burst: u32) -> Rate {
+        Rate {
+            interval: Duration::from_nanos(1_000_000_000 / u64::from(per_second.max(1))),
+            burst: burst.max(1),
+        }
+    }
+}
+
+/// The answer of [`Cache::rate_limit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateDecision {
+    /// The units were spent.
+    pub allowed: bool,
+    /// Units that could still be spent now.
+    pub remaining: u32,
+    /// When refused: how long until the request would be allowed.
+    pub retry_after: Duration,
+    /// How long until the whole burst is available again.
+    pub reset_after: Duration,
 }
 
 /// Open the configured cache: `None` (or `memory://`) is a [`MemoryCache`],

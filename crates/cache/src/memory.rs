@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::subscription::Subscription;
-use crate::{ttl_millis, Cache, CacheError, Result};
+use crate::{ttl_millis, Cache, CacheError, Rate, RateDecision, Result};
 
 const SHARDS: usize = 16;
 /// Bytes charged per entry on top of its key and value (map slot, `String`
@@ -67,6 +67,8 @@ struct Store {
     shard_max_bytes: usize,
     channels: Mutex<HashMap<String, broadcast::Sender<Vec<u8>>>>,
     channel_capacity: usize,
+    /// The clock of the rate limiter's timestamps.
+    epoch: Instant,
 }
 
 #[derive(Default)]
@@ -204,6 +206,7 @@ impl MemoryCache {
             shard_max_bytes: options.max_bytes.div_ceil(SHARDS).max(1),
             channels: Mutex::new(HashMap::new()),
             channel_capacity: options.channel_capacity.max(1),
+            epoch: Instant::now(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let interval = options.sweep_interval.max(Duration::from_millis(10));
@@ -273,6 +276,44 @@ fn frame(out: &mut Vec<u8>, item: &[u8]) -> Result<()> {
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(item);
     Ok(())
+}
+
+/// The GCRA step shared by the memory backend and its tests: from the stored
+/// theoretical arrival time `tat` (ms on the cache's clock), the decision and
+/// the new TAT to store when allowed. Mirrors `GCRA_LUA` in the Redis backend.
+pub(crate) fn gcra(
+    now: u64,
+    tat: Option<u64>,
+    rate: Rate,
+    cost: u32,
+) -> (RateDecision, Option<u64>) {
+    // Signed arithmetic: the allowance can start before the clock's epoch.
+    let now = i128::from(now);
+    let interval = i128::try_from(rate.interval.as_millis())
+        .unwrap_or(i128::MAX / 4)
+        .max(1);
+    let burst = i128::from(rate.burst.max(1));
+    let tat = tat.map_or(now, i128::from).max(now);
+    let new_tat = tat + i128::from(cost) * interval;
+    let allow_at = new_tat - burst * interval;
+    let units = |since: i128| u32::try_from((since / interval).clamp(0, burst)).unwrap_or(0);
+    let millis = |ms: i128| Duration::from_millis(u64::try_from(ms.max(0)).unwrap_or(u64::MAX));
+    if now < allow_at {
+        let decision = RateDecision {
+            allowed: false,
+            remaining: units(now - (tat - burst * interval)),
+            retry_after: millis(allow_at - now),
+            reset_after: millis(tat - now),
+        };
+        return (decision, None);
+    }
+    let decision = RateDecision {
+        allowed: true,
+        remaining: units(now - allow_at),
+        retry_after: Duration::ZERO,
+        reset_after: millis(new_tat - now),
+    };
+    (decision, u64::try_from(new_tat).ok())
 }
 
 async fn sweeper(store: Weak<Store>, interval: Duration) {
@@ -417,6 +458,29 @@ impl Cache for MemoryCache {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    async fn rate_limit(&self, key: &str, rate: Rate, cost: u32) -> Result<RateDecision> {
+        let now = Instant::now();
+        let now_ms =
+            u64::try_from(now.duration_since(self.store.epoch).as_millis()).unwrap_or(u64::MAX);
+        let key = self.full(key);
+        let mut shard = self.store.shard(&key);
+        let tat = shard
+            .live(&key, now)
+            .and_then(|e| std::str::from_utf8(&e.value).ok()?.parse::<u64>().ok());
+        let (decision, new_tat) = gcra(now_ms, tat, rate, cost);
+        if let Some(new_tat) = new_tat.filter(|_| cost > 0) {
+            let ttl = Duration::from_millis((new_tat - now_ms).max(1));
+            shard.put(
+                &self.store,
+                &key,
+                new_tat.to_string().into_bytes(),
+                now + ttl,
+                now,
+            )?;
+        }
+        Ok(decision)
     }
 
     async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {

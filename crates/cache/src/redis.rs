@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
 use crate::subscription::Subscription;
-use crate::{ttl_millis, Cache, CacheError, Result};
+use crate::{ttl_millis, Cache, CacheError, Rate, RateDecision, Result};
 
 /// `CAS key has_expected expected new ttl_ms` → 1 when swapped, else 0.
 /// `GET` answers `false` for a missing key, which equals no string.
@@ -62,6 +62,32 @@ redis.call('LPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
+"#;
+
+/// `GCRA key interval_ms burst cost` → `{allowed, remaining, retry_after_ms,
+/// reset_after_ms}` on the server's clock (see `memory::gcra`, its twin).
+const GCRA_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + cost * interval
+local allow_at = new_tat - burst * interval
+if now < allow_at then
+  local remaining = math.floor((now - (tat - burst * interval)) / interval)
+  if remaining > burst then remaining = burst end
+  if remaining < 0 then remaining = 0 end
+  return {0, remaining, allow_at - now, tat - now}
+end
+if cost > 0 then
+  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.max(1, new_tat - now))
+end
+local remaining = math.floor((now - allow_at) / interval)
+if remaining > burst then remaining = burst end
+return {1, remaining, 0, new_tat - now}
 "#;
 
 /// Connection settings of a [`RedisCache`].
@@ -105,6 +131,7 @@ struct Shared {
     cas: Script,
     incr: Script,
     push_capped: Script,
+    gcra: Script,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -319,6 +346,7 @@ impl RedisCache {
                 cas: Script::from_lua(CAS_LUA),
                 incr: Script::from_lua(INCR_LUA),
                 push_capped: Script::from_lua(PUSH_CAPPED_LUA),
+                gcra: Script::from_lua(GCRA_LUA),
                 tasks: vec![resubscriber, dispatcher],
             }),
         })
@@ -408,14 +436,23 @@ impl RedisCache {
     /// `EVALSHA`, falling back to `EVAL` (which also caches the script on
     /// the server) when the server does not know the script yet.
     async fn eval(&self, script: &Script, key: String, args: Vec<Value>) -> Result<i64> {
+        self.eval_as::<i64>(script, key, args).await
+    }
+
+    async fn eval_as<R: fred::types::FromValue>(
+        &self,
+        script: &Script,
+        key: String,
+        args: Vec<Value>,
+    ) -> Result<R> {
         let client = self.connected()?;
         let result = match client
-            .evalsha::<i64, _, _, _>(script.sha1().clone(), key.clone(), args.clone())
+            .evalsha::<R, _, _, _>(script.sha1().clone(), key.clone(), args.clone())
             .await
         {
             Err(error) if error.details().starts_with("NOSCRIPT") => {
                 let lua = script.lua().cloned().unwrap_or_default();
-                client.eval::<i64, _, _, _>(lua, key, args).await
+                client.eval::<R, _, _, _>(lua, key, args).await
             }
             other => other,
         };
@@ -577,6 +614,32 @@ impl Cache for RedisCache {
             .into_iter()
             .filter_map(Value::into_owned_bytes)
             .collect())
+    }
+
+    async fn rate_limit(&self, key: &str, rate: Rate, cost: u32) -> Result<RateDecision> {
+        let interval = i64::try_from(rate.interval.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let args = vec![
+            Value::from(interval),
+            Value::from(i64::from(rate.burst.max(1))),
+            Value::from(i64::from(cost)),
+        ];
+        let reply: Vec<i64> = self
+            .eval_as(&self.shared.gcra, self.full(key), args)
+            .await?;
+        let [allowed, remaining, retry_after, reset_after] = reply[..] else {
+            return Err(CacheError::Backend(format!(
+                "the rate limit script answered {reply:?}"
+            )));
+        };
+        let millis = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        Ok(RateDecision {
+            allowed: allowed == 1,
+            remaining: u32::try_from(remaining).unwrap_or(0),
+            retry_after: millis(retry_after),
+            reset_after: millis(reset_after),
+        })
     }
 
     async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {

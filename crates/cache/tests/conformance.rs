@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Harness, Kind};
-use zen_cache::{CacheError, Subscription, MAX_TTL};
+use zen_cache::{CacheError, Rate, Subscription, MAX_TTL};
 
 const LONG: Duration = Duration::from_secs(60);
 const TASKS: usize = 64;
@@ -27,6 +27,8 @@ conformance!(
     increment_is_atomic,
     capped_lists,
     capped_list_pushes_lose_nothing_under_concurrency,
+    rate_limits_spend_a_burst_and_refill,
+    rate_limit_is_atomic,
     publish_reaches_every_subscriber,
     subscription_is_active_when_subscribe_returns,
     unsubscribe_and_resubscribe,
@@ -446,6 +448,57 @@ async fn capped_list_pushes_lose_nothing_under_concurrency(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(c.newest("busy", TASKS * 2).await.unwrap().len(), TASKS);
+}
+
+async fn rate_limits_spend_a_burst_and_refill(h: &Harness) {
+    let c = h.cache().await;
+    // One unit every 100 ms, five at once.
+    let rate = Rate::per_second(10, 5);
+    for spent in 1..=5u32 {
+        let d = c.rate_limit("rl", rate, 1).await.unwrap();
+        assert!(d.allowed, "unit {spent} of the burst: {d:?}");
+        assert_eq!(d.remaining, 5 - spent, "{d:?}");
+    }
+    let refused = c.rate_limit("rl", rate, 1).await.unwrap();
+    assert!(!refused.allowed, "{refused:?}");
+    assert_eq!(refused.remaining, 0);
+    assert!(
+        refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_millis(100),
+        "{refused:?}"
+    );
+    assert!(
+        refused.reset_after <= Duration::from_millis(500),
+        "{refused:?}"
+    );
+    // A refusal spends nothing: after one interval exactly one more unit is there.
+    tokio::time::sleep(Duration::from_millis(130)).await;
+    assert!(c.rate_limit("rl", rate, 1).await.unwrap().allowed);
+    assert!(!c.rate_limit("rl", rate, 1).await.unwrap().allowed);
+    // Cost 0 reads without spending; a cost above the burst is never allowed.
+    let read = c.rate_limit("rl", rate, 0).await.unwrap();
+    assert!(read.allowed && read.remaining == 0, "{read:?}");
+    assert!(!c.rate_limit("fresh", rate, 6).await.unwrap().allowed);
+    let batch = c.rate_limit("fresh", rate, 5).await.unwrap();
+    assert!(batch.allowed && batch.remaining == 0, "{batch:?}");
+    // Keys are independent; a quiet key is whole again once its reset has passed.
+    assert_eq!(c.rate_limit("other", rate, 1).await.unwrap().remaining, 4);
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    assert_eq!(c.rate_limit("rl", rate, 1).await.unwrap().remaining, 4);
+}
+
+async fn rate_limit_is_atomic(h: &Harness) {
+    let c = h.cache().await;
+    // A burst of 20 and a slow refill: of 64 concurrent callers exactly 20 get through.
+    let rate = Rate {
+        interval: Duration::from_secs(60),
+        burst: 20,
+    };
+    let allowed = race(TASKS, |_| {
+        let c = Arc::clone(&c);
+        async move { c.rate_limit("shared", rate, 1).await.unwrap().allowed }
+    })
+    .await;
+    assert_eq!(allowed.iter().filter(|a| **a).count(), 20);
 }
 
 async fn publish_reaches_every_subscriber(h: &Harness) {
