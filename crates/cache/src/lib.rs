@@ -94,6 +94,13 @@ pub trait Cache: Send + Sync {
     /// holding anything else is [`CacheError::NotAnInteger`].
     async fn increment(&self, key: &str, window: Duration) -> Result<u64>;
 
+    /// Adds `delta` (which may be negative) to the counter under `key` and
+    /// returns the new value; a missing key counts from 0 and gets a
+    /// `window`-long expiry that later adds keep (as [`Cache::increment`]).
+    /// A key holding anything but a decimal integer is
+    /// [`CacheError::NotAnInteger`].
+    async fn add(&self, key: &str, delta: i64, window: Duration) -> Result<i64>;
+
     /// Capped list: put `item` in front of the list under `key`, keep only its
     /// `keep` newest items (`keep` ≥ 1) and let the list live for `ttl` from
     /// now (`LPUSH` + `LTRIM` + `PEXPIRE`, atomically). For bounded,

@@ -279,8 +279,9 @@ fn frame(out: &mut Vec<u8>, item: &[u8]) -> Result<()> {
 }
 
 /// The GCRA step shared by the memory backend and its tests: from the stored
-/// theoretical arrival time `tat` (ms on the cache's clock), the decision and
+/// theoretical arrival time `tat` (µs on the cache's clock), the decision and
 /// the new TAT to store when allowed. Mirrors `GCRA_LUA` in the Redis backend.
+/// Microseconds, so rates up to a million per second keep their precision.
 pub(crate) fn gcra(
     now: u64,
     tat: Option<u64>,
@@ -289,7 +290,7 @@ pub(crate) fn gcra(
 ) -> (RateDecision, Option<u64>) {
     // Signed arithmetic: the allowance can start before the clock's epoch.
     let now = i128::from(now);
-    let interval = i128::try_from(rate.interval.as_millis())
+    let interval = i128::try_from(rate.interval.as_micros())
         .unwrap_or(i128::MAX / 4)
         .max(1);
     let burst = i128::from(rate.burst.max(1));
@@ -297,13 +298,13 @@ pub(crate) fn gcra(
     let new_tat = tat + i128::from(cost) * interval;
     let allow_at = new_tat - burst * interval;
     let units = |since: i128| u32::try_from((since / interval).clamp(0, burst)).unwrap_or(0);
-    let millis = |ms: i128| Duration::from_millis(u64::try_from(ms.max(0)).unwrap_or(u64::MAX));
+    let micros = |us: i128| Duration::from_micros(u64::try_from(us.max(0)).unwrap_or(u64::MAX));
     if now < allow_at {
         let decision = RateDecision {
             allowed: false,
             remaining: units(now - (tat - burst * interval)),
-            retry_after: millis(allow_at - now),
-            reset_after: millis(tat - now),
+            retry_after: micros(allow_at - now),
+            reset_after: micros(tat - now),
         };
         return (decision, None);
     }
@@ -311,7 +312,7 @@ pub(crate) fn gcra(
         allowed: true,
         remaining: units(now - allow_at),
         retry_after: Duration::ZERO,
-        reset_after: millis(new_tat - now),
+        reset_after: micros(new_tat - now),
     };
     (decision, u64::try_from(new_tat).ok())
 }
@@ -425,6 +426,32 @@ impl Cache for MemoryCache {
         Ok(count)
     }
 
+    async fn add(&self, key: &str, delta: i64, window: Duration) -> Result<i64> {
+        let now = Instant::now();
+        let expires_at = deadline(now, window)?;
+        let key = self.full(key);
+        let mut shard = self.store.shard(&key);
+        let (value, expires_at) = match shard.live(&key, now) {
+            Some(entry) => {
+                let value = std::str::from_utf8(&entry.value)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .and_then(|n| n.checked_add(delta))
+                    .ok_or(CacheError::NotAnInteger)?;
+                (value, entry.expires_at)
+            }
+            None => (delta, expires_at),
+        };
+        shard.put(
+            &self.store,
+            &key,
+            value.to_string().into_bytes(),
+            expires_at,
+            now,
+        )?;
+        Ok(value)
+    }
+
     async fn push_capped(&self, key: &str, item: &[u8], keep: usize, ttl: Duration) -> Result<()> {
         if keep == 0 {
             return Err(CacheError::InvalidArgument(
@@ -462,16 +489,16 @@ impl Cache for MemoryCache {
 
     async fn rate_limit(&self, key: &str, rate: Rate, cost: u32) -> Result<RateDecision> {
         let now = Instant::now();
-        let now_ms =
-            u64::try_from(now.duration_since(self.store.epoch).as_millis()).unwrap_or(u64::MAX);
+        let now_us =
+            u64::try_from(now.duration_since(self.store.epoch).as_micros()).unwrap_or(u64::MAX);
         let key = self.full(key);
         let mut shard = self.store.shard(&key);
         let tat = shard
             .live(&key, now)
             .and_then(|e| std::str::from_utf8(&e.value).ok()?.parse::<u64>().ok());
-        let (decision, new_tat) = gcra(now_ms, tat, rate, cost);
+        let (decision, new_tat) = gcra(now_us, tat, rate, cost);
         if let Some(new_tat) = new_tat.filter(|_| cost > 0) {
-            let ttl = Duration::from_millis((new_tat - now_ms).max(1));
+            let ttl = Duration::from_micros((new_tat - now_us).max(1000));
             shard.put(
                 &self.store,
                 &key,

@@ -56,6 +56,16 @@ end
 return count
 "#;
 
+/// `ADD key delta window_ms` → the new value; the expiry is set when the key has
+/// none (its first add), never extended.
+const ADD_LUA: &str = r#"
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return value
+"#;
+
 /// `PUSH key item keep ttl_ms`: a capped list (see `Cache::push_capped`).
 const PUSH_CAPPED_LUA: &str = r#"
 redis.call('LPUSH', KEYS[1], ARGV[1])
@@ -64,11 +74,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
-/// `GCRA key interval_ms burst cost` → `{allowed, remaining, retry_after_ms,
-/// reset_after_ms}` on the server's clock (see `memory::gcra`, its twin).
+/// `GCRA key interval_us burst cost` → `{allowed, remaining, retry_after_us,
+/// reset_after_us}` on the server's clock, in microseconds (see `memory::gcra`,
+/// its twin). Lua numbers are doubles: microseconds since 1970 fit exactly.
 const GCRA_LUA: &str = r#"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
@@ -83,7 +94,8 @@ if now < allow_at then
   return {0, remaining, allow_at - now, tat - now}
 end
 if cost > 0 then
-  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.max(1, new_tat - now))
+  local ttl_ms = math.max(1, math.ceil((new_tat - now) / 1000))
+  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl_ms)
 end
 local remaining = math.floor((now - allow_at) / interval)
 if remaining > burst then remaining = burst end
@@ -132,6 +144,7 @@ struct Shared {
     incr: Script,
     push_capped: Script,
     gcra: Script,
+    add: Script,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -347,6 +360,7 @@ impl RedisCache {
                 incr: Script::from_lua(INCR_LUA),
                 push_capped: Script::from_lua(PUSH_CAPPED_LUA),
                 gcra: Script::from_lua(GCRA_LUA),
+                add: Script::from_lua(ADD_LUA),
                 tasks: vec![resubscriber, dispatcher],
             }),
         })
@@ -586,6 +600,16 @@ impl Cache for RedisCache {
         u64::try_from(count).map_err(|_| CacheError::NotAnInteger)
     }
 
+    async fn add(&self, key: &str, delta: i64, window: Duration) -> Result<i64> {
+        let window = px(window)?;
+        self.eval(
+            &self.shared.add,
+            self.full(key),
+            vec![Value::from(delta), Value::from(window)],
+        )
+        .await
+    }
+
     async fn push_capped(&self, key: &str, item: &[u8], keep: usize, ttl: Duration) -> Result<()> {
         if keep == 0 {
             return Err(CacheError::InvalidArgument(
@@ -617,7 +641,7 @@ impl Cache for RedisCache {
     }
 
     async fn rate_limit(&self, key: &str, rate: Rate, cost: u32) -> Result<RateDecision> {
-        let interval = i64::try_from(rate.interval.as_millis())
+        let interval = i64::try_from(rate.interval.as_micros())
             .unwrap_or(i64::MAX)
             .max(1);
         let args = vec![
@@ -633,12 +657,12 @@ impl Cache for RedisCache {
                 "the rate limit script answered {reply:?}"
             )));
         };
-        let millis = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        let micros = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
         Ok(RateDecision {
             allowed: allowed == 1,
             remaining: u32::try_from(remaining).unwrap_or(0),
-            retry_after: millis(retry_after),
-            reset_after: millis(reset_after),
+            retry_after: micros(retry_after),
+            reset_after: micros(reset_after),
         })
     }
 

@@ -25,6 +25,7 @@ conformance!(
     compare_and_swap_loses_no_update,
     increment_windows,
     increment_is_atomic,
+    counters_add_and_subtract,
     capped_lists,
     capped_list_pushes_lose_nothing_under_concurrency,
     rate_limits_spend_a_burst_and_refill,
@@ -371,6 +372,35 @@ async fn increment_windows(h: &Harness) {
         Err(CacheError::NotAnInteger)
     ));
     assert_eq!(c.get("text").await.unwrap().as_deref(), Some(&b"abc"[..]));
+}
+
+async fn counters_add_and_subtract(h: &Harness) {
+    let c = h.cache().await;
+    let window = Duration::from_millis(400);
+    assert_eq!(c.add("n", 5, window).await.unwrap(), 5);
+    assert_eq!(c.add("n", -2, window).await.unwrap(), 3);
+    assert_eq!(c.get("n").await.unwrap().as_deref(), Some(&b"3"[..]));
+    // The window is the first add's.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(c.add("n", 1, window).await.unwrap(), 4);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(c.get("n").await.unwrap(), None, "window over");
+    assert_eq!(c.add("n", -1, LONG).await.unwrap(), -1, "counts from 0");
+    // A seeded value counts on; text is an error.
+    c.set("seeded", b"41", LONG).await.unwrap();
+    assert_eq!(c.add("seeded", 1, LONG).await.unwrap(), 42);
+    c.set("text", b"abc", LONG).await.unwrap();
+    assert!(matches!(
+        c.add("text", 1, LONG).await,
+        Err(CacheError::NotAnInteger | CacheError::Backend(_))
+    ));
+    // Concurrent adds lose nothing.
+    race(TASKS, |_| {
+        let c = Arc::clone(&c);
+        async move { c.add("busy", 3, LONG).await.unwrap() }
+    })
+    .await;
+    assert_eq!(c.add("busy", 0, LONG).await.unwrap(), 3 * TASKS as i64);
 }
 
 async fn increment_is_atomic(h: &Harness) {
