@@ -111,6 +111,11 @@ pub(crate) async fn start_zen(
         bench_discard_events: Some(discard),
         // The slow-consumer drill signs its watchers in.
         local_login: Some(true),
+        // Benchmarks measure the write and read paths, not the rate limits (docs/LIMITS.md).
+        rate_limit_anonymous_rps: Some(1_000_000),
+        rate_limit_unverified_webhooks_rps: Some(1_000_000),
+        rate_limit_user_rps: Some(1_000_000),
+        rate_limit_cluster_rps: Some(1_000_000),
         ..Default::default()
     };
     let config = Config::resolve(&global, &serve)?;
@@ -125,6 +130,8 @@ pub(crate) async fn start_zen(
                 display_name: String::new(),
                 quotas: zen_store::Quotas {
                     max_clusters: (agents as i32).max(10),
+                    // Unlimited: the benchmark's load is the point.
+                    requests_per_second: 0,
                     ..Default::default()
                 },
             },

@@ -166,6 +166,32 @@ pub struct ServeArgs {
     /// Event watches of one tenant on one replica, all callers together (default 1024).
     #[arg(long, env = "ZEN_WATCH_MAX_PER_TENANT")]
     pub watch_max_per_tenant: Option<usize>,
+    // --- Rate limits (see docs/LIMITS.md); each allows bursts of twice its rate ---
+    /// Requests per second per client address on anonymous endpoints: sign-in, token refresh,
+    /// agent bootstrap (default 10).
+    #[arg(long, env = "ZEN_RATE_LIMIT_ANONYMOUS_RPS")]
+    pub rate_limit_anonymous_rps: Option<u32>,
+    /// Webhook requests per second per client address that fail verification (default 5).
+    #[arg(long, env = "ZEN_RATE_LIMIT_UNVERIFIED_WEBHOOKS_RPS")]
+    pub rate_limit_unverified_webhooks_rps: Option<u32>,
+    /// API calls per second per person (default 50).
+    #[arg(long, env = "ZEN_RATE_LIMIT_USER_RPS")]
+    pub rate_limit_user_rps: Option<u32>,
+    /// Event batches per second per cluster (default 50).
+    #[arg(long, env = "ZEN_RATE_LIMIT_CLUSTER_RPS")]
+    pub rate_limit_cluster_rps: Option<u32>,
+    /// Requests per second of a tenant created without quotas of its own (default 100; 0:
+    /// unlimited). Tenants keep what they were created with; a platform admin changes a
+    /// tenant's quotas with UpdateTenant.
+    #[arg(long, env = "ZEN_DEFAULT_TENANT_REQUESTS_PER_SECOND")]
+    pub default_tenant_requests_per_second: Option<i32>,
+    /// Events stored per UTC day of a tenant created without quotas of its own (default
+    /// 1000000).
+    #[arg(long, env = "ZEN_DEFAULT_TENANT_MAX_EVENTS_PER_DAY")]
+    pub default_tenant_max_events_per_day: Option<i64>,
+    /// Clusters of a tenant created without quotas of its own (default 10).
+    #[arg(long, env = "ZEN_DEFAULT_TENANT_MAX_CLUSTERS")]
+    pub default_tenant_max_clusters: Option<i32>,
     /// How long a stream's bounded send buffer may stay full before its consumer is closed as
     /// too slow, in ms (default 2000).
     #[arg(long, env = "ZEN_SLOW_CONSUMER_GRACE_MS")]
@@ -224,6 +250,13 @@ struct FileConfig {
     dependency_timeout_ms: Option<u64>,
     watch_max_per_caller: Option<usize>,
     watch_max_per_tenant: Option<usize>,
+    rate_limit_anonymous_rps: Option<u32>,
+    rate_limit_unverified_webhooks_rps: Option<u32>,
+    rate_limit_user_rps: Option<u32>,
+    rate_limit_cluster_rps: Option<u32>,
+    default_tenant_requests_per_second: Option<i32>,
+    default_tenant_max_events_per_day: Option<i64>,
+    default_tenant_max_clusters: Option<i32>,
     slow_consumer_grace_ms: Option<u64>,
     stream_write_timeout_ms: Option<u64>,
     http_send_buffer_bytes: Option<usize>,
@@ -289,6 +322,10 @@ pub struct Config {
     pub remediation: crate::remediation::RemediationSettings,
     /// Slow consumers and dependency outages.
     pub limits: LimitSettings,
+    /// Platform-wide rate limits.
+    pub rate_limits: crate::limits::RateLimitSettings,
+    /// The quotas of a tenant created without its own.
+    pub default_quotas: zen_store::Quotas,
 }
 
 /// What a slow consumer or a dependency outage may cost (docs/RELIABILITY.md).
@@ -563,6 +600,49 @@ impl Config {
                     .http_send_buffer_bytes
                     .or(file.http_send_buffer_bytes)
                     .unwrap_or(64 * 1024),
+            },
+            rate_limits: {
+                let rate = |given: Option<u32>, default: u32| {
+                    let rps = given.unwrap_or(default).max(1);
+                    zen_cache::Rate::per_second(rps, rps.saturating_mul(2))
+                };
+                crate::limits::RateLimitSettings {
+                    anonymous: rate(
+                        serve
+                            .rate_limit_anonymous_rps
+                            .or(file.rate_limit_anonymous_rps),
+                        10,
+                    ),
+                    unverified_webhooks: rate(
+                        serve
+                            .rate_limit_unverified_webhooks_rps
+                            .or(file.rate_limit_unverified_webhooks_rps),
+                        5,
+                    ),
+                    user: rate(serve.rate_limit_user_rps.or(file.rate_limit_user_rps), 50),
+                    cluster: rate(
+                        serve.rate_limit_cluster_rps.or(file.rate_limit_cluster_rps),
+                        50,
+                    ),
+                    tenant_burst_seconds: 2,
+                }
+            },
+            default_quotas: {
+                let defaults = zen_store::Quotas::default();
+                zen_store::Quotas {
+                    max_clusters: serve
+                        .default_tenant_max_clusters
+                        .or(file.default_tenant_max_clusters)
+                        .unwrap_or(defaults.max_clusters),
+                    requests_per_second: serve
+                        .default_tenant_requests_per_second
+                        .or(file.default_tenant_requests_per_second)
+                        .unwrap_or(defaults.requests_per_second),
+                    max_events_per_day: serve
+                        .default_tenant_max_events_per_day
+                        .or(file.default_tenant_max_events_per_day)
+                        .unwrap_or(defaults.max_events_per_day),
+                }
             },
             legacy_agent_key: serve
                 .legacy_agent_key

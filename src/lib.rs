@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod http;
 pub mod http_edge;
 pub mod idempotency;
+pub mod limits;
 pub mod ops;
 pub mod outage;
 pub mod proto;

@@ -198,6 +198,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let _ = rx.wait_for(|draining| *draining).await;
     };
 
+    // One limiter for every entry point, shared by the replicas through the cache.
+    let limiter = Arc::new(crate::limits::RateLimiter::new(
+        cache.clone(),
+        config.rate_limits.clone(),
+    ));
     let router = Server::builder()
         // Room for the metadata the gateway forwards (it refuses larger headers with 431
         // before calling), so no HTTP request can fail on the gRPC hop for its headers alone.
@@ -205,7 +210,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .tls_config(tls_config)
         .context("configuring TLS")?
         .layer(GrpcEdgeLayer::new(versions))
-        .layer(AuthzLayer::new(policies, store.clone(), auth.clone()))
+        .layer(AuthzLayer::new(
+            policies,
+            store.clone(),
+            auth.clone(),
+            limiter.clone(),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -217,6 +227,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             auth: auth.clone(),
             oidc,
             local_login: config.local_login,
+            limiter,
+            default_quotas: config.default_quotas,
             ca: tls::agent_ca(&config)?.map(Arc::new),
             ingest: services::IngestSettings {
                 fold_window: config.event_fold_window,

@@ -533,3 +533,63 @@ async fn an_agent_without_a_certificate_cannot_open_a_stream() {
     assert!(refused);
     zen.stop().await;
 }
+
+/// A cluster over its batch budget: the batch is not stored, every event is acked THROTTLED
+/// with a retry delay, and the same batch resent after the delay is stored.
+#[tokio::test]
+async fn batches_over_the_clusters_budget_are_throttled_with_a_retry_delay() {
+    let zen = TestZen::start_with(
+        zen::config::GlobalArgs::default(),
+        zen::config::ServeArgs {
+            // One batch per second, bursts of two.
+            rate_limit_cluster_rps: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (tenant_id, cluster_id) = tenant_and_cluster(&zen, "metered").await;
+    let channel = agent_channel(&zen, &tenant_id, &cluster_id).await;
+    let (tx, mut replies) = open(channel).await;
+    let mut acks = Vec::new();
+    for b in 0..3 {
+        let events = vec![event(&format!("b{b}-e0"), &format!("fp-b{b}"))];
+        tx.send(batch(&format!("b{b}"), events)).await.unwrap();
+        acks.push(next_ack(&mut replies).await);
+    }
+    let outcome = |ack: &pb::BatchAck| pb::EventOutcome::try_from(ack.acks[0].outcome).unwrap();
+    assert_eq!(outcome(&acks[0]), pb::EventOutcome::Accepted);
+    assert_eq!(outcome(&acks[1]), pb::EventOutcome::Accepted);
+    assert_eq!(
+        outcome(&acks[2]),
+        pb::EventOutcome::Throttled,
+        "{:?}",
+        acks[2]
+    );
+    assert!(
+        acks[2].acks[0].reason.contains("rate limit"),
+        "{:?}",
+        acks[2]
+    );
+    let retry = acks[2].retry_after.expect("a retry delay");
+    let retry = Duration::new(retry.seconds as u64, retry.nanos as u32);
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_secs(1),
+        "{retry:?}"
+    );
+    assert_eq!(
+        events_of(&zen, &tenant_id).await.len(),
+        2,
+        "the throttled batch was not stored"
+    );
+    // Resent after the delay: stored.
+    tokio::time::sleep(retry + Duration::from_millis(50)).await;
+    tx.send(batch("b2", vec![event("b2-e0", "fp-b2")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(&next_ack(&mut replies).await),
+        pb::EventOutcome::Accepted
+    );
+    assert_eq!(events_of(&zen, &tenant_id).await.len(), 3);
+    zen.stop().await;
+}

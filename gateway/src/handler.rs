@@ -619,18 +619,18 @@ impl IntoResponse for Rendered {
     }
 }
 
-fn problem_rendered(problem: Problem) -> (Rendered, Option<u64>) {
-    let retry = problem.retry_after;
-    (
-        Rendered {
+fn problem_rendered(problem: Problem) -> RenderedWithRetry {
+    RenderedWithRetry {
+        rendered: Rendered {
             status: problem.status,
             content_type: crate::problem::PROBLEM_CONTENT_TYPE.to_owned(),
             body: problem.body(),
             location: None,
             contract_version: None,
         },
-        retry,
-    )
+        retry_after: problem.retry_after,
+        rate_limit: problem.rate_limit,
+    }
 }
 
 fn grpc_path(route: &Route) -> http::uri::PathAndQuery {
@@ -702,25 +702,21 @@ async fn unary(
             RenderedWithRetry {
                 rendered,
                 retry_after: None,
+                rate_limit: None,
             }
         }
-        Err(status) => {
-            let (rendered, retry_after) = problem_rendered(
-                Problem::from_status(&status, Some(&route.method.input()))
-                    .with_instance(request_id),
-            );
-            RenderedWithRetry {
-                rendered,
-                retry_after,
-            }
-        }
+        Err(status) => problem_rendered(
+            Problem::from_status(&status, Some(&route.method.input())).with_instance(request_id),
+        ),
     }
 }
 
-/// A rendered answer plus the `Retry-After` of a problem.
+/// A rendered answer plus the `Retry-After` of a problem, and the `RateLimit-Policy` /
+/// `RateLimit` field values of a rate-limited one.
 pub(crate) struct RenderedWithRetry {
     pub rendered: Rendered,
     pub retry_after: Option<u64>,
+    pub rate_limit: Option<(String, String)>,
 }
 
 impl std::ops::Deref for RenderedWithRetry {
@@ -734,10 +730,17 @@ impl IntoResponse for RenderedWithRetry {
     fn into_response(self) -> Response {
         let retry = self.retry_after;
         let mut response = self.rendered.into_response();
+        let headers = response.headers_mut();
         if let Some(secs) = retry {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some((policy, state)) = &self.rate_limit {
+            if let (Ok(policy), Ok(state)) =
+                (HeaderValue::from_str(policy), HeaderValue::from_str(state))
+            {
+                headers.insert("ratelimit-policy", policy);
+                headers.insert("ratelimit", state);
+            }
         }
         response
     }

@@ -214,7 +214,9 @@ pub(crate) fn document(
                     "description": "An error, as an RFC 9457 problem document.",
                     "headers": {
                         "X-Request-Id": {"schema": {"type": "string"}},
-                        "Retry-After": {"description": "Seconds to wait (429, 503).", "schema": {"type": "integer"}}
+                        "Retry-After": {"description": "Seconds to wait (429, 503).", "schema": {"type": "integer"}},
+                        "RateLimit-Policy": {"description": "429: the limit that was exceeded, as `\"<limit>\";q=<burst>;w=<seconds to refill>` (draft-ietf-httpapi-ratelimit-headers).", "schema": {"type": "string"}},
+                        "RateLimit": {"description": "429: the state of that limit, as `\"<limit>\";r=<remaining>;t=<seconds until whole>`.", "schema": {"type": "string"}}
                     },
                     "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
                 }

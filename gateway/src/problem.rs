@@ -57,6 +57,10 @@ pub struct Problem {
     /// `Allow` header for 405.
     #[serde(skip)]
     pub allow: Option<String>,
+    /// The IETF `RateLimit-Policy` and `RateLimit` field values of a rate-limited request
+    /// (draft-ietf-httpapi-ratelimit-headers), from the ErrorInfo's metadata.
+    #[serde(skip)]
+    pub rate_limit: Option<(String, String)>,
 }
 
 impl Problem {
@@ -75,6 +79,7 @@ impl Problem {
             errors: Vec::new(),
             retry_after: None,
             allow: None,
+            rate_limit: None,
         }
     }
 
@@ -134,6 +139,13 @@ impl Problem {
                 "PAYLOAD_TOO_LARGE" => problem = problem.with_status(StatusCode::PAYLOAD_TOO_LARGE),
                 _ => {}
             }
+            // A rate limit or a quota (RATE_LIMITED, EVENT_QUOTA_EXCEEDED) states itself.
+            if let (Some(policy), Some(state)) = (
+                info.metadata.get("ratelimit_policy"),
+                info.metadata.get("ratelimit"),
+            ) {
+                problem.rate_limit = Some((policy.clone(), state.clone()));
+            }
             if !matches!(code, Code::Internal | Code::Unknown | Code::DataLoss) {
                 problem.metadata = info.metadata.into_iter().collect();
             }
@@ -179,6 +191,14 @@ impl IntoResponse for Problem {
         );
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some((policy, state)) = &self.rate_limit {
+            if let (Ok(policy), Ok(state)) =
+                (HeaderValue::from_str(policy), HeaderValue::from_str(state))
+            {
+                headers.insert("ratelimit-policy", policy);
+                headers.insert("ratelimit", state);
+            }
         }
         if let Some(allow) = &self.allow {
             if let Ok(v) = HeaderValue::from_str(allow) {

@@ -301,6 +301,10 @@ async fn bench(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()> {
         admin_addr: Some("127.0.0.1:0".parse()?),
         local_login: Some(true),
         shutdown_grace_seconds: Some(5),
+        // The gateway's overhead is measured, not the rate limits (docs/LIMITS.md).
+        rate_limit_anonymous_rps: Some(1_000_000),
+        rate_limit_user_rps: Some(1_000_000),
+        default_tenant_requests_per_second: Some(0),
         ..Default::default()
     };
     let config = Config::resolve(&global, &serve)?;

@@ -33,6 +33,7 @@ use super::services::support::{append_audit, audit_record};
 use crate::audit_batch::AuditBatcher;
 use crate::auth::Auth;
 use crate::authz::{decide, Caller, CallerKind, Denial, PolicyTable};
+use crate::limits::{LimitError, RateLimiter, Subject};
 
 /// Largest request message the layer reads to find the tenant (tonic's own default limit).
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -63,12 +64,20 @@ struct Shared {
     users: Snapshot<Uuid, bool>,
     /// Recently read roles of users in tenants (`None`: not a member).
     roles: Snapshot<(Uuid, Uuid), Option<Role>>,
+    /// Per-address, per-person and per-tenant request budgets.
+    limiter: Arc<RateLimiter>,
 }
 
 impl AuthzLayer {
-    pub fn new(table: PolicyTable, store: Arc<Store>, auth: Arc<Auth>) -> Self {
+    pub fn new(
+        table: PolicyTable,
+        store: Arc<Store>,
+        auth: Arc<Auth>,
+        limiter: Arc<RateLimiter>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
+                limiter,
                 reads: AuditBatcher::start(store.clone()),
                 users: Snapshot::new(SNAPSHOT_TTL),
                 roles: Snapshot::new(SNAPSHOT_TTL),
@@ -226,6 +235,11 @@ impl Shared {
             Err(Err(status)) => return Err(status),
         };
 
+        // Budgets are spent before anything is decided or written: a flood costs a cache call
+        // per request, not an audit record.
+        self.spend_budgets(&caller, tenant, context.as_ref(), policy.as_ref())
+            .await?;
+
         let decision = decide(policy.as_ref(), &caller, role);
         let audit_tenant = match &caller {
             Caller::Agent { tenant_id, .. } => Some(*tenant_id),
@@ -298,6 +312,51 @@ impl Shared {
                 denial.reason(),
                 denial.to_string(),
             )),
+        }
+    }
+
+    /// The request budgets of the call: an anonymous caller's address (on public methods that
+    /// do not authenticate each request themselves: webhooks meter their own unverified
+    /// requests), a person's own budget and the addressed tenant's `requests_per_second`.
+    /// Agents are metered per batch on their stream; services and operators are not metered.
+    async fn spend_budgets(
+        &self,
+        caller: &Caller,
+        tenant: Option<Uuid>,
+        context: Option<&RequestContext>,
+        policy: Option<&crate::authz::MethodPolicy>,
+    ) -> Result<(), Status> {
+        let settings = self.limiter.settings();
+        match caller {
+            Caller::Anonymous => {
+                if policy.is_some_and(|p| p.audits_own_authentication) {
+                    return Ok(());
+                }
+                let Some(address) = context.and_then(|c| c.client_address) else {
+                    return Ok(());
+                };
+                self.limiter
+                    .check(&Subject::Address(address), settings.anonymous, 1)
+                    .await
+                    .map_err(|limited| limited.status())
+            }
+            Caller::User { user_id, .. } => {
+                self.limiter
+                    .check(&Subject::User(*user_id), settings.user, 1)
+                    .await
+                    .map_err(|limited| limited.status())?;
+                let Some(tenant_id) = tenant else {
+                    return Ok(());
+                };
+                match self.limiter.tenant(&self.store, tenant_id).await {
+                    Ok(()) => Ok(()),
+                    Err(LimitError::Limited(limited)) => Err(limited.status()),
+                    // No such tenant (the decision refuses it) or no store: the call goes on
+                    // to meet the same condition where it is answered properly.
+                    Err(LimitError::Store(_)) => Ok(()),
+                }
+            }
+            _ => Ok(()),
         }
     }
 

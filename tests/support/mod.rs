@@ -63,6 +63,17 @@ impl TestZen {
         serve.http_addr = Some("127.0.0.1:0".parse().unwrap());
         serve.admin_addr = Some("127.0.0.1:0".parse().unwrap());
         serve.shutdown_grace_seconds = Some(5);
+        // Rate limits stay out of the way of tests about something else (tests/limits.rs
+        // states its own); tests share one client address and bursts of calls.
+        for limit in [
+            &mut serve.rate_limit_anonymous_rps,
+            &mut serve.rate_limit_unverified_webhooks_rps,
+            &mut serve.rate_limit_user_rps,
+            &mut serve.rate_limit_cluster_rps,
+        ] {
+            limit.get_or_insert(1_000_000);
+        }
+        serve.default_tenant_requests_per_second.get_or_insert(0);
         let config = Config::resolve(&global, &serve).expect("valid config");
         let running = server::start(config).await.expect("zen starts");
         Self { running, data_dir }

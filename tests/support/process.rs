@@ -44,6 +44,12 @@ impl ZenProcess {
             .env_remove("ZEN_REDIS_URL")
             .env_remove("ZEN_ENV")
             .env("ZEN_LOG_FORMAT", "json")
+            // Rate limits out of the way of the drills' load (tests/limits.rs checks them).
+            .env("ZEN_RATE_LIMIT_ANONYMOUS_RPS", "1000000")
+            .env("ZEN_RATE_LIMIT_UNVERIFIED_WEBHOOKS_RPS", "1000000")
+            .env("ZEN_RATE_LIMIT_USER_RPS", "1000000")
+            .env("ZEN_RATE_LIMIT_CLUSTER_RPS", "1000000")
+            .env("ZEN_DEFAULT_TENANT_REQUESTS_PER_SECOND", "0")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

@@ -251,6 +251,9 @@ pub trait EventRepo: Send {
     /// comes as its current state at its latest seq (a remediation changed
     /// twice comes once, at its second seq). What `WatchEvents` follows.
     async fn changes(&mut self, after_seq: i64, limit: i64) -> Result<Vec<Change>>;
+    /// Events of the scope's tenant stored (as new rows) since `since`: what reconciles the
+    /// daily event quota's counter when the cache has lost it.
+    async fn count_received_since(&mut self, since: DateTime<Utc>) -> Result<i64>;
     /// The highest seq of the scope's tenant (0 when none).
     async fn last_seq(&mut self) -> Result<i64>;
 }

@@ -34,6 +34,7 @@ use super::webhooks::{WebhookSettings, Webhooks};
 use crate::authz::Caller;
 use crate::grpc::slow_consumer::{bounded, BoundedSender};
 use crate::grpc::validate::{id, optional_id};
+use crate::limits::{LimitError, RateLimiter, Subject};
 use crate::proto::zen::common::v1 as common;
 use crate::proto::zen::ingest::v1::{self as pb, ingest_service_server::IngestService};
 
@@ -89,6 +90,7 @@ pub struct IngestApi {
     remediation: Option<Arc<crate::remediation::Dispatcher>>,
     /// The `WatchEvents` watchers of this replica and their per-tenant tails.
     watchers: super::watch::WatchHub,
+    limiter: Arc<RateLimiter>,
 }
 
 impl IngestApi {
@@ -98,9 +100,11 @@ impl IngestApi {
         ca: Option<Arc<CertificateAuthority>>,
         settings: IngestSettings,
         webhooks: WebhookSettings,
+        limiter: Arc<RateLimiter>,
     ) -> Self {
         Self {
-            webhooks: Webhooks::new(store.clone(), cache.clone(), webhooks),
+            webhooks: Webhooks::new(store.clone(), cache.clone(), webhooks, limiter.clone()),
+            limiter,
             watchers: super::watch::WatchHub::new(
                 store.clone(),
                 cache.clone(),
@@ -333,6 +337,7 @@ struct AgentSession {
     tenant_id: Uuid,
     cluster_id: Uuid,
     remediation: Option<Arc<crate::remediation::Dispatcher>>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl AgentSession {
@@ -380,6 +385,36 @@ impl AgentSession {
     }
 
     /// Stores one batch and builds its ack: one entry per event, in order.
+    /// Spends one unit of this cluster's and of its tenant's budgets for a batch of `events`
+    /// and counts them against the tenant's daily event quota; the refusal when any is used
+    /// up. The quotas cannot be read: not limited (storing the batch fails on its own when
+    /// the store is down).
+    async fn spend_budget(&self, events: usize) -> Option<crate::limits::Limited> {
+        let cluster = Subject::Cluster {
+            tenant_id: self.tenant_id,
+            cluster_id: self.cluster_id,
+        };
+        if let Err(limited) = self
+            .limiter
+            .check(&cluster, self.limiter.settings().cluster, 1)
+            .await
+        {
+            return Some(limited);
+        }
+        match self.limiter.tenant(&self.store, self.tenant_id).await {
+            Err(LimitError::Limited(limited)) => return Some(limited),
+            Err(LimitError::Store(_)) | Ok(()) => {}
+        }
+        match self
+            .limiter
+            .reserve_events(&self.store, self.tenant_id, events)
+            .await
+        {
+            Err(LimitError::Limited(limited)) => Some(limited),
+            Err(LimitError::Store(_)) | Ok(()) => None,
+        }
+    }
+
     async fn store_batch(&self, batch: pb::EventBatch) -> pb::BatchAck {
         let started = Instant::now();
         let mut acks: Vec<pb::EventAck> = Vec::with_capacity(batch.events.len());
@@ -412,6 +447,25 @@ impl AgentSession {
                     });
                 }
                 Err(reason) => acks.push(rejected(id, &reason)),
+            }
+        }
+        if !accepted.is_empty() {
+            if let Some(limited) = self.spend_budget(accepted.len()).await {
+                // Nothing is stored: the agent resends these events after `retry_after`.
+                let reason = format!("not stored: {}", limited.status().message());
+                for slot in slots {
+                    acks[slot].outcome = pb::EventOutcome::Throttled as i32;
+                    acks[slot].reason = reason.clone();
+                }
+                let retry = limited.retry_after();
+                return pb::BatchAck {
+                    batch_id: batch.batch_id,
+                    acks,
+                    retry_after: Some(prost_types::Duration {
+                        seconds: i64::try_from(retry.as_secs()).unwrap_or(i64::MAX),
+                        nanos: i32::try_from(retry.subsec_nanos()).unwrap_or(0),
+                    }),
+                };
             }
         }
         if self.settings.discard {
@@ -485,6 +539,9 @@ impl AgentSession {
                 Err(error) => {
                     // Nothing was committed: the agent resends these after `retry_after`.
                     tracing::warn!(%error, "storing a batch failed");
+                    self.limiter
+                        .release_events(self.tenant_id, accepted.len())
+                        .await;
                     for slot in slots {
                         let ack = &mut acks[slot];
                         ack.outcome = pb::EventOutcome::Throttled as i32;
@@ -839,6 +896,7 @@ impl IngestService for IngestApi {
             tenant_id,
             cluster_id,
             remediation: self.remediation.clone(),
+            limiter: self.limiter.clone(),
         };
         tokio::spawn(session.run(request.into_inner(), out));
         Ok(Response::new(Box::pin(stream)))
@@ -1039,6 +1097,7 @@ impl IngestService for IngestApi {
                     tenant_id,
                     cluster_id,
                     remediation: None,
+                    limiter: self.limiter.clone(),
                 };
                 Ok(session.store_batch(batch).await)
             })

@@ -39,6 +39,10 @@ pub struct Dependencies {
     pub auth: Arc<Auth>,
     pub oidc: Option<Oidc>,
     pub local_login: bool,
+    /// The rate limiter of every entry point.
+    pub limiter: Arc<crate::limits::RateLimiter>,
+    /// The quotas of a tenant created without its own.
+    pub default_quotas: zen_store::Quotas,
     /// Signs agent certificates; `None` turns enrollment off.
     pub ca: Option<Arc<zen_security::CertificateAuthority>>,
     pub ingest: IngestSettings,
@@ -78,7 +82,10 @@ pub fn register<L>(router: Router<L>, deps: Dependencies) -> Router<L> {
             deps.oidc,
             deps.local_login,
         )))
-        .add_service(TenancyServiceServer::new(TenancyApi::new(store.clone())))
+        .add_service(TenancyServiceServer::new(TenancyApi::new(
+            store.clone(),
+            deps.default_quotas,
+        )))
         .add_service(IngestServiceServer::new(
             IngestApi::new(
                 store.clone(),
@@ -86,6 +93,7 @@ pub fn register<L>(router: Router<L>, deps: Dependencies) -> Router<L> {
                 deps.ca,
                 deps.ingest,
                 deps.webhooks,
+                deps.limiter,
             )
             .with_dispatcher(dispatcher.clone()),
         ))

@@ -33,11 +33,16 @@ pub const INVITE_TOKEN_PREFIX: &str = "zinv";
 
 pub struct TenancyApi {
     store: Arc<Store>,
+    /// The quotas of a tenant created without its own (the platform's defaults).
+    default_quotas: Quotas,
 }
 
 impl TenancyApi {
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<Store>, default_quotas: Quotas) -> Self {
+        Self {
+            store,
+            default_quotas,
+        }
     }
 }
 
@@ -166,9 +171,9 @@ fn cluster_status_filter(value: i32) -> Result<Option<ClusterStatus>, Status> {
     })
 }
 
-/// Quotas as stated (the contract's rules refuse negative limits); 0 means the default.
-fn quotas_from_proto(quotas: &pb::TenantQuotas) -> Quotas {
-    let defaults = Quotas::default();
+/// Quotas as stated (the contract's rules refuse negative limits); 0 means the platform's
+/// default.
+fn quotas_from_proto(quotas: &pb::TenantQuotas, defaults: &Quotas) -> Quotas {
     let or_default = |value: i64, default: i64| if value == 0 { default } else { value };
     Quotas {
         max_clusters: or_default(quotas.max_clusters.into(), defaults.max_clusters.into()) as i32,
@@ -244,7 +249,7 @@ impl TenancyService for TenancyApi {
         let new = NewTenant {
             name: tenant.name,
             display_name: tenant.display_name,
-            quotas: quotas_from_proto(&quotas),
+            quotas: quotas_from_proto(&quotas, &self.default_quotas),
         };
         let owner = call.caller.user_id();
         let scope = call.scope(None);
@@ -344,7 +349,7 @@ impl TenancyService for TenancyApi {
             match path.as_str() {
                 "display_name" => update.display_name = Some(tenant.display_name.clone()),
                 "quotas" => {
-                    let quotas = quotas_from_proto(&quotas);
+                    let quotas = quotas_from_proto(&quotas, &self.default_quotas);
                     update.max_clusters = Some(quotas.max_clusters);
                     update.requests_per_second = Some(quotas.requests_per_second);
                     update.max_events_per_day = Some(quotas.max_events_per_day);

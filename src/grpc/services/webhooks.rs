@@ -21,7 +21,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use uuid::Uuid;
-use zen_cache::Cache;
+use zen_cache::{Cache, Rate};
 use zen_store::{
     AuditOutcome, EventOutcome, NewEvent, NewWebhookSecret, NewWebhookSource, Scope, Store,
     StoreError, TenantStatus, WebhookSource, WebhookSourceFilter, WebhookSourceUpdate,
@@ -40,6 +40,7 @@ use super::support::{
 use super::webhook_commit::{CommitError, CommitQueue, Delivery as CommitDelivery};
 use super::webhook_deliveries::{sender_delivery_id, DeliveryLog};
 use crate::grpc::validate::{id, optional_id, unchecked};
+use crate::limits::{LimitError, RateLimiter, Subject};
 use crate::proto::zen::ingest::v1 as pb;
 
 /// Default and largest allowed clock difference for signed timestamps.
@@ -122,6 +123,7 @@ pub struct Webhooks {
     commits: CommitQueue,
     /// What became of each source's recent deliveries.
     deliveries: DeliveryLog,
+    limiter: Arc<RateLimiter>,
 }
 
 fn scheme_name(scheme: pb::WebhookScheme) -> Option<&'static str> {
@@ -372,8 +374,14 @@ fn secret_aad(tenant: Uuid, source: Uuid, secret: Uuid) -> String {
 }
 
 impl Webhooks {
-    pub fn new(store: Arc<Store>, cache: Arc<dyn Cache>, settings: WebhookSettings) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        cache: Arc<dyn Cache>,
+        settings: WebhookSettings,
+        limiter: Arc<RateLimiter>,
+    ) -> Self {
         Self {
+            limiter,
             commits: CommitQueue::new(store.clone(), settings.fold_window),
             deliveries: DeliveryLog::new(cache.clone()),
             store,
@@ -1034,35 +1042,15 @@ impl Webhooks {
             .compile(&source)
             .map_err(|s| Rejection::new("unavailable", s))?;
 
-        // Rate limit before any other work (and before auditing anything), so a flood costs
-        // one counter each.
-        // The source's own limit, never above the tenant's quota.
-        let tenant_limit = u64::from(u32::try_from(tenant_rps).unwrap_or(0));
-        let limit = match (u64::from(compiled.rate_limit), tenant_limit) {
-            (0, t) => t,
-            (n, 0) => n,
-            (n, t) => n.min(t),
-        };
-        if limit > 0 {
-            let second = now.timestamp();
-            let key = format!("wh:rate:{source_id}:{second}");
-            match self.cache.increment(&key, Duration::from_secs(2)).await {
-                Ok(n) if n > limit => {
-                    let mut details = ErrorDetails::with_retry_info(Some(Duration::from_secs(1)));
-                    details.set_error_info("RATE_LIMITED", ERROR_DOMAIN, HashMap::new());
-                    return Err(Rejection::new(
-                        "rate_limited",
-                        Status::with_error_details(
-                            Code::ResourceExhausted,
-                            format!("this source accepts {limit} deliveries per second"),
-                            details,
-                        ),
-                    ));
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "rate limit counter unavailable; not limiting")
-                }
+        // A client address whose requests keep failing verification is refused before any
+        // other work (and before auditing anything): a flood of forgeries costs a cache call
+        // each, and spends only its own per-address budget, never the sender's.
+        let address = call.context.client_address;
+        if let Some(address) = address {
+            let unverified = Subject::UnverifiedWebhooks(address);
+            let rate = self.limiter.settings().unverified_webhooks;
+            if let Err(limited) = self.limiter.peek(&unverified, rate).await {
+                return Err(Rejection::new("rate_limited_unverified", limited.status()));
             }
         }
 
@@ -1123,6 +1111,12 @@ impl Webhooks {
         let verified = match verified {
             Ok(v) => v,
             Err(failure) => {
+                if let Some(address) = address {
+                    let unverified = Subject::UnverifiedWebhooks(address);
+                    let rate = self.limiter.settings().unverified_webhooks;
+                    // Spent, not checked: this request is refused anyway.
+                    let _ = self.limiter.check(&unverified, rate, 1).await;
+                }
                 tracing::info!(source = %source_id, reason = %failure, "webhook verification failed");
                 self.audit_refusal(call, &scope, source_id, failure.label())
                     .await;
@@ -1141,6 +1135,28 @@ impl Webhooks {
                 .with_detail(failure.to_string()));
             }
         };
+
+        // A verified sender spends the source's own limit (per second, bursts of one second's
+        // worth) and its tenant's `requests_per_second`.
+        if compiled.rate_limit > 0 {
+            let own = Subject::Source {
+                tenant_id,
+                source_id,
+            };
+            let rate = Rate::per_second(compiled.rate_limit, compiled.rate_limit);
+            if let Err(limited) = self.limiter.check(&own, rate, 1).await {
+                return Err(Rejection::new("rate_limited", limited.status()));
+            }
+        }
+        if let Some(rate) = self.limiter.settings().tenant_rate(tenant_rps) {
+            if let Err(limited) = self
+                .limiter
+                .check(&Subject::Tenant(tenant_id), rate, 1)
+                .await
+            {
+                return Err(Rejection::new("rate_limited", limited.status()));
+            }
+        }
 
         // Slack's endpoint check: answered once the request is proven to come from Slack.
         if matches!(compiled.scheme, Scheme::Slack) {
@@ -1304,18 +1320,34 @@ impl Webhooks {
             })
             .collect();
 
+        // The tenant's daily event quota, counted before the commit and given back if it fails.
+        let count = events.len();
+        match self
+            .limiter
+            .reserve_events(&self.store, tenant_id, count)
+            .await
+        {
+            Err(LimitError::Limited(limited)) => {
+                return Err(Rejection::new("event_quota", limited.status()))
+            }
+            Err(LimitError::Store(_)) | Ok(()) => {}
+        }
         // Answered only after the commit: nothing answered 2xx is lost.
-        let outcomes = self
+        let outcomes = match self
             .store_events(call, tenant_id, &source, &delivery_id, events)
             .await
-            .map_err(|s| {
+        {
+            Ok(outcomes) => outcomes,
+            Err(s) => {
+                self.limiter.release_events(tenant_id, count).await;
                 let label = if s.code() == Code::Unavailable {
                     "backpressure"
                 } else {
                     "invalid"
                 };
-                Rejection::new(label, s)
-            })?;
+                return Err(Rejection::new(label, s));
+            }
+        };
         let _ = self
             .cache
             .publish(&super::ingest::events_channel(tenant_id), b"")

@@ -826,6 +826,17 @@ impl EventRepo for SqlTx {
         Ok(merged)
     }
 
+    async fn count_received_since(&mut self, since: DateTime<Utc>) -> Result<i64> {
+        let tenant = self.tenant()?;
+        self.one(
+            "SELECT count(*) AS n FROM events WHERE tenant_id = $1 AND received_at >= $2",
+            args![tenant, micros(since)],
+            "tenant",
+            |r| r.get("n"),
+        )
+        .await
+    }
+
     async fn last_seq(&mut self) -> Result<i64> {
         let tenant = self.tenant()?;
         self.one(
