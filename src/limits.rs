@@ -369,19 +369,23 @@ impl RateLimiter {
         let key = daily_key(tenant_id, now);
         // The counter outlives its day by an hour: late reservations of the day find it.
         let window = until_midnight + Duration::from_secs(3600);
+        // One cache call per batch or delivery: add first; a counter this call created (the
+        // day's first events, or a counter the cache lost) then takes in what the store already
+        // holds for the day.
         let counted = async {
-            if self.shared.get(&key).await?.is_none() {
-                let stored = async {
-                    let mut tx = store.begin_read(&Scope::tenant(tenant_id, None)).await?;
-                    tx.events().count_received_since(day_start).await
-                };
-                // The store unreadable: counting from 0 errs on the side of the tenant.
-                let stored = stored.await.unwrap_or(0);
-                self.shared
-                    .set_if_absent(&key, stored.to_string().as_bytes(), window)
-                    .await?;
+            let total = self.shared.add(&key, count, window).await?;
+            if total != count {
+                return Ok(total);
             }
-            self.shared.add(&key, count, window).await
+            let stored = async {
+                let mut tx = store.begin_read(&Scope::tenant(tenant_id, None)).await?;
+                tx.events().count_received_since(day_start).await
+            };
+            // The store unreadable: counting from 0 errs on the side of the tenant.
+            match stored.await.unwrap_or(0) {
+                0 => Ok(total),
+                stored => self.shared.add(&key, stored, window).await,
+            }
         };
         let total = match counted.await {
             Ok(total) => total,
