@@ -237,7 +237,7 @@ impl Shared {
 
         // Budgets are spent before anything is decided or written: a flood costs a cache call
         // per request, not an audit record.
-        self.spend_budgets(&caller, tenant, context.as_ref(), policy.as_ref())
+        self.spend_budgets(&caller, tenant, role, context.as_ref(), policy.as_ref())
             .await?;
 
         let decision = decide(policy.as_ref(), &caller, role);
@@ -317,12 +317,15 @@ impl Shared {
 
     /// The request budgets of the call: an anonymous caller's address (on public methods that
     /// do not authenticate each request themselves: webhooks meter their own unverified
-    /// requests), a person's own budget and the addressed tenant's `requests_per_second`.
-    /// Agents are metered per batch on their stream; services and operators are not metered.
+    /// requests), a person's own budget and, for a member (or a platform admin), the addressed
+    /// tenant's `requests_per_second`: someone outside a tenant cannot spend its budget by
+    /// naming it in refused calls. Agents are metered per batch on their stream; services and
+    /// operators are not metered.
     async fn spend_budgets(
         &self,
         caller: &Caller,
         tenant: Option<Uuid>,
+        role: Option<Role>,
         context: Option<&RequestContext>,
         policy: Option<&crate::authz::MethodPolicy>,
     ) -> Result<(), Status> {
@@ -340,12 +343,15 @@ impl Shared {
                     .await
                     .map_err(|limited| limited.status())
             }
-            Caller::User { user_id, .. } => {
+            Caller::User {
+                user_id,
+                platform_admin,
+            } => {
                 self.limiter
                     .check(&Subject::User(*user_id), settings.user, 1)
                     .await
                     .map_err(|limited| limited.status())?;
-                let Some(tenant_id) = tenant else {
+                let Some(tenant_id) = tenant.filter(|_| role.is_some() || *platform_admin) else {
                     return Ok(());
                 };
                 match self.limiter.tenant(&self.store, tenant_id).await {
