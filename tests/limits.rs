@@ -7,10 +7,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use hmac::{KeyInit, Mac};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
-use sha2::Sha256;
+use support::drill::{free_port, redis_answers, start_redis, stop_redis, zen_hmac, PrivateRedis};
 use support::{
     create_local_user_as_operator, http_client, request_id, test_redis_url, TestDatabase, TestZen,
     PASSWORD,
@@ -204,13 +203,6 @@ async fn people_and_tenants_are_limited() {
     zen.running.shutdown().await.unwrap();
 }
 
-fn zen_hmac(secret: &str, timestamp: i64, nonce: &str, body: &[u8]) -> String {
-    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{timestamp}.{nonce}.").as_bytes());
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
-
 async fn deliver(
     http: &Client,
     zen: &TestZen,
@@ -383,29 +375,6 @@ async fn replicas_share_budgets_and_quota_changes() {
     database.drop_database().await;
 }
 
-fn start_redis(port: u16) -> bool {
-    std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "yes"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn stop_redis(port: u16) {
-    let _ = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "shutdown", "nosave"])
-        .status();
-}
-
-/// Stops the private Redis however the test ends.
-struct PrivateRedis(u16);
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        stop_redis(self.0);
-    }
-}
-
 async fn local_login(zen: &TestZen) -> Response {
     http_client()
         .post(zen.http_url("/auth/local/login"))
@@ -420,7 +389,7 @@ async fn local_login(zen: &TestZen) -> Response {
 /// is back. A private Redis, never the shared one.
 #[tokio::test]
 async fn a_stopped_redis_closes_sign_in_and_leaves_webhooks_metered_locally() {
-    let port = support::drill::free_port();
+    let port = free_port();
     if !start_redis(port) {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -604,7 +573,7 @@ async fn the_daily_event_quota_refuses_further_events_until_midnight() {
 /// again from the events the store holds for the day, so the quota still holds.
 #[tokio::test]
 async fn the_daily_event_counter_is_rebuilt_from_the_store_when_the_cache_loses_it() {
-    let port = support::drill::free_port();
+    let port = free_port();
     if !start_redis(port) {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -614,7 +583,10 @@ async fn the_daily_event_counter_is_rebuilt_from_the_store_when_the_cache_loses_
         return;
     }
     let redis = PrivateRedis(port);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        redis_answers(port).await,
+        "the private redis-server did not start"
+    );
     let zen = TestZen::start_with(
         GlobalArgs {
             redis_url: Some(format!("redis://127.0.0.1:{port}")),

@@ -5,48 +5,13 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
-use support::drill::{free_port, webhook_outage_drill};
+use support::drill::{
+    free_port, redis_answers, start_redis, stop_redis, webhook_outage_drill, PrivateRedis,
+};
 
 const OUTAGE: Duration = Duration::from_secs(15);
-
-fn start_redis(port: u16) -> bool {
-    Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "yes"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn stop_redis(port: u16) {
-    let _ = Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "shutdown", "nosave"])
-        .status();
-}
-
-async fn redis_answers(port: u16) -> bool {
-    for _ in 0..50 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
-/// Stops the private Redis however the test ends.
-struct PrivateRedis(u16);
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        stop_redis(self.0);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_outage_under_load_is_answered_fast_and_loses_nothing() {

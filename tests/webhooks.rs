@@ -14,6 +14,7 @@ use hmac::{KeyInit, Mac};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 use sha2::Sha256;
+use support::drill::zen_hmac;
 use support::{
     create_local_user_as_operator, http_client, request_id, test_redis_url, TestDatabase, TestZen,
     PASSWORD,
@@ -177,13 +178,6 @@ async fn deliveries_of(
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
-}
-
-fn zen_hmac(secret: &str, timestamp: i64, nonce: &str, body: &[u8]) -> String {
-    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{timestamp}.{nonce}.").as_bytes());
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
 }
 
 /// Posts a `zen-hmac` delivery signed with `secret`.

@@ -734,14 +734,7 @@ impl IntoResponse for RenderedWithRetry {
         if let Some(secs) = retry {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let Some((policy, state)) = &self.rate_limit {
-            if let (Ok(policy), Ok(state)) =
-                (HeaderValue::from_str(policy), HeaderValue::from_str(state))
-            {
-                headers.insert("ratelimit-policy", policy);
-                headers.insert("ratelimit", state);
-            }
-        }
+        crate::problem::insert_rate_limit(headers, self.rate_limit.as_ref());
         response
     }
 }

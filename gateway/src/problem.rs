@@ -192,20 +192,28 @@ impl IntoResponse for Problem {
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let Some((policy, state)) = &self.rate_limit {
-            if let (Ok(policy), Ok(state)) =
-                (HeaderValue::from_str(policy), HeaderValue::from_str(state))
-            {
-                headers.insert("ratelimit-policy", policy);
-                headers.insert("ratelimit", state);
-            }
-        }
+        insert_rate_limit(headers, self.rate_limit.as_ref());
         if let Some(allow) = &self.allow {
             if let Ok(v) = HeaderValue::from_str(allow) {
                 headers.insert(header::ALLOW, v);
             }
         }
         response
+    }
+}
+
+/// The IETF `RateLimit-Policy` and `RateLimit` headers of a rate-limited answer.
+pub(crate) fn insert_rate_limit(
+    headers: &mut http::HeaderMap,
+    rate_limit: Option<&(String, String)>,
+) {
+    if let Some((policy, state)) = rate_limit {
+        if let (Ok(policy), Ok(state)) =
+            (HeaderValue::from_str(policy), HeaderValue::from_str(state))
+        {
+            headers.insert("ratelimit-policy", policy);
+            headers.insert("ratelimit", state);
+        }
     }
 }
 

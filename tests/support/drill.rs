@@ -23,7 +23,8 @@ async fn ok(response: reqwest::Response) -> Value {
 }
 
 /// The `zen-hmac` signature of a delivery.
-fn sign(secret: &str, timestamp: i64, nonce: &str, body: &[u8]) -> String {
+/// The signature of Zen's own `zen-hmac` scheme: HMAC-SHA256 of `{timestamp}.{nonce}.{body}`.
+pub fn zen_hmac(secret: &str, timestamp: i64, nonce: &str, body: &[u8]) -> String {
     let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{timestamp}.{nonce}.").as_bytes());
     mac.update(body);
@@ -65,7 +66,7 @@ pub async fn deliver(
         .header("content-type", "application/json")
         .header("x-timestamp", ts.to_string())
         .header("x-nonce", nonce)
-        .header("x-signature", sign(secret, ts, nonce, body.as_bytes()))
+        .header("x-signature", zen_hmac(secret, ts, nonce, body.as_bytes()))
         .body(body)
         .send()
         .await
@@ -341,4 +342,43 @@ pub async fn assert_chain_verifies(
         .unwrap())
     .await;
     assert_eq!(verified["ok"], true, "{verified}");
+}
+
+/// Starts a private `redis-server` on `port` (never the shared one), daemonized; false when it
+/// cannot be started.
+pub fn start_redis(port: u16) -> bool {
+    std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "yes"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn stop_redis(port: u16) {
+    let _ = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "shutdown", "nosave"])
+        .status();
+}
+
+/// Whether the Redis on `port` accepts connections within 5 s.
+pub async fn redis_answers(port: u16) -> bool {
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Stops the private Redis however the test ends.
+pub struct PrivateRedis(pub u16);
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        stop_redis(self.0);
+    }
 }
