@@ -274,6 +274,27 @@ async fn forged_deliveries_cannot_spend_the_senders_budget() {
         until_limited(20, || deliver(&http, &zen, &path, "198.51.100.7", "")).await;
     assert_eq!(before, [StatusCode::UNAUTHORIZED; 2]);
     assert_limited(limited, "unverified_webhooks").await;
+    // The source's recent deliveries show the two forgeries, not the flood refused after them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log: Value = http
+        .get(zen.http_url(&format!(
+            "/v1/tenants/{tenant}/webhookSources/{}/deliveries",
+            created["webhookSource"]["sourceId"].as_str().unwrap()
+        )))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reasons: Vec<&str> = log["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(reasons, ["bad_signature", "bad_signature"], "{log}");
     // The sender, from its own address, still has the source's whole budget: 5 per second.
     let started = Instant::now();
     let mut statuses = Vec::new();

@@ -956,8 +956,11 @@ impl Webhooks {
                     .unwrap_or_else(|| rejection.status.message().to_owned());
             }
         }
-        // A source deleted between routing and now has no log to write to.
-        if !matches!(&result, Err(r) if r.label == "not_found") {
+        // A source deleted between routing and now has no log to write to; a flood refused
+        // before verification is counted (`zen_webhook_requests_total`), not logged request by
+        // request, or it would push the sender's own deliveries out of the log.
+        if !matches!(&result, Err(r) if r.label == "not_found" || r.label == "rate_limited_unverified")
+        {
             self.deliveries.record(tenant_id, source_id, record);
         }
         let (outcome, response) = result.map_err(|r| r.status)?;
