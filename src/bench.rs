@@ -132,7 +132,7 @@ pub(crate) async fn start_zen(
                     max_clusters: (agents as i32).max(10),
                     // Unlimited: the benchmark's load is the point.
                     requests_per_second: 0,
-                    ..Default::default()
+                    max_events_per_day: 0,
                 },
             },
             None,
