@@ -96,12 +96,14 @@ fn events(agent: usize, batch: usize, size: usize, run: Uuid) -> Vec<pb::AgentEv
 pub(crate) async fn start_zen(
     data_dir: &std::path::Path,
     database_url: &str,
+    redis_url: Option<&str>,
     discard: bool,
     agents: usize,
 ) -> anyhow::Result<(server::Running, Config, Uuid, Vec<Uuid>)> {
     let global = GlobalArgs {
         data_dir: Some(data_dir.to_owned()),
         database_url: Some(database_url.to_owned()),
+        redis_url: redis_url.map(str::to_owned),
         ..Default::default()
     };
     let serve = ServeArgs {
@@ -367,7 +369,7 @@ pub async fn ingest(database_url: &str, load: IngestLoad) -> anyhow::Result<Vec<
 
     let dir = tempfile::tempdir()?;
     let (running, config, tenant, clusters) =
-        start_zen(dir.path(), database_url, false, load.agents).await?;
+        start_zen(dir.path(), database_url, None, false, load.agents).await?;
     let peak = stream_load(
         &running,
         &config,
@@ -412,7 +414,7 @@ pub async fn ingest(database_url: &str, load: IngestLoad) -> anyhow::Result<Vec<
 
     let dir = tempfile::tempdir()?;
     let (running, config, tenant, clusters) =
-        start_zen(dir.path(), database_url, true, load.agents).await?;
+        start_zen(dir.path(), database_url, None, true, load.agents).await?;
     report(
         stream_load(
             &running,

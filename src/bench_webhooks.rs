@@ -57,6 +57,8 @@ pub struct WebhookLoad {
     /// When not 0, the first scheme is measured once more while this many WebSocket watchers
     /// of the tenant's events are connected and never read (the slow-consumer drill).
     pub stuck_watchers: usize,
+    /// The shared cache (`zen --redis-url … bench webhooks`); `None`: the in-memory cache.
+    pub redis_url: Option<String>,
 }
 
 impl WebhookLoad {
@@ -666,9 +668,15 @@ pub async fn webhooks(
 ) -> anyhow::Result<DatabaseFigures> {
     load.validate()?;
     let dir = tempfile::tempdir()?;
-    let (running, config, tenant, _) = start_zen(dir.path(), database_url, false, 0)
-        .await
-        .context("starting Zen")?;
+    let (running, config, tenant, _) = start_zen(
+        dir.path(),
+        database_url,
+        load.redis_url.as_deref(),
+        false,
+        0,
+    )
+    .await
+    .context("starting Zen")?;
     raise_quotas(database_url, tenant).await?;
     let pki = PkiFiles::new(config.pki_dir());
     let channel = admin_channel(&running, &pki).await?;

@@ -545,6 +545,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 concurrency: concurrency.max(1),
                 schemes,
                 stuck_watchers,
+                redis_url: cli.global.redis_url.clone(),
             };
             load.validate()?;
             println!(
@@ -555,13 +556,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if database != BenchDatabase::Postgres {
                 let dir = tempfile::tempdir()?;
                 let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-                figures.push(zen::bench_webhooks::webhooks("SQLite", &url, &load).await?);
+                let name = if load.redis_url.is_some() {
+                    "SQLite + Redis"
+                } else {
+                    "SQLite"
+                };
+                figures.push(zen::bench_webhooks::webhooks(name, &url, &load).await?);
             }
             if database != BenchDatabase::Sqlite {
                 let load = load.clone();
                 figures.push(
                     zen::bench::with_scratch_postgres(&postgres_url, |url| async move {
-                        zen::bench_webhooks::webhooks("PostgreSQL", &url, &load).await
+                        let name = if load.redis_url.is_some() {
+                            "PostgreSQL + Redis"
+                        } else {
+                            "PostgreSQL"
+                        };
+                        zen::bench_webhooks::webhooks(name, &url, &load).await
                     })
                     .await?,
                 );
