@@ -451,21 +451,8 @@ impl AgentSession {
         }
         if !accepted.is_empty() {
             if let Some(limited) = self.spend_budget(accepted.len()).await {
-                // Nothing is stored: the agent resends these events after `retry_after`.
                 let reason = format!("not stored: {}", limited.status().message());
-                for slot in slots {
-                    acks[slot].outcome = pb::EventOutcome::Throttled as i32;
-                    acks[slot].reason = reason.clone();
-                }
-                let retry = limited.retry_after();
-                return pb::BatchAck {
-                    batch_id: batch.batch_id,
-                    acks,
-                    retry_after: Some(prost_types::Duration {
-                        seconds: i64::try_from(retry.as_secs()).unwrap_or(i64::MAX),
-                        nanos: i32::try_from(retry.subsec_nanos()).unwrap_or(0),
-                    }),
-                };
+                return throttled(batch.batch_id, acks, &slots, &reason, limited.retry_after());
             }
         }
         if self.settings.discard {
@@ -542,21 +529,15 @@ impl AgentSession {
                     self.limiter
                         .release_events(self.tenant_id, accepted.len())
                         .await;
-                    for slot in slots {
-                        let ack = &mut acks[slot];
-                        ack.outcome = pb::EventOutcome::Throttled as i32;
-                        ack.reason = "not stored: the database is unavailable; resend".into();
-                    }
                     metrics::histogram!("zen_ingest_batch_seconds")
                         .record(started.elapsed().as_secs_f64());
-                    return pb::BatchAck {
-                        batch_id: batch.batch_id,
+                    return throttled(
+                        batch.batch_id,
                         acks,
-                        retry_after: Some(prost_types::Duration {
-                            seconds: 1,
-                            nanos: 0,
-                        }),
-                    };
+                        &slots,
+                        "not stored: the database is unavailable; resend",
+                        Duration::from_secs(1),
+                    );
                 }
             }
         }
@@ -750,6 +731,26 @@ impl ConnectedAgent {
 impl Drop for ConnectedAgent {
     fn drop(&mut self) {
         metrics::gauge!("zen_agents_connected").decrement(1.0);
+    }
+}
+
+/// The ack of a batch none of whose accepted events (`slots`) was stored: each `THROTTLED`
+/// with `reason`, to be resent after `retry`.
+fn throttled(
+    batch_id: String,
+    mut acks: Vec<pb::EventAck>,
+    slots: &[usize],
+    reason: &str,
+    retry: Duration,
+) -> pb::BatchAck {
+    for &slot in slots {
+        acks[slot].outcome = pb::EventOutcome::Throttled as i32;
+        acks[slot].reason = reason.to_owned();
+    }
+    pb::BatchAck {
+        batch_id,
+        acks,
+        retry_after: prost_types::Duration::try_from(retry).ok(),
     }
 }
 
