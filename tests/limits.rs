@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
-use support::drill::{free_port, redis_answers, start_redis, stop_redis, zen_hmac, PrivateRedis};
+use support::drill::{start_redis, stop_redis, zen_hmac, PrivateRedis};
 use support::{
     create_local_user_as_operator, http_client, request_id, test_redis_url, TestDatabase, TestZen,
     PASSWORD,
@@ -410,31 +410,13 @@ async fn local_login(zen: &TestZen) -> Response {
 /// is back. A private Redis, never the shared one.
 #[tokio::test]
 async fn a_stopped_redis_closes_sign_in_and_leaves_webhooks_metered_locally() {
-    let port = free_port();
-    if !start_redis(port) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "redis-server could not be started in CI"
-        );
-        eprintln!("skipped: redis-server could not be started");
+    let Some(redis) = PrivateRedis::start().await else {
         return;
-    }
-    let redis = PrivateRedis(port);
-    let mut ready = false;
-    for _ in 0..50 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "the private redis-server did not start");
+    };
+    let port = redis.0;
     let zen = TestZen::start_with(
         GlobalArgs {
-            redis_url: Some(format!("redis://127.0.0.1:{port}")),
+            redis_url: Some(redis.url()),
             ..Default::default()
         },
         ServeArgs {
@@ -594,23 +576,13 @@ async fn the_daily_event_quota_refuses_further_events_until_midnight() {
 /// again from the events the store holds for the day, so the quota still holds.
 #[tokio::test]
 async fn the_daily_event_counter_is_rebuilt_from_the_store_when_the_cache_loses_it() {
-    let port = free_port();
-    if !start_redis(port) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "redis-server could not be started in CI"
-        );
-        eprintln!("skipped: redis-server could not be started");
+    let Some(redis) = PrivateRedis::start().await else {
         return;
-    }
-    let redis = PrivateRedis(port);
-    assert!(
-        redis_answers(port).await,
-        "the private redis-server did not start"
-    );
+    };
+    let port = redis.0;
     let zen = TestZen::start_with(
         GlobalArgs {
-            redis_url: Some(format!("redis://127.0.0.1:{port}")),
+            redis_url: Some(redis.url()),
             ..Default::default()
         },
         ServeArgs {

@@ -7,26 +7,18 @@ mod support;
 
 use std::time::Duration;
 
-use support::drill::{
-    free_port, redis_answers, start_redis, stop_redis, webhook_outage_drill, PrivateRedis,
-};
+use support::drill::{redis_answers, start_redis, stop_redis, webhook_outage_drill, PrivateRedis};
 
 const OUTAGE: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_outage_under_load_is_answered_fast_and_loses_nothing() {
-    let port = free_port();
-    if !start_redis(port) || !redis_answers(port).await {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "redis-server could not be started in CI"
-        );
-        eprintln!("skipped: redis-server could not be started");
+    let Some(redis) = PrivateRedis::start().await else {
         return;
-    }
-    let redis = PrivateRedis(port);
+    };
+    let port = redis.0;
     webhook_outage_drill(
-        &["--redis-url".into(), format!("redis://127.0.0.1:{port}")],
+        &["--redis-url".into(), redis.url()],
         "Redis",
         OUTAGE,
         || {

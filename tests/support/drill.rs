@@ -374,8 +374,30 @@ pub async fn redis_answers(port: u16) -> bool {
     false
 }
 
-/// Stops the private Redis however the test ends.
+/// A private `redis-server` on its own port, stopped however the test ends.
 pub struct PrivateRedis(pub u16);
+
+impl PrivateRedis {
+    /// Starts one on a free port and waits until it answers; `None` where `redis-server`
+    /// cannot run (the test then skips; in CI that is a failure).
+    pub async fn start() -> Option<PrivateRedis> {
+        let port = free_port();
+        if start_redis(port) && redis_answers(port).await {
+            return Some(PrivateRedis(port));
+        }
+        stop_redis(port);
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server could not be started in CI"
+        );
+        eprintln!("skipped: redis-server could not be started");
+        None
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.0)
+    }
+}
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
