@@ -122,40 +122,35 @@ ensure_helm() {
     echo "$dir/helm/helm"
 }
 
-# Debian's chromium for the console's browser tests: Playwright (requirements-dev.txt) drives it
-# through executable_path, since Playwright's own browser download is not reachable everywhere.
-# Installed with apt-get when missing (as root, or through sudo). Prints the browser's path.
-# Debian's Firefox ESR for the console's Firefox test (driven over Marionette).
-ensure_firefox() {
-    local bin sudo=""
-    bin="$(command -v firefox-esr || command -v firefox || true)"
-    if [[ -z "$bin" ]]; then
-        command -v apt-get >/dev/null || die "firefox is missing and apt-get is not available to install it"
-        [[ $EUID -ne 0 ]] && sudo="sudo"
-        echo "installing firefox-esr (apt-get)" >&2
-        $sudo apt-get update -qq >/dev/null \
-            && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-                firefox-esr fonts-dejavu-core >/dev/null \
-            || die "apt-get could not install firefox-esr"
-        bin="$(command -v firefox-esr || true)"
-        [[ -n "$bin" ]] || die "firefox-esr is not on PATH after installing it"
-    fi
+# A browser for the console's browser tests, from Debian: the first of the binaries named in
+# $1 (space-separated) on PATH, else the packages that follow (the first is the browser) are
+# installed with apt-get (as root, or through sudo). Prints the browser's path.
+ensure_debian_browser() {
+    local names="$1" name bin sudo=""
+    shift
+    for name in $names; do
+        bin="$(command -v "$name" || true)"
+        [[ -n "$bin" ]] && { echo "$bin"; return; }
+    done
+    command -v apt-get >/dev/null || die "$1 is missing and apt-get is not available to install it"
+    [[ $EUID -ne 0 ]] && sudo="sudo"
+    echo "installing $1 (apt-get)" >&2
+    $sudo apt-get update -qq >/dev/null \
+        && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+            "$@" >/dev/null \
+        || die "apt-get could not install $1"
+    bin="$(command -v "$1" || true)"
+    [[ -n "$bin" ]] || die "$1 is not on PATH after installing it"
     echo "$bin"
 }
 
+# Debian's chromium: Playwright (requirements-dev.txt) drives it through executable_path, since
+# Playwright's own browser download is not reachable everywhere.
 ensure_chromium() {
-    local bin sudo=""
-    bin="$(command -v chromium || true)"
-    if [[ -z "$bin" ]]; then
-        command -v apt-get >/dev/null || die "chromium is missing and apt-get is not available to install it"
-        [[ $EUID -ne 0 ]] && sudo="sudo"
-        echo "installing chromium (apt-get)" >&2
-        $sudo apt-get update -qq >/dev/null \
-            && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-                chromium fonts-dejavu-core >/dev/null \
-            || die "apt-get could not install chromium"
-        bin="$(command -v chromium || true)"
-        [[ -n "$bin" ]] || die "chromium is not on PATH after installing it"
-    fi
-    echo "$bin"
+    ensure_debian_browser "chromium" chromium fonts-dejavu-core
+}
+
+# Debian's Firefox ESR, driven over Marionette (Playwright drives only its own Firefox build).
+ensure_firefox() {
+    ensure_debian_browser "firefox-esr firefox" firefox-esr fonts-dejavu-core
 }
