@@ -334,11 +334,15 @@ impl RateLimiter {
     /// Spends one unit of the tenant's `requests_per_second` quota (nothing when it is 0).
     pub async fn tenant(&self, store: &Store, tenant_id: Uuid) -> Result<(), LimitError> {
         let quotas = self.quotas(store, tenant_id).await?;
+        self.tenant_with(tenant_id, &quotas)
+            .await
+            .map_err(LimitError::Limited)
+    }
+
+    /// [`RateLimiter::tenant`] with the tenant's quotas as the caller read them.
+    pub async fn tenant_with(&self, tenant_id: Uuid, quotas: &Quotas) -> Result<(), Limited> {
         match self.settings.tenant_rate(quotas.requests_per_second) {
-            Some(rate) => self
-                .check(&Subject::Tenant(tenant_id), rate, 1)
-                .await
-                .map_err(LimitError::Limited),
+            Some(rate) => self.check(&Subject::Tenant(tenant_id), rate, 1).await,
             None => Ok(()),
         }
     }
@@ -349,13 +353,14 @@ impl RateLimiter {
     /// memory cache, a Redis flush), it starts again from the events the store holds for the
     /// day. When the cache is down, the quota is not enforced (fail open, counted in
     /// `zen_rate_limit_cache_errors_total{subject="daily_events"}`).
+    /// `quotas` are the tenant's as the caller read them.
     pub async fn reserve_events(
         &self,
         store: &Store,
         tenant_id: Uuid,
+        quotas: &Quotas,
         count: usize,
-    ) -> Result<(), LimitError> {
-        let quotas = self.quotas(store, tenant_id).await?;
+    ) -> Result<(), Limited> {
         let max = quotas.max_events_per_day;
         if max <= 0 || count == 0 {
             return Ok(());
@@ -403,7 +408,7 @@ impl RateLimiter {
         let _ = self.shared.add(&key, -count, window).await;
         metrics::counter!("zen_rate_limited_total", "subject" => "daily_events").increment(1);
         let burst = u32::try_from(max).unwrap_or(u32::MAX);
-        Err(LimitError::Limited(Limited {
+        Err(Limited {
             subject: "daily_events",
             rate: Rate {
                 interval: Duration::from_secs(86_400) / burst.max(1),
@@ -417,7 +422,7 @@ impl RateLimiter {
             },
             unavailable: false,
             daily_quota: true,
-        }))
+        })
     }
 
     /// Gives back events counted by [`RateLimiter::reserve_events`] that were not stored after

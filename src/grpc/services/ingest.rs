@@ -34,7 +34,7 @@ use super::webhooks::{WebhookSettings, Webhooks};
 use crate::authz::Caller;
 use crate::grpc::slow_consumer::{bounded, BoundedSender};
 use crate::grpc::validate::{id, optional_id};
-use crate::limits::{LimitError, RateLimiter, Subject};
+use crate::limits::{RateLimiter, Subject};
 use crate::proto::zen::common::v1 as common;
 use crate::proto::zen::ingest::v1::{self as pb, ingest_service_server::IngestService};
 
@@ -401,18 +401,18 @@ impl AgentSession {
         {
             return Some(limited);
         }
-        match self.limiter.tenant(&self.store, self.tenant_id).await {
-            Err(LimitError::Limited(limited)) => return Some(limited),
-            Err(LimitError::Store(_)) | Ok(()) => {}
-        }
-        match self
+        let quotas = self
             .limiter
-            .reserve_events(&self.store, self.tenant_id, events)
+            .quotas(&self.store, self.tenant_id)
             .await
-        {
-            Err(LimitError::Limited(limited)) => Some(limited),
-            Err(LimitError::Store(_)) | Ok(()) => None,
+            .ok()?;
+        if let Err(limited) = self.limiter.tenant_with(self.tenant_id, &quotas).await {
+            return Some(limited);
         }
+        self.limiter
+            .reserve_events(&self.store, self.tenant_id, &quotas, events)
+            .await
+            .err()
     }
 
     async fn store_batch(&self, batch: pb::EventBatch) -> pb::BatchAck {

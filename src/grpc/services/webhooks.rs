@@ -40,7 +40,7 @@ use super::support::{
 use super::webhook_commit::{CommitError, CommitQueue, Delivery as CommitDelivery};
 use super::webhook_deliveries::{sender_delivery_id, DeliveryLog};
 use crate::grpc::validate::{id, optional_id, unchecked};
-use crate::limits::{LimitError, RateLimiter, Subject};
+use crate::limits::{RateLimiter, Subject};
 use crate::proto::zen::ingest::v1 as pb;
 
 /// Default and largest allowed clock difference for signed timestamps.
@@ -1004,7 +1004,7 @@ impl Webhooks {
     ) -> Result<(&'static str, pb::ReceiveWebhookResponse), Rejection> {
         let scope = Scope::tenant(tenant_id, None);
         let now = Utc::now();
-        let (source, secrets, tenant_rps) = {
+        let (source, secrets, quotas) = {
             let mut tx = self
                 .store
                 .begin_read(&scope)
@@ -1039,7 +1039,7 @@ impl Webhooks {
                 .secrets(source_id, now)
                 .await
                 .map_err(|e| Rejection::new("unavailable", store_status(e, "")))?;
-            (source, secrets, tenant.quotas.requests_per_second)
+            (source, secrets, tenant.quotas)
         };
         let compiled = self
             .compile(&source)
@@ -1151,14 +1151,8 @@ impl Webhooks {
                 return Err(Rejection::new("rate_limited", limited.status()));
             }
         }
-        if let Some(rate) = self.limiter.settings().tenant_rate(tenant_rps) {
-            if let Err(limited) = self
-                .limiter
-                .check(&Subject::Tenant(tenant_id), rate, 1)
-                .await
-            {
-                return Err(Rejection::new("rate_limited", limited.status()));
-            }
+        if let Err(limited) = self.limiter.tenant_with(tenant_id, &quotas).await {
+            return Err(Rejection::new("rate_limited", limited.status()));
         }
 
         // Slack's endpoint check: answered once the request is proven to come from Slack.
@@ -1325,15 +1319,12 @@ impl Webhooks {
 
         // The tenant's daily event quota, counted before the commit and given back if it fails.
         let count = events.len();
-        match self
+        if let Err(limited) = self
             .limiter
-            .reserve_events(&self.store, tenant_id, count)
+            .reserve_events(&self.store, tenant_id, &quotas, count)
             .await
         {
-            Err(LimitError::Limited(limited)) => {
-                return Err(Rejection::new("event_quota", limited.status()))
-            }
-            Err(LimitError::Store(_)) | Ok(()) => {}
+            return Err(Rejection::new("event_quota", limited.status()));
         }
         // Answered only after the commit: nothing answered 2xx is lost.
         let outcomes = match self
