@@ -197,7 +197,7 @@ pub fn record_hash(r: &AuditRecord) -> String {
 
 /// Checks records of one chain fed in ascending `seq` order.
 #[derive(Debug)]
-pub(crate) struct ChainWalker {
+pub struct ChainWalker {
     expected_seq: i64,
     prev_hash: String,
     pub checked: u64,
@@ -210,6 +210,21 @@ impl ChainWalker {
             prev_hash: GENESIS_HASH.to_owned(),
             checked: 0,
         }
+    }
+
+    /// A walker that continues a chain after record `seq`, whose hash was `hash` (a
+    /// checkpoint, or the start of an exported segment).
+    pub fn resume(seq: i64, hash: &str) -> Self {
+        ChainWalker {
+            expected_seq: seq + 1,
+            prev_hash: hash.to_owned(),
+            checked: 0,
+        }
+    }
+
+    /// The hash of the last record accepted (the start hash before any).
+    pub fn last_hash(&self) -> &str {
+        &self.prev_hash
     }
 
     /// The seq of the last record accepted (0 before any).

@@ -48,8 +48,8 @@ pub use remediation::{
     Remediation, RemediationDepths, RemediationFilter, RemediationRepo, VerificationRun,
 };
 pub use repo::{
-    AuditRepo, BootstrapTokenRepo, ClusterRepo, EventRepo, InviteRepo, MemberRepo, TenantRepo, Tx,
-    UserRepo, WebhookSourceRepo,
+    AuditRepo, BootstrapTokenRepo, ClusterRepo, EventRepo, InviteRepo, JanitorRepo, MemberRepo,
+    TenantRepo, Tx, UserRepo, WebhookSourceRepo,
 };
 pub use repos::events::{MAX_INGEST_BATCH, MAX_TAIL_LIMIT};
 pub use scope::{Scope, PLATFORM_TENANT};

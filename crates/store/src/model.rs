@@ -121,6 +121,66 @@ impl Default for Quotas {
     }
 }
 
+/// A tenant's retention windows in days; 0 means the platform default (see docs/RETENTION.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Security events, by `received_at` (events a remediation names stay while it does).
+    pub events_days: i32,
+    /// Idempotency receipts, by `received_at`; at least [`Retention::MIN_RECEIPTS_DAYS`].
+    pub receipts_days: i32,
+    /// Finished remediations (and their approvals, dispatches, runs), by last change.
+    pub remediations_days: i32,
+    /// Dead letters, by creation.
+    pub dead_letters_days: i32,
+}
+
+impl Retention {
+    /// The longest window accepted (100 years).
+    pub const MAX_DAYS: i32 = 36_500;
+    /// Receipts must outlive every resend: a webhook sender retries for up to 3 days (Stripe;
+    /// Standard Webhooks senders for about a day) and an agent resends what was not acked
+    /// after a reconnect, so a week leaves margin. A resend later than this after the first
+    /// delivery is stored again instead of being answered Duplicate.
+    pub const MIN_RECEIPTS_DAYS: i32 = 7;
+
+    /// Checks each window: 0 (the default) or 1..=MAX_DAYS; receipts 0 or at least
+    /// MIN_RECEIPTS_DAYS.
+    pub fn check(&self) -> crate::error::Result<()> {
+        for (field, days, min) in [
+            ("retention.events_days", self.events_days, 1),
+            (
+                "retention.receipts_days",
+                self.receipts_days,
+                Self::MIN_RECEIPTS_DAYS,
+            ),
+            ("retention.remediations_days", self.remediations_days, 1),
+            ("retention.dead_letters_days", self.dead_letters_days, 1),
+        ] {
+            if days != 0 && !(min..=Self::MAX_DAYS).contains(&days) {
+                return Err(crate::error::StoreError::invalid(
+                    field,
+                    format!(
+                        "must be 0 (the platform default) or {min} to {} days",
+                        Self::MAX_DAYS
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each window, this tenant's own or else `defaults`'.
+    pub fn or(self, defaults: Retention) -> Retention {
+        let pick = |own: i32, default: i32| if own > 0 { own } else { default };
+        Retention {
+            events_days: pick(self.events_days, defaults.events_days),
+            receipts_days: pick(self.receipts_days, defaults.receipts_days),
+            remediations_days: pick(self.remediations_days, defaults.remediations_days),
+            dead_letters_days: pick(self.dead_letters_days, defaults.dead_letters_days),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tenant {
     pub id: Uuid,
@@ -131,6 +191,8 @@ pub struct Tenant {
     /// (cleared on reactivation).
     pub suspend_reason: Option<String>,
     pub quotas: Quotas,
+    /// Retention windows (0: the platform default).
+    pub retention: Retention,
     /// Optimistic-concurrency version: 1 at creation, +1 on every change
     /// (update, status change, soft delete). Pass it back as
     /// `expected_version` to refuse an edit based on a stale read.
@@ -158,6 +220,8 @@ pub struct TenantUpdate {
     pub max_clusters: Option<i32>,
     pub requests_per_second: Option<i32>,
     pub max_events_per_day: Option<i64>,
+    /// The whole retention setting (each window 0 = the platform default).
+    pub retention: Option<Retention>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -450,6 +514,21 @@ pub struct AuditFilter {
     pub since: Option<DateTime<Utc>>,
     /// Exclusive upper bound on `created_at`.
     pub until: Option<DateTime<Utc>>,
+}
+
+/// A cut of one audit chain: records up to `through_seq` were exported as a signed segment
+/// (`segment_sha256`, signed with key `key_id`) and may be deleted; the first kept record's
+/// `prev_hash` is `head_hash`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditCheckpoint {
+    pub tenant_id: Uuid,
+    pub through_seq: i64,
+    pub head_hash: String,
+    /// The export took the records created before this time.
+    pub cut_before: DateTime<Utc>,
+    pub segment_sha256: String,
+    pub key_id: String,
+    pub created_at: DateTime<Utc>,
 }
 
 /// The state of one chain head.

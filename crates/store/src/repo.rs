@@ -31,6 +31,7 @@ pub trait Tx: Send {
     fn events(&mut self) -> &mut dyn EventRepo;
     fn remediations(&mut self) -> &mut dyn crate::remediation::RemediationRepo;
     fn webhook_sources(&mut self) -> &mut dyn WebhookSourceRepo;
+    fn janitor(&mut self) -> &mut dyn JanitorRepo;
     async fn commit(self: Box<Self>) -> Result<()>;
     async fn rollback(self: Box<Self>) -> Result<()>;
 }
@@ -206,6 +207,60 @@ pub trait AuditRepo: Send {
     async fn verify_chain(&mut self, tenant_id: Uuid) -> Result<ChainVerification>;
     /// Chain heads visible to the scope (all of them for platform admins).
     async fn heads(&mut self) -> Result<Vec<ChainHead>>;
+    /// Up to `limit` records of `tenant_id`'s chain with `after_seq < seq <= through_seq`,
+    /// oldest first (for export). Same access rule as `verify_chain`.
+    async fn records(
+        &mut self,
+        tenant_id: Uuid,
+        after_seq: i64,
+        through_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>>;
+    /// The newest checkpoint of `tenant_id`'s chain: where the kept chain starts.
+    async fn checkpoint(&mut self, tenant_id: Uuid) -> Result<Option<AuditCheckpoint>>;
+    /// Records a cut after its segment was exported. Refused (`Invalid`) unless it moves past
+    /// the previous checkpoint and `head_hash` is the stored hash of record `through_seq`.
+    async fn add_checkpoint(&mut self, checkpoint: &AuditCheckpoint) -> Result<()>;
+    /// Deletes up to `limit` records of `tenant_id`'s chain at or below its newest checkpoint,
+    /// oldest first; returns how many. Records above the checkpoint are never deleted (the
+    /// database refuses it too).
+    async fn prune(&mut self, tenant_id: Uuid, limit: i64) -> Result<u64>;
+}
+
+/// Retention (docs/RETENTION.md): bounded deletes of the scope's tenant's old rows, oldest
+/// first, each returning how many rows it removed, and the lease that keeps one janitor
+/// running at a time.
+#[async_trait]
+pub trait JanitorRepo: Send {
+    /// Events received before `before`, except those a remediation names, with their current
+    /// change rows.
+    async fn prune_events(&mut self, before: DateTime<Utc>, limit: i64) -> Result<u64>;
+    /// Change rows with `after_seq < seq <= through_seq` that no longer carry their event
+    /// (superseded by a later change, or the event is gone).
+    async fn prune_changes(&mut self, after_seq: i64, through_seq: i64) -> Result<u64>;
+    /// The highest change seq of the tenant (0 when none).
+    async fn last_change_seq(&mut self) -> Result<i64>;
+    /// Idempotency receipts received before `before`.
+    async fn prune_receipts(&mut self, before: DateTime<Utc>, limit: i64) -> Result<u64>;
+    /// Finished remediations last changed before `before`, with their approvals, dispatches,
+    /// verification runs and dead letters; returns the remediations removed.
+    async fn prune_remediations(&mut self, before: DateTime<Utc>, limit: i64) -> Result<u64>;
+    /// Dead letters created before `before`.
+    async fn prune_dead_letters(&mut self, before: DateTime<Utc>, limit: i64) -> Result<u64>;
+    /// Takes the lease `name` for `holder` until `until` when it is free (expired, or already
+    /// this holder's) and its last run finished before `last_run_before`; true when taken.
+    async fn take_lease(
+        &mut self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        last_run_before: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Records a finished run and frees the lease.
+    async fn finish_lease(&mut self, name: &str, holder: &str, now: DateTime<Utc>) -> Result<()>;
+    /// When the job `name` last finished a run, on any replica.
+    async fn last_run(&mut self, name: &str) -> Result<Option<DateTime<Utc>>>;
 }
 
 #[async_trait]

@@ -109,6 +109,18 @@ pub(crate) fn bound_text(text: &mut String, max: usize) -> bool {
     cut
 }
 
+impl SqlTx {
+    /// A chain is read by its own tenant's scope, or by platform admins.
+    fn check_chain_access(&self, tenant_id: Uuid) -> Result<()> {
+        if !self.scope.platform_admin && tenant_id != self.scope.chain_tenant() {
+            return Err(StoreError::PermissionDenied {
+                reason: "the audit chain of another tenant".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl AuditRepo for SqlTx {
     async fn append(&mut self, mut new: NewAuditRecord) -> Result<AuditRecord> {
@@ -226,11 +238,7 @@ impl AuditRepo for SqlTx {
     }
 
     async fn verify_chain(&mut self, tenant_id: Uuid) -> Result<ChainVerification> {
-        if !self.scope.platform_admin && tenant_id != self.scope.chain_tenant() {
-            return Err(StoreError::PermissionDenied {
-                reason: "the audit chain of another tenant".into(),
-            });
-        }
+        self.check_chain_access(tenant_id)?;
         let head = self
             .conn
             .fetch_optional(
@@ -240,7 +248,11 @@ impl AuditRepo for SqlTx {
             .await?
             .map(|r| head_from(&r))
             .transpose()?;
-        let mut walker = ChainWalker::new();
+        // The chain kept starts after the newest checkpoint (records below it were exported).
+        let mut walker = match self.checkpoint(tenant_id).await? {
+            Some(c) => ChainWalker::resume(c.through_seq, &c.head_hash),
+            None => ChainWalker::new(),
+        };
         let mut problem = None;
         'walk: loop {
             let batch = self
@@ -274,6 +286,111 @@ impl AuditRepo for SqlTx {
             head_seq: head.map_or(0, |h| h.last_seq),
             problem,
         })
+    }
+
+    async fn records(
+        &mut self,
+        tenant_id: Uuid,
+        after_seq: i64,
+        through_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>> {
+        self.check_chain_access(tenant_id)?;
+        self.all(
+            concat!(
+                "SELECT ",
+                audit_cols!(),
+                " FROM audit_logs WHERE tenant_id = $1 AND seq > $2 AND seq <= $3 \
+                 ORDER BY seq LIMIT $4"
+            ),
+            args![tenant_id, after_seq, through_seq, limit],
+            record_from,
+        )
+        .await
+    }
+
+    async fn checkpoint(&mut self, tenant_id: Uuid) -> Result<Option<AuditCheckpoint>> {
+        self.check_chain_access(tenant_id)?;
+        let row = self
+            .conn
+            .fetch_optional(
+                "SELECT tenant_id, through_seq, head_hash, cut_before, segment_sha256, key_id, \
+                 created_at FROM audit_checkpoints WHERE tenant_id = $1 \
+                 ORDER BY through_seq DESC LIMIT 1",
+                args![tenant_id],
+            )
+            .await?;
+        row.map(|r| {
+            Ok(AuditCheckpoint {
+                tenant_id: r.uuid("tenant_id")?,
+                through_seq: r.get("through_seq")?,
+                head_hash: r.text("head_hash")?,
+                cut_before: r.ts("cut_before")?,
+                segment_sha256: r.text("segment_sha256")?,
+                key_id: r.text("key_id")?,
+                created_at: r.ts("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn add_checkpoint(&mut self, c: &AuditCheckpoint) -> Result<()> {
+        let previous = self
+            .checkpoint(c.tenant_id)
+            .await?
+            .map_or(0, |p| p.through_seq);
+        if c.through_seq <= previous {
+            return Err(StoreError::invalid(
+                "through_seq",
+                format!("the chain is already cut at seq {previous}"),
+            ));
+        }
+        let stored = self
+            .conn
+            .fetch_optional(
+                "SELECT hash FROM audit_logs WHERE tenant_id = $1 AND seq = $2",
+                args![c.tenant_id, c.through_seq],
+            )
+            .await?;
+        match stored.map(|r| r.text("hash")).transpose()? {
+            Some(hash) if hash == c.head_hash => {}
+            _ => {
+                return Err(StoreError::invalid(
+                    "head_hash",
+                    format!("is not the stored hash of record {}", c.through_seq),
+                ))
+            }
+        }
+        self.conn
+            .execute(
+                "INSERT INTO audit_checkpoints (tenant_id, through_seq, head_hash, cut_before, \
+                 segment_sha256, key_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                args![
+                    c.tenant_id,
+                    c.through_seq,
+                    c.head_hash.as_str(),
+                    crate::db::micros(c.cut_before),
+                    c.segment_sha256.as_str(),
+                    c.key_id.as_str(),
+                    crate::db::micros(c.created_at)
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn prune(&mut self, tenant_id: Uuid, limit: i64) -> Result<u64> {
+        let Some(cut) = self.checkpoint(tenant_id).await? else {
+            return Ok(0);
+        };
+        self.conn
+            .execute(
+                "DELETE FROM audit_logs WHERE tenant_id = $1 AND seq IN ( \
+                 SELECT seq FROM audit_logs WHERE tenant_id = $1 AND seq <= $2 \
+                 ORDER BY seq LIMIT $3)",
+                args![tenant_id, cut.through_seq, limit],
+            )
+            .await
     }
 
     async fn heads(&mut self) -> Result<Vec<ChainHead>> {

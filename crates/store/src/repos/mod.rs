@@ -4,6 +4,7 @@
 mod audit;
 mod clusters;
 pub(crate) mod events;
+mod janitor;
 mod members;
 mod remediations;
 mod tenants;
@@ -250,6 +251,9 @@ impl Tx for SqlTx {
         self
     }
     fn webhook_sources(&mut self) -> &mut dyn WebhookSourceRepo {
+        self
+    }
+    fn janitor(&mut self) -> &mut dyn JanitorRepo {
         self
     }
     async fn commit(self: Box<Self>) -> Result<()> {

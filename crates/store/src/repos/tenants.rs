@@ -13,7 +13,9 @@ use crate::validate;
 macro_rules! tenant_cols {
     () => {
         "id, name, display_name, status, suspend_reason, max_clusters, requests_per_second, \
-         max_events_per_day, version, created_at, updated_at, created_by, updated_by, deleted_at"
+         max_events_per_day, retention_events_days, retention_receipts_days, \
+         retention_remediations_days, retention_dead_letters_days, version, created_at, \
+         updated_at, created_by, updated_by, deleted_at"
     };
 }
 pub(crate) use tenant_cols;
@@ -29,6 +31,12 @@ pub(crate) fn tenant_from(r: &Row) -> Result<Tenant> {
             max_clusters: r.get("max_clusters")?,
             requests_per_second: r.get("requests_per_second")?,
             max_events_per_day: r.get("max_events_per_day")?,
+        },
+        retention: Retention {
+            events_days: r.get("retention_events_days")?,
+            receipts_days: r.get("retention_receipts_days")?,
+            remediations_days: r.get("retention_remediations_days")?,
+            dead_letters_days: r.get("retention_dead_letters_days")?,
         },
         version: r.get("version")?,
         created_at: r.ts("created_at")?,
@@ -220,6 +228,10 @@ impl TenantRepo for SqlTx {
             update.requests_per_second,
             update.max_events_per_day,
         )?;
+        if let Some(retention) = &update.retention {
+            retention.check()?;
+        }
+        let retention = update.retention;
         let row = self
             .conn
             .fetch_optional(
@@ -228,7 +240,11 @@ impl TenantRepo for SqlTx {
                      max_clusters = COALESCE($3, max_clusters), \
                      requests_per_second = COALESCE($4, requests_per_second), \
                      max_events_per_day = COALESCE($5, max_events_per_day), \
-                     updated_at = $6, updated_by = $7, version = version + 1 \
+                     updated_at = $6, updated_by = $7, version = version + 1, \
+                     retention_events_days = COALESCE($9, retention_events_days), \
+                     retention_receipts_days = COALESCE($10, retention_receipts_days), \
+                     retention_remediations_days = COALESCE($11, retention_remediations_days), \
+                     retention_dead_letters_days = COALESCE($12, retention_dead_letters_days) \
                      WHERE id = $1 AND deleted_at IS NULL AND ($8 IS NULL OR version = $8) \
                      RETURNING ",
                     tenant_cols!()
@@ -241,7 +257,11 @@ impl TenantRepo for SqlTx {
                     update.max_events_per_day,
                     now(),
                     self.scope.user_id,
-                    expected_version
+                    expected_version,
+                    retention.map(|r| r.events_days),
+                    retention.map(|r| r.receipts_days),
+                    retention.map(|r| r.remediations_days),
+                    retention.map(|r| r.dead_letters_days)
                 ],
             )
             .await?;
