@@ -51,6 +51,10 @@ pub struct GlobalArgs {
     /// memory cache.
     #[arg(long, env = "ZEN_REDIS_URL", global = true, hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// The Ed25519 key (PKCS#8) that signs exported audit segments (default
+    /// `<data-dir>/keys/audit-ed25519.pk8`, created on first use in development only).
+    #[arg(long, env = "ZEN_AUDIT_SIGNING_KEY", global = true)]
+    pub audit_signing_key: Option<PathBuf>,
 }
 
 /// Options of `zen serve`.
@@ -205,6 +209,34 @@ pub struct ServeArgs {
     /// kernel's autotuning).
     #[arg(long, env = "ZEN_HTTP_SEND_BUFFER_BYTES")]
     pub http_send_buffer_bytes: Option<usize>,
+    // --- Retention (see docs/RETENTION.md); a tenant's own windows override the defaults ---
+    /// Seconds between the end of one janitor run and the start of the next, on whichever
+    /// replica holds the lease (default 3600; 0 turns the janitor off).
+    #[arg(long, env = "ZEN_RETENTION_INTERVAL_SECS")]
+    pub retention_interval_secs: Option<u64>,
+    /// Rows per janitor delete statement (default 1000).
+    #[arg(long, env = "ZEN_RETENTION_BATCH_SIZE")]
+    pub retention_batch_size: Option<i64>,
+    /// Days events are kept after they were received (default 90).
+    #[arg(long, env = "ZEN_RETENTION_EVENTS_DAYS")]
+    pub retention_events_days: Option<i32>,
+    /// Days idempotency receipts are kept (default 30, at least 7: the resend bound).
+    #[arg(long, env = "ZEN_RETENTION_RECEIPTS_DAYS")]
+    pub retention_receipts_days: Option<i32>,
+    /// Days finished remediations (with their approvals, dispatches, runs) are kept after
+    /// their last change (default 365).
+    #[arg(long, env = "ZEN_RETENTION_REMEDIATIONS_DAYS")]
+    pub retention_remediations_days: Option<i32>,
+    /// Days dead letters are kept (default 90).
+    #[arg(long, env = "ZEN_RETENTION_DEAD_LETTERS_DAYS")]
+    pub retention_dead_letters_days: Option<i32>,
+    /// Days audit records stay in the database; older ones are exported to signed segments in
+    /// ZEN_AUDIT_ARCHIVE_DIR and then deleted (default 0: the audit log is kept whole).
+    #[arg(long, env = "ZEN_RETENTION_AUDIT_DAYS")]
+    pub retention_audit_days: Option<i32>,
+    /// Where the janitor writes exported audit segments (needed with ZEN_RETENTION_AUDIT_DAYS).
+    #[arg(long, env = "ZEN_AUDIT_ARCHIVE_DIR")]
+    pub audit_archive_dir: Option<PathBuf>,
 }
 
 /// The TOML file: every key optional, named as the flags with `_` for `-`.
@@ -260,6 +292,15 @@ struct FileConfig {
     slow_consumer_grace_ms: Option<u64>,
     stream_write_timeout_ms: Option<u64>,
     http_send_buffer_bytes: Option<usize>,
+    audit_signing_key: Option<PathBuf>,
+    retention_interval_secs: Option<u64>,
+    retention_batch_size: Option<i64>,
+    retention_events_days: Option<i32>,
+    retention_receipts_days: Option<i32>,
+    retention_remediations_days: Option<i32>,
+    retention_dead_letters_days: Option<i32>,
+    retention_audit_days: Option<i32>,
+    audit_archive_dir: Option<PathBuf>,
 }
 
 /// One OIDC provider (Google, Okta, Azure AD, Keycloak … are all just issuers). The redirect
@@ -326,6 +367,10 @@ pub struct Config {
     pub rate_limits: crate::limits::RateLimitSettings,
     /// The quotas of a tenant created without its own.
     pub default_quotas: zen_store::Quotas,
+    /// The retention janitor.
+    pub retention: crate::retention::RetentionSettings,
+    /// The key that signs exported audit segments.
+    pub audit_signing_key: PathBuf,
 }
 
 /// What a slow consumer or a dependency outage may cost (docs/RELIABILITY.md).
@@ -644,6 +689,52 @@ impl Config {
                         .unwrap_or(defaults.max_events_per_day),
                 }
             },
+            retention: {
+                let defaults = crate::retention::RetentionSettings::default();
+                let days = |flag: Option<i32>, file: Option<i32>, default: i32| {
+                    flag.or(file).unwrap_or(default)
+                };
+                crate::retention::RetentionSettings {
+                    interval: serve
+                        .retention_interval_secs
+                        .or(file.retention_interval_secs)
+                        .map_or(defaults.interval, Duration::from_secs),
+                    batch_size: serve
+                        .retention_batch_size
+                        .or(file.retention_batch_size)
+                        .unwrap_or(defaults.batch_size),
+                    pause: defaults.pause,
+                    defaults: zen_store::Retention {
+                        events_days: days(
+                            serve.retention_events_days,
+                            file.retention_events_days,
+                            defaults.defaults.events_days,
+                        ),
+                        receipts_days: days(
+                            serve.retention_receipts_days,
+                            file.retention_receipts_days,
+                            defaults.defaults.receipts_days,
+                        ),
+                        remediations_days: days(
+                            serve.retention_remediations_days,
+                            file.retention_remediations_days,
+                            defaults.defaults.remediations_days,
+                        ),
+                        dead_letters_days: days(
+                            serve.retention_dead_letters_days,
+                            file.retention_dead_letters_days,
+                            defaults.defaults.dead_letters_days,
+                        ),
+                    },
+                    audit_days: days(serve.retention_audit_days, file.retention_audit_days, 0),
+                    audit_archive_dir: serve.audit_archive_dir.clone().or(file.audit_archive_dir),
+                }
+            },
+            audit_signing_key: global
+                .audit_signing_key
+                .clone()
+                .or(file.audit_signing_key)
+                .unwrap_or_else(|| data_dir.join("keys").join("audit-ed25519.pk8")),
             legacy_agent_key: serve
                 .legacy_agent_key
                 .clone()
@@ -653,6 +744,55 @@ impl Config {
         };
         config.validate(database_url_given.is_some())?;
         Ok(config)
+    }
+
+    /// The janitor's settings: every window within what a tenant may set itself, and an
+    /// archive directory wherever audit records are to leave the database.
+    fn validate_retention(&self) -> Result<(), ConfigError> {
+        let r = &self.retention;
+        if !(1..=100_000).contains(&r.batch_size) {
+            return Err(ConfigError::Invalid(
+                "ZEN_RETENTION_BATCH_SIZE must be between 1 and 100000".into(),
+            ));
+        }
+        for (name, days) in [
+            ("ZEN_RETENTION_EVENTS_DAYS", r.defaults.events_days),
+            ("ZEN_RETENTION_RECEIPTS_DAYS", r.defaults.receipts_days),
+            (
+                "ZEN_RETENTION_REMEDIATIONS_DAYS",
+                r.defaults.remediations_days,
+            ),
+            (
+                "ZEN_RETENTION_DEAD_LETTERS_DAYS",
+                r.defaults.dead_letters_days,
+            ),
+        ] {
+            if days == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be at least 1 (a platform default of 0 days would delete \
+                     everything)"
+                )));
+            }
+        }
+        if let Err(e) = r.defaults.check() {
+            return Err(ConfigError::Invalid(format!(
+                "the platform retention defaults (ZEN_RETENTION_*_DAYS): {e}"
+            )));
+        }
+        if !(0..=zen_store::Retention::MAX_DAYS).contains(&r.audit_days) {
+            return Err(ConfigError::Invalid(format!(
+                "ZEN_RETENTION_AUDIT_DAYS must be between 0 and {}",
+                zen_store::Retention::MAX_DAYS
+            )));
+        }
+        if r.audit_days > 0 && r.audit_archive_dir.is_none() {
+            return Err(ConfigError::Invalid(
+                "ZEN_RETENTION_AUDIT_DAYS needs ZEN_AUDIT_ARCHIVE_DIR: audit records leave the \
+                 database only as signed segments written there"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     fn validate(&self, database_url_given: bool) -> Result<(), ConfigError> {
@@ -679,6 +819,7 @@ impl Config {
                 )));
             }
         }
+        self.validate_retention()?;
         let limits = &self.limits;
         if limits.dependency_timeout < Duration::from_millis(100)
             || limits.dependency_timeout > Duration::from_secs(60)

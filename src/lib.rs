@@ -2,6 +2,7 @@
 //! `main.rs` is a thin CLI over this library, which the end-to-end tests also embed.
 
 pub mod agent;
+pub mod audit_archive;
 pub mod audit_batch;
 pub mod auth;
 pub mod authz;
@@ -21,6 +22,7 @@ pub mod outage;
 pub mod proto;
 pub mod readiness;
 pub mod remediation;
+pub mod retention;
 pub mod server;
 pub mod store;
 pub mod telemetry;

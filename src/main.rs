@@ -238,6 +238,14 @@ enum KeysCommand {
     /// Add a new signing key; it signs from now on, and tokens signed by the previous key keep
     /// verifying until they expire. Running servers pick it up without a restart.
     RotateJwt,
+    /// Create an Ed25519 key that signs exported audit segments (for ZEN_AUDIT_SIGNING_KEY).
+    AuditKey {
+        /// The file to create (PKCS#8, mode 0600); it must not exist.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the public key of the audit signing key, for `zen audit verify --public-key`.
+    AuditPublicKey,
     /// Print a new key for ZEN_WEBHOOK_SECRET_KEYS (`<key-id>:<base64 32 bytes>`); to rotate,
     /// put it first in the list and keep the old keys after it (docs/WEBHOOKS.md).
     WebhookKey {
@@ -279,10 +287,34 @@ enum UserCommand {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Walk the audit chains and name the first broken or missing record; exits 1 if any.
+    /// With --segment, verify an exported segment offline instead (no database needed).
     Verify {
+        /// Only this tenant's chain (the nil UUID is the platform chain); default: all chains.
+        #[arg(long, conflicts_with = "segment")]
+        tenant: Option<uuid::Uuid>,
+        /// An exported segment file: checks its digest, its signature and its chain.
+        #[arg(long)]
+        segment: Option<PathBuf>,
+        /// The public key to check the signature with (the base64 line `zen keys
+        /// audit-public-key` prints); default: the configured signing key's.
+        #[arg(long, requires = "segment")]
+        public_key: Option<PathBuf>,
+    },
+    /// Export audit records created before a time to signed segments (one file per chain) and
+    /// record a checkpoint for each; with --prune, then delete the exported records.
+    Export {
+        /// An RFC 3339 time, or an age such as `90d` or `12h` (that long before now).
+        #[arg(long)]
+        before: String,
+        /// The directory the segments are written to.
+        #[arg(long)]
+        out: PathBuf,
         /// Only this tenant's chain (the nil UUID is the platform chain); default: all chains.
         #[arg(long)]
         tenant: Option<uuid::Uuid>,
+        /// Delete the exported records from the database once their segment verified.
+        #[arg(long)]
+        prune: bool,
     },
     /// List a tenant's audit records over the API, as the logged-in person.
     List {
@@ -437,9 +469,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(DlqCommand::Replay { tenant, id }) => {
             zen::remediation::cli::replay(&config, tenant, id).await
         }
-        Command::Audit(AuditCommand::Verify { tenant }) => {
+        Command::Audit(AuditCommand::Verify {
+            segment: Some(segment),
+            public_key,
+            ..
+        }) => {
+            let public_key = match public_key {
+                Some(path) => zen::audit_archive::read_public_key(&path)?,
+                None => {
+                    use base64::Engine;
+                    let key =
+                        zen::audit_archive::SigningKey::load(&config.audit_signing_key, false)?;
+                    base64::engine::general_purpose::STANDARD.decode(key.public_key())?
+                }
+            };
+            let summary = zen::audit_archive::verify_file(&segment, &public_key)
+                .with_context(|| format!("{} does not verify", segment.display()))?;
+            println!(
+                "ok      {}  tenant {}  seq {}..={}  {} record(s)  head {}  signed by {}",
+                segment.display(),
+                summary.tenant_id,
+                summary.first_seq,
+                summary.last_seq,
+                summary.records,
+                summary.head_hash,
+                summary.key_id
+            );
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify { tenant, .. }) => {
             store::verify_audit_command(&config, tenant).await
         }
+        Command::Audit(AuditCommand::Export {
+            before,
+            out,
+            tenant,
+            prune,
+        }) => store::export_audit_command(&config, &before, &out, tenant, prune).await,
         operator @ (Command::Audit(AuditCommand::List { .. })
         | Command::Login { .. }
         | Command::Tenant(_)
@@ -607,6 +673,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     cluster_id
                 )
             );
+            Ok(())
+        }
+        Command::Keys(KeysCommand::AuditKey { out }) => {
+            let key = zen::audit_archive::SigningKey::generate(&out)?;
+            println!(
+                "created audit signing key {} in {}",
+                key.key_id(),
+                out.display()
+            );
+            println!("public key: {}", key.public_key());
+            Ok(())
+        }
+        Command::Keys(KeysCommand::AuditPublicKey) => {
+            let create = config.environment == zen::config::Environment::Development;
+            let key = zen::audit_archive::SigningKey::load(&config.audit_signing_key, create)?;
+            println!("{}", key.public_key());
             Ok(())
         }
         Command::Keys(KeysCommand::RotateJwt) => {

@@ -109,7 +109,24 @@ pub struct Running {
     admin: JoinHandle<std::io::Result<()>>,
     health_driver: JoinHandle<()>,
     health_reporter: HealthReporter,
+    /// The retention janitor (`None` when turned off).
+    janitor: Option<JoinHandle<()>>,
     store: Arc<Store>,
+}
+
+/// The audit signing key, when the janitor exports audit segments (development creates one;
+/// production must be given it).
+fn audit_signing_key(
+    config: &Config,
+) -> anyhow::Result<Option<Arc<crate::audit_archive::SigningKey>>> {
+    if config.retention.audit_days == 0 {
+        return Ok(None);
+    }
+    let create = config.environment == crate::config::Environment::Development;
+    Ok(Some(Arc::new(crate::audit_archive::SigningKey::load(
+        &config.audit_signing_key,
+        create,
+    )?)))
 }
 
 /// Runs Zen until `shutdown` completes, then drains for at most the configured grace period.
@@ -335,6 +352,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         health_reporter.clone(),
         HEALTH_INTERVAL,
     ));
+    let janitor = crate::retention::Janitor::new(
+        (*store).clone(),
+        config.retention.clone(),
+        audit_signing_key(&config)?,
+    )
+    .spawn();
     tracing::info!(%grpc_addr, %http_addr, %admin_addr, database = ?store.kind(), "zen is serving");
     Ok(Running {
         grpc_addr,
@@ -347,6 +370,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin,
         health_driver,
         health_reporter,
+        janitor,
         store,
     })
 }
@@ -357,6 +381,11 @@ impl Running {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!(grace = ?self.grace, "draining");
         self.health_driver.abort();
+        // A run stopped mid-batch loses nothing: each batch is its own transaction, and the
+        // lease expires for the next replica.
+        if let Some(janitor) = &self.janitor {
+            janitor.abort();
+        }
         readiness::set_not_serving(&self.health_reporter).await;
         let _ = self.draining.send(true);
         let grpc_abort = self.grpc.abort_handle();

@@ -109,6 +109,79 @@ pub async fn verify_audit_command(config: &Config, tenant: Option<Uuid>) -> anyh
     Ok(())
 }
 
+/// `zen audit export --before T --out DIR [--tenant T] [--prune]`: one signed segment per
+/// chain with records before the cut (docs/RETENTION.md).
+pub async fn export_audit_command(
+    config: &Config,
+    before: &str,
+    out: &std::path::Path,
+    tenant: Option<Uuid>,
+    prune: bool,
+) -> anyhow::Result<()> {
+    let before = parse_cut(before, chrono::Utc::now())?;
+    let create = config.environment == crate::config::Environment::Development;
+    let key = crate::audit_archive::SigningKey::load(&config.audit_signing_key, create)?;
+    let store = connect(config).await?;
+    store
+        .check_migrations()
+        .await
+        .context("checking migrations")?;
+    let tenants = match tenant {
+        Some(tenant) => vec![tenant],
+        None => {
+            let mut tx = store.begin_read(&Scope::platform_admin(None)).await?;
+            tx.audit()
+                .heads()
+                .await?
+                .into_iter()
+                .map(|h| h.tenant_id)
+                .collect()
+        }
+    };
+    let batch = prune.then_some(config.retention.batch_size);
+    for tenant in tenants {
+        match crate::audit_archive::export(&store, &key, tenant, before, out, batch).await? {
+            Some(done) => println!(
+                "exported {tenant}  seq {}..={}  {} record(s)  -> {}{}",
+                done.summary.first_seq,
+                done.summary.last_seq,
+                done.summary.records,
+                done.path.display(),
+                if prune {
+                    format!("  ({} deleted from the database)", done.pruned)
+                } else {
+                    String::new()
+                }
+            ),
+            None => println!("nothing   {tenant}  (no records before {before} left to export)"),
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// An RFC 3339 time, or an age before `now` such as `90d`, `12h`, `30m`.
+pub fn parse_cut(
+    text: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let amount: i64 = number.parse().map_err(|_| {
+        anyhow::anyhow!("--before `{text}` is neither an RFC 3339 time nor an age like 90d")
+    })?;
+    let age = match unit {
+        "d" => chrono::Duration::days(amount),
+        "h" => chrono::Duration::hours(amount),
+        "m" => chrono::Duration::minutes(amount),
+        _ => anyhow::bail!("--before `{text}`: an age ends in d, h or m"),
+    };
+    anyhow::ensure!(amount >= 0, "--before `{text}`: an age cannot be negative");
+    Ok(now - age)
+}
+
 /// `zen user add`: a local user with an Argon2id hash, optionally a platform admin.
 pub async fn add_user_command(
     config: &Config,

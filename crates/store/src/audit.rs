@@ -203,7 +203,14 @@ pub struct ChainWalker {
     pub checked: u64,
 }
 
+impl Default for ChainWalker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ChainWalker {
+    /// A walker from the start of a chain (seq 1, the genesis hash).
     pub fn new() -> Self {
         ChainWalker {
             expected_seq: 1,

@@ -14,8 +14,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 use zen_store::{
     Cluster, ClusterFilter, ClusterStatus, ClusterUpdate, ConnectionState, Invite, Member,
-    MemberFilter, NewBootstrapToken, NewCluster, NewInvite, NewTenant, Quotas, Role, Store, Tenant,
-    TenantFilter, TenantStatus, TenantUpdate,
+    MemberFilter, NewBootstrapToken, NewCluster, NewInvite, NewTenant, Quotas, Retention, Role,
+    Store, Tenant, TenantFilter, TenantStatus, TenantUpdate,
 };
 
 use super::support::{
@@ -89,7 +89,38 @@ fn tenant_to_proto(tenant: Tenant) -> pb::Tenant {
         delete_time: opt_timestamp(tenant.deleted_at),
         suspend_reason: tenant.suspend_reason.unwrap_or_default(),
         version: tenant.version,
+        retention: Some(pb::TenantRetention {
+            events_days: tenant.retention.events_days,
+            receipts_days: tenant.retention.receipts_days,
+            remediations_days: tenant.retention.remediations_days,
+            dead_letters_days: tenant.retention.dead_letters_days,
+        }),
     }
+}
+
+/// `given`'s windows named by `fields` (every window for `retention`) over `current`.
+fn merge_retention(
+    current: Retention,
+    given: &pb::TenantRetention,
+    fields: &[String],
+) -> Retention {
+    let mut merged = current;
+    for field in fields {
+        let all = field == "retention";
+        if all || field == "retention.events_days" {
+            merged.events_days = given.events_days;
+        }
+        if all || field == "retention.receipts_days" {
+            merged.receipts_days = given.receipts_days;
+        }
+        if all || field == "retention.remediations_days" {
+            merged.remediations_days = given.remediations_days;
+        }
+        if all || field == "retention.dead_letters_days" {
+            merged.dead_letters_days = given.dead_letters_days;
+        }
+    }
+    merged
 }
 
 fn member_to_proto(member: Member) -> pb::Member {
@@ -334,8 +365,11 @@ impl TenancyService for TenancyApi {
             &[
                 ("display_name", !tenant.display_name.is_empty()),
                 ("quotas", tenant.quotas.is_some()),
+                ("retention", tenant.retention.is_some()),
             ],
         );
+        let retention = tenant.retention.unwrap_or_default();
+        let mut retention_fields = Vec::new();
         // Quotas bound what a tenant may cost the platform: only platform admins set them.
         if paths
             .iter()
@@ -361,10 +395,17 @@ impl TenancyService for TenancyApi {
                 "quotas.max_events_per_day" => {
                     update.max_events_per_day = Some(quotas.max_events_per_day)
                 }
+                "retention"
+                | "retention.events_days"
+                | "retention.receipts_days"
+                | "retention.remediations_days"
+                | "retention.dead_letters_days" => retention_fields.push(path.clone()),
                 other => {
                     return Err(invalid(&[(
                         "update_mask",
-                        &format!("`{other}` cannot be updated (display_name, quotas.*)"),
+                        &format!(
+                            "`{other}` cannot be updated (display_name, quotas.*, retention.*)"
+                        ),
                     )]))
                 }
             }
@@ -373,6 +414,19 @@ impl TenancyService for TenancyApi {
         let updated = call
             .mutate(&self.store, &scope, "tenant.update", "tenant", move |tx| {
                 Box::pin(async move {
+                    if !retention_fields.is_empty() {
+                        // Windows not named keep their stored values.
+                        let current = tx
+                            .tenants()
+                            .get(tenant_id)
+                            .await
+                            .map_err(store_err("tenant"))?;
+                        update.retention = Some(merge_retention(
+                            current.retention,
+                            &retention,
+                            &retention_fields,
+                        ));
+                    }
                     let updated = tx
                         .tenants()
                         .update(tenant_id, version, update)
