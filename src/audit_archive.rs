@@ -17,7 +17,7 @@
 //! (each record's hash, each `prev_hash`, seqs without gaps, from `start_prev_hash` to the
 //! footer's `head_hash`).
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
@@ -509,11 +509,7 @@ fn write_line<W: Write>(out: &mut HashingWriter<W>, value: &impl Serialize) -> a
 
 /// Reads a segment file and verifies it (see [`verify_segment`]).
 pub fn verify_file(path: &Path, public_key: &[u8]) -> anyhow::Result<SegmentSummary> {
-    let mut reader = std::io::BufReader::new(
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
-    );
-    let mut bytes = Vec::new();
-    while reader.read_until(b'\n', &mut bytes)? > 0 {}
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     verify_segment(&bytes, public_key)
 }
 

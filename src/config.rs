@@ -1151,6 +1151,58 @@ mod tests {
     }
 
     #[test]
+    fn retention_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zen.toml");
+        std::fs::write(
+            &path,
+            "retention_events_days = 30\nretention_batch_size = 500\n",
+        )
+        .unwrap();
+        let global = GlobalArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let config = Config::resolve(&global, &ServeArgs::default()).unwrap();
+        assert_eq!(config.retention.defaults.events_days, 30);
+        assert_eq!(config.retention.defaults.receipts_days, 30);
+        assert_eq!(config.retention.batch_size, 500);
+        for (serve, says) in [
+            (
+                ServeArgs {
+                    retention_receipts_days: Some(3),
+                    ..Default::default()
+                },
+                "retention.receipts_days",
+            ),
+            (
+                ServeArgs {
+                    retention_events_days: Some(0),
+                    ..Default::default()
+                },
+                "ZEN_RETENTION_EVENTS_DAYS",
+            ),
+            (
+                ServeArgs {
+                    retention_audit_days: Some(365),
+                    ..Default::default()
+                },
+                "ZEN_AUDIT_ARCHIVE_DIR",
+            ),
+            (
+                ServeArgs {
+                    retention_batch_size: Some(0),
+                    ..Default::default()
+                },
+                "ZEN_RETENTION_BATCH_SIZE",
+            ),
+        ] {
+            let err = Config::resolve(&GlobalArgs::default(), &serve).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+    }
+
+    #[test]
     fn unsupported_database_urls_are_named_without_password() {
         let global = GlobalArgs {
             database_url: Some("mysql://root:hunter2@db/zen".into()),

@@ -109,6 +109,25 @@ impl Table {
     }
 }
 
+/// How long one delete statement should hold the database. On SQLite a writer waits for the
+/// janitor's statement to finish (one writer at a time), so this bounds what the janitor adds
+/// to an ingest's latency.
+const STATEMENT_BUDGET: Duration = Duration::from_millis(25);
+/// The smallest batch the janitor shrinks to.
+const MIN_BATCH: i64 = 50;
+
+/// The next batch size: halved when the last statement took longer than
+/// [`STATEMENT_BUDGET`], doubled (up to `max`) when it took less than half of it.
+fn next_batch(limit: i64, took: Duration, max: i64) -> i64 {
+    if took > STATEMENT_BUDGET {
+        (limit / 2).max(MIN_BATCH.min(max))
+    } else if took < STATEMENT_BUDGET / 2 {
+        limit.saturating_mul(2).min(max)
+    } else {
+        limit
+    }
+}
+
 /// The janitor of one replica.
 pub struct Janitor {
     store: Store,
@@ -281,14 +300,16 @@ impl Janitor {
             let mut tx = self.store.begin_read(&scope).await?;
             tx.janitor().last_change_seq().await?
         };
-        let mut from = 0;
+        let (mut from, mut span) = (0, self.settings.batch_size);
         while from < last {
-            let to = from.saturating_add(self.settings.batch_size).min(last);
+            let started = Instant::now();
+            let to = from.saturating_add(span).min(last);
             let mut tx = self.store.begin(&scope).await?;
             let n = tx.janitor().prune_changes(from, to).await?;
             tx.commit().await?;
             report.add(Table::EventChanges, n);
             from = to;
+            span = next_batch(span, started.elapsed(), self.settings.batch_size);
             self.rest().await;
         }
         Ok(())
@@ -303,8 +324,9 @@ impl Janitor {
         report: &mut RunReport,
     ) -> anyhow::Result<()> {
         let scope = Scope::tenant(tenant, None);
-        let limit = self.settings.batch_size;
+        let mut limit = self.settings.batch_size;
         loop {
+            let started = Instant::now();
             let mut tx = self.store.begin(&scope).await?;
             let janitor = tx.janitor();
             let n = match table {
@@ -319,6 +341,7 @@ impl Janitor {
             if n < limit as u64 {
                 return Ok(());
             }
+            limit = next_batch(limit, started.elapsed(), self.settings.batch_size);
             self.rest().await;
         }
     }
@@ -364,5 +387,27 @@ impl Janitor {
         if !self.settings.pause.is_zero() {
             tokio::time::sleep(self.settings.pause).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_shrink_to_the_statement_budget_and_grow_back() {
+        let slow = STATEMENT_BUDGET * 3;
+        let fast = STATEMENT_BUDGET / 4;
+        assert_eq!(next_batch(1000, slow, 1000), 500);
+        assert_eq!(next_batch(60, slow, 1000), MIN_BATCH);
+        assert_eq!(next_batch(MIN_BATCH, slow, 1000), MIN_BATCH);
+        assert_eq!(
+            next_batch(10, slow, 10),
+            10,
+            "never above the configured size"
+        );
+        assert_eq!(next_batch(500, fast, 1000), 1000);
+        assert_eq!(next_batch(1000, fast, 1000), 1000);
+        assert_eq!(next_batch(400, STATEMENT_BUDGET, 1000), 400);
     }
 }

@@ -150,7 +150,7 @@ impl Store {
                 conn.close().await?;
                 Ok(compare(&pg_migrator(), rows))
             }
-            Backend::Sqlite { pool } => {
+            Backend::Sqlite { pool, .. } => {
                 let exists: bool = sqlx::query_scalar(
                     "SELECT EXISTS (SELECT 1 FROM sqlite_master \
                      WHERE type = 'table' AND name = '_sqlx_migrations')",
@@ -218,7 +218,7 @@ impl Store {
                 lock.close().await?;
                 result?;
             }
-            Backend::Sqlite { pool } => {
+            Backend::Sqlite { pool, .. } => {
                 self.refuse_problems().await?;
                 sqlite_migrator().run(pool).await?;
             }

@@ -61,6 +61,13 @@ pub(crate) enum Backend {
     },
     Sqlite {
         pool: SqlitePool,
+        /// SQLite has one writer at a time. Writers of this process take turns here, first
+        /// come first served, before `BEGIN IMMEDIATE`; without it they would race in
+        /// SQLite's busy handler, which sleeps up to 100 ms between tries, so a steady writer
+        /// (the retention janitor) could starve the others for seconds.
+        writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+        /// How long a writer waits for its turn (the busy timeout's role across processes).
+        busy_timeout: std::time::Duration,
     },
 }
 
@@ -180,7 +187,11 @@ impl Store {
             .connect_with(opts)
             .await?;
         Ok(Store {
-            backend: Backend::Sqlite { pool },
+            backend: Backend::Sqlite {
+                pool,
+                writer: Default::default(),
+                busy_timeout: options.busy_timeout,
+            },
             waiting: Default::default(),
         })
     }
@@ -197,17 +208,29 @@ impl Store {
     /// `BEGIN IMMEDIATE`, so writers queue (up to `busy_timeout`) instead of
     /// failing when they upgrade a read lock.
     pub async fn begin(&self, scope: &Scope) -> Result<Box<dyn Tx>> {
+        let mut turn = None;
         let conn = self
             .acquire(async {
                 Ok(match &self.backend {
                     Backend::Postgres { pool, .. } => Conn::Pg(pool.begin().await?),
-                    Backend::Sqlite { pool } => {
+                    Backend::Sqlite {
+                        pool,
+                        writer,
+                        busy_timeout,
+                    } => {
+                        turn = Some(
+                            tokio::time::timeout(*busy_timeout, writer.clone().lock_owned())
+                                .await
+                                .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?,
+                        );
                         Conn::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?)
                     }
                 })
             })
             .await?;
-        Ok(Box::new(SqlTx::open(conn, scope.clone()).await?))
+        let mut tx = SqlTx::open(conn, scope.clone()).await?;
+        tx.write_turn = turn;
+        Ok(Box::new(tx))
     }
 
     /// Times getting a connection and beginning its transaction
@@ -233,7 +256,7 @@ impl Store {
                 pool.num_idle(),
                 pool.options().get_max_connections(),
             ),
-            Backend::Sqlite { pool } => (
+            Backend::Sqlite { pool, .. } => (
                 pool.size(),
                 pool.num_idle(),
                 pool.options().get_max_connections(),
@@ -284,7 +307,7 @@ impl Store {
                     Backend::Postgres { pool, .. } => {
                         Conn::Pg(pool.begin_with("BEGIN TRANSACTION READ ONLY").await?)
                     }
-                    Backend::Sqlite { pool } => Conn::Sqlite(pool.begin().await?),
+                    Backend::Sqlite { pool, .. } => Conn::Sqlite(pool.begin().await?),
                 })
             })
             .await?;
@@ -295,7 +318,7 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         match &self.backend {
             Backend::Postgres { pool, .. } => pool.acquire().await?.ping().await?,
-            Backend::Sqlite { pool } => pool.acquire().await?.ping().await?,
+            Backend::Sqlite { pool, .. } => pool.acquire().await?.ping().await?,
         }
         Ok(())
     }
@@ -304,7 +327,7 @@ impl Store {
     pub async fn close(&self) {
         match &self.backend {
             Backend::Postgres { pool, .. } => pool.close().await,
-            Backend::Sqlite { pool } => pool.close().await,
+            Backend::Sqlite { pool, .. } => pool.close().await,
         }
     }
 

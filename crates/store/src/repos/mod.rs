@@ -77,12 +77,19 @@ fn push_name_prefix(sql: &mut Sql, column: &str, prefix: Option<&str>) -> Result
 pub(crate) struct SqlTx {
     pub(crate) conn: Conn,
     pub(crate) scope: Scope,
+    /// SQLite writers: this process's writer turn, held until the transaction ends (it is
+    /// declared after `conn`, so it is released after the commit or rollback).
+    pub(crate) write_turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl SqlTx {
     pub(crate) async fn open(mut conn: Conn, scope: Scope) -> Result<Self> {
         conn.apply_scope(&scope).await?;
-        Ok(SqlTx { conn, scope })
+        Ok(SqlTx {
+            conn,
+            scope,
+            write_turn: None,
+        })
     }
 
     /// The scope's tenant, required by tenant-scoped repositories.
