@@ -425,6 +425,9 @@ const METRICS: &[(&str, Kind, &str)] = &[
     ("zen_audit_records_appended_total", Kind::Counter, "Audit records written to a chain."),
     ("zen_audit_batch_records", Kind::Histogram, "Audit records appended by one shared transaction."),
     ("zen_audit_records_lost_total", Kind::Counter, "Audit records that could not be written, by kind."),
+    ("zen_retention_deleted_total", Kind::Counter, "Rows deleted by the retention janitor, by table."),
+    ("zen_retention_last_run_timestamp_seconds", Kind::Gauge, "When this replica's last retention run finished (Unix seconds)."),
+    ("zen_retention_last_run_duration_seconds", Kind::Gauge, "How long this replica's last retention run took."),
 ];
 
 /// Describes every metric and creates the unlabelled (and fixed-label) ones at zero, so a
