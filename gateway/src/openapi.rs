@@ -168,6 +168,7 @@ pub(crate) fn document(
     }
     let mut schemas: Map<String, Json> = b.schemas.into_iter().collect();
     schemas.insert("Problem".into(), problem_schema());
+    schemas.insert("JsonValue".into(), json_value_schema());
 
     let version_schema = if versions.is_empty() {
         json!({"type": "string"})
@@ -378,6 +379,22 @@ fn input_only_fields(pool: &DescriptorPool) -> BTreeSet<String> {
         }
     }
     out
+}
+
+/// Strings without NUL (U+0000): the server refuses NUL in every string, JSON ones included.
+const NO_NUL: &str = "^[^\\u0000]*$";
+
+/// Any JSON value (`google.protobuf.Struct` / `Value` / `ListValue`), with the rule the server
+/// applies inside it too: no NUL in a string or an object key, at any depth.
+fn json_value_schema() -> Json {
+    json!({
+        "description": "Any JSON value; its strings and object keys must not contain NUL (U+0000).",
+        "type": ["object", "array", "string", "number", "boolean", "null"],
+        "pattern": NO_NUL,
+        "propertyNames": {"pattern": NO_NUL},
+        "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+        "items": {"$ref": "#/components/schemas/JsonValue"}
+    })
 }
 
 fn problem_schema() -> Json {
@@ -1001,9 +1018,15 @@ fn wkt_schema(desc: &MessageDescriptor) -> Option<Json> {
         "google.protobuf.FieldMask" => {
             json!({"type": "string", "description": "Comma-separated lowerCamelCase field paths."})
         }
-        "google.protobuf.Struct" => json!({"type": "object", "additionalProperties": true}),
-        "google.protobuf.Value" => json!({}),
-        "google.protobuf.ListValue" => json!({"type": "array", "items": {}}),
+        "google.protobuf.Struct" => json!({
+            "type": "object",
+            "propertyNames": {"pattern": NO_NUL},
+            "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}
+        }),
+        "google.protobuf.Value" => json!({"$ref": "#/components/schemas/JsonValue"}),
+        "google.protobuf.ListValue" => {
+            json!({"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}})
+        }
         "google.protobuf.Empty" => json!({"type": "object", "additionalProperties": false}),
         "google.protobuf.Any" => json!({
             "type": "object",
