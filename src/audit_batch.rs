@@ -86,9 +86,9 @@ async fn commit(store: &Store, group: Vec<Pending>) {
     };
     let written = async {
         let mut tx = store.begin(&scope).await?;
-        for p in &group {
-            tx.audit().append(p.record.clone()).await?;
-        }
+        tx.audit()
+            .append_all(group.iter().map(|p| p.record.clone()).collect())
+            .await?;
         tx.commit().await
     }
     .await;

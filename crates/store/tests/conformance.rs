@@ -2392,6 +2392,98 @@ async fn audit_concurrent_appends_never_fork(h: &Harness) {
     assert_eq!((v.records_checked, v.head_seq), (160, 160));
 }
 
+/// Batches appended with `append_all` (one head lock, one multi-row insert) chain exactly like
+/// single appends: interleaved with them and with each other from 8 writers, every seq is used
+/// once, each batch is contiguous and in its order, and the chain verifies.
+async fn audit_batched_appends_chain_like_single_ones(h: &Harness) {
+    let (_, t, scope) = setup(h, "batched").await;
+    let mut tx = h.tx(&scope).await;
+    assert!(tx.audit().append_all(Vec::new()).await.unwrap().is_empty());
+    let single = tx.audit().append(audit("cluster.create")).await.unwrap();
+    let batch = tx
+        .audit()
+        .append_all(
+            (0..5)
+                .map(|i| {
+                    let mut r = audit("cluster.update");
+                    r.details = json!({"i": i, "token": "secret"});
+                    r.user_agent = Some("x".repeat(2000));
+                    r
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        batch.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![2, 3, 4, 5, 6]
+    );
+    assert_eq!(batch[0].prev_hash, single.hash);
+    for pair in batch.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash);
+    }
+    for (i, r) in batch.iter().enumerate() {
+        assert_eq!(r.hash, record_hash(r));
+        assert_eq!(r.entry.details["i"], json!(i));
+        // Bounded and redacted exactly like a single append.
+        assert_eq!(r.entry.details["token"], json!("[REDACTED]"));
+        assert_eq!(r.entry.user_agent.as_deref().map(str::len), Some(1024));
+    }
+    // What the batch returned is what was stored.
+    let mut tx = h.store.begin_read(&scope).await.unwrap();
+    let page = tx
+        .audit()
+        .list(&AuditFilter::default(), &PageRequest::first(10))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut stored = page.items;
+    stored.reverse();
+    assert_eq!(&stored[1..], &batch[..]);
+
+    // 8 writers, each alternating batches of 1..=7 records and single appends.
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let (store, scope) = (h.store.clone(), scope.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut written = 0;
+            for i in 0..10 {
+                let mut tx = store.begin(&scope).await.expect("begin");
+                let n = 1 + (task + i) % 7;
+                let records: Vec<_> = (0..n)
+                    .map(|k| {
+                        let mut r = audit("cluster.update");
+                        r.details = json!({"task": task, "i": i, "k": k});
+                        r
+                    })
+                    .collect();
+                let out = tx.audit().append_all(records).await.expect("append_all");
+                for pair in out.windows(2) {
+                    assert_eq!(pair[1].seq, pair[0].seq + 1);
+                }
+                tx.audit()
+                    .append(audit("cluster.get"))
+                    .await
+                    .expect("append");
+                tx.commit().await.expect("commit");
+                written += n + 1;
+            }
+            written
+        }));
+    }
+    let mut total = 6;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    let v = verify(h, &scope, t.id).await;
+    assert!(v.is_ok(), "{v:?}");
+    assert_eq!(
+        (v.records_checked, v.head_seq),
+        (total as u64, total as i64)
+    );
+}
+
 async fn audit_tamper_is_detected(h: &Harness) {
     let (_, t, scope) = setup(h, "tampered").await;
     let recs = append(h, &scope, 6).await;
@@ -2664,6 +2756,7 @@ conformance!(
     cross_tenant_remediation_refused_by_foreign_key,
     audit_append_list_and_redact,
     audit_concurrent_appends_never_fork,
+    audit_batched_appends_chain_like_single_ones,
     audit_tamper_is_detected,
     audit_truncated_tail_is_detected,
     audit_app_cannot_rewrite_history,

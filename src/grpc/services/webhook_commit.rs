@@ -274,9 +274,9 @@ async fn commit(
     for source in sources {
         tx.webhook_sources().record_delivery(source, now).await?;
     }
-    for delivery in deliveries {
-        tx.audit().append(delivery.audit.clone()).await?;
-    }
+    tx.audit()
+        .append_all(deliveries.iter().map(|d| d.audit.clone()).collect())
+        .await?;
     tx.commit().await?;
     Ok(outcomes)
 }

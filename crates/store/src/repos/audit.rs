@@ -4,7 +4,7 @@ use uuid::Uuid;
 
 use super::SqlTx;
 use crate::audit::{canonical_json, record_hash, redact, ChainWalker, GENESIS_HASH};
-use crate::db::{args, now, Row, Sql};
+use crate::db::{args, now, Column, Row, Rows, Sql};
 use crate::error::{Result, StoreError};
 use crate::model::*;
 use crate::page::{seq_token, Page, PageRequest};
@@ -123,76 +123,121 @@ impl SqlTx {
 
 #[async_trait]
 impl AuditRepo for SqlTx {
-    async fn append(&mut self, mut new: NewAuditRecord) -> Result<AuditRecord> {
-        bound_new(&mut new)?;
+    async fn append(&mut self, new: NewAuditRecord) -> Result<AuditRecord> {
+        self.append_all(vec![new]).await?.pop().ok_or_else(|| {
+            StoreError::Database(sqlx::Error::Protocol("audit append: no record".into()))
+        })
+    }
+
+    async fn append_all(&mut self, records: Vec<NewAuditRecord>) -> Result<Vec<AuditRecord>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut entries = Vec::with_capacity(records.len());
+        for mut new in records {
+            bound_new(&mut new)?;
+            let details = match canonical_json(redact(new.details)) {
+                Value::Null => Value::Object(Default::default()),
+                v => v,
+            };
+            entries.push(NewAuditRecord { details, ..new });
+        }
         let tenant = self.scope.chain_tenant();
-        let details = match canonical_json(redact(new.details)) {
-            Value::Null => Value::Object(Default::default()),
-            v => v,
-        };
-        // Take the next seq and the previous hash in one statement that
-        // creates or row-locks the chain head: concurrent appenders of one
-        // tenant queue here until this transaction ends, so the chain never
-        // forks. (SQLite: the write transaction already holds the lock.)
+        let count = entries.len() as i64;
+        // Reserve the next `count` seqs and read the previous hash in one statement that
+        // creates or row-locks the chain head: concurrent appenders of one tenant queue here
+        // until this transaction ends, so the chain never forks. (SQLite: the write
+        // transaction already holds the lock.)
         let head = self
             .conn
             .fetch_one(
                 "INSERT INTO audit_chain_heads (tenant_id, last_seq, last_hash, updated_at) \
-                 VALUES ($1, 1, $2, $3) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET last_seq = audit_chain_heads.last_seq + 1, \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (tenant_id) DO UPDATE \
+                 SET last_seq = audit_chain_heads.last_seq + excluded.last_seq, \
                  updated_at = excluded.updated_at \
                  RETURNING last_seq, last_hash",
-                args![tenant, GENESIS_HASH, now()],
+                args![tenant, count, GENESIS_HASH, now()],
             )
             .await?;
-        let mut record = AuditRecord {
-            id: Uuid::now_v7(),
-            tenant_id: tenant,
-            seq: head.get("last_seq")?,
-            entry: NewAuditRecord { details, ..new },
-            created_at: now(),
-            prev_hash: head.text("last_hash")?,
-            hash: String::new(),
+        let first_seq = head.get::<i64>("last_seq")? - count + 1;
+        let mut prev_hash = head.text("last_hash")?;
+        let created_at = now();
+        let mut written = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.into_iter().enumerate() {
+            let mut record = AuditRecord {
+                id: Uuid::now_v7(),
+                tenant_id: tenant,
+                seq: first_seq + i as i64,
+                entry,
+                created_at,
+                prev_hash,
+                hash: String::new(),
+            };
+            record.hash = record_hash(&record);
+            prev_hash = record.hash.clone();
+            written.push(record);
+        }
+        let backend = self.conn.backend();
+        let opt = |f: fn(&NewAuditRecord) -> &Option<String>| {
+            Column::OptText(written.iter().map(|r| f(&r.entry).clone()).collect())
         };
-        record.hash = record_hash(&record);
-        let (r, e) = (&record, &record.entry);
-        self.conn
-            .execute(
-                concat!(
-                    "INSERT INTO audit_logs (",
-                    audit_cols!(),
-                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-                ),
-                args![
-                    r.id,
-                    r.tenant_id,
-                    r.seq,
-                    e.actor_type.as_str(),
-                    e.actor_id.as_deref(),
-                    e.action.as_str(),
-                    e.resource_type.as_str(),
-                    e.resource_id.as_deref(),
-                    e.outcome.as_str(),
-                    e.request_id.as_deref(),
-                    e.client_address.as_deref(),
-                    e.user_agent.as_deref(),
-                    r.created_at,
-                    e.details.clone(),
-                    r.prev_hash.as_str(),
-                    r.hash.as_str()
-                ],
+        let text = |f: fn(&AuditRecord) -> &str| {
+            Column::Text(written.iter().map(|r| f(r).to_owned()).collect())
+        };
+        let mut sql = Sql::new(concat!(
+            "INSERT INTO audit_logs (",
+            audit_cols!(),
+            ") SELECT k.id, "
+        ));
+        sql.bind(tenant)
+            .push(
+                ", k.seq, k.actor_type, k.actor_id, k.action, k.resource_type, k.resource_id, \
+                 k.outcome, k.request_id, k.client_address, k.user_agent, k.created_at, \
+                 k.details, k.prev_hash, k.hash FROM ",
             )
-            .await?;
+            .rows(
+                backend,
+                "k",
+                Rows::new()
+                    .col("id", Column::Uuid(written.iter().map(|r| r.id).collect()))
+                    .col("seq", Column::I64(written.iter().map(|r| r.seq).collect()))
+                    .col("actor_type", text(|r| &r.entry.actor_type))
+                    .col("actor_id", opt(|e| &e.actor_id))
+                    .col("action", text(|r| &r.entry.action))
+                    .col("resource_type", text(|r| &r.entry.resource_type))
+                    .col("resource_id", opt(|e| &e.resource_id))
+                    .col("outcome", text(|r| r.entry.outcome.as_str()))
+                    .col("request_id", opt(|e| &e.request_id))
+                    .col("client_address", opt(|e| &e.client_address))
+                    .col("user_agent", opt(|e| &e.user_agent))
+                    .col(
+                        "created_at",
+                        Column::Ts(written.iter().map(|r| r.created_at).collect()),
+                    )
+                    .col(
+                        "details",
+                        Column::Json(
+                            written
+                                .iter()
+                                .map(|r| r.entry.details.to_string())
+                                .collect(),
+                        ),
+                    )
+                    .col("prev_hash", text(|r| &r.prev_hash))
+                    .col("hash", text(|r| &r.hash)),
+            );
+        self.conn.execute(sql.text, sql.args).await?;
         self.conn
             .execute(
                 "UPDATE audit_chain_heads SET last_hash = $2 WHERE tenant_id = $1",
-                args![tenant, r.hash.as_str()],
+                args![tenant, prev_hash.as_str()],
             )
             .await?;
         // Written in its transaction (counted before that commits: a stalled audit pipeline
         // shows as pending records with no appends at all).
-        metrics::counter!("zen_audit_records_appended_total").increment(1);
-        Ok(record)
+        metrics::counter!("zen_audit_records_appended_total").increment(written.len() as u64);
+        Ok(written)
     }
 
     async fn list(
