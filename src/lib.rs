@@ -24,6 +24,7 @@ pub mod readiness;
 pub mod remediation;
 pub mod retention;
 pub mod server;
+pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

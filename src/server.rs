@@ -215,6 +215,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let _ = rx.wait_for(|draining| *draining).await;
     };
 
+    // Snapshots of roles and webhook sources, cleared on every replica when they change.
+    let invalidations = crate::snapshot::Invalidations::start(cache.clone());
     // One limiter for every entry point, shared by the replicas through the cache.
     let limiter = Arc::new(crate::limits::RateLimiter::new(
         cache.clone(),
@@ -232,6 +234,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             store.clone(),
             auth.clone(),
             limiter.clone(),
+            invalidations.clone(),
         ))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -239,6 +242,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let router = services::register(
         router,
         services::Dependencies {
+            invalidations,
             store: store.clone(),
             cache: cache.clone(),
             auth: auth.clone(),

@@ -948,6 +948,157 @@ async fn two_replicas_share_replay_memory_and_configuration() {
     database.drop_database().await;
 }
 
+/// Polls `attempt` (each try with a fresh nonce) until it answers `want`; panics after 1 s.
+async fn within_a_second<F, Fut>(what: &str, want: StatusCode, mut attempt: F)
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    let started = std::time::Instant::now();
+    for n in 0.. {
+        let got = attempt(format!("{what}-{n}-{}", uuid::Uuid::new_v4()))
+            .await
+            .status();
+        if got == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{what}: still {got} after 1 s (want {want})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Replicas deliver from an in-process snapshot of each source (its secrets opened, its
+/// tenant's status), and a change made through one replica is in effect on the other within a
+/// second: a secret rotated, a source disabled and enabled again, the tenant suspended and
+/// resumed. A delivery signed with a secret rotated a moment ago is never refused for a stale
+/// snapshot.
+#[tokio::test]
+async fn changes_through_one_replica_reach_the_others_snapshots_within_a_second() {
+    let Some(redis) = test_redis_url().await else {
+        return;
+    };
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let global = GlobalArgs {
+        database_url: Some(database.url.clone()),
+        redis_url: Some(redis),
+        ..Default::default()
+    };
+    let a = TestZen::start_with(global.clone(), serve_args()).await;
+    let (mut global_b, mut serve_b) = (global.clone(), serve_args());
+    a.share_identity(&mut global_b, &mut serve_b);
+    let b = TestZen::start_with(global_b, serve_b).await;
+    let admin = Admin::new(&a, "snapshots").await;
+    let (source, first) = admin.create_source(&a, zen_hmac_source("snap")).await;
+    let id = source["sourceId"].as_str().unwrap();
+    let http = http_client();
+    // B reads the source once; later deliveries come from its snapshot.
+    for n in 0..3 {
+        let r = deliver(&http, &b, id, &first, now(), &format!("warm-{n}"), b"{}").await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+
+    // A secret rotated through A (no overlap) verifies on B at once, the old one stops.
+    let rotated = body(
+        admin
+            .post(
+                &a,
+                &format!("/webhookSources/{id}:rotateSecret"),
+                &json!({ "oldSecretTtl": "0s" }),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let second = rotated["secret"].as_str().unwrap().to_owned();
+    let r = deliver(&http, &b, id, &second, now(), "rotated-0", b"{}").await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "the new secret on B");
+    within_a_second("old secret", StatusCode::UNAUTHORIZED, |nonce| {
+        let (http, b, secret) = (&http, &b, &first);
+        async move { deliver(http, b, id, secret, now(), &nonce, b"{}").await }
+    })
+    .await;
+
+    // Disabled and enabled again through A.
+    let version =
+        admin.get(&a, &format!("/webhookSources/{id}")).await["webhookSource"]["version"].clone();
+    let disabled = admin
+        .patch(
+            &a,
+            &format!("/webhookSources/{id}?updateMask=enabled"),
+            &json!({ "enabled": false, "version": version }),
+        )
+        .await;
+    let version = body(disabled, StatusCode::OK).await["webhookSource"]["version"].clone();
+    within_a_second("disabled", StatusCode::BAD_REQUEST, |nonce| {
+        let (http, b, secret) = (&http, &b, &second);
+        async move { deliver(http, b, id, secret, now(), &nonce, b"{}").await }
+    })
+    .await;
+    let enabled = admin
+        .patch(
+            &a,
+            &format!("/webhookSources/{id}?updateMask=enabled"),
+            &json!({ "enabled": true, "version": version }),
+        )
+        .await;
+    assert_eq!(enabled.status(), StatusCode::OK);
+    within_a_second("enabled", StatusCode::ACCEPTED, |nonce| {
+        let (http, b, secret) = (&http, &b, &second);
+        async move { deliver(http, b, id, secret, now(), &nonce, b"{}").await }
+    })
+    .await;
+
+    // The tenant suspended and resumed through A.
+    let tenant_path = format!("/v1/tenants/{}", admin.tenant_id);
+    let tenant = admin
+        .http
+        .get(a.http_url(&tenant_path))
+        .bearer_auth(&admin.token)
+        .send()
+        .await
+        .unwrap();
+    let version = body(tenant, StatusCode::OK).await["tenant"]["version"].clone();
+    let suspended = admin
+        .http
+        .post(a.http_url(&format!("{tenant_path}:suspend")))
+        .bearer_auth(&admin.token)
+        .header("X-Request-Id", request_id())
+        .json(&json!({ "version": version, "reason": "snapshot test" }))
+        .send()
+        .await
+        .unwrap();
+    let version = body(suspended, StatusCode::OK).await["tenant"]["version"].clone();
+    within_a_second("suspended", StatusCode::BAD_REQUEST, |nonce| {
+        let (http, b, secret) = (&http, &b, &second);
+        async move { deliver(http, b, id, secret, now(), &nonce, b"{}").await }
+    })
+    .await;
+    let resumed = admin
+        .http
+        .post(a.http_url(&format!("{tenant_path}:resume")))
+        .bearer_auth(&admin.token)
+        .header("X-Request-Id", request_id())
+        .json(&json!({ "version": version }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), StatusCode::OK);
+    within_a_second("resumed", StatusCode::ACCEPTED, |nonce| {
+        let (http, b, secret) = (&http, &b, &second);
+        async move { deliver(http, b, id, secret, now(), &nonce, b"{}").await }
+    })
+    .await;
+
+    b.running.shutdown().await.unwrap();
+    a.running.shutdown().await.unwrap();
+    database.drop_database().await;
+}
+
 /// Signature brute-forcing leaves a trace whatever the headers: every badly signed delivery,
 /// sent with a 2,000-character User-Agent, is refused and has its own denied record, the
 /// User-Agent cut at 1,024 characters.

@@ -34,6 +34,7 @@ use crate::audit_batch::AuditBatcher;
 use crate::auth::Auth;
 use crate::authz::{decide, Caller, CallerKind, Denial, PolicyTable};
 use crate::limits::{LimitError, RateLimiter, Subject};
+use crate::snapshot::{Invalidate, Invalidations, Snapshot};
 
 /// Largest request message the layer reads to find the tenant (tonic's own default limit).
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -66,6 +67,15 @@ struct Shared {
     roles: Snapshot<(Uuid, Uuid), Option<Role>>,
     /// Per-address, per-person and per-tenant request budgets.
     limiter: Arc<RateLimiter>,
+    /// Where changes to what snapshots hold are announced.
+    invalidations: Arc<Invalidations>,
+}
+
+impl Invalidate for Shared {
+    fn invalidate(&self) {
+        self.users.clear();
+        self.roles.clear();
+    }
 }
 
 impl AuthzLayer {
@@ -74,18 +84,20 @@ impl AuthzLayer {
         store: Arc<Store>,
         auth: Arc<Auth>,
         limiter: Arc<RateLimiter>,
+        invalidations: Arc<Invalidations>,
     ) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                limiter,
-                reads: AuditBatcher::start(store.clone()),
-                users: Snapshot::new(SNAPSHOT_TTL),
-                roles: Snapshot::new(SNAPSHOT_TTL),
-                table,
-                store,
-                auth,
-            }),
-        }
+        let shared = Arc::new(Shared {
+            limiter,
+            reads: AuditBatcher::start(store.clone()),
+            users: Snapshot::new(SNAPSHOT_TTL),
+            roles: Snapshot::new(SNAPSHOT_TTL),
+            table,
+            store,
+            auth,
+            invalidations: invalidations.clone(),
+        });
+        invalidations.register(shared.clone());
+        Self { shared }
     }
 }
 
@@ -112,6 +124,7 @@ impl<S> Service<http::Request<Body>> for Authorize<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
@@ -129,9 +142,9 @@ where
         }
         let shared = self.shared.clone();
         Box::pin(async move {
-            // A change to people, memberships or tenants ends the snapshots on this replica
-            // once it is done (other replicas' end within SNAPSHOT_TTL).
-            let changes_access = changes_access(request.uri().path())
+            // A change to people, memberships, tenants or webhook sources ends the snapshots
+            // of every replica once it is done, before it is answered.
+            let changes_snapshots = changes_snapshots(request.uri().path())
                 && shared
                     .table
                     .get(request.uri().path())
@@ -139,9 +152,8 @@ where
             match shared.authorize(request).await {
                 Ok(request) => {
                     let response = inner.call(request).await;
-                    if changes_access {
-                        shared.users.clear();
-                        shared.roles.clear();
+                    if changes_snapshots {
+                        shared.invalidations.changed().await;
                     }
                     response
                 }
@@ -433,13 +445,14 @@ impl Shared {
                 role = match self.roles.get(&(tenant_id, *user_id)) {
                     Some(role) => role,
                     None => {
+                        let generation = self.roles.generation();
                         let scope = Scope::tenant(tenant_id, Some(*user_id));
                         let read = async {
                             let mut tx = self.store.begin_read(&scope).await?;
                             tx.members().role_of(*user_id).await
                         };
                         let role = read.await.map_err(|e| Err(unavailable(e)))?;
-                        self.roles.put((tenant_id, *user_id), role);
+                        self.roles.put(generation, (tenant_id, *user_id), role);
                         role
                     }
                 };
@@ -514,6 +527,7 @@ impl Shared {
         let platform_admin = match self.users.get(&principal.user_id) {
             Some(platform_admin) => platform_admin,
             None => {
+                let generation = self.users.generation();
                 let mut tx = self
                     .store
                     .begin_read(&Scope::user(principal.user_id))
@@ -526,7 +540,7 @@ impl Shared {
                     }
                     Err(e) => return Err(Err(unavailable(e))),
                 };
-                self.users.put(user.id, user.is_platform_admin);
+                self.users.put(generation, user.id, user.is_platform_admin);
                 user.is_platform_admin
             }
         };
@@ -662,66 +676,22 @@ fn read_frame(bytes: &Bytes) -> Option<Bytes> {
 }
 
 /// Whether a method belongs to the services that change users, memberships and tenants.
-fn changes_access(method: &str) -> bool {
-    method.starts_with("/zen.tenancy.v1.") || method.starts_with("/zen.auth.v1.")
+/// Whether a mutating call of `method` can change what a snapshot holds: people, memberships,
+/// tenants (status, quotas) or a webhook source and its secrets.
+fn changes_snapshots(method: &str) -> bool {
+    method.starts_with("/zen.tenancy.v1.")
+        || method.starts_with("/zen.auth.v1.")
+        || (method.starts_with("/zen.ingest.v1.IngestService/")
+            && (method.ends_with("WebhookSource") || method.ends_with("WebhookSecret")))
 }
 
 /// How long a user's platform-admin flag and roles read for one call are reused for the next
 /// calls on this replica: a role change or a removal takes effect at once on the replica that
 /// made it and within this bound on the others — under a second, with room for the call that
 /// read it (sign-out is immediate everywhere: the session is checked in the shared cache on
-/// every call).
+/// every call). Changes are announced to the other replicas ([`crate::snapshot`]), so this
+/// bound is only what a replica that missed the announcement serves.
 const SNAPSHOT_TTL: std::time::Duration = std::time::Duration::from_millis(750);
-/// Entries a snapshot keeps before it starts over (bounds its memory).
-const SNAPSHOT_MAX_ENTRIES: usize = 100_000;
-
-/// Values read from the store, reused for at most `ttl`.
-struct Snapshot<K, V> {
-    ttl: std::time::Duration,
-    entries: std::sync::Mutex<HashMap<K, (std::time::Instant, V)>>,
-}
-
-impl<K: std::hash::Hash + Eq, V: Clone> Snapshot<K, V> {
-    fn new(ttl: std::time::Duration) -> Self {
-        Self {
-            ttl,
-            entries: std::sync::Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn get(&self, key: &K) -> Option<V> {
-        let entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries
-            .get(key)
-            .filter(|(read_at, _)| read_at.elapsed() < self.ttl)
-            .map(|(_, value)| value.clone())
-    }
-
-    fn clear(&self) {
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
-    }
-
-    fn put(&self, key: K, value: V) {
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if entries.len() >= SNAPSHOT_MAX_ENTRIES {
-            let ttl = self.ttl;
-            entries.retain(|_, (read_at, _)| read_at.elapsed() < ttl);
-            if entries.len() >= SNAPSHOT_MAX_ENTRIES {
-                entries.clear();
-            }
-        }
-        entries.insert(key, (std::time::Instant::now(), value));
-    }
-}
 
 #[cfg(test)]
 mod tests {

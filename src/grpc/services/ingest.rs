@@ -101,9 +101,16 @@ impl IngestApi {
         settings: IngestSettings,
         webhooks: WebhookSettings,
         limiter: Arc<RateLimiter>,
+        invalidations: &crate::snapshot::Invalidations,
     ) -> Self {
         Self {
-            webhooks: Webhooks::new(store.clone(), cache.clone(), webhooks, limiter.clone()),
+            webhooks: Webhooks::new(
+                store.clone(),
+                cache.clone(),
+                webhooks,
+                limiter.clone(),
+                invalidations,
+            ),
             limiter,
             watchers: super::watch::WatchHub::new(
                 store.clone(),

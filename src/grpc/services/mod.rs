@@ -48,6 +48,8 @@ pub struct Dependencies {
     pub ingest: IngestSettings,
     pub webhooks: WebhookSettings,
     pub remediation: crate::remediation::RemediationSettings,
+    /// Where changes to what this replica's snapshots hold are announced and heard.
+    pub invalidations: Arc<crate::snapshot::Invalidations>,
 }
 
 use crate::proto::zen;
@@ -94,6 +96,7 @@ pub fn register<L>(router: Router<L>, deps: Dependencies) -> Router<L> {
                 deps.ingest,
                 deps.webhooks,
                 deps.limiter,
+                &deps.invalidations,
             )
             .with_dispatcher(dispatcher.clone()),
         ))

@@ -23,7 +23,7 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use uuid::Uuid;
 use zen_cache::{Cache, Rate};
 use zen_store::{
-    AuditOutcome, EventOutcome, NewEvent, NewWebhookSecret, NewWebhookSource, Scope, Store,
+    AuditOutcome, EventOutcome, NewEvent, NewWebhookSecret, NewWebhookSource, Quotas, Scope, Store,
     StoreError, TenantStatus, WebhookSource, WebhookSourceFilter, WebhookSourceUpdate,
 };
 use zen_webhook::mapping::{FieldMapping, Target};
@@ -42,6 +42,7 @@ use super::webhook_deliveries::{sender_delivery_id, DeliveryLog};
 use crate::grpc::validate::{id, optional_id, unchecked};
 use crate::limits::{RateLimiter, Subject};
 use crate::proto::zen::ingest::v1 as pb;
+use crate::snapshot::{Invalidate, Invalidations, Snapshot};
 
 /// Default and largest allowed clock difference for signed timestamps.
 const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
@@ -112,6 +113,32 @@ struct Compiled {
     mapping: Option<Mapping>,
 }
 
+/// How long a replica delivers from its snapshot of a source without reading the store again
+/// when it hears of no change (a change made through any replica clears every replica's
+/// snapshot at once, see [`crate::snapshot`]; this bounds what a replica that missed the
+/// announcement serves).
+const DELIVERY_SNAPSHOT_TTL: Duration = Duration::from_secs(2);
+
+/// What a delivery reads of the store before verification: the source, its secrets opened,
+/// its tenant's status and quotas.
+#[derive(Clone)]
+struct DeliveryState {
+    source: Arc<WebhookSource>,
+    /// Each unexpired secret with the time it stops verifying (`None`: the current one).
+    secrets: Arc<Vec<(Option<chrono::DateTime<Utc>>, String)>>,
+    tenant_active: bool,
+    quotas: Quotas,
+}
+
+/// This replica's delivery states, per source.
+struct DeliverySnapshot(Snapshot<Uuid, DeliveryState>);
+
+impl Invalidate for DeliverySnapshot {
+    fn invalidate(&self) {
+        self.0.clear();
+    }
+}
+
 pub struct Webhooks {
     store: Arc<Store>,
     cache: Arc<dyn Cache>,
@@ -124,6 +151,8 @@ pub struct Webhooks {
     /// What became of each source's recent deliveries.
     deliveries: DeliveryLog,
     limiter: Arc<RateLimiter>,
+    /// Recent delivery states (no store round trip per delivery).
+    sources: Arc<DeliverySnapshot>,
 }
 
 fn scheme_name(scheme: pb::WebhookScheme) -> Option<&'static str> {
@@ -379,8 +408,12 @@ impl Webhooks {
         cache: Arc<dyn Cache>,
         settings: WebhookSettings,
         limiter: Arc<RateLimiter>,
+        invalidations: &Invalidations,
     ) -> Self {
+        let sources = Arc::new(DeliverySnapshot(Snapshot::new(DELIVERY_SNAPSHOT_TTL)));
+        invalidations.register(sources.clone());
         Self {
+            sources,
             limiter,
             commits: CommitQueue::new(store.clone(), settings.fold_window),
             deliveries: DeliveryLog::new(cache.clone()),
@@ -878,6 +911,66 @@ impl Webhooks {
         Ok(compiled)
     }
 
+    /// The delivery state of `source_id`: from the snapshot when `use_snapshot` and it has a
+    /// recent one (then `true`), else read from the store in one read transaction and kept.
+    async fn delivery_state(
+        &self,
+        scope: &Scope,
+        source_id: Uuid,
+        now: chrono::DateTime<Utc>,
+        use_snapshot: bool,
+    ) -> Result<(DeliveryState, bool), Rejection> {
+        if use_snapshot {
+            if let Some(state) = self.sources.0.get(&source_id) {
+                return Ok((state, true));
+            }
+        }
+        let generation = self.sources.0.generation();
+        let unavailable = |e| Rejection::new("unavailable", store_status(e, ""));
+        let mut tx = self.store.begin_read(scope).await.map_err(unavailable)?;
+        let source = match tx.webhook_sources().get(source_id).await {
+            Ok(source) => source,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(Rejection::new(
+                    "not_found",
+                    Status::not_found("no such webhook source"),
+                ))
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let tenant = tx
+            .tenants()
+            .get(source.tenant_id)
+            .await
+            .map_err(unavailable)?;
+        let sealed = tx
+            .webhook_sources()
+            .secrets(source_id, now)
+            .await
+            .map_err(unavailable)?;
+        let secrets = sealed
+            .iter()
+            .filter_map(|s| {
+                let aad = secret_aad(source.tenant_id, source_id, s.id);
+                match self.settings.sealer.open_string(&s.sealed, aad.as_bytes()) {
+                    Ok(secret) => Some((s.expires_at, secret)),
+                    Err(error) => {
+                        tracing::error!(%error, secret = %s.id, "a webhook secret does not open");
+                        None
+                    }
+                }
+            })
+            .collect();
+        let state = DeliveryState {
+            source: Arc::new(source),
+            secrets: Arc::new(secrets),
+            tenant_active: tenant.status == TenantStatus::Active,
+            quotas: tenant.quotas,
+        };
+        self.sources.0.put(generation, source_id, state.clone());
+        Ok((state, false))
+    }
+
     /// Which tenant owns `source_id`, if any.
     async fn route(&self, source_id: Uuid) -> Result<Option<Uuid>, Status> {
         if let Some(tenant) = self.routes.lock().expect("routes").get(&source_id) {
@@ -1004,28 +1097,22 @@ impl Webhooks {
     ) -> Result<(&'static str, pb::ReceiveWebhookResponse), Rejection> {
         let scope = Scope::tenant(tenant_id, None);
         let now = Utc::now();
-        let (source, secrets, quotas) = {
-            let mut tx = self
-                .store
-                .begin_read(&scope)
-                .await
-                .map_err(|e| Rejection::new("unavailable", store_status(e, "")))?;
-            let source = match tx.webhook_sources().get(source_id).await {
-                Ok(source) => source,
-                Err(StoreError::NotFound { .. }) => {
-                    return Err(Rejection::new(
-                        "not_found",
-                        Status::not_found("no such webhook source"),
-                    ))
-                }
-                Err(e) => return Err(Rejection::new("unavailable", store_status(e, ""))),
-            };
-            let tenant = tx
-                .tenants()
-                .get(tenant_id)
-                .await
-                .map_err(|e| Rejection::new("unavailable", store_status(e, "")))?;
-            if tenant.status != TenantStatus::Active {
+        let headers: HashMap<String, String> = req
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        let body = req.body.map(|b| b.data).unwrap_or_default();
+        let address = call.context.client_address;
+        // What the delivery needs of the store, from this replica's snapshot when it has a
+        // recent one. Secrets from the snapshot that do not verify are read again once, so a
+        // secret rotated a moment ago on another replica is never refused for a stale copy.
+        let mut use_snapshot = true;
+        let (state, compiled, verified) = loop {
+            let (state, cached) = self
+                .delivery_state(&scope, source_id, now, use_snapshot)
+                .await?;
+            if !state.tenant_active {
                 return Err(Rejection::new(
                     "tenant_suspended",
                     precondition(
@@ -1034,110 +1121,95 @@ impl Webhooks {
                     ),
                 ));
             }
-            let secrets = tx
-                .webhook_sources()
-                .secrets(source_id, now)
-                .await
-                .map_err(|e| Rejection::new("unavailable", store_status(e, "")))?;
-            (source, secrets, tenant.quotas)
-        };
-        let compiled = self
-            .compile(&source)
-            .map_err(|s| Rejection::new("unavailable", s))?;
+            let compiled = self
+                .compile(&state.source)
+                .map_err(|s| Rejection::new("unavailable", s))?;
 
-        // A client address whose requests keep failing verification is refused before any
-        // other work (and before auditing anything): a flood of forgeries costs a cache call
-        // each, and spends only its own per-address budget, never the sender's.
-        let address = call.context.client_address;
-        if let Some(address) = address {
-            let unverified = Subject::UnverifiedWebhooks(address);
-            let rate = self.limiter.settings().unverified_webhooks;
-            if let Err(limited) = self.limiter.peek(&unverified, rate).await {
-                return Err(Rejection::new("rate_limited_unverified", limited.status()));
+            // A client address whose requests keep failing verification is refused before
+            // any other work (and before auditing anything): a flood of forgeries costs a
+            // cache call each, and spends only its own per-address budget, never the sender's.
+            if let Some(address) = address {
+                let unverified = Subject::UnverifiedWebhooks(address);
+                let rate = self.limiter.settings().unverified_webhooks;
+                if let Err(limited) = self.limiter.peek(&unverified, rate).await {
+                    return Err(Rejection::new("rate_limited_unverified", limited.status()));
+                }
             }
-        }
 
-        if !source.enabled {
-            self.audit_refusal(call, &scope, source_id, "disabled")
-                .await;
-            return Err(Rejection::new(
-                "disabled",
-                precondition("SOURCE_DISABLED", "this webhook source is disabled"),
-            ));
-        }
-
-        // Verification.
-        let headers: HashMap<String, String> = req
-            .headers
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect();
-        let body = req.body.map(|b| b.data).unwrap_or_default();
-        let opened: Vec<String> = secrets
-            .iter()
-            .filter_map(|s| {
-                let aad = secret_aad(tenant_id, source_id, s.id);
-                match self.settings.sealer.open_string(&s.sealed, aad.as_bytes()) {
-                    Ok(secret) => Some(secret),
-                    Err(error) => {
-                        tracing::error!(%error, secret = %s.id, "a webhook secret does not open");
-                        None
-                    }
-                }
-            })
-            .collect();
-        let verify_started = Instant::now();
-        let verify_span = crate::telemetry::traced(|| {
-            tracing::info_span!(
-                "webhook.verify",
-                zen.webhook.scheme = compiled.scheme.name(),
-                otel.status_code = tracing::field::Empty,
-            )
-        });
-        let verified = verify_span.in_scope(|| {
-            zen_webhook::verify(
-                &compiled.scheme,
-                &Delivery {
-                    headers: &headers,
-                    body: &body,
-                },
-                &opened,
-                now.timestamp(),
-                compiled.tolerance,
-            )
-        });
-        metrics::histogram!("zen_webhook_verification_seconds", "scheme" => compiled.scheme.name())
-            .record(verify_started.elapsed().as_secs_f64());
-        if verified.is_err() {
-            verify_span.record("otel.status_code", "ERROR");
-        }
-        let verified = match verified {
-            Ok(v) => v,
-            Err(failure) => {
-                if let Some(address) = address {
-                    let unverified = Subject::UnverifiedWebhooks(address);
-                    let rate = self.limiter.settings().unverified_webhooks;
-                    // Spent, not checked: this request is refused anyway.
-                    let _ = self.limiter.check(&unverified, rate, 1).await;
-                }
-                tracing::info!(source = %source_id, reason = %failure, "webhook verification failed");
-                self.audit_refusal(call, &scope, source_id, failure.label())
+            if !state.source.enabled {
+                self.audit_refusal(call, &scope, source_id, "disabled")
                     .await;
                 return Err(Rejection::new(
-                    failure.label(),
-                    Status::with_error_details(
-                        Code::Unauthenticated,
-                        VERIFICATION_FAILED,
-                        ErrorDetails::with_error_info(
-                            "VERIFICATION_FAILED",
-                            ERROR_DOMAIN,
-                            HashMap::new(),
-                        ),
-                    ),
+                    "disabled",
+                    precondition("SOURCE_DISABLED", "this webhook source is disabled"),
+                ));
+            }
+
+            // Verification, with the secrets that have not expired.
+            let opened: Vec<&str> = state
+                .secrets
+                .iter()
+                .filter(|(expires_at, _)| expires_at.is_none_or(|at| at > now))
+                .map(|(_, secret)| secret.as_str())
+                .collect();
+            let verify_started = Instant::now();
+            let verify_span = crate::telemetry::traced(|| {
+                tracing::info_span!(
+                    "webhook.verify",
+                    zen.webhook.scheme = compiled.scheme.name(),
+                    otel.status_code = tracing::field::Empty,
                 )
-                .with_detail(failure.to_string()));
+            });
+            let verified = verify_span.in_scope(|| {
+                zen_webhook::verify(
+                    &compiled.scheme,
+                    &Delivery {
+                        headers: &headers,
+                        body: &body,
+                    },
+                    &opened,
+                    now.timestamp(),
+                    compiled.tolerance,
+                )
+            });
+            metrics::histogram!("zen_webhook_verification_seconds", "scheme" => compiled.scheme.name())
+                .record(verify_started.elapsed().as_secs_f64());
+            if verified.is_err() {
+                verify_span.record("otel.status_code", "ERROR");
+            }
+            match verified {
+                Ok(verified) => break (state, compiled, verified),
+                Err(_) if cached => {
+                    self.sources.0.forget(&source_id);
+                    use_snapshot = false;
+                }
+                Err(failure) => {
+                    if let Some(address) = address {
+                        let unverified = Subject::UnverifiedWebhooks(address);
+                        let rate = self.limiter.settings().unverified_webhooks;
+                        // Spent, not checked: this request is refused anyway.
+                        let _ = self.limiter.check(&unverified, rate, 1).await;
+                    }
+                    tracing::info!(source = %source_id, reason = %failure, "webhook verification failed");
+                    self.audit_refusal(call, &scope, source_id, failure.label())
+                        .await;
+                    return Err(Rejection::new(
+                        failure.label(),
+                        Status::with_error_details(
+                            Code::Unauthenticated,
+                            VERIFICATION_FAILED,
+                            ErrorDetails::with_error_info(
+                                "VERIFICATION_FAILED",
+                                ERROR_DOMAIN,
+                                HashMap::new(),
+                            ),
+                        ),
+                    )
+                    .with_detail(failure.to_string()));
+                }
             }
         };
+        let (source, quotas) = (&state.source, &state.quotas);
 
         // A verified sender spends the source's own limit (per second, bursts of one second's
         // worth) and its tenant's `requests_per_second`.
