@@ -1223,7 +1223,7 @@ impl Webhooks {
                 return Err(Rejection::new("rate_limited", limited.status()));
             }
         }
-        if let Err(limited) = self.limiter.tenant_with(tenant_id, &quotas).await {
+        if let Err(limited) = self.limiter.tenant_with(tenant_id, quotas).await {
             return Err(Rejection::new("rate_limited", limited.status()));
         }
 
@@ -1393,14 +1393,14 @@ impl Webhooks {
         let count = events.len();
         if let Err(limited) = self
             .limiter
-            .reserve_events(&self.store, tenant_id, &quotas, count)
+            .reserve_events(&self.store, tenant_id, quotas, count)
             .await
         {
             return Err(Rejection::new("event_quota", limited.status()));
         }
         // Answered only after the commit: nothing answered 2xx is lost.
         let outcomes = match self
-            .store_events(call, tenant_id, &source, &delivery_id, events)
+            .store_events(call, tenant_id, source, &delivery_id, events)
             .await
         {
             Ok(outcomes) => outcomes,
