@@ -643,19 +643,25 @@ async fn write(
         .ingest(None, &events, Duration::from_secs(3600), now)
         .await?;
     tx.webhook_sources().record_delivery(source, now).await?;
-    for id in ids.iter().filter(|_| audit) {
-        let mut record = NewAuditRecord::new(
-            "webhook_source",
-            "webhook.receive",
-            "webhook_source",
-            AuditOutcome::Success,
-        );
-        record.actor_id = Some(source.to_string());
-        record.resource_id = Some(source.to_string());
-        record.request_id = Some(Uuid::new_v4().to_string());
-        record.details = serde_json::json!({ "delivery_id": id, "events": 1 });
-        tx.audit().append(record).await?;
-    }
+    // One record per delivery, appended together as the group commit does.
+    let records = ids
+        .iter()
+        .filter(|_| audit)
+        .map(|id| {
+            let mut record = NewAuditRecord::new(
+                "webhook_source",
+                "webhook.receive",
+                "webhook_source",
+                AuditOutcome::Success,
+            );
+            record.actor_id = Some(source.to_string());
+            record.resource_id = Some(source.to_string());
+            record.request_id = Some(Uuid::new_v4().to_string());
+            record.details = serde_json::json!({ "delivery_id": id, "events": 1 });
+            record
+        })
+        .collect();
+    tx.audit().append_all(records).await?;
     tx.commit().await
 }
 
