@@ -490,6 +490,88 @@ async fn drive(
     })
 }
 
+/// [`drive`] for gRPC: `concurrency` tasks share one HTTP/2 channel (as the gateway does) and
+/// post `requests` signed deliveries to `IngestService.ReceiveWebhook`; an answer counts as
+/// the HTTP status the gateway would give it.
+async fn drive_grpc(
+    channel: tonic::transport::Channel,
+    label: String,
+    requests: usize,
+    concurrency: usize,
+    source: Arc<BenchSource>,
+    run: String,
+) -> anyhow::Result<Row> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let mut client = pb::ingest_service_client::IngestServiceClient::new(channel.clone());
+        let (next, source, run) = (next.clone(), source.clone(), run.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= requests {
+                    break;
+                }
+                let (headers, body) = signed_delivery(&source, &run, index);
+                let mut headers: std::collections::HashMap<String, String> = headers
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value))
+                    .collect();
+                headers.insert("content-type".into(), "application/json".into());
+                let request = pb::ReceiveWebhookRequest {
+                    source_id: source.id.clone(),
+                    body: Some(crate::proto::google::api::HttpBody {
+                        content_type: "application/json".into(),
+                        data: body,
+                        extensions: Vec::new(),
+                    }),
+                    headers,
+                };
+                let at = Instant::now();
+                let status = match client.receive_webhook(request).await {
+                    Ok(response) => {
+                        if response.get_ref().outcome == pb::DeliveryOutcome::Accepted as i32 {
+                            202
+                        } else {
+                            200
+                        }
+                    }
+                    Err(status) => zen_gateway::http_status(status.code()).as_u16(),
+                };
+                latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+                *statuses.entry(status).or_default() += 1;
+            }
+            anyhow::Ok((latencies, statuses))
+        }));
+    }
+    let mut latencies = Vec::with_capacity(requests);
+    let mut others = BTreeMap::new();
+    for worker in workers {
+        let (l, s) = worker.await??;
+        latencies.extend(l);
+        for (status, n) in s {
+            *others.entry(status).or_default() += n;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let successes = others.remove(&202).unwrap_or(0);
+    Ok(Row {
+        label,
+        requests,
+        success_status: 202,
+        successes,
+        others,
+        stored: None,
+        seconds,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+    })
+}
+
 /// Events stored for each source, counted page by page with a fresh connection.
 async fn count_events(
     database_url: &str,
@@ -692,6 +774,9 @@ pub async fn webhooks(
         sources
             .extend(create_sources(channel.clone(), tenant, &load.schemes[..1], "-watched").await?);
     }
+    // The first scheme once more, straight to the gRPC service (a source of its own too).
+    sources.extend(create_sources(channel.clone(), tenant, &load.schemes[..1], "-grpc").await?);
+    let direct = sources.pop().expect("the gRPC row's source");
     let base = format!("http://{}", running.http_addr);
 
     let health = format!("{base}/health");
@@ -753,8 +838,43 @@ pub async fn webhooks(
         );
         schemes.push(row);
     }
+    // What the HTTP -> gRPC hop costs: the first scheme's deliveries sent by a gRPC client over
+    // the gateway's own mTLS channel to `IngestService.ReceiveWebhook`, as the gateway relays
+    // them (headers in the map, the body as an `HttpBody`).
+    let grpc = crate::tls::gateway_channel(&config, running.grpc_addr)?;
+    let row = drive_grpc(
+        grpc,
+        format!("{}: gRPC ReceiveWebhook, no HTTP hop", direct.scheme),
+        load.deliveries,
+        load.concurrency,
+        Arc::new(BenchSource {
+            scheme: direct.scheme,
+            id: direct.id.clone(),
+            secret: direct.secret.clone(),
+        }),
+        format!("{run}-grpc"),
+    )
+    .await?;
+    println!(
+        "{database}: {:<36} {:>8.0} stored/s  p50 {:>7.2} ms  p99 {:>7.2} ms  other answers: {}",
+        row.label,
+        row.rate(),
+        row.p50_ms,
+        row.p99_ms,
+        row.others_text()
+    );
+    let via_http = schemes.first().map(Row::rate).unwrap_or_default();
+    if via_http > 0.0 && row.rate() > 0.0 {
+        println!(
+            "{database}: the HTTP -> gRPC hop costs {:.0} µs of the server per delivery ({:.0} % of a delivery through HTTP)",
+            1e6 * (1.0 / via_http - 1.0 / row.rate()),
+            100.0 * (1.0 - via_http / row.rate()),
+        );
+    }
+    schemes.push(row);
+    sources.push(direct);
     if !watchers.is_empty() {
-        let with = schemes.last().map(Row::rate).unwrap_or_default();
+        let with = schemes[schemes.len() - 2].rate();
         let without = schemes[0].rate();
         let open = still_open(watchers).await;
         println!(
