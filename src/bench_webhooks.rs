@@ -464,7 +464,21 @@ async fn drive(
         }));
     }
     ready.wait().await;
-    let started = Instant::now();
+    collect(label, requests, success_status, Instant::now(), workers).await
+}
+
+/// What each worker measured: latencies (ms) and the count of each status it got.
+type WorkerFigures = anyhow::Result<(Vec<f64>, BTreeMap<u16, usize>)>;
+
+/// Waits for `workers` and makes their figures one row (the rate is over the time since
+/// `started`).
+async fn collect(
+    label: String,
+    requests: usize,
+    success_status: u16,
+    started: Instant,
+    workers: Vec<tokio::task::JoinHandle<WorkerFigures>>,
+) -> anyhow::Result<Row> {
     let mut latencies = Vec::with_capacity(requests);
     let mut others = BTreeMap::new();
     for worker in workers {
@@ -547,29 +561,7 @@ async fn drive_grpc(
             anyhow::Ok((latencies, statuses))
         }));
     }
-    let mut latencies = Vec::with_capacity(requests);
-    let mut others = BTreeMap::new();
-    for worker in workers {
-        let (l, s) = worker.await??;
-        latencies.extend(l);
-        for (status, n) in s {
-            *others.entry(status).or_default() += n;
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
-    let successes = others.remove(&202).unwrap_or(0);
-    Ok(Row {
-        label,
-        requests,
-        success_status: 202,
-        successes,
-        others,
-        stored: None,
-        seconds,
-        p50_ms: percentile(&latencies, 0.5),
-        p99_ms: percentile(&latencies, 0.99),
-    })
+    collect(label, requests, 202, started, workers).await
 }
 
 /// Events stored for each source, counted page by page with a fresh connection.

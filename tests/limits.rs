@@ -11,8 +11,7 @@ use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 use support::drill::{start_redis, stop_redis, zen_hmac, PrivateRedis};
 use support::{
-    create_local_user_as_operator, http_client, request_id, test_redis_url, TestDatabase, TestZen,
-    PASSWORD,
+    create_local_user_as_operator, http_client, request_id, two_replicas, TestZen, PASSWORD,
 };
 use zen::config::{GlobalArgs, ServeArgs};
 
@@ -315,26 +314,14 @@ async fn forged_deliveries_cannot_spend_the_senders_budget() {
 /// changed through one applies on the other within a second.
 #[tokio::test]
 async fn replicas_share_budgets_and_quota_changes() {
-    let Some(redis) = test_redis_url().await else {
-        return;
-    };
-    let Some(database) = TestDatabase::create().await else {
-        return;
-    };
-    let global = GlobalArgs {
-        database_url: Some(database.url.clone()),
-        redis_url: Some(redis),
-        ..Default::default()
-    };
     let serve = ServeArgs {
         local_login: Some(true),
         rate_limit_user_rps: Some(1000),
         ..Default::default()
     };
-    let a = TestZen::start_with(global.clone(), serve.clone()).await;
-    let (mut global_b, mut serve_b) = (global.clone(), serve);
-    a.share_identity(&mut global_b, &mut serve_b);
-    let b = TestZen::start_with(global_b, serve_b).await;
+    let Some((a, b, database)) = two_replicas(serve).await else {
+        return;
+    };
     create_local_user_as_operator(&a, "root", true).await;
     let token = login(&a).await;
     let tenant = create_tenant(&a, &token, "shared").await;

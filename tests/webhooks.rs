@@ -16,8 +16,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use support::drill::zen_hmac;
 use support::{
-    create_local_user_as_operator, http_client, request_id, test_redis_url, TestDatabase, TestZen,
-    PASSWORD,
+    create_local_user_as_operator, http_client, request_id, two_replicas, TestZen, PASSWORD,
 };
 use zen::config::{GlobalArgs, ServeArgs};
 
@@ -873,21 +872,9 @@ async fn legacy_agents_post_signed_batches_for_their_cluster() {
 
 #[tokio::test]
 async fn two_replicas_share_replay_memory_and_configuration() {
-    let Some(redis) = test_redis_url().await else {
+    let Some((a, b, database)) = two_replicas(serve_args()).await else {
         return;
     };
-    let Some(database) = TestDatabase::create().await else {
-        return;
-    };
-    let global = GlobalArgs {
-        database_url: Some(database.url.clone()),
-        redis_url: Some(redis),
-        ..Default::default()
-    };
-    let a = TestZen::start_with(global.clone(), serve_args()).await;
-    let (mut global_b, mut serve_b) = (global.clone(), serve_args());
-    a.share_identity(&mut global_b, &mut serve_b);
-    let b = TestZen::start_with(global_b, serve_b).await;
 
     let admin = Admin::new(&a, "acme").await;
     let (source, secret) = admin.create_source(&a, zen_hmac_source("shared")).await;
@@ -977,21 +964,9 @@ where
 /// snapshot.
 #[tokio::test]
 async fn changes_through_one_replica_reach_the_others_snapshots_within_a_second() {
-    let Some(redis) = test_redis_url().await else {
+    let Some((a, b, database)) = two_replicas(serve_args()).await else {
         return;
     };
-    let Some(database) = TestDatabase::create().await else {
-        return;
-    };
-    let global = GlobalArgs {
-        database_url: Some(database.url.clone()),
-        redis_url: Some(redis),
-        ..Default::default()
-    };
-    let a = TestZen::start_with(global.clone(), serve_args()).await;
-    let (mut global_b, mut serve_b) = (global.clone(), serve_args());
-    a.share_identity(&mut global_b, &mut serve_b);
-    let b = TestZen::start_with(global_b, serve_b).await;
     let admin = Admin::new(&a, "snapshots").await;
     let (source, first) = admin.create_source(&a, zen_hmac_source("snap")).await;
     let id = source["sourceId"].as_str().unwrap();

@@ -239,6 +239,24 @@ impl TestZen {
     }
 }
 
+/// Two replicas of one deployment (shared PKI, JWT and webhook secret keys) on a PostgreSQL
+/// database of their own and the tests' Redis, both served with `serve`. `None` when either is
+/// unreachable outside CI (see [`TestDatabase::create`], [`test_redis_url`]).
+pub async fn two_replicas(serve: ServeArgs) -> Option<(TestZen, TestZen, TestDatabase)> {
+    let redis = test_redis_url().await?;
+    let database = TestDatabase::create().await?;
+    let global = GlobalArgs {
+        database_url: Some(database.url.clone()),
+        redis_url: Some(redis),
+        ..Default::default()
+    };
+    let a = TestZen::start_with(global.clone(), serve.clone()).await;
+    let (mut global_b, mut serve_b) = (global, serve);
+    a.share_identity(&mut global_b, &mut serve_b);
+    let b = TestZen::start_with(global_b, serve_b).await;
+    Some((a, b, database))
+}
+
 /// The Redis of the tests (`ZEN_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`). `None`
 /// (with the reason printed) when it is unreachable outside CI; in CI that is a failure. Zen
 /// prefixes its keys with `zen:`; tests use unique ids and flush nothing.

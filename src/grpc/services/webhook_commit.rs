@@ -6,6 +6,8 @@
 //! see docs/STORAGE.md), so one transaction per delivery caps a busy tenant at one commit
 //! round trip per delivery. Batching what arrives while the previous commit runs costs an idle
 //! tenant nothing (a lone delivery commits at once) and turns a burst into a few commits.
+//! A committed batch wakes the tenant's watchers once (one cache message per batch, not per
+//! delivery), before its callers are answered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::field::Empty;
 use tracing::Instrument;
 use uuid::Uuid;
+use zen_cache::Cache;
 use zen_store::{EventOutcome, NewAuditRecord, NewEvent, Scope, Store, StoreError};
 
 /// Most deliveries one transaction carries.
@@ -68,14 +71,16 @@ type Reply = oneshot::Sender<Result<Vec<EventOutcome>, CommitError>>;
 /// Per-tenant committers, started on first use.
 pub struct CommitQueue {
     store: Arc<Store>,
+    cache: Arc<dyn Cache>,
     fold_window: Duration,
     tenants: Mutex<HashMap<Uuid, mpsc::Sender<(Delivery, Reply)>>>,
 }
 
 impl CommitQueue {
-    pub fn new(store: Arc<Store>, fold_window: Duration) -> Self {
+    pub fn new(store: Arc<Store>, cache: Arc<dyn Cache>, fold_window: Duration) -> Self {
         Self {
             store,
+            cache,
             fold_window,
             tenants: Mutex::new(HashMap::new()),
         }
@@ -144,6 +149,7 @@ impl CommitQueue {
         let (sender, receiver) = mpsc::channel(QUEUE_PER_TENANT);
         tokio::spawn(commit_loop(
             self.store.clone(),
+            self.cache.clone(),
             self.fold_window,
             tenant_id,
             receiver,
@@ -155,11 +161,13 @@ impl CommitQueue {
 
 async fn commit_loop(
     store: Arc<Store>,
+    cache: Arc<dyn Cache>,
     fold_window: Duration,
     tenant_id: Uuid,
     mut receiver: mpsc::Receiver<(Delivery, Reply)>,
 ) {
     let scope = Scope::tenant(tenant_id, None);
+    let channel = super::ingest::events_channel(tenant_id);
     loop {
         let first = match tokio::time::timeout(IDLE, receiver.recv()).await {
             Ok(Some(item)) => item,
@@ -208,8 +216,11 @@ async fn commit_loop(
         if result.is_err() {
             span.record("otel.status_code", "ERROR");
         }
+        // Watchers read what changed from the store; the message only wakes them.
+        let wake = || cache.publish(&channel, b"");
         match result {
             Ok(mut outcomes) => {
+                let _ = wake().await;
                 for ((_, reply), outcome) in batch.into_iter().zip(outcomes.drain(..)) {
                     let _ = reply.send(Ok(outcome));
                 }
@@ -221,6 +232,9 @@ async fn commit_loop(
                         .await
                         .map(|mut o| o.pop().unwrap_or_default())
                         .map_err(CommitError::Store);
+                    if one.is_ok() {
+                        let _ = wake().await;
+                    }
                     let _ = reply.send(one);
                 }
             }

@@ -415,7 +415,7 @@ impl Webhooks {
         Self {
             sources,
             limiter,
-            commits: CommitQueue::new(store.clone(), settings.fold_window),
+            commits: CommitQueue::new(store.clone(), cache.clone(), settings.fold_window),
             deliveries: DeliveryLog::new(cache.clone()),
             store,
             cache,
@@ -1414,10 +1414,6 @@ impl Webhooks {
                 return Err(Rejection::new(label, s));
             }
         };
-        let _ = self
-            .cache
-            .publish(&super::ingest::events_channel(tenant_id), b"")
-            .await;
         metrics::histogram!("zen_webhook_delivery_seconds").record(started.elapsed().as_secs_f64());
         let duplicate = !outcomes.is_empty()
             && outcomes
