@@ -594,6 +594,20 @@ async fn count_events(
     Ok(counts)
 }
 
+/// The tenant's audit chain, verified after the run as `zen audit verify` would: the
+/// benchmark fails when it does not verify. Returns the records checked.
+async fn verify_audit_chain(database_url: &str, tenant: Uuid) -> anyhow::Result<u64> {
+    let store = Store::connect(database_url).await?;
+    let mut tx = store.begin_read(&Scope::tenant(tenant, None)).await?;
+    let verification = tx.audit().verify_chain(tenant).await?;
+    tx.commit().await?;
+    store.close().await;
+    match verification.problem {
+        None => Ok(verification.records_checked),
+        Some(problem) => anyhow::bail!("the tenant's audit chain does not verify: {problem:?}"),
+    }
+}
+
 /// What one delivery does in the database, straight through the store.
 #[derive(Clone, Copy)]
 enum StoreWork {
@@ -885,6 +899,10 @@ pub async fn webhooks(
     for (row, count) in schemes.iter_mut().zip(counts) {
         row.stored = Some(count);
     }
+    let records = verify_audit_chain(database_url, tenant)
+        .await
+        .context("verifying the audit chain")?;
+    println!("{database}: the tenant's audit chain verifies ({records} records)");
 
     // The delivery's database work alone, with as many writers as the server's store pool:
     // one transaction per delivery with and without the audit append, and batches of
