@@ -230,6 +230,103 @@ impl Drop for RedisCluster {
     }
 }
 
+/// A Redis primary watched by one Sentinel, both of their own from the `redis-server` binary on
+/// free loopback ports; shut down when dropped. `None` (with a message) when the binary is
+/// missing outside CI; in CI that is a failure.
+pub struct RedisSentinel {
+    primary: u16,
+    sentinel: u16,
+    dir: std::path::PathBuf,
+}
+
+/// The Sentinel service name the tests use.
+const SENTINEL_SERVICE: &str = "zen-test";
+
+impl RedisSentinel {
+    pub fn start() -> Option<RedisSentinel> {
+        use std::process::Command;
+        let dir = std::env::temp_dir().join(format!("zen-redis-sentinel-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let set = RedisSentinel {
+            primary: free_port(),
+            sentinel: free_port(),
+            dir,
+        };
+        let primary = Command::new("redis-server")
+            .args(["--port", &set.primary.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&set.dir)
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "yes"])
+            .status()
+            .is_ok_and(|s| s.success());
+        // A Sentinel rewrites its configuration file, so it gets one of its own.
+        let config = set.dir.join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {}\nbind 127.0.0.1\ndaemonize yes\ndir {}\n\
+                 sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {} 1\n",
+                set.sentinel,
+                set.dir.display(),
+                set.primary
+            ),
+        )
+        .unwrap();
+        let sentinel = primary
+            && Command::new("redis-server")
+                .arg(&config)
+                .arg("--sentinel")
+                .status()
+                .is_ok_and(|s| s.success());
+        if !sentinel {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server (and its Sentinel mode) could not be started in CI"
+            );
+            eprintln!("SKIP: redis-server could not be started as a primary and a Sentinel");
+            return None;
+        }
+        // Ready once the Sentinel names the primary.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let named = Command::new("redis-cli")
+                .args(["-p", &set.sentinel.to_string()])
+                .args(["sentinel", "get-master-addr-by-name", SENTINEL_SERVICE])
+                .output()
+                .is_ok_and(|o| {
+                    String::from_utf8_lossy(&o.stdout).contains(&set.primary.to_string())
+                });
+            if named {
+                return Some(set);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the Sentinel never named its primary"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `redis-sentinel://` naming the Sentinel and the service.
+    pub fn url(&self) -> String {
+        format!(
+            "redis-sentinel://127.0.0.1:{}?sentinelServiceName={SENTINEL_SERVICE}",
+            self.sentinel
+        )
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        for port in [self.sentinel, self.primary] {
+            let _ = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "shutdown", "nosave"])
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -240,7 +337,8 @@ fn free_port() -> u16 {
 
 /// Instantiate each listed `async fn name(h: &Harness)` as a test on the
 /// memory backend and on Redis: `memory::name` and `redis::name`; and all of them, one after
-/// another, on a Redis Cluster started for it: `redis_cluster::every_test_passes_on_a_redis_cluster`.
+/// another, on a Redis Cluster started for it: `redis_cluster::every_test_passes_on_a_redis_cluster`,
+/// and on a primary found through a Sentinel: `redis_sentinel::every_test_passes_through_a_redis_sentinel`.
 #[macro_export]
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
@@ -282,6 +380,23 @@ macro_rules! conformance {
                     drop(h);
                 )+
                 drop(cluster);
+            }
+        }
+        mod redis_sentinel {
+            /// The whole suite on a primary found through a Sentinel started for it.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn every_test_passes_through_a_redis_sentinel() {
+                let Some(sentinel) = $crate::common::RedisSentinel::start() else {
+                    return;
+                };
+                $(
+                    let h = $crate::common::Harness::on_redis(sentinel.url())
+                        .await
+                        .expect("the Sentinel's primary answers");
+                    super::$name(&h).await;
+                    drop(h);
+                )+
+                drop(sentinel);
             }
         }
     };
