@@ -5,8 +5,8 @@
 //! A snapshot answers from memory for at most its TTL. Every change that can affect one (a
 //! tenancy or auth mutation, a webhook source's update, deletion or secret rotation) is
 //! announced through [`Invalidations::changed`], which clears this replica's snapshots before
-//! the change is answered and publishes on the shared cache's channel `snapshots`, where every
-//! other replica's listener clears its own. Pub/sub is at most once (a message published while
+//! the change is answered and publishes on the shared cache's channel `snapshots` (without
+//! making the answer wait for it), where every other replica's listener clears its own. Pub/sub is at most once (a message published while
 //! a replica's Redis connection is down is lost), so the TTL is the backstop: a replica that
 //! missed a message serves what it had read for at most that long.
 //!
@@ -133,13 +133,18 @@ impl Invalidations {
     }
 
     /// Something snapshots may hold changed (and is committed): clears this replica's
-    /// snapshots now and tells the other replicas. A failed publish is logged; the others then
+    /// snapshots now and tells the other replicas from a task of its own, so that the answer to
+    /// the change never waits for the cache (a Redis outage would otherwise hold every
+    /// tenancy change for the command timeout). A failed publish is logged; the others then
     /// catch up within their snapshots' TTL.
-    pub async fn changed(&self) {
+    pub fn changed(&self) {
         self.clear_local();
-        if let Err(error) = self.cache.publish(CHANNEL, b"changed").await {
-            tracing::warn!(%error, "announcing a change to the other replicas failed; their snapshots expire within their TTL");
-        }
+        let cache = self.cache.clone();
+        tokio::spawn(async move {
+            if let Err(error) = cache.publish(CHANNEL, b"changed").await {
+                tracing::warn!(%error, "announcing a change to the other replicas failed; their snapshots expire within their TTL");
+            }
+        });
     }
 }
 
@@ -219,7 +224,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         on_a.0.put(on_a.0.generation(), 1, 1);
         on_b.0.put(on_b.0.generation(), 1, 1);
-        a.changed().await;
+        a.changed();
         assert_eq!(on_a.0.get(&1), None, "cleared before `changed` returns");
         let deadline = Instant::now() + Duration::from_secs(1);
         while on_b.0.get(&1).is_some() {

@@ -124,7 +124,6 @@ impl<S> Service<http::Request<Body>> for Authorize<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Send,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
@@ -153,7 +152,7 @@ where
                 Ok(request) => {
                     let response = inner.call(request).await;
                     if changes_snapshots {
-                        shared.invalidations.changed().await;
+                        shared.invalidations.changed();
                     }
                     response
                 }
