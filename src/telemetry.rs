@@ -423,6 +423,7 @@ const METRICS: &[(&str, Kind, &str)] = &[
     ("zen_cache_errors_total", Kind::Counter, "Cache (Redis) command failures by kind."),
     ("zen_audit_pending_records", Kind::Gauge, "Audit records queued for a shared append and not yet committed."),
     ("zen_audit_records_appended_total", Kind::Counter, "Audit records written to a chain."),
+    ("zen_snapshot_invalidations_total", Kind::Counter, "Clears of this replica's role and webhook-delivery snapshots (a change made here or announced by another replica)."),
     ("zen_audit_batch_records", Kind::Histogram, "Audit records appended by one shared transaction."),
     ("zen_audit_records_lost_total", Kind::Counter, "Audit records that could not be written, by kind."),
     ("zen_retention_deleted_total", Kind::Counter, "Rows deleted by the retention janitor, by table."),

@@ -225,8 +225,10 @@ async fn commit_loop(
                     let _ = reply.send(Ok(outcome));
                 }
             }
-            Err(error) if batch.len() > 1 && !error.is_retryable() => {
-                // One bad delivery must not sink the others: store them one by one.
+            Err(error) if batch.len() > 1 && !error.is_retryable() && !error.is_unavailable() => {
+                // One bad delivery must not sink the others: store them one by one. (Not when
+                // the database is unreachable: each would wait out the pool's timeout in turn,
+                // and the batch's senders all get the 503 at once instead.)
                 for (delivery, reply) in batch {
                     let one = commit(&store, &scope, fold_window, &[&delivery])
                         .await
@@ -242,6 +244,17 @@ async fn commit_loop(
                 tracing::warn!(%error, "storing webhook deliveries failed");
                 for (_, reply) in batch {
                     let _ = reply.send(Err(CommitError::Store(clone_error(&error))));
+                }
+                if error.is_unavailable() {
+                    // What queued meanwhile would wait out the pool's timeout once more, batch
+                    // after batch, for a database found unreachable a moment ago: its senders
+                    // get the 503 now (they retry), so an outage is answered within one timeout.
+                    let mut refused = 0;
+                    while let Ok((_, reply)) = receiver.try_recv() {
+                        refused += 1;
+                        let _ = reply.send(Err(CommitError::Store(clone_error(&error))));
+                    }
+                    metrics::gauge!("zen_webhook_commit_queue_depth").decrement(refused as f64);
                 }
             }
         }
@@ -306,6 +319,8 @@ fn db_system(store: &Store) -> &'static str {
 /// Store errors are not `Clone`; every waiter of a failed batch gets an equivalent one.
 fn clone_error(error: &StoreError) -> StoreError {
     match error {
+        // Still "unavailable" for the waiters (never a conflict they would retry at once).
+        e if e.is_unavailable() => StoreError::Database(sqlx::Error::PoolTimedOut),
         StoreError::NotFound { what } => StoreError::NotFound { what },
         StoreError::QuotaExceeded { what, limit } => StoreError::QuotaExceeded {
             what,
