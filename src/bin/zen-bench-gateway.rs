@@ -114,6 +114,9 @@ struct Clients {
     tenant_url: String,
     tenant_id: String,
     bearer: MetadataValue<tonic::metadata::Ascii>,
+    /// GetTenant calls answered with success (warm-up included): each must have its decision
+    /// in the tenant's audit chain afterwards.
+    tenant_reads: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Clients {
@@ -162,8 +165,45 @@ impl Clients {
                 check_http(response).await?;
             }
         }
+        if matches!(target, Target::GrpcTenant | Target::HttpTenant) {
+            self.tenant_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
+}
+
+/// The allowed GetTenant decisions in `tenant_id`'s audit chain, read after the run through
+/// the store, with the chain verified.
+async fn recorded_reads(database_url: &str, tenant_id: &str) -> anyhow::Result<u64> {
+    use zen_store::{AuditFilter, AuditOutcome, PageRequest, Scope, Store, MAX_PAGE_SIZE};
+    let tenant = uuid::Uuid::parse_str(tenant_id)?;
+    let store = Store::connect(database_url).await?;
+    let mut tx = store.begin_read(&Scope::tenant(tenant, None)).await?;
+    let verification = tx.audit().verify_chain(tenant).await?;
+    if let Some(problem) = verification.problem {
+        bail!("the tenant's audit chain does not verify: {problem:?}");
+    }
+    let filter = AuditFilter {
+        action: Some("authz.decide".into()),
+        resource_type: Some("method".into()),
+        resource_id: Some("/zen.tenancy.v1.TenancyService/GetTenant".into()),
+        outcome: Some(AuditOutcome::Success),
+        ..Default::default()
+    };
+    let mut page = PageRequest::first(MAX_PAGE_SIZE);
+    let mut count = 0;
+    loop {
+        let found = tx.audit().list(&filter, &page).await?;
+        count += found.items.len() as u64;
+        match found.next_page_token {
+            Some(token) => page = PageRequest::next(MAX_PAGE_SIZE, token),
+            None => break,
+        }
+    }
+    tx.commit().await?;
+    store.close().await;
+    Ok(count)
 }
 
 /// A request carrying an `x-request-id`, as the gateway sends on every call.
@@ -315,6 +355,7 @@ async fn bench(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()> {
     } else {
         "memory"
     };
+    let database_url = config.database_url.clone();
     let running = zen::server::start(config).await?;
     let pki = data_dir.join("pki");
     let http_base = format!("http://{}", running.http_addr);
@@ -372,6 +413,7 @@ async fn bench(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()> {
         tenant_url: format!("{http_base}/v1/tenants/{tenant_id}"),
         tenant_id,
         bearer: format!("Bearer {token}").parse()?,
+        tenant_reads: Default::default(),
     };
 
     let mut targets = Vec::new();
@@ -496,6 +538,23 @@ async fn bench(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()> {
     );
     let failed: u64 = results.iter().map(|m| m.errors).sum();
     running.shutdown().await?;
+    // Every authorized read left its decision in the audit log (they are group-committed
+    // before the answer), and the chain still verifies.
+    let reads = clients
+        .tenant_reads
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if reads > 0 {
+        let recorded = recorded_reads(&database_url, &clients.tenant_id).await?;
+        println!(
+            "audit: {recorded} allowed GetTenant decisions recorded for {reads} successful calls; the tenant's chain verifies"
+        );
+        if recorded < reads {
+            bail!(
+                "{} GetTenant calls have no decision in the audit log",
+                reads - recorded
+            );
+        }
+    }
     if failed > 0 {
         bail!("{failed} calls failed");
     }
