@@ -1,8 +1,8 @@
 //! The webhook outage drill shared by the dependency-outage tests: Zen under signed webhook
 //! load while a dependency is stopped and restarted, with the promises checked afterwards
 //! (docs/RELIABILITY.md): every delivery answered within 3 s, only 202 or 503 with
-//! `Retry-After`; 202s again within 2 s of the dependency's return; every 202 stored; the
-//! tenant's audit chain verifies.
+//! `Retry-After`; `/ready` false during an outage and true again by itself; 202s again within
+//! 2 s of the dependency's return; every 202 stored; the tenant's audit chain verifies.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -137,13 +137,38 @@ struct Answer {
     event_id: Option<String>,
 }
 
+/// What a drill does to a dependency: stop it for a while, or restart it at once.
+pub struct Outage {
+    pub dependency: &'static str,
+    /// Between `stop` and `restart`; zero for a restart.
+    pub down_for: Duration,
+}
+
+impl Outage {
+    pub fn down_for(dependency: &'static str, down_for: Duration) -> Self {
+        Outage {
+            dependency,
+            down_for,
+        }
+    }
+
+    pub fn restart(dependency: &'static str) -> Self {
+        Self::down_for(dependency, Duration::ZERO)
+    }
+
+    /// Long enough that refusals and an unready replica must be seen in between (readiness is
+    /// checked every second, each check waiting at most 2 s).
+    fn is_long(&self) -> bool {
+        self.down_for >= Duration::from_secs(5)
+    }
+}
+
 /// Runs the `zen` binary with `args` (pointing it at the private dependency), loads it with
-/// signed webhooks, calls `stop` after 2 s and `restart` after `outage`, and checks every
+/// signed webhooks, calls `stop` after 2 s and `restart` after the outage, and checks every
 /// promise.
 pub async fn webhook_outage_drill<R, F>(
     args: &[String],
-    dependency: &str,
-    outage: Duration,
+    outage: Outage,
     stop: impl FnOnce() -> bool,
     restart: R,
 ) where
@@ -163,8 +188,31 @@ pub async fn webhook_outage_drill<R, F>(
 
     // Load: 8 senders, each waiting for its answer (at most 3 s) and 100 ms before the next
     // delivery (under the tenant's default rate limit).
+    let dependency = outage.dependency;
     let started = Instant::now();
-    let total = Duration::from_secs(2) + outage + Duration::from_secs(5);
+    let total = Duration::from_secs(2) + outage.down_for + Duration::from_secs(5);
+    // `/ready` sampled every 250 ms through the load: (when, ready).
+    let readiness = {
+        let client = Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let url = zen.http_url("/ready");
+        tokio::spawn(async move {
+            let mut samples = vec![];
+            while started.elapsed() < total {
+                let at = started.elapsed();
+                let ready = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                samples.push((at, ready));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            samples
+        })
+    };
     let answers = Arc::new(Mutex::new(Vec::<Answer>::new()));
     let senders: Vec<_> = (0..8)
         .map(|worker| {
@@ -214,7 +262,7 @@ pub async fn webhook_outage_drill<R, F>(
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(stop(), "stopping the private {dependency}");
     let down_at = started.elapsed();
-    tokio::time::sleep(outage).await;
+    tokio::time::sleep(outage.down_for).await;
     assert!(restart().await, "restarting the private {dependency}");
     let back_at = started.elapsed();
     for sender in senders {
@@ -223,6 +271,7 @@ pub async fn webhook_outage_drill<R, F>(
         }
     }
     let answers = std::mem::take(&mut *answers.lock().unwrap());
+    let readiness = readiness.await.unwrap();
 
     for a in &answers {
         assert!(
@@ -238,11 +287,30 @@ pub async fn webhook_outage_drill<R, F>(
             a.took
         );
     }
-    let during = answers
+    if outage.is_long() {
+        let during = answers
+            .iter()
+            .filter(|a| a.sent > down_at + Duration::from_secs(1) && a.sent + a.took < back_at)
+            .count();
+        assert!(during > 0, "deliveries were answered during the outage");
+        assert!(
+            readiness
+                .iter()
+                .any(|&(at, ready)| !ready && at > down_at && at < back_at),
+            "/ready never said not ready while {dependency} was down: {readiness:?}"
+        );
+    }
+    // Ready again by itself within 3 s of the return, and from then on.
+    let settled = back_at + Duration::from_secs(3);
+    let unready_after: Vec<Duration> = readiness
         .iter()
-        .filter(|a| a.sent > down_at + Duration::from_secs(1) && a.sent + a.took < back_at)
-        .count();
-    assert!(during > 0, "deliveries were answered during the outage");
+        .filter(|&&(at, ready)| at > settled && !ready)
+        .map(|&(at, _)| at)
+        .collect();
+    assert!(
+        unready_after.is_empty(),
+        "not ready more than 3 s after {dependency} returned at {back_at:?}: {unready_after:?}"
+    );
     let late_refusals: Vec<_> = answers
         .iter()
         .filter(|a| a.sent > back_at + Duration::from_secs(2) && a.status != StatusCode::ACCEPTED)
@@ -258,10 +326,18 @@ pub async fn webhook_outage_drill<R, F>(
         .filter_map(|a| a.event_id.as_deref())
         .collect();
     let refused = answers.len() - accepted.len();
+    let unready = readiness.iter().filter(|&&(_, ready)| !ready).count();
     eprintln!(
-        "{} deliveries, {} accepted, {refused} refused (503), slowest answer {slowest:?}",
+        "{dependency} {}: {} deliveries, {} accepted, {refused} refused (503), slowest answer \
+         {slowest:?}; /ready false in {unready} of {} samples (every 250 ms)",
+        if outage.down_for.is_zero() {
+            "restart".to_owned()
+        } else {
+            format!("down {:?}", outage.down_for)
+        },
         answers.len(),
-        accepted.len()
+        accepted.len(),
+        readiness.len()
     );
 
     // Sign in again: a restarted Redis is empty (no persistence), so sessions are gone.
