@@ -12,6 +12,7 @@ pub mod bench_webhooks;
 pub mod cluster_metrics;
 pub mod config;
 pub mod console;
+pub mod drain;
 pub mod grpc;
 pub mod http;
 pub mod http_edge;

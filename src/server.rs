@@ -260,6 +260,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     per_tenant: config.limits.watch_max_per_tenant,
                     slow_consumer_grace: config.limits.slow_consumer_grace,
                 },
+                drain: crate::drain::Drain::new(draining.subscribe()),
                 ..Default::default()
             },
             webhooks: services::WebhookSettings {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod balancer;
 pub mod drill;
 pub mod postgres;
 pub mod process;

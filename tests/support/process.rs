@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
@@ -14,7 +15,8 @@ use super::{connect, ZenUnderTest};
 
 pub struct ZenProcess {
     child: Child,
-    pub data_dir: tempfile::TempDir,
+    /// Shared by the runs of one deployment's data dir ([`ZenProcess::spawn_on`]).
+    pub data_dir: Arc<tempfile::TempDir>,
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
@@ -25,13 +27,56 @@ impl ZenProcess {
     /// Runs `zen serve` with `args` after the data dir and listener addresses, and waits until
     /// `/health` answers 200 (at most 60 s; a debug build creates its PKI and keys first).
     pub async fn spawn(args: &[String]) -> Self {
-        let data_dir = tempfile::tempdir().expect("temp dir");
-        let log = data_dir.path().join("zen.log");
+        Self::spawn_on(Arc::new(tempfile::tempdir().expect("temp dir")), args).await
+    }
+
+    /// [`ZenProcess::spawn`] on an existing data dir (a restart keeps its PKI and keys).
+    pub async fn spawn_on(data_dir: Arc<tempfile::TempDir>, args: &[String]) -> Self {
+        let mut zen = Self::launch(data_dir, args);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = super::http_client();
+        loop {
+            if let Ok(response) = client.get(zen.http_url("/health")).send().await {
+                if response.status().is_success() {
+                    break;
+                }
+            }
+            if let Some(status) = zen.child.try_wait().unwrap() {
+                panic!("zen serve exited with {status}:\n{}", zen.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "zen serve never became healthy:\n{}",
+                zen.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        zen
+    }
+
+    /// Runs `zen serve` on `data_dir` expecting it to refuse to start: waits at most 60 s for
+    /// it to exit with a failure; returns its log.
+    pub async fn start_fails(data_dir: Arc<tempfile::TempDir>, args: &[String]) -> String {
+        let mut zen = Self::launch(data_dir, args);
+        let status = zen
+            .exited(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| panic!("zen serve kept running:\n{}", zen.log_tail()));
+        assert!(!status.success(), "zen serve exited 0");
+        std::fs::read_to_string(&zen.log).unwrap_or_default()
+    }
+
+    /// Starts `zen serve` without waiting for it.
+    fn launch(data_dir: Arc<tempfile::TempDir>, args: &[String]) -> Self {
         let (http_addr, grpc_addr, admin_addr) = (
             SocketAddr::from(([127, 0, 0, 1], free_port())),
             SocketAddr::from(([127, 0, 0, 1], free_port())),
             SocketAddr::from(([127, 0, 0, 1], free_port())),
         );
+        // One log per run: a restart on the same data dir keeps the earlier run's.
+        let log = data_dir
+            .path()
+            .join(format!("zen-{}.log", http_addr.port()));
         let child = Command::new(env!("CARGO_BIN_EXE_zen"))
             .arg("serve")
             .arg("--data-dir")
@@ -54,33 +99,14 @@ impl ZenProcess {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("zen serve starts");
-        let mut zen = ZenProcess {
+        ZenProcess {
             child,
             data_dir,
             http_addr,
             grpc_addr,
             admin_addr,
             log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let client = super::http_client();
-        loop {
-            if let Ok(response) = client.get(zen.http_url("/health")).send().await {
-                if response.status().is_success() {
-                    break;
-                }
-            }
-            if let Some(status) = zen.child.try_wait().unwrap() {
-                panic!("zen serve exited with {status}:\n{}", zen.log_tail());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "zen serve never became healthy:\n{}",
-                zen.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        zen
     }
 
     /// The flags that make another `zen serve` a replica of this one's deployment: the same
@@ -144,24 +170,35 @@ impl ZenProcess {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// SIGTERM, and waits for a clean exit (0) within 30 s.
-    pub async fn stop(mut self) {
+    /// SIGTERM: the replica drains (docs/DEPLOYMENT.md); see [`ZenProcess::exited`].
+    pub fn terminate(&self) {
         let term = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status()
             .unwrap();
         assert!(term.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
+    }
+
+    /// Waits at most `within` for the process to exit; its status, or `None` if it still runs.
+    pub async fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
+                return Some(status);
             }
-            assert!(
-                Instant::now() < deadline,
-                "zen serve did not stop on SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, and waits for a clean exit (0) within 30 s.
+    pub async fn stop(mut self) {
+        self.terminate();
+        let Some(status) = self.exited(Duration::from_secs(30)).await else {
+            panic!("zen serve did not stop on SIGTERM");
         };
         assert!(
             status.success(),

@@ -13,6 +13,7 @@
 //! | `Invalid`          | `INVALID_ARGUMENT`    |
 //! | `PermissionDenied` | `PERMISSION_DENIED`   |
 //! | `Migration`        | `FAILED_PRECONDITION` (at start: refuse to serve) |
+//! | `WritesRefused`    | `UNAVAILABLE` (disk full or read-only: retry later) |
 //! | `Database`         | `UNAVAILABLE` / `INTERNAL` |
 
 use std::borrow::Cow;
@@ -100,6 +101,17 @@ pub enum StoreError {
     #[error("migrations: {reason}")]
     Migration { reason: String },
 
+    /// The database answers but cannot write: `reason` is `"full"` (no space left: SQLite's
+    /// `SQLITE_FULL`, PostgreSQL's `disk_full`), `"read_only"` (a read-only file or file
+    /// system, or a PostgreSQL that became a standby) or `"io_error"` (SQLite could not use
+    /// its files). Nothing was committed; the same request succeeds once the operator has
+    /// freed space or made the volume writable again.
+    #[error("the database refuses writes ({reason}): {detail}")]
+    WritesRefused {
+        reason: &'static str,
+        detail: String,
+    },
+
     /// Any other database error (connectivity, syntax, …).
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
@@ -118,6 +130,34 @@ impl StoreError {
         StoreError::Precondition {
             code,
             reason: reason.into(),
+        }
+    }
+
+    /// The database file at `path` could not be opened for writing: `os` says why.
+    pub(crate) fn writes_refused_at_open(path: &std::path::Path, os: std::io::Error) -> Self {
+        let reason = match os.raw_os_error() {
+            Some(30) => "read_only", // EROFS
+            Some(28) => "full",      // ENOSPC
+            _ => "io_error",
+        };
+        StoreError::WritesRefused {
+            reason,
+            detail: format!(
+                "cannot write the database file {}: {os}{}",
+                path.display(),
+                if reason == "read_only" {
+                    " (a read-only file system: mount the data volume read-write)"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+
+    fn writes_refused(reason: &'static str, detail: &str) -> Self {
+        StoreError::WritesRefused {
+            reason,
+            detail: detail.to_owned(),
         }
     }
 
@@ -148,6 +188,14 @@ impl StoreError {
                 _ => false,
             },
             _ => false,
+        }
+    }
+
+    /// Why the database refused to write, for a [`StoreError::WritesRefused`].
+    pub fn write_refusal(&self) -> Option<&'static str> {
+        match self {
+            StoreError::WritesRefused { reason, .. } => Some(reason),
+            _ => None,
         }
     }
 
@@ -201,6 +249,8 @@ impl From<sqlx::Error> for StoreError {
                             reason: "must not contain NUL characters".into(),
                         }
                     }
+                    "53100" => return StoreError::writes_refused("full", db.message()),
+                    "25006" => return StoreError::writes_refused("read_only", db.message()),
                     // insufficient_privilege: missing GRANT, or a row-level
                     // security policy refused a new row.
                     "42501" => {
@@ -214,10 +264,16 @@ impl From<sqlx::Error> for StoreError {
                 // SQLite extended result codes: the primary code is the low
                 // byte. 5 = SQLITE_BUSY, 6 = SQLITE_LOCKED.
                 if let Ok(n) = code.parse::<i64>() {
-                    if matches!(n & 0xff, 5 | 6) {
-                        return StoreError::Conflict {
-                            reason: format!("database busy: {}", db.message()).into(),
-                        };
+                    match n & 0xff {
+                        5 | 6 => {
+                            return StoreError::Conflict {
+                                reason: format!("database busy: {}", db.message()).into(),
+                            }
+                        }
+                        13 => return StoreError::writes_refused("full", db.message()),
+                        8 => return StoreError::writes_refused("read_only", db.message()),
+                        10 => return StoreError::writes_refused("io_error", db.message()),
+                        _ => {}
                     }
                 }
             }

@@ -184,8 +184,18 @@ impl Store {
                 options.max_connections
             })
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(opts)
-            .await?;
+            // A COMMIT that fails for lack of disk space (or an I/O error) makes SQLite roll
+            // the transaction back by itself; sqlx's own ROLLBACK then fails and the
+            // connection keeps believing a transaction is open, so every later BEGIN on it
+            // fails. Such a connection is closed on release instead of going back to the pool
+            // (tests/disk_full.rs).
+            .after_release(|conn, _| {
+                let healthy = !sqlx::Connection::is_in_transaction(conn);
+                Box::pin(async move { Ok(healthy) })
+            })
+            .connect_with(opts.clone())
+            .await
+            .map_err(|error| unwritable_database(opts.get_filename(), error))?;
         Ok(Store {
             backend: Backend::Sqlite {
                 pool,
@@ -341,4 +351,40 @@ impl Store {
             Backend::Sqlite { .. } => None,
         }
     }
+}
+
+/// A SQLite database that cannot be opened because its file or directory cannot be written (a
+/// read-only volume, a full disk, permissions) is named with the operating system's reason,
+/// rather than SQLite's bare "unable to open database file".
+fn unwritable_database(path: &std::path::Path, error: sqlx::Error) -> StoreError {
+    if in_memory_path(path) {
+        return error.into();
+    }
+    let probe = if path.exists() {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(drop)
+    } else {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        tempfile_probe(dir)
+    };
+    match probe {
+        Err(os) => StoreError::writes_refused_at_open(path, os),
+        Ok(()) => error.into(),
+    }
+}
+
+fn in_memory_path(path: &std::path::Path) -> bool {
+    path.as_os_str() == ":memory:" || path.as_os_str().is_empty()
+}
+
+/// Whether a file can be created in `dir` (removed at once).
+fn tempfile_probe(dir: &std::path::Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".zen-write-probe-{}", std::process::id()));
+    std::fs::File::create(&probe)?;
+    std::fs::remove_file(&probe)
 }

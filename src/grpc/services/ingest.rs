@@ -55,6 +55,8 @@ pub struct IngestSettings {
     pub discard: bool,
     /// Limits of `WatchEvents` watchers.
     pub watch: super::watch::WatchLimits,
+    /// Ends watches and agent sessions when the replica drains.
+    pub drain: crate::drain::Drain,
 }
 
 impl Default for IngestSettings {
@@ -68,6 +70,7 @@ impl Default for IngestSettings {
             revocation_check_interval: Duration::from_secs(2),
             discard: false,
             watch: super::watch::WatchLimits::default(),
+            drain: crate::drain::Drain::never(),
         }
     }
 }
@@ -116,6 +119,7 @@ impl IngestApi {
                 store.clone(),
                 cache.clone(),
                 settings.watch.clone(),
+                settings.drain.clone(),
             ),
             store,
             cache,
@@ -639,6 +643,7 @@ impl AgentSession {
             tx
         });
         let mut revocation = tokio::time::interval(self.settings.revocation_check_interval);
+        let mut draining = false;
         loop {
             // Full window: finish a batch before reading on.
             if in_flight.len() >= self.settings.max_in_flight_batches {
@@ -660,6 +665,12 @@ impl AgentSession {
                     if !Self::send(&out, pb::connect_agent_response::Payload::RemediationCommand(command)).await {
                         break;
                     }
+                }
+                // The replica drains: read no more batches; those in flight still commit and
+                // are acknowledged below, then a goodbye sends the agent elsewhere.
+                () = self.settings.drain.started() => {
+                    draining = true;
+                    break;
                 }
                 _ = revocation.tick() => {
                     if check_live(&self.store, self.tenant_id, self.cluster_id).await.is_err() {
@@ -720,6 +731,14 @@ impl AgentSession {
             if let Ok(ack) = ack {
                 let _ = Self::send(&out, pb::connect_agent_response::Payload::BatchAck(ack)).await;
             }
+        }
+        if draining {
+            Self::goodbye(
+                &out,
+                pb::GoodbyeReason::ServerShutdown,
+                "this replica is shutting down; reconnect and resend what was not acknowledged",
+            )
+            .await;
         }
         self.report(ConnectionState::Disconnected, None).await;
     }

@@ -294,13 +294,18 @@ pub fn store_status(error: StoreError, field_prefix: &str) -> Status {
             tracing::error!(%reason, "schema not current");
             Status::unavailable("the database schema is not current; retry later")
         }
-        error @ StoreError::Database(_) => database_down(&error),
+        error @ (StoreError::Database(_) | StoreError::WritesRefused { .. }) => {
+            database_down(&error)
+        }
     }
 }
 
 /// UNAVAILABLE with a one-second `RetryInfo` (503 + `Retry-After: 1` at the gateway) for a
 /// database that cannot be reached; the outage is logged once, not per request.
 pub fn database_down(error: &StoreError) -> Status {
+    if let Some(reason) = error.write_refusal() {
+        return writes_refused(reason, error);
+    }
     if error.is_unavailable() {
         crate::outage::DATABASE.failed(error);
     } else {
@@ -310,6 +315,34 @@ pub fn database_down(error: &StoreError) -> Status {
         Code::Unavailable,
         "the database is unavailable; retry later",
         ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
+    )
+}
+
+/// UNAVAILABLE for a database that answers but cannot write (disk full, read-only): the
+/// caller is told what is wrong and to come back later (503 + `Retry-After: 5`); the operator
+/// sees `zen_database_write_refusals_total{reason}` and one log line every 10 s at most.
+fn writes_refused(reason: &'static str, error: &StoreError) -> Status {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_LOGGED: AtomicU64 = AtomicU64::new(0);
+    metrics::counter!("zen_database_write_refusals_total", "reason" => reason).increment(1);
+    let now = chrono::Utc::now().timestamp() as u64;
+    let last = LAST_LOGGED.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST_LOGGED
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::error!(%error, reason, "the database refuses writes; answering 503 until it accepts them again");
+    }
+    let message = match reason {
+        "full" => "the database has no space left to store this; nothing was stored, retry later",
+        "read_only" => "the database is read-only at the moment; nothing was stored, retry later",
+        _ => "the database could not use its disk; nothing was stored, retry later",
+    };
+    Status::with_error_details(
+        Code::Unavailable,
+        message,
+        ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(5))),
     )
 }
 

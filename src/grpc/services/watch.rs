@@ -26,6 +26,7 @@ use zen_store::{Change, Scope, Store};
 
 use super::support::{store_status, timestamp, ERROR_DOMAIN};
 use crate::authz::Caller;
+use crate::drain::Drain;
 use crate::grpc::slow_consumer::{bounded, BoundedSender, BoundedStream};
 use crate::proto::zen::ingest::v1 as pb;
 
@@ -108,6 +109,7 @@ pub struct WatchHub {
     store: Arc<Store>,
     cache: Arc<dyn Cache>,
     limits: WatchLimits,
+    drain: Drain,
     tails: Mutex<HashMap<Uuid, Weak<Tail>>>,
     counts: Arc<Mutex<Counts>>,
 }
@@ -179,11 +181,17 @@ fn limit_reached(what: &str, limit: usize) -> Status {
 }
 
 impl WatchHub {
-    pub fn new(store: Arc<Store>, cache: Arc<dyn Cache>, limits: WatchLimits) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        cache: Arc<dyn Cache>,
+        limits: WatchLimits,
+        drain: Drain,
+    ) -> Self {
         Self {
             store,
             cache,
             limits,
+            drain,
             tails: Mutex::new(HashMap::new()),
             counts: Arc::new(Mutex::new(Counts::default())),
         }
@@ -282,7 +290,14 @@ impl WatchHub {
             "watcher",
             "resume from the last resume_token",
         );
-        tokio::spawn(watcher(self.store.clone(), tail, request, out, slot));
+        tokio::spawn(watcher(
+            self.store.clone(),
+            tail,
+            request,
+            out,
+            slot,
+            self.drain.clone(),
+        ));
         Ok(stream)
     }
 }
@@ -336,6 +351,16 @@ async fn follow(
     metrics::gauge!("zen_watch_tails").decrement(1.0);
 }
 
+/// How a watch ends when its replica drains: `UNAVAILABLE`, to be resumed at once elsewhere.
+fn draining() -> Status {
+    Status::with_error_details(
+        Code::Unavailable,
+        "this replica is shutting down; resume from the last resume_token (another replica \
+         will answer)",
+        ErrorDetails::with_retry_info(Some(Duration::ZERO)),
+    )
+}
+
 fn wanted(item: &Item, request: &WatchRequest) -> bool {
     if request.cluster.is_some() && item.cluster_id != request.cluster {
         return false;
@@ -349,6 +374,7 @@ async fn watcher(
     request: WatchRequest,
     out: BoundedSender<pb::WatchEventsResponse>,
     _slot: Slot,
+    drain: Drain,
 ) {
     let mut after = request.after;
     let mut last_sent = Instant::now();
@@ -409,6 +435,11 @@ async fn watcher(
                     continue;
                 }
                 _ = out.closed() => break 'resubscribe,
+                // Ended, not cut off: the watcher resumes from its last token elsewhere.
+                () = drain.started() => {
+                    out.end(draining());
+                    break 'resubscribe;
+                }
             };
             match batch {
                 Ok(batch) => {

@@ -225,7 +225,12 @@ async fn commit_loop(
                     let _ = reply.send(Ok(outcome));
                 }
             }
-            Err(error) if batch.len() > 1 && !error.is_retryable() && !error.is_unavailable() => {
+            Err(error)
+                if batch.len() > 1
+                    && !error.is_retryable()
+                    && !error.is_unavailable()
+                    && error.write_refusal().is_none() =>
+            {
                 // One bad delivery must not sink the others: store them one by one. (Not when
                 // the database is unreachable: each would wait out the pool's timeout in turn,
                 // and the batch's senders all get the 503 at once instead.)
@@ -245,7 +250,7 @@ async fn commit_loop(
                 for (_, reply) in batch {
                     let _ = reply.send(Err(CommitError::Store(clone_error(&error))));
                 }
-                if error.is_unavailable() {
+                if error.is_unavailable() || error.write_refusal().is_some() {
                     // What queued meanwhile would wait out the pool's timeout once more, batch
                     // after batch, for a database found unreachable a moment ago: its senders
                     // get the 503 now (they retry), so an outage is answered within one timeout.
@@ -322,6 +327,10 @@ fn clone_error(error: &StoreError) -> StoreError {
         // Still "unavailable" for the waiters (never a conflict they would retry at once).
         e if e.is_unavailable() => StoreError::Database(sqlx::Error::PoolTimedOut),
         StoreError::NotFound { what } => StoreError::NotFound { what },
+        StoreError::WritesRefused { reason, detail } => StoreError::WritesRefused {
+            reason,
+            detail: detail.clone(),
+        },
         StoreError::QuotaExceeded { what, limit } => StoreError::QuotaExceeded {
             what,
             limit: *limit,

@@ -1489,7 +1489,8 @@ impl Webhooks {
                     e @ (StoreError::Invalid { .. }
                     | StoreError::NotFound { .. }
                     | StoreError::QuotaExceeded { .. }
-                    | StoreError::Precondition { .. }),
+                    | StoreError::Precondition { .. }
+                    | StoreError::WritesRefused { .. }),
                 ) => store_status(e, "event"),
                 CommitError::Store(e) => {
                     tracing::warn!(error = %e, "storing a webhook delivery failed");
