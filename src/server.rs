@@ -103,7 +103,11 @@ pub struct Running {
     /// The admin listener (metrics, deep health).
     pub admin_addr: SocketAddr,
     grace: Duration,
+    /// Set first on SIGTERM: the HTTP listeners stop accepting and long-lived streams end.
     draining: watch::Sender<bool>,
+    /// Set once the HTTP side has drained: the gRPC front stops (the gateway's in-flight
+    /// requests still make their call to it until then).
+    grpc_stopping: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
     admin: JoinHandle<std::io::Result<()>>,
@@ -211,6 +215,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let admin_addr = admin_listener.local_addr()?;
 
     let (draining, _) = watch::channel(false);
+    let (grpc_stopping, _) = watch::channel(false);
     let drained = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|draining| *draining).await;
     };
@@ -275,8 +280,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Small messages must not wait for Nagle's algorithm (40 ms with delayed ACKs).
     let incoming =
         tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let grpc =
-        tokio::spawn(router.serve_with_incoming_shutdown(incoming, drained(draining.subscribe())));
+    let grpc = tokio::spawn(
+        router.serve_with_incoming_shutdown(incoming, drained(grpc_stopping.subscribe())),
+    );
 
     let gateway = zen_gateway::Gateway::new(
         proto::FILE_DESCRIPTOR_SET,
@@ -370,6 +376,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin_addr,
         grace: config.shutdown_grace,
         draining,
+        grpc_stopping,
         grpc,
         http,
         admin,
@@ -381,8 +388,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 }
 
 impl Running {
-    /// Stops accepting, reports NOT_SERVING, lets in-flight calls and streams finish within the
-    /// grace period, then cuts off what is left.
+    /// Reports NOT_SERVING, stops accepting HTTP, ends the long-lived streams (watches and
+    /// agent sessions end with a "reconnect" answer), lets in-flight HTTP requests finish, then
+    /// stops the gRPC front once its own in-flight calls are done, all within the grace period;
+    /// whatever is left then is cut off. HTTP drains before gRPC because an HTTP request still
+    /// in flight makes its call to this replica's gRPC front.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!(grace = ?self.grace, "draining");
         self.health_driver.abort();
@@ -397,8 +407,11 @@ impl Running {
         let http_abort = self.http.abort_handle();
         // Nothing long-lived runs on the admin listener: it stops with the rest.
         self.admin.abort();
+        let grpc_stopping = self.grpc_stopping;
         let drained = tokio::time::timeout(self.grace, async {
-            let (grpc, http) = tokio::join!(self.grpc, self.http);
+            let http = self.http.await;
+            let _ = grpc_stopping.send(true);
+            let grpc = self.grpc.await;
             grpc?.context("serving gRPC")?;
             http?.context("serving HTTP")?;
             anyhow::Ok(())

@@ -145,6 +145,9 @@ async fn a_replica_drained_with_sigterm_finishes_in_flight_work_and_its_streams_
         "true".to_owned(),
         "--shutdown-grace-seconds".to_owned(),
         GRACE_SECONDS.to_string(),
+        // One issuer for the deployment: a token from one replica is good on the others.
+        "--public-url".to_owned(),
+        "http://zen.test".to_owned(),
     ];
     let a = ZenProcess::spawn(&common).await;
     let mut replica = common.clone();
