@@ -30,6 +30,7 @@ mod migrate;
 mod model;
 mod page;
 pub mod remediation;
+pub mod replica;
 mod repo;
 mod repos;
 mod scope;
@@ -47,6 +48,7 @@ pub use remediation::{
     ApprovalPolicy, ApprovalWindow, DeadLetter, DeadLetterFilter, Dispatch, NewRemediation,
     Remediation, RemediationDepths, RemediationFilter, RemediationRepo, VerificationRun,
 };
+pub use replica::{ReadConsistency, ReadFuture, ReadPool};
 pub use repo::{
     AuditRepo, BootstrapTokenRepo, ClusterRepo, EventRepo, InviteRepo, JanitorRepo, MemberRepo,
     TenantRepo, Tx, UserRepo, WebhookSourceRepo,

@@ -11,6 +11,9 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor};
 
 use crate::db::Conn;
 use crate::error::{Result, StoreError};
+use crate::replica::{
+    route, Freshness, ReadConsistency, ReadFuture, ReadPool, Replica, PRIMARY_LSN, REPLICA_LSN,
+};
 use crate::repo::Tx;
 use crate::repos::SqlTx;
 use crate::scope::Scope;
@@ -77,6 +80,8 @@ pub struct Store {
     pub(crate) backend: Backend,
     /// Callers between asking for a transaction and getting it (shared by clones).
     waiting: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The PostgreSQL standby serving list pages while it is fresh (`crate::replica`).
+    replica: Option<std::sync::Arc<Replica>>,
 }
 
 /// Prints the backend only: the connect options hold the password.
@@ -116,43 +121,134 @@ impl Store {
         // is lazy: on a fresh database the app role does not exist until the
         // first migration, which runs on its own owner connection.
         owner.connect().await?.close().await?;
-        let set_role = match &options.app_role {
-            Some(role) => {
-                let ok = !role.is_empty()
-                    && role.len() <= 63
-                    && role
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-                if !ok {
-                    return Err(StoreError::invalid(
-                        "app_role",
-                        "must be a lowercase SQL identifier",
-                    ));
-                }
-                Some(format!("SET ROLE \"{role}\""))
-            }
-            None => None,
-        };
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            .after_connect(move |conn, _meta| {
-                let set_role = set_role.clone();
-                Box::pin(async move {
-                    if let Some(stmt) = set_role {
-                        conn.execute(AssertSqlSafe(stmt)).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_lazy_with(owner.clone());
+        let pool = app_pool(owner.clone(), &options)?;
         Ok(Store {
             waiting: Default::default(),
+            replica: None,
             backend: Backend::Postgres {
                 pool,
                 owner: Box::new(owner),
             },
         })
+    }
+
+    /// Adds a PostgreSQL standby for list pages (`--database-read-url`): its pool runs as the
+    /// same application role under the same row-level security, its transactions are read-only,
+    /// and it serves nothing until [`Store::spawn_replica_monitor`] finds it fresh. The pool
+    /// connects lazily, so a standby that is down at start only leaves lists on the primary.
+    pub fn with_read_replica(mut self, url: &str, options: StoreOptions) -> Result<Self> {
+        if self.kind() != BackendKind::Postgres {
+            return Err(StoreError::invalid(
+                "database_read_url",
+                "a read replica needs a PostgreSQL primary",
+            ));
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError::invalid(
+                "database_read_url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        let connect = PgConnectOptions::from_str(url)?.application_name("zen-replica");
+        let pool = app_pool(connect, &options)?;
+        self.replica = Some(std::sync::Arc::new(Replica::new(pool)));
+        Ok(self)
+    }
+
+    /// Samples the primary's and the standby's WAL positions every `interval`, judges the
+    /// standby with [`Freshness`], and publishes the verdict to the routing and to the
+    /// `zen_database_replica_fresh` / `zen_database_replica_lag_bytes` gauges. `None` without
+    /// a replica. Each position read waits at most `interval`, so a hung server costs a
+    /// verdict of "not fresh", never a stalled monitor.
+    pub fn spawn_replica_monitor(
+        &self,
+        interval: std::time::Duration,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let replica = self.replica.clone()?;
+        let Backend::Postgres { pool: primary, .. } = &self.backend else {
+            return None;
+        };
+        let primary = primary.clone();
+        Some(tokio::spawn(async move {
+            let mut freshness = Freshness::default();
+            // One log line per change of verdict, the first one included.
+            let mut reported = None;
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                // The primary first: the standby's position read after it can only be newer,
+                // so an idle pair compares equal.
+                let primary_lsn = crate::replica::lsn(&primary, PRIMARY_LSN, interval).await;
+                let replica_lsn = crate::replica::lsn(&replica.pool, REPLICA_LSN, interval).await;
+                let verdict = freshness.observe(primary_lsn, replica_lsn);
+                replica.set_fresh(verdict.fresh);
+                metrics::gauge!("zen_database_replica_fresh")
+                    .set(f64::from(u8::from(verdict.fresh)));
+                if let Some(lag) = verdict.lag_bytes {
+                    metrics::gauge!("zen_database_replica_lag_bytes").set(lag as f64);
+                }
+                if reported == Some(verdict.fresh) {
+                    continue;
+                }
+                reported = Some(verdict.fresh);
+                if verdict.fresh {
+                    tracing::info!(
+                        lag_bytes = verdict.lag_bytes,
+                        "the read replica is fresh: lists are served by it"
+                    );
+                } else {
+                    tracing::warn!(
+                        primary_lsn,
+                        replica_lsn,
+                        lag_bytes = verdict.lag_bytes,
+                        "the read replica is not fresh: lists are served by the primary"
+                    );
+                }
+            }
+        }))
+    }
+
+    /// Runs `read` (a list page) in a read-only transaction for `scope` on the replica while
+    /// it is fresh, else on the primary ([`route`] with [`ReadConsistency::BoundedStaleness`]).
+    /// The replica's transaction gets exactly the primary's scope settings (row-level security
+    /// included). A read that fails on the replica (it went down, or a query was cancelled by
+    /// replay) is run again on the primary, so the replica never fails a caller. Counts the
+    /// pool that answered in `zen_database_reads_total{pool}`. Reads that must see the latest
+    /// commits use [`Store::begin_read`], which is always the primary.
+    pub async fn read_stale<T, F>(&self, scope: &Scope, read: F) -> Result<T>
+    where
+        T: Send,
+        F: for<'t> Fn(&'t mut dyn Tx) -> ReadFuture<'t, T> + Send + Sync,
+    {
+        let replica = self.replica.as_ref().filter(|r| r.is_fresh());
+        if let (Some(replica), ReadPool::Replica) = (
+            replica,
+            route(ReadConsistency::BoundedStaleness, replica.is_some()),
+        ) {
+            let attempt = async {
+                let conn = Conn::Pg(
+                    replica
+                        .pool
+                        .begin_with("BEGIN TRANSACTION READ ONLY")
+                        .await?,
+                );
+                let mut tx = SqlTx::open(conn, scope.clone()).await?;
+                read(&mut tx).await
+            };
+            match attempt.await {
+                Ok(value) => {
+                    count_read(ReadPool::Replica);
+                    return Ok(value);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "a list failed on the read replica; reading the primary")
+                }
+            }
+        }
+        count_read(ReadPool::Primary);
+        let mut tx = self.begin_read(scope).await?;
+        read(&mut *tx).await
     }
 
     async fn connect_sqlite(url: &str, options: StoreOptions) -> Result<Self> {
@@ -203,6 +299,7 @@ impl Store {
                 busy_timeout: options.busy_timeout,
             },
             waiting: Default::default(),
+            replica: None,
         })
     }
 
@@ -387,4 +484,44 @@ fn tempfile_probe(dir: &std::path::Path) -> std::io::Result<()> {
     let probe = dir.join(format!(".zen-write-probe-{}", std::process::id()));
     std::fs::File::create(&probe)?;
     std::fs::remove_file(&probe)
+}
+
+/// Counts one list read by the pool that serves it.
+fn count_read(pool: ReadPool) {
+    metrics::counter!("zen_database_reads_total", "pool" => pool.label()).increment(1);
+}
+
+/// The lazy PostgreSQL application pool of `options` (`SET ROLE <app_role>` on every new
+/// connection), for the primary and for a read replica alike.
+fn app_pool(connect: PgConnectOptions, options: &StoreOptions) -> Result<PgPool> {
+    let set_role = match &options.app_role {
+        Some(role) => {
+            let ok = !role.is_empty()
+                && role.len() <= 63
+                && role
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !ok {
+                return Err(StoreError::invalid(
+                    "app_role",
+                    "must be a lowercase SQL identifier",
+                ));
+            }
+            Some(format!("SET ROLE \"{role}\""))
+        }
+        None => None,
+    };
+    Ok(PgPoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
+        .after_connect(move |conn, _meta| {
+            let set_role = set_role.clone();
+            Box::pin(async move {
+                if let Some(stmt) = set_role {
+                    conn.execute(AssertSqlSafe(stmt)).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_lazy_with(connect))
 }
