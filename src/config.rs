@@ -60,6 +60,11 @@ pub struct GlobalArgs {
 /// Options of `zen serve`.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ServeArgs {
+    /// A PostgreSQL streaming replica (`postgres://…`) that serves list pages while its replay
+    /// is within about a second of the primary; gets, watches, writes and authorization stay on
+    /// the primary (docs/STORAGE.md). Default none: everything reads the primary.
+    #[arg(long, env = "ZEN_DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
     /// Address of the mutual-TLS gRPC front.
     #[arg(long, env = "ZEN_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
@@ -245,6 +250,7 @@ pub struct ServeArgs {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    database_read_url: Option<String>,
     env: Option<Environment>,
     log_format: Option<LogFormat>,
     grpc_addr: Option<SocketAddr>,
@@ -336,6 +342,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub data_dir: PathBuf,
     pub database_url: String,
+    /// A PostgreSQL read replica for list pages (`None`: the primary serves every read).
+    pub database_read_url: Option<String>,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     /// The admin listener (metrics, deep health).
@@ -466,6 +474,11 @@ impl Config {
             database_url: database_url_given
                 .clone()
                 .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("zen.db").display())),
+            database_read_url: serve
+                .database_read_url
+                .clone()
+                .or(file.database_read_url)
+                .filter(|url| !url.trim().is_empty()),
             grpc_addr: serve
                 .grpc_addr
                 .or(file.grpc_addr)
@@ -805,6 +818,24 @@ impl Config {
                 "ZEN_DATABASE_URL `{}` is not supported: use postgres://USER@HOST/DB or sqlite://PATH",
                 redact_url(url)
             )));
+        }
+        if let Some(read_url) = &self.database_read_url {
+            let postgres = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
+            if !postgres(url) {
+                return Err(ConfigError::Invalid(format!(
+                    "ZEN_DATABASE_READ_URL needs a PostgreSQL ZEN_DATABASE_URL (a read replica is \
+                     a PostgreSQL standby; `{}` has none): unset ZEN_DATABASE_READ_URL / \
+                     --database-read-url",
+                    redact_url(url)
+                )));
+            }
+            if !postgres(read_url) {
+                return Err(ConfigError::Invalid(format!(
+                    "ZEN_DATABASE_READ_URL `{}` is not supported: use postgres://USER@HOST/DB \
+                     (a PostgreSQL standby of ZEN_DATABASE_URL)",
+                    redact_url(read_url)
+                )));
+            }
         }
         for (a, b, a_name, b_name) in [
             (self.grpc_addr, self.http_addr, "gRPC", "HTTP"),
@@ -1212,6 +1243,46 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("mysql://root:***@db/zen"), "{message}");
         assert!(!message.contains("hunter2"));
+    }
+
+    #[test]
+    fn a_read_replica_needs_postgresql_on_both_sides() {
+        let resolve = |primary: Option<&str>, replica: &str| {
+            let global = GlobalArgs {
+                database_url: primary.map(str::to_owned),
+                ..Default::default()
+            };
+            let serve = ServeArgs {
+                database_read_url: Some(replica.to_owned()),
+                ..Default::default()
+            };
+            Config::resolve(&global, &serve)
+        };
+        let config = resolve(
+            Some("postgres://zen@db/zen"),
+            "postgres://zen@db-replica/zen",
+        )
+        .unwrap();
+        assert_eq!(
+            config.database_read_url.as_deref(),
+            Some("postgres://zen@db-replica/zen")
+        );
+        // SQLite (the default) has no replica.
+        let err = resolve(None, "postgres://zen@db-replica/zen").unwrap_err();
+        assert!(err.to_string().contains("ZEN_DATABASE_READ_URL"), "{err}");
+        assert!(err.to_string().contains("sqlite://"), "{err}");
+        let err = resolve(Some("postgres://zen@db/zen"), "sqlite://replica.db").unwrap_err();
+        assert!(err.to_string().contains("not supported"), "{err}");
+        // Named without its password.
+        let err = resolve(
+            Some("postgres://zen@db/zen"),
+            "mysql://zen:hunter2@db-replica/zen",
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // Empty means none, as for the other URLs.
+        let config = resolve(None, " ").unwrap();
+        assert_eq!(config.database_read_url, None);
     }
 
     #[test]

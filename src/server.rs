@@ -115,6 +115,8 @@ pub struct Running {
     health_reporter: HealthReporter,
     /// The retention janitor (`None` when turned off).
     janitor: Option<JoinHandle<()>>,
+    /// The read replica's freshness monitor (`None` without a replica).
+    replica_monitor: Option<JoinHandle<()>>,
     store: Arc<Store>,
 }
 
@@ -158,6 +160,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .map_err(anyhow::Error::msg)
         .context("reading the authorization policies")?;
     let store = Arc::new(store::open(&config).await?);
+    // Not part of readiness: a replica that is down or lagging only sends lists to the primary.
+    let replica_monitor = store.spawn_replica_monitor(zen_store::replica::FRESHNESS_INTERVAL);
     let cache = zen_cache::connect_with(
         config.redis_url.as_deref(),
         CACHE_PREFIX,
@@ -383,6 +387,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         health_driver,
         health_reporter,
         janitor,
+        replica_monitor,
         store,
     })
 }
@@ -400,6 +405,9 @@ impl Running {
         // lease expires for the next replica.
         if let Some(janitor) = &self.janitor {
             janitor.abort();
+        }
+        if let Some(monitor) = &self.replica_monitor {
+            monitor.abort();
         }
         readiness::set_not_serving(&self.health_reporter).await;
         let _ = self.draining.send(true);

@@ -27,9 +27,27 @@ async fn connect(config: &Config) -> anyhow::Result<Store> {
 }
 
 /// Connects to the configured database and brings its schema up to date (or, with
-/// auto-migration disabled, refuses to start on a schema that is not current).
+/// auto-migration disabled, refuses to start on a schema that is not current). With
+/// `--database-read-url`, adds the read replica that serves list pages while it is fresh; it is
+/// never migrated (a standby replays the primary's schema) and never checked here: a replica
+/// that is down only leaves the lists on the primary.
 pub async fn open(config: &Config) -> anyhow::Result<Store> {
-    let store = connect(config).await?;
+    let mut store = connect(config).await?;
+    if let Some(read_url) = &config.database_read_url {
+        // A list that cannot get a replica connection quickly is better answered by the
+        // primary than held: the replica's pool waits at most half a freshness interval.
+        let options = zen_store::StoreOptions {
+            acquire_timeout: config
+                .limits
+                .dependency_timeout
+                .min(std::time::Duration::from_millis(500)),
+            ..Default::default()
+        };
+        store = store
+            .with_read_replica(read_url, options)
+            .with_context(|| format!("the read replica {}", redact_url(read_url)))?;
+        tracing::info!(replica = %redact_url(read_url), "lists read the replica while it is fresh");
+    }
     if config.auto_migrate {
         let status = store.migrate().await.context("applying migrations")?;
         tracing::info!(applied = status.applied.len(), "database schema is current");

@@ -420,6 +420,9 @@ const METRICS: &[(&str, Kind, &str)] = &[
     ("zen_dependency_outages_total", Kind::Counter, "Outages of a dependency seen by this replica."),
     ("zen_db_pool_connections", Kind::Gauge, "Database pool connections by state (idle, in_use, max, waiting)."),
     ("zen_db_pool_acquire_seconds", Kind::Histogram, "Time to get a pooled connection and begin a transaction."),
+    ("zen_database_reads_total", Kind::Counter, "List reads by the pool that answered them (primary, or the read replica while it is fresh)."),
+    ("zen_database_replica_fresh", Kind::Gauge, "1 while the read replica has replayed the primary's WAL position of the previous check (lists read it), else 0."),
+    ("zen_database_replica_lag_bytes", Kind::Gauge, "Bytes of WAL the read replica's replay was behind the primary at the last check that reached both."),
     ("zen_cache_errors_total", Kind::Counter, "Cache (Redis) command failures by kind."),
     ("zen_audit_pending_records", Kind::Gauge, "Audit records queued for a shared append and not yet committed."),
     ("zen_audit_records_appended_total", Kind::Counter, "Audit records written to a chain."),
@@ -459,6 +462,9 @@ fn describe_metrics() {
         "zen_audit_records_appended_total",
     ] {
         metrics::counter!(counter).increment(0);
+    }
+    for pool in ["primary", "replica"] {
+        metrics::counter!("zen_database_reads_total", "pool" => pool).increment(0);
     }
     for dependency in ["database", "cache"] {
         metrics::counter!("zen_dependency_outages_total", "dependency" => dependency).increment(0);

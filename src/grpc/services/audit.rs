@@ -105,12 +105,12 @@ impl AuditService for AuditApi {
             since,
             until,
         };
-        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
-        let page = tx
-            .audit()
-            .list(&filter, &page)
-            .await
-            .map_err(|e| store_status(e, ""))?;
+        let page = call
+            .list(&self.store, Some(tenant_id), move |tx| {
+                let (filter, page) = (filter.clone(), page.clone());
+                Box::pin(async move { tx.audit().list(&filter, &page).await })
+            })
+            .await?;
         Ok(Response::new(pb::ListAuditLogsResponse {
             audit_records: page.items.into_iter().map(record_to_proto).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),

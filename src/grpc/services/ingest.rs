@@ -953,12 +953,12 @@ impl IngestService for IngestApi {
             event_type: Some(req.r#type).filter(|t| !t.is_empty()),
             source_name: Some(req.webhook_source_id).filter(|s| !s.is_empty()),
         };
-        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
-        let page = tx
-            .events()
-            .list(&filter, &page)
-            .await
-            .map_err(|e| store_status(e, ""))?;
+        let page = call
+            .list(&self.store, Some(tenant_id), move |tx| {
+                let (filter, page) = (filter.clone(), page.clone());
+                Box::pin(async move { tx.events().list(&filter, &page).await })
+            })
+            .await?;
         Ok(Response::new(pb::ListEventsResponse {
             events: page.items.into_iter().map(event_to_proto).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),

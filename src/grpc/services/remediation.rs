@@ -687,12 +687,12 @@ impl remediation_service_server::RemediationService for RemediationApi {
             event_id: optional_id("event_id", &req.event_id)?,
         };
         let page = page_request(req.page_size, &req.page_token);
-        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
-        let page = tx
-            .remediations()
-            .list(&filter, &page)
-            .await
-            .map_err(|e| store_status(e, ""))?;
+        let page = call
+            .list(&self.store, Some(tenant_id), move |tx| {
+                let (filter, page) = (filter.clone(), page.clone());
+                Box::pin(async move { tx.remediations().list(&filter, &page).await })
+            })
+            .await?;
         Ok(Response::new(pb::ListRemediationsResponse {
             remediations: page.items.into_iter().map(remediation_to_proto).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -1030,6 +1030,8 @@ impl remediation_service_server::RemediationService for RemediationApi {
         let tenant_id = id("tenant_id", &req.tenant_id)?;
         let id = id("remediation_id", &req.remediation_id)?;
         let page = page_request(req.page_size, &req.page_token);
+        // The primary, not the replica: the remediation is looked up first (NOT_FOUND for an
+        // unknown one), and one just proposed must be found.
         let mut tx = call.read(&self.store, Some(tenant_id)).await?;
         // NOT_FOUND for an unknown remediation rather than an empty list.
         tx.remediations()
@@ -1250,12 +1252,12 @@ impl remediation_service_server::RemediationService for RemediationApi {
             show_replayed: req.show_replayed,
         };
         let page = page_request(req.page_size, &req.page_token);
-        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
-        let page = tx
-            .remediations()
-            .list_dead_letters(&filter, &page)
-            .await
-            .map_err(|e| store_status(e, ""))?;
+        let page = call
+            .list(&self.store, Some(tenant_id), move |tx| {
+                let (filter, page) = (filter.clone(), page.clone());
+                Box::pin(async move { tx.remediations().list_dead_letters(&filter, &page).await })
+            })
+            .await?;
         Ok(Response::new(pb::ListDeadLettersResponse {
             dead_letters: page.items.into_iter().map(dead_letter_to_proto).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),

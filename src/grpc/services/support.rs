@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use uuid::Uuid;
-use zen_store::{AuditOutcome, NewAuditRecord, PageRequest, Role, Scope, Store, StoreError, Tx};
+use zen_store::{
+    AuditOutcome, NewAuditRecord, PageRequest, ReadFuture, Role, Scope, Store, StoreError, Tx,
+};
 
 use crate::authz::Caller;
 use crate::grpc::authorize::Authorized;
@@ -66,6 +68,27 @@ impl Call {
     ) -> Result<Box<dyn Tx>, Status> {
         store
             .begin_read(&self.scope(tenant_id))
+            .await
+            .map_err(|e| store_status(e, ""))
+    }
+
+    /// A list page read in this caller's scope inside `tenant_id` (or none), on the read
+    /// replica while it is fresh, else on the primary (`Store::read_stale`): for `List*` calls
+    /// only, whose callers accept a page a couple of seconds old. Gets, watches and anything a
+    /// decision rests on use [`Call::read`] (always the primary), so a create followed by a get
+    /// sees the create.
+    pub async fn list<T, F>(
+        &self,
+        store: &Store,
+        tenant_id: Option<Uuid>,
+        read: F,
+    ) -> Result<T, Status>
+    where
+        T: Send,
+        F: for<'t> Fn(&'t mut dyn Tx) -> ReadFuture<'t, T> + Send + Sync,
+    {
+        store
+            .read_stale(&self.scope(tenant_id), read)
             .await
             .map_err(|e| store_status(e, ""))
     }

@@ -338,12 +338,12 @@ impl TenancyService for TenancyApi {
             name_prefix: Some(req.name_prefix).filter(|p| !p.is_empty()),
             include_deleted: req.show_deleted,
         };
-        let mut tx = call.read(&self.store, None).await?;
-        let page = tx
-            .tenants()
-            .list(&filter, &page)
-            .await
-            .map_err(store_err(""))?;
+        let page = call
+            .list(&self.store, None, move |tx| {
+                let (filter, page) = (filter.clone(), page.clone());
+                Box::pin(async move { tx.tenants().list(&filter, &page).await })
+            })
+            .await?;
         Ok(Response::new(pb::ListTenantsResponse {
             tenants: page.items.into_iter().map(tenant_to_proto).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -520,12 +520,12 @@ impl TenancyService for TenancyApi {
         } else {
             Some(role_field("role", req.role)?)
         };
-        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
-        let page = tx
-            .members()
-            .list(&MemberFilter { role }, &page)
-            .await
-            .map_err(store_err(""))?;
+        let page = call
+            .list(&self.store, Some(tenant_id), move |tx| {
+                let page = page.clone();
+                Box::pin(async move { tx.members().list(&MemberFilter { role }, &page).await })
+            })
+            .await?;
         Ok(Response::new(pb::ListMembersResponse {
             members: page.items.into_iter().map(member_to_proto).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -779,12 +779,12 @@ impl TenancyService for TenancyApi {
             status: cluster_status_filter(req.status)?,
             name_prefix: Some(req.name_prefix).filter(|p| !p.is_empty()),
         };
-        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
-        let page = tx
-            .clusters()
-            .list(&filter, &page)
-            .await
-            .map_err(store_err(""))?;
+        let page = call
+            .list(&self.store, Some(tenant_id), move |tx| {
+                let (filter, page) = (filter.clone(), page.clone());
+                Box::pin(async move { tx.clusters().list(&filter, &page).await })
+            })
+            .await?;
         // The connection state changes with every heartbeat, so it filters the page rather
         // than the query; a page may then hold fewer items than asked (AIP-158 allows it).
         let clusters = page

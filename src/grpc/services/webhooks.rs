@@ -615,12 +615,12 @@ impl Webhooks {
             scheme,
             name_prefix: Some(req.name_prefix).filter(|p| !p.is_empty()),
         };
-        let mut tx = call.read(&self.store, Some(tenant_id)).await?;
-        let page = tx
-            .webhook_sources()
-            .list(&filter, &page)
-            .await
-            .map_err(|e| store_status(e, ""))?;
+        let page = call
+            .list(&self.store, Some(tenant_id), move |tx| {
+                let (filter, page) = (filter.clone(), page.clone());
+                Box::pin(async move { tx.webhook_sources().list(&filter, &page).await })
+            })
+            .await?;
         Ok(Response::new(pb::ListWebhookSourcesResponse {
             webhook_sources: page.items.into_iter().map(|s| self.to_proto(s)).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
