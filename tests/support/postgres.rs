@@ -1,7 +1,7 @@
 //! A private PostgreSQL cluster for the drills that stop, restart or replicate the database
-//! (never the shared one on 5432). Needs the PostgreSQL 15 binaries under
-//! /usr/lib/postgresql/15/bin and a `postgres` system user when run as root (initdb refuses
-//! root).
+//! (never the shared one on 5432), and a streaming standby of it. Needs the PostgreSQL 15
+//! binaries under /usr/lib/postgresql/15/bin and a `postgres` system user when run as root
+//! (initdb refuses root).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -74,6 +74,31 @@ impl PrivatePostgres {
             eprintln!("skipped: a private PostgreSQL could not be started");
         }
         postgres
+    }
+
+    /// A streaming standby of this cluster on `port`: `pg_basebackup -R` (which writes
+    /// `primary_conninfo` and `standby.signal`), then started. PostgreSQL 15's defaults are all
+    /// it needs of the primary (`wal_level = replica`, `max_wal_senders = 10`, and the
+    /// `replication` lines `initdb --auth=trust` writes into `pg_hba.conf`); `hot_standby` is on
+    /// by default, so it answers read-only queries. `None` when it cannot be made or started.
+    pub fn standby(&self, port: u16) -> Option<Self> {
+        let standby = Self::empty(port)?;
+        let primary_port = self.port.to_string();
+        let copied = pg(
+            "pg_basebackup",
+            &[
+                "-D",
+                &standby.data(),
+                "-R",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port,
+                "-U",
+                "postgres",
+            ],
+        );
+        (copied && standby.start()).then_some(standby)
     }
 
     pub fn url(&self) -> String {
