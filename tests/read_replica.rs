@@ -373,5 +373,29 @@ async fn lists_read_a_fresh_replica_and_the_primary_otherwise() {
     assert_eq!(ready.status(), StatusCode::OK);
     assert!(!latest.is_empty());
 
+    // The three series are described as docs/OBSERVABILITY.md lists them.
+    let scrape = http
+        .get(zen.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (name, kind) in [
+        ("zen_database_reads_total", "counter"),
+        ("zen_database_replica_fresh", "gauge"),
+        ("zen_database_replica_lag_bytes", "gauge"),
+    ] {
+        assert!(
+            scrape.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name} is not a {kind} in the scrape"
+        );
+        assert!(
+            scrape.contains(&format!("# HELP {name} ")),
+            "{name} has no help"
+        );
+    }
+
     zen.stop().await;
 }
