@@ -151,6 +151,10 @@ impl ZenProcess {
         self.data_dir.path().join("pki")
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The process's resident memory (`VmRSS`), in bytes.
     pub fn resident_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
