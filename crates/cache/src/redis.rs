@@ -745,6 +745,16 @@ impl Cache for RedisCache {
 mod tests {
     use super::*;
 
+    /// In a Redis Cluster the keys of one command must share a hash slot. Every script takes
+    /// exactly one key (`eval_as` passes one), so none can span slots.
+    #[test]
+    fn every_script_touches_one_key() {
+        for lua in [CAS_LUA, INCR_LUA, ADD_LUA, PUSH_CAPPED_LUA, GCRA_LUA] {
+            assert!(lua.contains("KEYS[1]"), "{lua}");
+            assert!(!lua.contains("KEYS[2]"), "{lua}");
+        }
+    }
+
     #[test]
     fn glob_metacharacters_are_escaped() {
         assert_eq!(
