@@ -5,6 +5,7 @@
 //! 2 s of the dependency's return; every 202 stored; the tenant's audit chain verifies.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -163,117 +164,130 @@ impl Outage {
     }
 }
 
-/// Runs the `zen` binary with `args` (pointing it at the private dependency), loads it with
-/// signed webhooks, calls `stop` after 2 s and `restart` after the outage, and checks every
-/// promise.
-pub async fn webhook_outage_drill<R, F>(
-    args: &[String],
-    outage: Outage,
-    stop: impl FnOnce() -> bool,
-    restart: R,
-) where
-    R: FnOnce() -> F,
-    F: Future<Output = bool>,
-{
+/// Zen (the `zen` binary with `args`, local login on) and its webhook load target.
+async fn zen_with_target(args: &[String]) -> (ZenProcess, WebhookTarget) {
     let mut args = args.to_vec();
     args.extend(["--local-login".into(), "true".into()]);
     let zen = ZenProcess::spawn(&args).await;
-    let WebhookTarget {
-        http,
-        tenant_id,
-        source_id,
-        secret,
-        ..
-    } = webhook_target(&zen, "outage", json!({ "rateLimitPerSecond": 10000 })).await;
+    let target = webhook_target(&zen, "outage", json!({ "rateLimitPerSecond": 10000 })).await;
+    (zen, target)
+}
 
-    // Load: 8 senders, each waiting for its answer (at most 3 s) and 100 ms before the next
-    // delivery (under the tenant's default rate limit).
-    let dependency = outage.dependency;
-    let started = Instant::now();
-    let total = Duration::from_secs(2) + outage.down_for + Duration::from_secs(5);
-    // `/ready` sampled every 250 ms through the load: (when, ready).
-    let readiness = {
-        let client = Client::builder()
-            .timeout(Duration::from_secs(1))
-            .build()
-            .unwrap();
-        let url = zen.http_url("/ready");
-        tokio::spawn(async move {
-            let mut samples = vec![];
-            while started.elapsed() < total {
-                let at = started.elapsed();
-                let ready = client
-                    .get(&url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                samples.push((at, ready));
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            samples
-        })
-    };
-    let answers = Arc::new(Mutex::new(Vec::<Answer>::new()));
-    let senders: Vec<_> = (0..8)
-        .map(|worker| {
+/// The drills' load, running until its end (which the drill may move): 8 senders, each
+/// waiting for its answer (at most 3 s) and 100 ms before the next delivery, and `/ready`
+/// sampled every 250 ms.
+struct Load {
+    answers: Arc<Mutex<Vec<Answer>>>,
+    senders: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+    readiness: tokio::task::JoinHandle<Vec<(Duration, bool)>>,
+    /// Milliseconds after `started` at which the load stops.
+    end_ms: Arc<AtomicU64>,
+}
+
+impl Load {
+    fn start(zen: &ZenProcess, target: &WebhookTarget, started: Instant, end: Duration) -> Load {
+        let end_ms = Arc::new(AtomicU64::new(end.as_millis() as u64));
+        let running = {
+            let end_ms = end_ms.clone();
+            move || started.elapsed() < Duration::from_millis(end_ms.load(Ordering::Relaxed))
+        };
+        // `/ready` sampled every 250 ms through the load: (when, ready).
+        let readiness = {
             let client = Client::builder()
-                .timeout(Duration::from_secs(3))
+                .timeout(Duration::from_secs(1))
                 .build()
                 .unwrap();
-            let url = zen.http_url(&format!("/webhooks/{source_id}"));
-            let (secret, answers) = (secret.clone(), answers.clone());
+            let url = zen.http_url("/ready");
+            let running = running.clone();
             tokio::spawn(async move {
-                let mut n = 0;
-                while started.elapsed() < total {
-                    n += 1;
-                    let nonce = format!("w{worker}-{n}");
-                    let body = json!({ "alert": nonce }).to_string();
-                    let sent = started.elapsed();
-                    let response = match deliver(&client, &url, &secret, &nonce, body).await {
-                        Ok(response) => response,
-                        // Reported with the server's log once the senders are joined.
-                        Err(e) => return Err(format!("delivery {nonce} at {sent:?}: {e:?}")),
-                    };
-                    let status = response.status();
-                    if status == StatusCode::SERVICE_UNAVAILABLE {
-                        assert!(
-                            response.headers().contains_key("retry-after"),
-                            "503 without Retry-After"
-                        );
-                    }
-                    let text = response.text().await.unwrap_or_default();
-                    let event_id = (status == StatusCode::ACCEPTED).then(|| {
-                        let v: Value = serde_json::from_str(&text).unwrap();
-                        v["eventIds"][0].as_str().unwrap().to_owned()
-                    });
-                    answers.lock().unwrap().push(Answer {
-                        sent,
-                        status,
-                        took: started.elapsed() - sent,
-                        event_id,
-                    });
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                let mut samples = vec![];
+                while running() {
+                    let at = started.elapsed();
+                    let ready = client
+                        .get(&url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    samples.push((at, ready));
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Ok(())
+                samples
             })
-        })
-        .collect();
-
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(stop(), "stopping the private {dependency}");
-    let down_at = started.elapsed();
-    tokio::time::sleep(outage.down_for).await;
-    assert!(restart().await, "restarting the private {dependency}");
-    let back_at = started.elapsed();
-    for sender in senders {
-        if let Err(error) = sender.await.unwrap() {
-            panic!("{error}\nthe server's log:\n{}", zen.log_tail());
+        };
+        let answers = Arc::new(Mutex::new(Vec::<Answer>::new()));
+        let senders = (0..8)
+            .map(|worker| {
+                let client = Client::builder()
+                    .timeout(Duration::from_secs(3))
+                    .build()
+                    .unwrap();
+                let url = zen.http_url(&format!("/webhooks/{}", target.source_id));
+                let (secret, answers) = (target.secret.clone(), answers.clone());
+                let running = running.clone();
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while running() {
+                        n += 1;
+                        let nonce = format!("w{worker}-{n}");
+                        let body = json!({ "alert": nonce }).to_string();
+                        let sent = started.elapsed();
+                        let response = match deliver(&client, &url, &secret, &nonce, body).await {
+                            Ok(response) => response,
+                            // Reported with the server's log once the senders are joined.
+                            Err(e) => return Err(format!("delivery {nonce} at {sent:?}: {e:?}")),
+                        };
+                        let status = response.status();
+                        if status == StatusCode::SERVICE_UNAVAILABLE {
+                            assert!(
+                                response.headers().contains_key("retry-after"),
+                                "503 without Retry-After"
+                            );
+                        }
+                        let text = response.text().await.unwrap_or_default();
+                        let event_id = (status == StatusCode::ACCEPTED).then(|| {
+                            let v: Value = serde_json::from_str(&text).unwrap();
+                            v["eventIds"][0].as_str().unwrap().to_owned()
+                        });
+                        answers.lock().unwrap().push(Answer {
+                            sent,
+                            status,
+                            took: started.elapsed() - sent,
+                            event_id,
+                        });
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        Load {
+            answers,
+            senders,
+            readiness,
+            end_ms,
         }
     }
-    let answers = std::mem::take(&mut *answers.lock().unwrap());
-    let readiness = readiness.await.unwrap();
 
-    for a in &answers {
+    /// Moves the end of the load to `end` after the start.
+    fn end_at(&self, end: Duration) {
+        self.end_ms.store(end.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Waits for the load to end: every answer, and the `/ready` samples.
+    async fn finish(self, zen: &ZenProcess) -> (Vec<Answer>, Vec<(Duration, bool)>) {
+        for sender in self.senders {
+            if let Err(error) = sender.await.unwrap() {
+                panic!("{error}\nthe server's log:\n{}", zen.log_tail());
+            }
+        }
+        let answers = std::mem::take(&mut *self.answers.lock().unwrap());
+        (answers, self.readiness.await.unwrap())
+    }
+}
+
+/// Every answer is 202 or 503 (with `Retry-After`, checked as it came) within 3 s.
+fn assert_answered_promptly(answers: &[Answer]) {
+    for a in answers {
         assert!(
             a.status == StatusCode::ACCEPTED || a.status == StatusCode::SERVICE_UNAVAILABLE,
             "sent at {:?}: {}",
@@ -287,6 +301,62 @@ pub async fn webhook_outage_drill<R, F>(
             a.took
         );
     }
+}
+
+/// Signs in again (a restarted or failed-over Redis may have lost the session), checks that
+/// the tenant's audit chain verifies, and returns the stored webhook events of the source
+/// (event id -> occurrences).
+async fn stored_after_the_drill(
+    zen: &ZenProcess,
+    target: &WebhookTarget,
+) -> std::collections::HashMap<String, usize> {
+    let WebhookTarget {
+        http,
+        tenant_id,
+        source_id,
+        ..
+    } = target;
+    let token = sign_in_root(http, zen).await;
+    let stored = stored_events(
+        http,
+        zen,
+        &token,
+        tenant_id,
+        &format!("webhookSourceId={source_id}"),
+    )
+    .await;
+    assert_chain_verifies(http, zen, &token, tenant_id).await;
+    stored
+}
+
+/// Runs the `zen` binary with `args` (pointing it at the private dependency), loads it with
+/// signed webhooks, calls `stop` after 2 s and `restart` after the outage, and checks every
+/// promise.
+pub async fn webhook_outage_drill<R, F>(
+    args: &[String],
+    outage: Outage,
+    stop: impl FnOnce() -> bool,
+    restart: R,
+) where
+    R: FnOnce() -> F,
+    F: Future<Output = bool>,
+{
+    let (zen, target) = zen_with_target(args).await;
+
+    let dependency = outage.dependency;
+    let started = Instant::now();
+    let total = Duration::from_secs(2) + outage.down_for + Duration::from_secs(5);
+    let load = Load::start(&zen, &target, started, total);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(stop(), "stopping the private {dependency}");
+    let down_at = started.elapsed();
+    tokio::time::sleep(outage.down_for).await;
+    assert!(restart().await, "restarting the private {dependency}");
+    let back_at = started.elapsed();
+    let (answers, readiness) = load.finish(&zen).await;
+
+    assert_answered_promptly(&answers);
     if outage.is_long() {
         let during = answers
             .iter()
@@ -340,27 +410,134 @@ pub async fn webhook_outage_drill<R, F>(
         readiness.len()
     );
 
-    // Sign in again: a restarted Redis is empty (no persistence), so sessions are gone.
-    let token = sign_in_root(&http, &zen).await;
-
     // Every 202 is stored.
-    let stored = stored_events(
-        &http,
-        &zen,
-        &token,
-        &tenant_id,
-        &format!("webhookSourceId={source_id}"),
-    )
-    .await;
+    let stored = stored_after_the_drill(&zen, &target).await;
     for id in &accepted {
         assert!(
             stored.contains_key(*id),
             "accepted event {id} is not stored"
         );
     }
-    assert_chain_verifies(&http, &zen, &token, &tenant_id).await;
 
     zen.stop().await;
+}
+
+/// What a failover drill measured (times from the start of the load).
+#[derive(Debug)]
+pub struct Failover {
+    pub deliveries: usize,
+    pub accepted: usize,
+    pub refused: usize,
+    pub slowest: Duration,
+    /// From the failover's trigger until the new primary served every slot.
+    pub took: Duration,
+    /// From the trigger until the first delivery sent after the last refusal (the first 202
+    /// "again"); zero when nothing was refused.
+    pub accepting_again_after: Duration,
+    /// How far past the failover's completion the last refused delivery was sent; zero when
+    /// none was refused after it.
+    pub refused_past_completion: Duration,
+    pub unready_samples: usize,
+    pub samples: usize,
+}
+
+/// The webhook drill through a failover of the dependency rather than an outage: Zen (the
+/// `zen` binary with `args`) under the same load; `trigger` after 2 s; `completed` polled every
+/// 100 ms (at most 30 s) until the new primary serves; the load goes on for 6 s more. Checks:
+/// every delivery answered within 3 s, 202 or 503 with `Retry-After`; the load overlapped the
+/// failover; every delivery sent more than `settle` after the completion accepted; `/ready`
+/// true from 3 s after the completion on; every 202 stored exactly once; the tenant's audit
+/// chain verifies; Zen stops cleanly (it was never restarted). Returns the figures.
+pub async fn webhook_failover_drill(
+    args: &[String],
+    dependency: &'static str,
+    settle: Duration,
+    trigger: impl FnOnce() -> bool,
+    mut completed: impl FnMut() -> bool,
+) -> Failover {
+    let (zen, target) = zen_with_target(args).await;
+    let started = Instant::now();
+    // Ended once the failover is over; the bound is only there for a failover that never is.
+    let load = Load::start(&zen, &target, started, Duration::from_secs(60));
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(trigger(), "triggering the {dependency} failover");
+    let failed_at = started.elapsed();
+    while !completed() {
+        assert!(
+            started.elapsed() < failed_at + Duration::from_secs(30),
+            "the {dependency} failover did not complete within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done_at = started.elapsed();
+    load.end_at(done_at + Duration::from_secs(6));
+    let (answers, readiness) = load.finish(&zen).await;
+
+    assert_answered_promptly(&answers);
+    assert!(
+        answers
+            .iter()
+            .any(|a| a.sent <= done_at && a.sent + a.took >= failed_at),
+        "no delivery was under way during the failover ({failed_at:?} to {done_at:?})"
+    );
+    let last_refused = answers
+        .iter()
+        .filter(|a| a.status != StatusCode::ACCEPTED)
+        .map(|a| a.sent)
+        .max();
+    let refused_past_completion =
+        last_refused.map_or(Duration::ZERO, |at| at.saturating_sub(done_at));
+    assert!(
+        refused_past_completion <= settle,
+        "a delivery sent {refused_past_completion:?} after the {dependency} failover completed \
+         (at {done_at:?}) was refused; the bound is {settle:?}"
+    );
+    let accepting_again_after = last_refused.map_or(Duration::ZERO, |last| {
+        answers
+            .iter()
+            .filter(|a| a.sent > last)
+            .map(|a| a.sent)
+            .min()
+            .expect("a delivery after the last refusal")
+            .saturating_sub(failed_at)
+    });
+    let unready_after: Vec<Duration> = readiness
+        .iter()
+        .filter(|&&(at, ready)| at > done_at + Duration::from_secs(3) && !ready)
+        .map(|&(at, _)| at)
+        .collect();
+    assert!(
+        unready_after.is_empty(),
+        "not ready more than 3 s after the {dependency} failover completed at {done_at:?}: \
+         {unready_after:?}"
+    );
+
+    let accepted: Vec<&str> = answers
+        .iter()
+        .filter_map(|a| a.event_id.as_deref())
+        .collect();
+    let stored = stored_after_the_drill(&zen, &target).await;
+    for id in &accepted {
+        assert_eq!(
+            stored.get(*id),
+            Some(&1),
+            "accepted event {id} is not stored exactly once"
+        );
+    }
+    zen.stop().await;
+
+    Failover {
+        deliveries: answers.len(),
+        accepted: accepted.len(),
+        refused: answers.len() - accepted.len(),
+        slowest: answers.iter().map(|a| a.took).max().unwrap(),
+        took: done_at - failed_at,
+        accepting_again_after,
+        refused_past_completion,
+        unready_samples: readiness.iter().filter(|&&(_, ready)| !ready).count(),
+        samples: readiness.len(),
+    }
 }
 
 /// The tenant's stored events matching `filter` (a query string), through every page: event id
