@@ -11,6 +11,8 @@
 //!   its channels and resubscribes after a reconnect; one dispatcher task
 //!   fans each message out to the process's local subscribers through a
 //!   bounded broadcast channel per Redis channel.
+//! - Behind a Sentinel, the cache asks a Sentinel for the primary every 500 ms and
+//!   reconnects when it names another one (`follow_sentinel_primary`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
@@ -23,9 +25,10 @@ use fred::interfaces::{
     ClientLike, EventInterface, KeysInterface, ListInterface, LuaInterface, PubsubInterface,
 };
 use fred::prelude::{Builder, Config, Expiration, ReconnectPolicy, SetOptions, Value};
+use fred::types::config::{Server, ServerConfig};
 use fred::types::scripts::Script;
-use fred::types::Message;
-use tokio::sync::broadcast;
+use fred::types::{ClusterHash, CustomCommand, Message};
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
@@ -146,6 +149,9 @@ struct Shared {
     gcra: Script,
     add: Script,
     tasks: Vec<JoinHandle<()>>,
+    /// Sentinel only: dropped with the cache, which ends `follow_sentinel_primary` (after it
+    /// has closed its connection to the Sentinel).
+    _following: Option<watch::Sender<()>>,
 }
 
 /// The subscriber connection and the local fan-out.
@@ -216,6 +222,118 @@ async fn dispatch(pubsub: Arc<PubSub>, mut messages: broadcast::Receiver<Message
             Err(broadcast::error::RecvError::Closed) => break,
         }
     }
+}
+
+/// How often the cache asks a Sentinel which server is the primary (see
+/// [`follow_sentinel_primary`]).
+const SENTINEL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Sentinel deployments only. fred asks the Sentinels for the primary when it connects, and only
+/// then. After a `SENTINEL FAILOVER` the former primary stays a primary, and keeps accepting
+/// writes, until a Sentinel next looks at it (every 10 s), turns it into a replica and closes
+/// its clients' connections. Until then the cache would write where nobody reads, and those
+/// writes (nonces, sessions, counters) are lost when the former primary resynchronises. So every
+/// 500 ms this asks a Sentinel for the primary, and reconnects the pool and the subscriber when
+/// they are connected elsewhere: reconnecting asks the Sentinels again.
+async fn follow_sentinel_primary(
+    sentinels: Vec<Config>,
+    service: String,
+    options: RedisOptions,
+    pool: Pool,
+    subscriber: SubscriberClient,
+    mut stop: watch::Receiver<()>,
+) {
+    let mut ticker = tokio::time::interval(SENTINEL_CHECK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The Sentinel being asked; when it stops answering, the next one of `sentinels` in turn.
+    let mut asking: Option<fred::clients::Client> = None;
+    let mut next = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            // The cache was dropped (the sender with it).
+            _ = stop.changed() => break,
+        }
+        let client = match asking.take() {
+            Some(client) if client.is_connected() => client,
+            stale => {
+                if let Some(stale) = stale {
+                    let _ = stale.quit().await;
+                }
+                let Some(config) = sentinels.get(next % sentinels.len().max(1)) else {
+                    break;
+                };
+                next += 1;
+                match sentinel_client(config.clone(), &options).await {
+                    Ok(client) => client,
+                    Err(error) => {
+                        tracing::debug!(%error, "a Redis Sentinel cannot be reached");
+                        continue;
+                    }
+                }
+            }
+        };
+        let named = client
+            .custom::<Value, _>(
+                CustomCommand::new_static("SENTINEL", ClusterHash::FirstKey, false),
+                vec!["GET-MASTER-ADDR-BY-NAME", service.as_str()],
+            )
+            .await;
+        let primary = match named {
+            Ok(Value::Array(parts)) => match &parts[..] {
+                [host, port] => host
+                    .as_string()
+                    .zip(port.as_string().and_then(|p| p.parse::<u16>().ok())),
+                _ => None,
+            },
+            Ok(_) => None,
+            Err(error) => {
+                tracing::debug!(%error, "a Redis Sentinel did not answer");
+                let _ = client.quit().await;
+                continue;
+            }
+        };
+        asking = Some(client);
+        let Some((host, port)) = primary else {
+            continue;
+        };
+        let elsewhere =
+            |servers: Vec<Server>| servers.iter().any(|s| *s.host != *host || s.port != port);
+        if elsewhere(pool.active_connections()) || elsewhere(subscriber.active_connections()) {
+            tracing::warn!(
+                primary = %format_args!("{host}:{port}"),
+                "the Redis Sentinel names another primary; reconnecting to it"
+            );
+            if let Err(error) = pool.force_reconnection().await {
+                tracing::debug!(%error, "reconnecting the Redis pool");
+            }
+            if let Err(error) = subscriber.force_reconnection().await {
+                tracing::debug!(%error, "reconnecting the Redis subscriber");
+            }
+        }
+    }
+    if let Some(client) = asking {
+        let _ = client.quit().await;
+    }
+}
+
+/// A connection to one Sentinel, with the deployment's timeouts and no reconnection of its
+/// own (the caller moves on to the next Sentinel instead).
+async fn sentinel_client(
+    config: Config,
+    options: &RedisOptions,
+) -> std::result::Result<fred::clients::Client, fred::error::Error> {
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_performance_config(|perf| perf.default_command_timeout = options.command_timeout)
+        .with_connection_config(|conn| {
+            conn.connection_timeout = options.connect_timeout;
+            conn.internal_command_timeout = options.connect_timeout;
+            conn.max_command_attempts = 1;
+        });
+    let client = builder.build()?;
+    client.init().await?;
+    Ok(client)
 }
 
 impl Drop for Shared {
@@ -306,6 +424,27 @@ impl RedisCache {
     /// are established before this returns.
     pub async fn connect(url: &str, key_prefix: &str, options: RedisOptions) -> Result<RedisCache> {
         let config = config_from_url(url)?;
+        // Sentinel: one config per Sentinel, to ask it for the primary (as a client of its own).
+        let sentinels = match &config.server {
+            ServerConfig::Sentinel {
+                hosts,
+                service_name,
+                ..
+            } => {
+                let sentinels: Vec<Config> = hosts
+                    .iter()
+                    .map(|host| Config {
+                        server: ServerConfig::Centralized {
+                            server: host.clone(),
+                        },
+                        database: None,
+                        ..config.clone()
+                    })
+                    .collect();
+                Some((sentinels, service_name.clone()))
+            }
+            _ => None,
+        };
         let mut builder = Builder::from_config(config);
         builder
             .with_performance_config(|perf| {
@@ -349,6 +488,18 @@ impl RedisCache {
         // Take the receiver now, so no message can precede the dispatcher.
         let messages = pubsub.client.message_rx();
         let dispatcher = tokio::spawn(dispatch(Arc::clone(&pubsub), messages));
+        let following = sentinels.map(|(sentinels, service)| {
+            let (stop, stopped) = watch::channel(());
+            tokio::spawn(follow_sentinel_primary(
+                sentinels,
+                service,
+                options.clone(),
+                pool.clone(),
+                pubsub.client.clone(),
+                stopped,
+            ));
+            stop
+        });
         tracing::debug!(pool_size = pool.size(), "redis cache connected");
 
         Ok(RedisCache {
@@ -362,6 +513,7 @@ impl RedisCache {
                 gcra: Script::from_lua(GCRA_LUA),
                 add: Script::from_lua(ADD_LUA),
                 tasks: vec![resubscriber, dispatcher],
+                _following: following,
             }),
         })
     }
