@@ -459,3 +459,31 @@ where
     .await?;
     result
 }
+
+/// An mTLS gRPC channel to the Zen at `addr` with the identity `name` (`admin`, `gateway` …)
+/// of the PKI in `pki` (a data dir's `pki/`), as the benchmarks call it.
+pub async fn mtls_channel(
+    addr: std::net::SocketAddr,
+    pki: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let read = |file: std::path::PathBuf| {
+        std::fs::read(&file).with_context(|| format!("reading {}", file.display()))
+    };
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read(
+            pki.join("ca.crt"),
+        )?))
+        .identity(tonic::transport::Identity::from_pem(
+            read(pki.join(format!("{name}.crt")))?,
+            read(pki.join(format!("{name}.key")))?,
+        ))
+        .domain_name("localhost");
+    Ok(
+        tonic::transport::Channel::from_shared(format!("https://{addr}"))?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?,
+    )
+}

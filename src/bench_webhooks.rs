@@ -344,21 +344,7 @@ async fn admin_channel(
     running: &server::Running,
     pki: &PkiFiles,
 ) -> anyhow::Result<tonic::transport::Channel> {
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
-            pki.ca_cert(),
-        )?))
-        .identity(tonic::transport::Identity::from_pem(
-            std::fs::read(pki.cert("admin"))?,
-            std::fs::read(pki.key("admin"))?,
-        ))
-        .domain_name("localhost");
-    Ok(
-        tonic::transport::Channel::from_shared(format!("https://{}", running.grpc_addr))?
-            .tls_config(tls)?
-            .connect()
-            .await?,
-    )
+    crate::bench::mtls_channel(running.grpc_addr, &pki.dir, "admin").await
 }
 
 /// One source per scheme, each with a rate limit far above what the run can send (so the

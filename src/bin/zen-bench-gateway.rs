@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 use tonic::Request;
 use zen::config::{Config, GlobalArgs, LogFormat, ServeArgs};
 use zen::proto::zen::auth::v1 as auth;
@@ -567,18 +567,5 @@ async fn connect(
     pki: &std::path::Path,
     name: &str,
 ) -> anyhow::Result<Channel> {
-    let read =
-        |file: PathBuf| std::fs::read(&file).with_context(|| format!("reading {}", file.display()));
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(pki.join("ca.crt"))?))
-        .identity(Identity::from_pem(
-            read(pki.join(format!("{name}.crt")))?,
-            read(pki.join(format!("{name}.key")))?,
-        ))
-        .domain_name("localhost");
-    Ok(Channel::from_shared(format!("https://{addr}"))?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await?)
+    zen::bench::mtls_channel(addr, pki, name).await
 }
