@@ -97,6 +97,7 @@ async fn start_replica(
     shared: Option<&Path>,
 ) -> anyhow::Result<Replica> {
     let (http, grpc, admin) = (free_addr()?, free_addr()?, free_addr()?);
+    std::fs::create_dir_all(data_dir)?;
     let mut command = Command::new(zen);
     command
         .arg("serve")
@@ -136,7 +137,6 @@ async fn start_replica(
             .context("reading the first replica's webhook secret keys")?;
         command.args(["--webhook-secret-keys", sealing.trim()]);
     }
-    std::fs::create_dir_all(data_dir)?;
     let mut child = command.spawn().context("starting zen serve")?;
     let client = reqwest::Client::builder().no_proxy().build()?;
     let deadline = Instant::now() + Duration::from_secs(60);
