@@ -418,6 +418,7 @@ const METRICS: &[(&str, Kind, &str)] = &[
     ("zen_stream_consumers_too_slow_total", Kind::Counter, "Streams ended because their consumer did not keep up, by stream."),
     ("zen_dependency_up", Kind::Gauge, "1 while a dependency (database, cache) answers, 0 during an outage."),
     ("zen_dependency_outages_total", Kind::Counter, "Outages of a dependency seen by this replica."),
+    ("zen_database_write_refusals_total", Kind::Counter, "Requests refused because the database answers but cannot write (disk full, read-only)."),
     ("zen_db_pool_connections", Kind::Gauge, "Database pool connections by state (idle, in_use, max, waiting)."),
     ("zen_db_pool_acquire_seconds", Kind::Histogram, "Time to get a pooled connection and begin a transaction."),
     ("zen_database_reads_total", Kind::Counter, "List reads by the pool that answered them (primary, or the read replica while it is fresh)."),
@@ -468,6 +469,9 @@ fn describe_metrics() {
     }
     for dependency in ["database", "cache"] {
         metrics::counter!("zen_dependency_outages_total", "dependency" => dependency).increment(0);
+    }
+    for reason in ["full", "read_only", "io_error"] {
+        metrics::counter!("zen_database_write_refusals_total", "reason" => reason).increment(0);
     }
     for limit in ["caller", "tenant"] {
         metrics::counter!("zen_watchers_refused_total", "limit" => limit).increment(0);
