@@ -24,10 +24,10 @@ use reqwest::Client;
 use serde_json::{json, Value};
 use support::balancer::{Balancer, Policy};
 use support::drill::{
-    assert_chain_verifies, stored_events, webhook_target, zen_hmac, WebhookTarget,
+    assert_chain_verifies, enroll_agent, ok, stored_events, webhook_target, zen_hmac, WebhookTarget,
 };
-use support::process::ZenProcess;
-use support::{request_id, test_redis_url, TestDatabase};
+use support::process::{Deployment, ZenProcess};
+use support::request_id;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -37,13 +37,6 @@ const AGENT_EVENTS: usize = 200;
 const LOAD: Duration = Duration::from_secs(6);
 const DRAIN_AT: Duration = Duration::from_secs(2);
 const GRACE_SECONDS: u64 = 20;
-
-async fn ok(response: reqwest::Response) -> Value {
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    assert!(status.is_success(), "{status}: {text}");
-    serde_json::from_str(&text).unwrap()
-}
 
 /// What the watcher heard across its connections.
 #[derive(Default)]
@@ -130,30 +123,17 @@ fn signed(secret: &str, nonce: String) -> Delivery {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_drained_with_sigterm_finishes_in_flight_work_and_its_streams_move_on() {
-    let Some(database) = TestDatabase::create().await else {
-        return;
-    };
-    let Some(redis) = test_redis_url().await else {
-        return;
-    };
-    let common = vec![
-        "--database-url".to_owned(),
-        database.url.clone(),
-        "--redis-url".to_owned(),
-        redis,
-        "--local-login".to_owned(),
-        "true".to_owned(),
+    let grace = [
         "--shutdown-grace-seconds".to_owned(),
         GRACE_SECONDS.to_string(),
-        // One issuer for the deployment: a token from one replica is good on the others.
-        "--public-url".to_owned(),
-        "http://zen.test".to_owned(),
     ];
-    let a = ZenProcess::spawn(&common).await;
-    let mut replica = common.clone();
-    replica.extend(a.replica_args());
-    let b = ZenProcess::spawn(&replica).await;
-    let mut c = ZenProcess::spawn(&replica).await;
+    let Some(Deployment {
+        replicas, database, ..
+    }) = Deployment::start(3, &grace).await
+    else {
+        return;
+    };
+    let [a, b, mut c]: [ZenProcess; 3] = replicas.try_into().ok().unwrap();
     let WebhookTarget {
         http,
         token,
@@ -202,27 +182,15 @@ async fn a_replica_drained_with_sigterm_finishes_in_flight_work_and_its_streams_
         .unwrap())
     .await;
     let cluster_id = cluster["cluster"]["clusterId"].as_str().unwrap().to_owned();
-    let bootstrap = ok(http
-        .post(http_c_first.url(&format!(
-            "/v1/tenants/{tenant_id}/clusters/{cluster_id}/bootstrapTokens"
-        )))
-        .bearer_auth(&token)
-        .header("X-Request-Id", request_id())
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap())
-    .await;
-    let agent_dir = tempfile::tempdir().unwrap();
-    zen::agent::bootstrap(
+    let agent_dir = enroll_agent(
+        &http,
         &http_c_first.url(""),
         &format!("https://{}", grpc_c_first.addr),
-        "localhost",
-        bootstrap["token"].as_str().unwrap(),
-        agent_dir.path(),
+        &token,
+        &tenant_id,
+        &cluster_id,
     )
-    .await
-    .expect("the agent enrolls");
+    .await;
     let (mut input, agent_input) = tokio::io::duplex(64 * 1024);
     let agent = tokio::spawn(async move {
         let files = zen::agent::AgentFiles::new(agent_dir.path());

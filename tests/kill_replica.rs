@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 use support::drill::{
     assert_chain_verifies, sign_in_root, stored_events, webhook_target, WebhookTarget,
 };
-use support::process::ZenProcess;
-use support::{test_redis_url, TestDatabase, ZenUnderTest};
+use support::process::{Deployment, ZenProcess};
+use support::ZenUnderTest;
 
 const SENDERS: usize = 32;
 const AGENTS: usize = 4;
@@ -54,25 +54,15 @@ fn delivery(secret: &str, nonce: String) -> Delivery {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_under_load_loses_no_acknowledged_delivery() {
-    let Some(database) = TestDatabase::create().await else {
+    let Some(Deployment {
+        replicas,
+        replica_args: replica,
+        database,
+    }) = Deployment::start(3, &[]).await
+    else {
         return;
     };
-    let Some(redis) = test_redis_url().await else {
-        return;
-    };
-    let common = vec![
-        "--database-url".to_owned(),
-        database.url.clone(),
-        "--redis-url".to_owned(),
-        redis,
-        "--local-login".to_owned(),
-        "true".to_owned(),
-    ];
-    let first = ZenProcess::spawn(&common).await;
-    let mut replica = common.clone();
-    replica.extend(first.replica_args());
-    let second = ZenProcess::spawn(&replica).await;
-    let victim = ZenProcess::spawn(&replica).await;
+    let [first, second, victim]: [ZenProcess; 3] = replicas.try_into().ok().unwrap();
     let WebhookTarget {
         http,
         tenant_id,

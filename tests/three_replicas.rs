@@ -25,12 +25,11 @@ use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use support::balancer::{Balancer, Policy};
 use support::drill::{
-    assert_chain_verifies, sign_in_root, stored_events, webhook_target, zen_hmac, WebhookTarget,
+    assert_chain_verifies, enroll_agent, ok, sign_in_root, stored_events, webhook_target, zen_hmac,
+    WebhookTarget,
 };
-use support::process::ZenProcess;
-use support::{
-    create_local_user_as_operator, request_id, test_redis_url, TestDatabase, ZenUnderTest,
-};
+use support::process::{Deployment, ZenProcess};
+use support::{create_local_user_as_operator, request_id};
 
 const RATE: usize = 30;
 
@@ -38,12 +37,6 @@ async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-async fn ok(response: reqwest::Response) -> Value {
-    let (status, body) = json_of(response).await;
-    assert!(status.is_success(), "{status}: {body}");
-    body
 }
 
 /// A client that opens a new connection for every request: the balancer hands each to the
@@ -99,30 +92,15 @@ fn write_hook(dir: &Path) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_behind_one_address_keep_every_promise() {
-    let Some(database) = TestDatabase::create().await else {
-        return;
-    };
-    let Some(redis) = test_redis_url().await else {
-        return;
-    };
-    let common = vec![
-        "--database-url".to_owned(),
-        database.url.clone(),
-        "--redis-url".to_owned(),
-        redis,
-        "--local-login".to_owned(),
-        "true".to_owned(),
-        // One issuer for the deployment: a token from one replica is good on the others.
-        "--public-url".to_owned(),
-        "http://zen.test".to_owned(),
-    ];
     // Remediation dispatch polls quickly in tests.
     std::env::set_var("ZEN_REMEDIATION_POLL_MS", "100");
-    let a = ZenProcess::spawn(&common).await;
-    let mut replica = common.clone();
-    replica.extend(a.replica_args());
-    let b = ZenProcess::spawn(&replica).await;
-    let c = ZenProcess::spawn(&replica).await;
+    let Some(Deployment {
+        replicas, database, ..
+    }) = Deployment::start(3, &[]).await
+    else {
+        return;
+    };
+    let [a, b, c]: [ZenProcess; 3] = replicas.try_into().ok().unwrap();
     let balancer = Balancer::start(
         vec![a.http_addr, b.http_addr, c.http_addr],
         Policy::RoundRobin,
@@ -241,27 +219,15 @@ async fn three_replicas_behind_one_address_keep_every_promise() {
 
     // Remediation dispatch: the agent holds a stream to the third replica only; the
     // remediation is proposed and approved through the balancer.
-    let bootstrap = ok(http
-        .post(balancer.url(&format!(
-            "/v1/tenants/{tenant_id}/clusters/{cluster_id}/bootstrapTokens"
-        )))
-        .bearer_auth(&token)
-        .header("X-Request-Id", request_id())
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap())
-    .await;
-    let agent_dir = tempfile::tempdir().unwrap();
-    zen::agent::bootstrap(
-        &c.http_url(""),
+    let agent_dir = enroll_agent(
+        &http,
+        &balancer.url(""),
         &format!("https://{}", c.grpc_addr),
-        "localhost",
-        bootstrap["token"].as_str().unwrap(),
-        agent_dir.path(),
+        &token,
+        &tenant_id,
+        &cluster_id,
     )
-    .await
-    .expect("the agent enrolls");
+    .await;
     let hook = write_hook(agent_dir.path());
     let files = zen::agent::AgentFiles::new(agent_dir.path());
     let agent = tokio::spawn(async move {

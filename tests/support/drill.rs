@@ -16,7 +16,8 @@ use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-async fn ok(response: reqwest::Response) -> Value {
+/// The JSON of a 2xx answer; anything else fails the test with the answer.
+pub async fn ok(response: reqwest::Response) -> Value {
     let status = response.status();
     let text = response.text().await.unwrap();
     assert!(status.is_success(), "{status}: {text}");
@@ -656,4 +657,39 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         stop_redis(self.0);
     }
+}
+
+/// Enrolls an agent of `cluster_id` as `zen agent bootstrap` does: a bootstrap token created
+/// through `http_base` as the bearer of `token`, redeemed there over HTTP; the agent will
+/// stream to `grpc_url`. Returns the agent's directory (its key, certificates and state).
+pub async fn enroll_agent(
+    http: &Client,
+    http_base: &str,
+    grpc_url: &str,
+    token: &str,
+    tenant_id: &str,
+    cluster_id: &str,
+) -> tempfile::TempDir {
+    let bootstrap = ok(http
+        .post(format!(
+            "{http_base}/v1/tenants/{tenant_id}/clusters/{cluster_id}/bootstrapTokens"
+        ))
+        .bearer_auth(token)
+        .header("X-Request-Id", request_id())
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap())
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    zen::agent::bootstrap(
+        http_base,
+        grpc_url,
+        "localhost",
+        bootstrap["token"].as_str().unwrap(),
+        dir.path(),
+    )
+    .await
+    .expect("the agent enrolls");
+    dir
 }

@@ -236,3 +236,44 @@ impl ZenUnderTest for ZenProcess {
         .expect("admin connects")
     }
 }
+
+/// Replicas of one deployment on a PostgreSQL database of their own and the tests' Redis, with
+/// local login and one public URL (so a token from one replica is good on the others).
+pub struct Deployment {
+    pub replicas: Vec<ZenProcess>,
+    /// What starts another replica of this deployment (say, after one was killed).
+    pub replica_args: Vec<String>,
+    pub database: super::TestDatabase,
+}
+
+impl Deployment {
+    /// `n` replicas, each also given `extra`; the first creates the PKI and keys, the others
+    /// share them. `None` when PostgreSQL or Redis is unreachable outside CI.
+    pub async fn start(n: usize, extra: &[String]) -> Option<Deployment> {
+        let database = super::TestDatabase::create().await?;
+        let redis = super::test_redis_url().await?;
+        let mut common = vec![
+            "--database-url".to_owned(),
+            database.url.clone(),
+            "--redis-url".to_owned(),
+            redis,
+            "--local-login".to_owned(),
+            "true".to_owned(),
+            "--public-url".to_owned(),
+            "http://zen.test".to_owned(),
+        ];
+        common.extend_from_slice(extra);
+        let first = ZenProcess::spawn(&common).await;
+        let mut replica_args = common;
+        replica_args.extend(first.replica_args());
+        let mut replicas = vec![first];
+        for _ in 1..n {
+            replicas.push(ZenProcess::spawn(&replica_args).await);
+        }
+        Some(Deployment {
+            replicas,
+            replica_args,
+            database,
+        })
+    }
+}
