@@ -6,8 +6,10 @@
 //! the next one and resend the batch that was not acknowledged, as `zen agent` does. Every 3 s
 //! the third replica is killed with `kill -9` and started again. Afterwards every delivery and
 //! every agent event acknowledged is stored, exactly once, under the event id it was
-//! acknowledged with, and the tenant's audit chain verifies. Also: senders that hang up
-//! mid-request lose nothing.
+//! acknowledged with, and the tenant's audit chain verifies. Meanwhile remediations are
+//! proposed (low risk: approved at once) for a cluster whose agent prefers the replica being
+//! killed: each is executed by the agent's hook exactly once and ends SUCCEEDED. Also: senders
+//! that hang up mid-request lose nothing.
 
 mod support;
 
@@ -17,8 +19,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
+use support::balancer::{Balancer, Policy};
 use support::drill::{
-    assert_chain_verifies, sign_in_root, stored_events, webhook_target, WebhookTarget,
+    assert_chain_verifies, enroll_agent, propose, remediating_agent, remediation_status,
+    sign_in_root, stored_events, webhook_target, WebhookTarget,
 };
 use support::process::{Deployment, ZenProcess};
 use support::ZenUnderTest;
@@ -54,6 +58,16 @@ fn delivery(secret: &str, nonce: String) -> Delivery {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_under_load_loses_no_acknowledged_delivery() {
+    // Remediation dispatch on quick timings, so that a dispatch lost with a killed replica is
+    // sent again within the run.
+    for (name, value) in [
+        ("ZEN_REMEDIATION_POLL_MS", "100"),
+        ("ZEN_REMEDIATION_BACKOFF_BASE_MS", "300"),
+        ("ZEN_REMEDIATION_BACKOFF_MAX_MS", "1000"),
+        ("ZEN_REMEDIATION_SWEEP_MS", "200"),
+    ] {
+        std::env::set_var(name, value);
+    }
     let Some(Deployment {
         replicas,
         replica_args: replica,
@@ -167,6 +181,45 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_delivery() {
         )));
     }
 
+    // A remediating agent that prefers the replica being killed, and a proposal every 300 ms.
+    let agent_grpc = Balancer::start(
+        vec![victim.grpc_addr, first.grpc_addr, second.grpc_addr],
+        Policy::FirstAvailable,
+    )
+    .await;
+    let token = sign_in_root(&http, &second).await;
+    let remediated = create_cluster(&first, &tenant_id, AGENTS).await;
+    let agent_dir = enroll_agent(
+        &http,
+        &second.http_url(""),
+        &format!("https://{}", agent_grpc.addr),
+        &token,
+        &tenant_id,
+        &remediated,
+    )
+    .await;
+    let hook_log = agent_dir.path().join("hook.log");
+    let executor = tokio::spawn(remediating_agent(agent_dir.path().to_owned()));
+    let proposer = {
+        let (http, base, token, tenant_id, remediated) = (
+            http.clone(),
+            second.http_url(""),
+            token.clone(),
+            tenant_id.clone(),
+            remediated.clone(),
+        );
+        tokio::spawn(async move {
+            let mut proposed = vec![];
+            while started.elapsed() < LOAD {
+                let risk = "RISK_LEVEL_LOW";
+                let r = propose(&http, &base, &token, &tenant_id, &remediated, risk).await;
+                proposed.push(r["remediationId"].as_str().unwrap().to_owned());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            proposed
+        })
+    };
+
     // The killer: kill -9 the third replica every few seconds and start it again.
     let mut victim = Some(victim);
     let mut kills = 0;
@@ -177,6 +230,7 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_delivery() {
         let next = ZenProcess::spawn(&replica).await;
         urls.write().unwrap()[2] = next.http_url(&format!("/webhooks/{source_id}"));
         grpc.write().unwrap()[2] = next.grpc_addr;
+        agent_grpc.set_backend(0, next.grpc_addr);
         victim = Some(next);
     }
     for sender in senders {
@@ -201,9 +255,38 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_delivery() {
     assert!(kills >= 3, "the victim was killed {kills} times");
     assert!(acknowledged.len() > 100, "the load ran");
 
+    // Every remediation ends SUCCEEDED, executed once.
+    let proposed = proposer.await.unwrap();
+    let base = second.http_url("");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &proposed {
+        loop {
+            let status = remediation_status(&http, &base, &token, &tenant_id, id).await;
+            if status == "REMEDIATION_STATUS_SUCCEEDED" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "remediation {id} is {status}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    executor.abort();
+    let executions = std::fs::read_to_string(&hook_log).unwrap_or_default();
+    drop(agent_dir);
+    for id in &proposed {
+        assert_eq!(
+            executions.matches(id.as_str()).count(),
+            1,
+            "remediation {id} executed other than once:\n{executions}"
+        );
+    }
+    eprintln!(
+        "{} remediations proposed during the kills, each executed once and SUCCEEDED",
+        proposed.len()
+    );
+
     // Every acknowledged delivery is stored once, under the id it was acknowledged with.
-    let token = sign_in_root(&http, &second).await;
     let stored = stored_events(&http, &second, &token, &tenant_id, "").await;
+
     let ids: HashSet<&String> = acknowledged.values().collect();
     assert_eq!(
         ids.len(),

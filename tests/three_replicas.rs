@@ -18,15 +18,14 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use support::balancer::{Balancer, Policy};
 use support::drill::{
-    assert_chain_verifies, enroll_agent, ok, sign_in_root, stored_events, webhook_target, zen_hmac,
-    WebhookTarget,
+    assert_chain_verifies, enroll_agent, ok, propose, remediating_agent, remediation_status,
+    sign_in_root, stored_events, webhook_target, zen_hmac, WebhookTarget,
 };
 use support::process::{Deployment, ZenProcess};
 use support::{create_local_user_as_operator, request_id};
@@ -70,24 +69,6 @@ async fn post_delivery(
             .unwrap(),
     )
     .await
-}
-
-/// An exec hook that appends each command it gets to `hook.log` and reports success.
-fn write_hook(dir: &Path) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let hook = dir.join("hook.sh");
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\ncat >> '{}'\necho >> '{}'\n\
-             echo '{{\"success\":true,\"probes\":[{{\"name\":\"ready\",\"success\":true}}]}}'\n",
-            dir.join("hook.log").display(),
-            dir.join("hook.log").display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-    hook
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -228,16 +209,7 @@ async fn three_replicas_behind_one_address_keep_every_promise() {
         &cluster_id,
     )
     .await;
-    let hook = write_hook(agent_dir.path());
-    let files = zen::agent::AgentFiles::new(agent_dir.path());
-    let agent = tokio::spawn(async move {
-        let options = zen::agent::RunOptions {
-            batch_size: 10,
-            batch_delay: Duration::from_millis(50),
-            follow: true,
-        };
-        let _ = zen::agent::run_with_hook(&files, tokio::io::empty(), options, Some(hook)).await;
-    });
+    let agent = tokio::spawn(remediating_agent(agent_dir.path().to_owned()));
     create_local_user_as_operator(&a, "approver", true).await;
     let approver = {
         let login = ok(http
@@ -249,25 +221,15 @@ async fn three_replicas_behind_one_address_keep_every_promise() {
         .await;
         login["token"]["accessToken"].as_str().unwrap().to_owned()
     };
-    let proposed = ok(http
-        .post(balancer.url(&format!("/v1/tenants/{tenant_id}/remediations")))
-        .bearer_auth(&token)
-        .header("X-Request-Id", request_id())
-        .json(&json!({
-            "clusterId": cluster_id,
-            "title": "run api as non-root",
-            "risk": "RISK_LEVEL_MEDIUM",
-            "action": { "serverSideApply": {
-                "apiVersion": "apps/v1", "kind": "Deployment", "namespace": "shop", "name": "api",
-                "patch": { "spec": { "template": { "spec": {
-                    "securityContext": { "runAsNonRoot": true } } } } }
-            } }
-        }))
-        .send()
-        .await
-        .unwrap())
+    let remediation = propose(
+        &http,
+        &balancer.url(""),
+        &token,
+        &tenant_id,
+        &cluster_id,
+        "RISK_LEVEL_MEDIUM",
+    )
     .await;
-    let remediation = &proposed["remediation"];
     let remediation_id = remediation["remediationId"].as_str().unwrap().to_owned();
     let approved = ok(http
         .post(balancer.url(&format!(
@@ -286,16 +248,14 @@ async fn three_replicas_behind_one_address_keep_every_promise() {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        let got = ok(http
-            .get(balancer.url(&format!(
-                "/v1/tenants/{tenant_id}/remediations/{remediation_id}"
-            )))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap())
+        let status = remediation_status(
+            &http,
+            &balancer.url(""),
+            &token,
+            &tenant_id,
+            &remediation_id,
+        )
         .await;
-        let status = got["remediation"]["status"].as_str().unwrap().to_owned();
         if status == "REMEDIATION_STATUS_SUCCEEDED" || Instant::now() > deadline {
             break status;
         }

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -22,6 +22,7 @@ pub enum Policy {
 
 pub struct Balancer {
     pub addr: SocketAddr,
+    backends: Arc<RwLock<Vec<SocketAddr>>>,
     /// Connections handed to each backend, in the order the backends were given.
     counts: Arc<Vec<AtomicUsize>>,
     task: JoinHandle<()>,
@@ -33,10 +34,10 @@ impl Balancer {
         let addr = listener.local_addr().unwrap();
         let counts: Arc<Vec<AtomicUsize>> =
             Arc::new(backends.iter().map(|_| AtomicUsize::new(0)).collect());
-        let backends = Arc::new(backends);
+        let backends = Arc::new(RwLock::new(backends));
         let next = Arc::new(AtomicUsize::new(0));
         let task = {
-            let counts = counts.clone();
+            let (counts, backends) = (counts.clone(), backends.clone());
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let _ = client.set_nodelay(true);
@@ -44,7 +45,7 @@ impl Balancer {
                         Policy::RoundRobin => next.fetch_add(1, Ordering::Relaxed),
                         Policy::FirstAvailable => 0,
                     };
-                    let (backends, counts) = (backends.clone(), counts.clone());
+                    let (backends, counts) = (backends.read().unwrap().clone(), counts.clone());
                     tokio::spawn(async move {
                         let Some((i, server)) = connect(&backends, first).await else {
                             return; // every backend refused: the client sees a closed connection
@@ -56,7 +57,17 @@ impl Balancer {
                 }
             })
         };
-        Balancer { addr, counts, task }
+        Balancer {
+            addr,
+            backends,
+            counts,
+            task,
+        }
+    }
+
+    /// Points backend `i` at `addr` (a replica started again on new ports).
+    pub fn set_backend(&self, i: usize, addr: SocketAddr) {
+        self.backends.write().unwrap()[i] = addr;
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -693,3 +693,80 @@ pub async fn enroll_agent(
     .expect("the agent enrolls");
     dir
 }
+
+/// Runs the reference agent (`zen agent run --follow`, in-process) enrolled in `dir` until
+/// aborted, with an exec hook that appends every command it gets to `dir/hook.log` and
+/// reports success with a passing probe.
+pub async fn remediating_agent(dir: std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let hook = dir.join("hook.sh");
+    let log = dir.join("hook.log");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat >> '{log}'\necho >> '{log}'\n\
+             echo '{{\"success\":true,\"probes\":[{{\"name\":\"ready\",\"success\":true}}]}}'\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let files = zen::agent::AgentFiles::new(&dir);
+    let options = zen::agent::RunOptions {
+        batch_size: 10,
+        batch_delay: Duration::from_millis(50),
+        follow: true,
+    };
+    let _ = zen::agent::run_with_hook(&files, tokio::io::empty(), options, Some(hook)).await;
+}
+
+/// Proposes a remediation of `cluster_id` (a server-side apply) at `risk` through `http_base`
+/// as the bearer of `token`; returns it.
+pub async fn propose(
+    http: &Client,
+    http_base: &str,
+    token: &str,
+    tenant_id: &str,
+    cluster_id: &str,
+    risk: &str,
+) -> Value {
+    ok(http
+        .post(format!("{http_base}/v1/tenants/{tenant_id}/remediations"))
+        .bearer_auth(token)
+        .header("X-Request-Id", request_id())
+        .json(&json!({
+            "clusterId": cluster_id,
+            "title": "run api as non-root",
+            "risk": risk,
+            "action": { "serverSideApply": {
+                "apiVersion": "apps/v1", "kind": "Deployment", "namespace": "shop", "name": "api",
+                "patch": { "spec": { "template": { "spec": {
+                    "securityContext": { "runAsNonRoot": true } } } } }
+            } }
+        }))
+        .send()
+        .await
+        .unwrap())
+    .await["remediation"]
+        .clone()
+}
+
+/// A remediation's status (`REMEDIATION_STATUS_…`).
+pub async fn remediation_status(
+    http: &Client,
+    http_base: &str,
+    token: &str,
+    tenant_id: &str,
+    remediation_id: &str,
+) -> String {
+    let got = ok(http
+        .get(format!(
+            "{http_base}/v1/tenants/{tenant_id}/remediations/{remediation_id}"
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    got["remediation"]["status"].as_str().unwrap().to_owned()
+}
