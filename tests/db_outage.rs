@@ -14,6 +14,7 @@ use support::postgres::PrivatePostgres;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_outage_under_load_is_answered_fast_and_loses_nothing() {
+    let _one = support::drill::one_at_a_time().await;
     let Some(postgres) = PrivatePostgres::create_or_skip(free_port()) else {
         return;
     };
@@ -32,6 +33,7 @@ async fn a_database_outage_under_load_is_answered_fast_and_loses_nothing() {
 /// pool must replace the connections by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_restart_under_load_loses_nothing_and_is_never_a_500() {
+    let _one = support::drill::one_at_a_time().await;
     let Some(postgres) = PrivatePostgres::create_or_skip(free_port()) else {
         return;
     };

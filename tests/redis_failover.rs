@@ -29,11 +29,6 @@ const NODE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// again; a second more for a loaded machine.
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// One drill at a time: each runs Zen and a Redis deployment of its own, and a machine busy with
-/// three at once could miss a node timeout (and fail over a healthy primary) or the 3 s answer
-/// bound for reasons of its own.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn report(what: &str, f: &Failover) {
     eprintln!(
         "{what}: {} deliveries, {} accepted (202), {} refused (503), slowest answer {:?}; \
@@ -71,7 +66,9 @@ async fn cluster_drill(what: &str, trigger: impl FnOnce(u16, u16) -> bool) -> Op
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_coordinated_cluster_failover_under_load_loses_nothing() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    // One drill at a time: a machine busy with three Redis deployments could miss a node
+    // timeout (and fail over a healthy primary) or the 3 s answer bound for reasons of its own.
+    let _one = support::drill::one_at_a_time().await;
     let Some(failover) =
         cluster_drill("CLUSTER FAILOVER", |_, replica| cluster_failover(replica)).await
     else {
@@ -83,7 +80,7 @@ async fn a_coordinated_cluster_failover_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_primary_killed_under_load_fails_over_and_loses_nothing() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = support::drill::one_at_a_time().await;
     let Some(failover) = cluster_drill("primary killed (SIGKILL)", |primary, _| {
         kill_server(primary)
     })
@@ -105,7 +102,7 @@ async fn a_cluster_primary_killed_under_load_fails_over_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sentinel_failover_under_load_is_followed_without_a_restart() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = support::drill::one_at_a_time().await;
     let Some(sentinel) = RedisSentinel::start_with(1) else {
         return;
     };

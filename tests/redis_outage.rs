@@ -15,6 +15,7 @@ use support::drill::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_outage_under_load_is_answered_fast_and_loses_nothing() {
+    let _one = support::drill::one_at_a_time().await;
     let Some(redis) = PrivateRedis::start().await else {
         return;
     };
@@ -36,6 +37,7 @@ async fn a_redis_outage_under_load_is_answered_fast_and_loses_nothing() {
 /// nonce and rate-limit window is gone, and Zen carries on without a restart of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_restart_under_load_loses_nothing() {
+    let _one = support::drill::one_at_a_time().await;
     let Some(redis) = PrivateRedis::start().await else {
         return;
     };

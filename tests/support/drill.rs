@@ -770,3 +770,10 @@ pub async fn remediation_status(
     .await;
     got["remediation"]["status"].as_str().unwrap().to_owned()
 }
+
+/// Serializes the drills of one test binary: each measures answer times under its own load,
+/// which a second drill running beside it on the same cores would distort.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE_AT_A_TIME.lock().await
+}
