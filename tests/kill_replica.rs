@@ -170,7 +170,7 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_delivery() {
     let mut agents = Vec::new();
     for agent in 0..AGENTS {
         let cluster = create_cluster(&first, &tenant_id, agent).await;
-        let identity = agent_identity(&first, &tenant_id, &cluster);
+        let identity = first.agent_identity(&tenant_id, &cluster);
         agents.push(tokio::spawn(run_agent(
             agent,
             identity,
@@ -326,51 +326,6 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_delivery() {
     first.stop().await;
     second.stop().await;
     database.drop_database().await;
-}
-
-async fn create_cluster(zen: &ZenProcess, tenant_id: &str, n: usize) -> String {
-    use zen::proto::zen::tenancy::v1 as tenancy;
-    let mut request = tonic::Request::new(tenancy::CreateClusterRequest {
-        tenant_id: tenant_id.into(),
-        cluster: Some(tenancy::Cluster {
-            name: format!("cluster-{n}"),
-            ..Default::default()
-        }),
-    });
-    request
-        .metadata_mut()
-        .insert("x-request-id", support::request_id().parse().unwrap());
-    tenancy::tenancy_service_client::TenancyServiceClient::new(zen.admin().await)
-        .create_cluster(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .cluster
-        .unwrap()
-        .cluster_id
-}
-
-/// An agent certificate signed by the deployment's CA: (certificate, key) files.
-fn agent_identity(
-    zen: &ZenProcess,
-    tenant_id: &str,
-    cluster_id: &str,
-) -> (std::path::PathBuf, std::path::PathBuf) {
-    let files = zen_security::PkiFiles::new(zen.pki());
-    let issued = files
-        .load_ca()
-        .unwrap()
-        .issue_client(
-            &zen_security::PeerIdentity::Agent {
-                tenant_id: tenant_id.parse().unwrap(),
-                cluster_id: cluster_id.parse().unwrap(),
-            },
-            Duration::from_secs(600),
-        )
-        .unwrap();
-    let name = format!("agent-{cluster_id}");
-    files.write_identity(&name, &issued).unwrap();
-    (files.cert(&name), files.key(&name))
 }
 
 /// One agent: batches of events, one at a time, each resent on the next replica until it is

@@ -3,7 +3,7 @@
 //! seconds of its buffers filling, the server's resident memory comes back to within 32 MiB of
 //! where it was before they connected, a watcher that reads receives every accepted event, and
 //! the per-caller watcher cap refuses the next watch before the upgrade with a 429 problem
-//! naming the limit.
+//! naming the limit. Agents that never read their acks hold bounded memory and are closed too.
 
 mod support;
 
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
-use support::drill::{deliver, webhook_target, WebhookTarget};
+use support::drill::{create_cluster, deliver, webhook_target, WebhookTarget};
 use support::process::ZenProcess;
 use support::ZenUnderTest;
 use tokio::net::{TcpSocket, TcpStream};
@@ -246,4 +246,144 @@ async fn load(zen: &ZenProcess, source_id: &str, secret: &str, duration: Duratio
     let accepted = accepted.load(Ordering::Relaxed);
     eprintln!("{accepted} deliveries accepted in {:?}", started.elapsed());
     accepted
+}
+
+/// Agents that never read what the server sends them (their acks): 10 agent streams on the real
+/// binary send event batches as fast as the transport takes them and never read a reply. Each
+/// session's 16 outbound messages fill, it stops reading (HTTP/2 flow control then holds the
+/// agent back), and after the 2 s grace it is ended as too slow. Resident memory, sampled every
+/// second, stays under a ceiling of the baseline + 64 MiB; every session is ended as too slow
+/// (`zen_stream_consumers_too_slow_total{stream="agent"}`), none is left connected, and the
+/// memory comes back to within 32 MiB of the baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_that_never_read_their_acks_hold_bounded_memory_and_are_closed() {
+    use zen::proto::zen::ingest::v1 as pb;
+    // The default quota of clusters per tenant.
+    const AGENTS: usize = 10;
+    let zen = ZenProcess::spawn(&["--local-login".into(), "true".into()]).await;
+    let WebhookTarget { tenant_id, .. } = webhook_target(&zen, "agents", json!({})).await;
+    let mut identities = vec![];
+    for n in 0..AGENTS {
+        let cluster = create_cluster(&zen, &tenant_id, n).await;
+        identities.push(zen.agent_identity(&tenant_id, &cluster));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let baseline = zen.resident_bytes();
+    let ceiling = baseline + 64 * 1024 * 1024;
+
+    let ca = zen.pki().join("ca.crt");
+    let mut agents = vec![];
+    for (n, (cert, key)) in identities.into_iter().enumerate() {
+        // A small receive window, as a congested link would have: the transport stops
+        // taking the server's acks after a few of them, so the server's queue fills.
+        let channel = support::connect_with(zen.grpc_addr, &ca, Some((&cert, &key)), |e| {
+            e.initial_stream_window_size(Some(4096))
+                .initial_connection_window_size(Some(4096))
+        })
+        .await
+        .expect("the agent connects");
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(pb::ConnectAgentRequest {
+            payload: Some(pb::connect_agent_request::Payload::Hello(pb::AgentHello {
+                agent_version: "never-reads".into(),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let replies = pb::ingest_service_client::IngestServiceClient::new(channel)
+            .connect_agent(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("the stream opens")
+            .into_inner();
+        // Batches as fast as the stream takes them; the replies are held and never read.
+        let sender = tokio::spawn(async move {
+            let mut b = 0;
+            loop {
+                b += 1;
+                let batch = pb::EventBatch {
+                    batch_id: format!("a{n}-b{b}"),
+                    events: (0..100)
+                        .map(|e| pb::AgentEvent {
+                            agent_event_id: format!("a{n}-b{b}-e{e}"),
+                            source: pb::EventSource::Falco as i32,
+                            severity: zen::proto::zen::common::v1::Severity::High as i32,
+                            r#type: "runtime".into(),
+                            title: format!("shell in container {e}"),
+                            fingerprint: format!("a{n}-b{b}-e{e}"),
+                            ..Default::default()
+                        })
+                        .collect(),
+                };
+                let request = pb::ConnectAgentRequest {
+                    payload: Some(pb::connect_agent_request::Payload::EventBatch(batch)),
+                };
+                if tx.send(request).await.is_err() {
+                    return;
+                }
+            }
+        });
+        agents.push((replies, sender));
+    }
+
+    // Resident memory every second while they push.
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let mut samples = vec![];
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        samples.push(zen.resident_bytes());
+    }
+    let peak = *samples.iter().max().unwrap();
+    let metrics = reqwest::get(zen.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let too_slow = metric("zen_stream_consumers_too_slow_total{stream=\"agent\"}");
+    let connected = metric("zen_agents_connected");
+    for (replies, sender) in agents {
+        sender.abort();
+        drop(replies);
+    }
+    let closed_at = Instant::now();
+    let bound = baseline + 32 * 1024 * 1024;
+    let mut after = zen.resident_bytes();
+    while after > bound && closed_at.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = zen.resident_bytes();
+    }
+    eprintln!(
+        "{AGENTS} agents that never read: resident memory {:.1} MiB before, every second {:?} \
+         MiB, peak {:.1} MiB (ceiling {:.1} MiB), {:.1} MiB after they left; {too_slow} \
+         sessions ended as too slow, {connected} still connected",
+        mib(baseline),
+        samples
+            .iter()
+            .map(|b| (mib(*b) * 10.0).round() / 10.0)
+            .collect::<Vec<_>>(),
+        mib(peak),
+        mib(ceiling),
+        mib(after)
+    );
+    assert!(
+        peak <= ceiling,
+        "resident memory peaked at {:.1} MiB",
+        mib(peak)
+    );
+    assert_eq!(too_slow as usize, AGENTS, "sessions ended as too slow");
+    assert_eq!(connected, 0.0, "agent sessions still open");
+    assert!(
+        after <= bound,
+        "resident memory stayed at {:.1} MiB",
+        mib(after)
+    );
+    zen.stop().await;
 }

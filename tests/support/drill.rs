@@ -777,3 +777,26 @@ pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     ONE_AT_A_TIME.lock().await
 }
+
+/// Creates cluster `cluster-{n}` in the tenant as the operator; returns its id.
+pub async fn create_cluster(zen: &impl ZenUnderTest, tenant_id: &str, n: usize) -> String {
+    use zen::proto::zen::tenancy::v1 as tenancy;
+    let mut request = tonic::Request::new(tenancy::CreateClusterRequest {
+        tenant_id: tenant_id.into(),
+        cluster: Some(tenancy::Cluster {
+            name: format!("cluster-{n}"),
+            ..Default::default()
+        }),
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", request_id().parse().unwrap());
+    tenancy::tenancy_service_client::TenancyServiceClient::new(zen.admin().await)
+        .create_cluster(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster
+        .unwrap()
+        .cluster_id
+}

@@ -137,6 +137,26 @@ impl ZenProcess {
         args
     }
 
+    /// An agent certificate for the cluster, signed by this deployment's CA: (certificate,
+    /// key) files.
+    pub fn agent_identity(&self, tenant_id: &str, cluster_id: &str) -> (PathBuf, PathBuf) {
+        let files = zen_security::PkiFiles::new(self.pki());
+        let issued = files
+            .load_ca()
+            .unwrap()
+            .issue_client(
+                &zen_security::PeerIdentity::Agent {
+                    tenant_id: tenant_id.parse().unwrap(),
+                    cluster_id: cluster_id.parse().unwrap(),
+                },
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        let name = format!("agent-{cluster_id}");
+        files.write_identity(&name, &issued).unwrap();
+        (files.cert(&name), files.key(&name))
+    }
+
     /// SIGKILL: no drain, no flush, as a crashed node or an OOM kill.
     pub fn kill(mut self) {
         self.child.kill().expect("SIGKILL");
