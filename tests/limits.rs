@@ -154,8 +154,15 @@ async fn people_and_tenants_are_limited() {
             .bearer_auth(&token)
             .send()
     };
+    let burst = Instant::now();
     let (before, limited) = until_limited(40, || async { list().await.unwrap() }).await;
-    assert_eq!(before.len(), 10, "5 per second, bursts of 10: {before:?}");
+    // The burst of 10, and what refilled while it was being spent (a loaded machine answers
+    // slowly enough for a unit or two to come back).
+    let refilled = (burst.elapsed().as_secs_f64() * 5.0).floor() as usize;
+    assert!(
+        (10..=10 + refilled).contains(&before.len()),
+        "5 per second, bursts of 10 (+{refilled} refilled): {before:?}"
+    );
     assert_limited(limited, "user").await;
 
     // A tenant limited to 2 requests per second (bursts of 4), whatever its people's own.
