@@ -1,6 +1,6 @@
-//! Soak: the real `zen` binary on PostgreSQL and Redis under signed webhook load at half the
-//! peak it measured itself, for `ZEN_SOAK_SECONDS` (default 180: the CI version; the full
-//! drill is 1800, `scripts/drills.sh --soak`). Every 10 s it samples resident memory, open file
+//! Soak: the real `zen` binary on PostgreSQL and Redis under signed webhook load paced at half
+//! the peak it measured itself (16 senders, one connection each), for `ZEN_SOAK_SECONDS`
+//! (default 180: the CI version; the full drill is 1800, `scripts/drills.sh --soak`). Every 10 s it samples resident memory, open file
 //! descriptors, connection-pool waiters and the p99 of the answers of those 10 s, and prints
 //! the row. Afterwards: nothing but 202 was answered, every 202 is stored, the audit chain
 //! verifies, and none of the samples grows: the last resident size and descriptor count are
@@ -137,7 +137,9 @@ async fn half_the_peak_for_a_while_grows_nothing() {
     let peak = peak_count as f64 / peak_for.as_secs_f64();
     let rate = peak / 2.0;
 
-    // Half the peak, open loop: each sender keeps its own schedule, whatever the answers take.
+    // Half the peak, paced: each sender has one connection of its own and sends on its own
+    // schedule, one delivery at a time (a late answer delays its next tick rather than opening
+    // another connection, so the server's descriptors measure the server, not the load).
     let soak = soak_duration();
     let latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -146,41 +148,38 @@ async fn half_the_peak_for_a_while_grows_nothing() {
     let interval = Duration::from_secs_f64(SENDERS as f64 / rate);
     let senders: Vec<_> = (0..SENDERS)
         .map(|worker| {
-            let (client, url, secret) = (client.clone(), url.clone(), target.secret.clone());
+            let client = Client::builder()
+                .timeout(Duration::from_secs(10))
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
+            let (url, secret) = (url.clone(), target.secret.clone());
             let (latencies, failures, accepted) =
                 (latencies.clone(), failures.clone(), accepted.clone());
             tokio::spawn(async move {
                 let mut ticker = tokio::time::interval(interval);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 // Spread the senders over one interval.
                 tokio::time::sleep(interval * worker as u32 / SENDERS as u32).await;
-                let mut in_flight = tokio::task::JoinSet::new();
                 let mut n = 0usize;
                 while started.elapsed() < soak {
                     ticker.tick().await;
                     n += 1;
                     let nonce = format!("soak-{worker}-{n}");
-                    let (client, url, secret) = (client.clone(), url.clone(), secret.clone());
-                    let (latencies, failures, accepted) =
-                        (latencies.clone(), failures.clone(), accepted.clone());
-                    in_flight.spawn(async move {
-                        let body = json!({ "alert": nonce }).to_string();
-                        let sent = Instant::now();
-                        match deliver(&client, &url, &secret, &nonce, body).await {
-                            Ok(r) if r.status() == StatusCode::ACCEPTED => {
-                                latencies.lock().unwrap().push(sent.elapsed());
-                                *accepted.lock().unwrap() += 1;
-                            }
-                            Ok(r) => failures
-                                .lock()
-                                .unwrap()
-                                .push(format!("{nonce}: {}", r.status())),
-                            Err(e) => failures.lock().unwrap().push(format!("{nonce}: {e}")),
+                    let body = json!({ "alert": nonce }).to_string();
+                    let sent = Instant::now();
+                    match deliver(&client, &url, &secret, &nonce, body).await {
+                        Ok(r) if r.status() == StatusCode::ACCEPTED => {
+                            latencies.lock().unwrap().push(sent.elapsed());
+                            *accepted.lock().unwrap() += 1;
                         }
-                    });
-                    while in_flight.try_join_next().is_some() {}
+                        Ok(r) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{nonce}: {}", r.status())),
+                        Err(e) => failures.lock().unwrap().push(format!("{nonce}: {e}")),
+                    }
                 }
-                while in_flight.join_next().await.is_some() {}
             })
         })
         .collect();
@@ -280,6 +279,10 @@ async fn half_the_peak_for_a_while_grows_nothing() {
     )
     .await;
     let accepted = *accepted.lock().unwrap();
+    eprintln!(
+        "soak: {accepted} deliveries stored at {:.0}/s",
+        accepted as f64 / soak.as_secs_f64()
+    );
     assert_eq!(
         stored.len(),
         peak_count + accepted,
