@@ -21,8 +21,8 @@ use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use support::balancer::{Balancer, Policy};
 use support::drill::{
-    assert_chain_verifies, enroll_agent, propose, remediating_agent, remediation_status,
-    sign_in_root, stored_events, webhook_target, WebhookTarget,
+    assert_chain_verifies, create_cluster, enroll_agent, propose, remediating_agent,
+    remediation_status, sign_in_root, stored_events, webhook_target, WebhookTarget,
 };
 use support::process::{Deployment, ZenProcess};
 use support::ZenUnderTest;
